@@ -1,0 +1,97 @@
+// Helpers shared by the lib_api registration files: attribute parsing and error messages.
+// Only registration files include this (it depends on lib_api.h's error list).
+#ifndef IGC_OPERATOR_OP_COMMON_H_
+#define IGC_OPERATOR_OP_COMMON_H_
+
+#include <mxnet/lib_api.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "reorder.h"
+
+namespace igc {
+
+// Starts a new error message, dropping those of earlier failed calls (see plugin.cc).
+std::ostream& fresh_error(const char* file, int line);
+#define IGC_ERROR ::igc::fresh_error(__FILE_NAME__, __LINE__)
+
+// Whole-string integer parse: "3", " 3 " and "+3" are accepted, "3.5", "3x" and "" are not.
+inline bool parse_int(const std::string& text, int64_t* value) {
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(begin, &end, 10);
+  if (end == begin || errno == ERANGE) return false;
+  while (*end == ' ') ++end;
+  if (*end != '\0') return false;
+  *value = v;
+  return true;
+}
+
+// Rejects misspelled attributes instead of silently ignoring them. MXNet's own keys
+// ("__...__") pass through.
+inline bool check_known_attrs(const char* op, const std::unordered_map<std::string, std::string>& attrs,
+                              std::initializer_list<const char*> known) {
+  for (const auto& kv : attrs) {
+    if (kv.first.size() >= 2 && kv.first.compare(0, 2, "__") == 0) continue;
+    bool ok = false;
+    for (const char* k : known) ok = ok || kv.first == k;
+    if (!ok) {
+      std::ostringstream valid;
+      for (const char* k : known) valid << (valid.tellp() > 0 ? ", " : "") << k;
+      IGC_ERROR << op << ": unknown attribute '" << kv.first << "'; valid attributes: "
+                   << valid.str();
+      return false;
+    }
+  }
+  return true;
+}
+
+inline const char* dtype_name(int dtype) {
+  switch (dtype) {
+    case 0: return "float32";
+    case 1: return "float64";
+    case 2: return "float16";
+    case 3: return "uint8";
+    case 4: return "int32";
+    case 5: return "int8";
+    case 6: return "int64";
+    default: return "unknown";
+  }
+}
+
+inline int64_t dtype_bytes(int dtype) {
+  switch (dtype) {
+    case kIgcFloat32: return 4;
+    case kIgcFloat64: return 8;
+    case kIgcFloat16: return 2;
+    default: return 0;
+  }
+}
+
+inline bool check_float_dtype(const char* op, const char* input, int dtype) {
+  if (dtype_bytes(dtype) != 0) return true;
+  IGC_ERROR << op << ": unsupported dtype " << dtype_name(dtype) << " (code " << dtype
+               << ") for input '" << input << "'; supported: float32, float64, float16";
+  return false;
+}
+
+inline std::string shape_string(const std::vector<unsigned int>& shape) {
+  std::ostringstream s;
+  s << "(";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << (shape.size() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+}  // namespace igc
+
+#endif  // IGC_OPERATOR_OP_COMMON_H_

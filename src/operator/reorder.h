@@ -1,0 +1,46 @@
+// Interleaved channel permutation (IGC's `Reorder`): index math shared by host and device code,
+// and the kernel entry points. Nothing here knows about MXNet.
+//
+// With C channels split into g groups of K = C / g, Reorder(g) views the channels of each sample
+// as a (g, K) grid and transposes it: output channel j*g + i reads input channel i*K + j.
+// Every channel is a contiguous "row" of `inner` elements (H*W for NCHW), so the permutation moves
+// whole rows and is the same byte move for every dtype.
+#ifndef IGC_OPERATOR_REORDER_H_
+#define IGC_OPERATOR_REORDER_H_
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define IGC_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define IGC_HOST_DEVICE inline
+#endif
+
+namespace igc {
+
+// Input channel that output channel `out_channel` is copied from.
+IGC_HOST_DEVICE int64_t reorder_source_channel(int64_t out_channel, int64_t channels,
+                                               int64_t groups) {
+  return (out_channel % groups) * (channels / groups) + out_channel / groups;
+}
+
+// Permutes `outer` samples of `channels` rows of `row_bytes` bytes each from `in` to `out`
+// (distinct buffers). Multi-threaded with OpenMP; `groups` must divide `channels`.
+void reorder_cpu(const void* in, void* out, int64_t outer, int64_t channels, int64_t row_bytes,
+                 int64_t groups);
+
+}  // namespace igc
+
+// MXNet dtype codes accepted by the kernels (mshadow's numbering).
+enum IgcDType { kIgcFloat32 = 0, kIgcFloat64 = 1, kIgcFloat16 = 2 };
+
+extern "C" {
+// CUDA launch of the same permutation on `stream` (a cudaStream_t; null is the legacy stream).
+// `inner` counts elements of `dtype` per channel. Returns 0 on success, -1 for an unsupported
+// dtype or bad sizes, otherwise the cudaError_t of the launch. Defined in reorder_gpu.cu, which is
+// built into the plugin and into a standalone library for testing without a GPU build of MXNet.
+int igc_reorder_cuda(const void* in, void* out, int64_t outer, int64_t channels, int64_t inner,
+                     int64_t groups, int dtype, void* stream);
+}
+
+#endif  // IGC_OPERATOR_REORDER_H_

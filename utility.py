@@ -1,7 +1,9 @@
 """Shared helpers: loading the operator plugin, counting, schedules, callbacks and logging."""
+import json
 import os
 
 import mxnet as mx
+import numpy as np
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 OPS_LIB_ENV = "IGC_OPS_LIB"
@@ -42,3 +44,89 @@ def load_ops(path=None):
         raise OpsLibraryError(f"cannot load IGC operator library {path}: {err}") from err
     _loaded_ops_lib = path
     return path
+
+
+DEFAULT_CUDA_KERNELS_LIB = os.path.join(PROJECT_DIR, "build", "libigc_cuda_kernels.so")
+MX_DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2}
+
+
+def load_cuda_reorder(path=None):
+    """The CUDA Reorder kernel behind its plain C entry point, as a ctypes function.
+
+    Signature: (in_ptr, out_ptr, outer, channels, inner, groups, dtype_code, stream) -> int,
+    0 on success. Lets the kernel run from any CUDA framework (tests use PyTorch) on GPUs that
+    the prebuilt mxnet-cu112 cannot drive. Built only when CMake found nvcc.
+    """
+    import ctypes
+    path = os.path.abspath(path or DEFAULT_CUDA_KERNELS_LIB)
+    if not os.path.isfile(path):
+        raise OpsLibraryError(f"CUDA kernel library not found at {path} (build with nvcc on PATH: "
+                              "`make ops IGC_CUDA=ON`)")
+    fn = ctypes.CDLL(path).igc_reorder_cuda
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+# Counting: parameters and multiply-adds of any symbol (our builders or the released graphs).
+_CONV_OPS = ("Convolution", "IGCConv")
+
+
+def _graph_nodes(symbol):
+    return json.loads(symbol.tojson())["nodes"]
+
+
+def _learnable_arguments(symbol, data_shape):
+    """[(argument name, shape, kind)] with kind 'conv', 'fc', 'bn' or 'other', each once.
+
+    Learnable = every argument except the input `data` and `*_label` variables; BN running
+    statistics are auxiliary states, so they never appear here.
+    """
+    arg_shapes, _, _ = symbol.infer_shape(data=tuple(data_shape))
+    if arg_shapes is None:
+        raise ValueError(f"cannot infer the shapes of the symbol for data shape {data_shape}")
+    nodes = _graph_nodes(symbol)
+    kinds = {}
+    for node in nodes:
+        kind = ("conv" if node["op"] in _CONV_OPS else "fc" if node["op"] == "FullyConnected"
+                else "bn" if node["op"] == "BatchNorm" else "other")
+        for i in node["inputs"]:
+            kinds.setdefault(nodes[i[0]]["name"], kind)
+    return [(name, shape, kinds.get(name, "other"))
+            for name, shape in zip(symbol.list_arguments(), arg_shapes)
+            if name != "data" and not name.endswith("_label")]
+
+
+def count_params(symbol, data_shape):
+    """Learnable parameters: {'conv', 'fc', 'bn', 'total'} (BN = gamma + beta; 'total' also
+    holds any other learnable argument). `data_shape` is the NCHW shape of `data`."""
+    counts = {"conv": 0, "fc": 0, "bn": 0, "total": 0}
+    for _, shape, kind in _learnable_arguments(symbol, data_shape):
+        size = int(np.prod(shape))
+        counts["total"] += size
+        if kind in counts:
+            counts[kind] += size
+    return counts
+
+
+def count_macs(symbol, data_shape):
+    """Multiply-adds for one sample: {'conv', 'fc', 'total'} (convolutions incl. IGCConv, and
+    fully connected layers; biases, BN, pooling and element-wise ops are not counted)."""
+    internals = symbol.get_internals()
+    arg_shapes, out_shapes, _ = internals.infer_shape(data=tuple(data_shape))
+    if out_shapes is None:
+        raise ValueError(f"cannot infer the shapes of the symbol for data shape {data_shape}")
+    args = dict(zip(internals.list_arguments(), arg_shapes))
+    outs = dict(zip(internals.list_outputs(), out_shapes))
+    nodes = _graph_nodes(symbol)
+    counts = {"conv": 0, "fc": 0, "total": 0}
+    for node in nodes:
+        if node["op"] not in _CONV_OPS + ("FullyConnected",):
+            continue
+        # Inputs are positional (data, weight[, bias]); a weight row holds one output's MACs.
+        weight = args[nodes[node["inputs"][1][0]]["name"]]
+        kind = "fc" if node["op"] == "FullyConnected" else "conv"
+        counts[kind] += int(np.prod(outs[node["name"] + "_output"][1:])) * int(np.prod(weight[1:]))
+    counts["total"] = counts["conv"] + counts["fc"]
+    return counts

@@ -2,6 +2,7 @@
 // transpose for short ones (7x7 maps, 1x1 maps, rank-2 inputs), streaming stores when the output
 // is too large to stay in the last-level cache.
 #include <emmintrin.h>
+#include <xmmintrin.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -20,6 +21,15 @@ constexpr int64_t kMinParallelBytes = 128 * 1024;
 constexpr int64_t kLongRowBytes = 64;
 // Tile edge, in rows, of the transpose of short rows: 16x16 rows of up to 64 bytes stay in L1.
 constexpr int64_t kTile = 16;
+// Long rows: how far ahead (bytes of output) and how much of each source row to prefetch.
+#ifndef IGC_PREFETCH_DISTANCE
+#define IGC_PREFETCH_DISTANCE 2048
+#endif
+#ifndef IGC_PREFETCH_BYTES
+#define IGC_PREFETCH_BYTES 1024
+#endif
+constexpr int64_t kPrefetchDistance = IGC_PREFETCH_DISTANCE;
+constexpr int64_t kPrefetchBytes = IGC_PREFETCH_BYTES;
 
 // Outputs larger than this are written with non-temporal stores, as glibc's memcpy does above
 // 3/4 of the last-level cache: they would be evicted before anyone reads them from cache, and
@@ -84,17 +94,33 @@ void copy_all(const char* in, char* out, int64_t bytes, bool parallel, bool stre
   }
 }
 
+// Source rows are visited out of order, often a page or more apart, where hardware prefetchers
+// do not follow; each stream of source rows is prefetched a little ahead of its use.
+inline void prefetch_bytes(const char* p, int64_t n) {
+  for (int64_t k = 0; k < n; k += 64) _mm_prefetch(p + k, _MM_HINT_T0);
+}
+
+// Output rows j*g .. j*g + g-1 of a sample are contiguous and come from input rows i*K + j,
+// one from each of the g streams i; walking (sample, j) keeps index math out of the row loop.
 void copy_long_rows(const char* in, char* out, int64_t outer, int64_t channels,
                     int64_t row_bytes, int64_t groups, bool parallel, bool streaming) {
-  const int64_t rows = outer * channels;
+  const int64_t per_group = channels / groups;
+  const int64_t prefetch = std::min<int64_t>(row_bytes, kPrefetchBytes);
+  const int64_t ahead = std::max<int64_t>(1, kPrefetchDistance / row_bytes) * row_bytes;
+  const int64_t blocks = outer * per_group;
 #pragma omp parallel if (parallel)
   {
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t n = r / channels;
-      const int64_t c = r - n * channels;
-      const char* src = in + (n * channels + reorder_source_channel(c, channels, groups)) * row_bytes;
-      copy_or_stream(out + r * row_bytes, src, row_bytes, streaming);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n = b / per_group;
+      const int64_t j = b - n * per_group;
+      const char* src = in + (n * channels + j) * row_bytes;
+      char* dst = out + (n * channels + j * groups) * row_bytes;
+      for (int64_t i = 0; i < groups; ++i) {
+        const char* row = src + i * per_group * row_bytes;
+        prefetch_bytes(row + ahead, prefetch);  // prefetches never fault, even past the end
+        copy_or_stream(dst + i * row_bytes, row, row_bytes, streaming);
+      }
     }
     if (streaming) _mm_sfence();
   }

@@ -1,0 +1,82 @@
+"""The CUDA Reorder kernel through its plain C entry point.
+
+The prebuilt mxnet-cu112 runs only on sm_50-86 GPUs, so the kernel is checked from PyTorch,
+bit-exactly against torch.nn.functional.channel_shuffle. Without a CUDA device (CI) only the
+entry point's argument checks run.
+"""
+import ctypes
+import os
+
+import pytest
+
+import utility
+
+if not os.path.isfile(utility.DEFAULT_CUDA_KERNELS_LIB):
+    pytest.skip("the CUDA kernels were not built (no nvcc when `make ops` ran)",
+                allow_module_level=True)
+
+SHAPES = [  # (shape, g): long rows, 7x7 rows, 1x1 rows, rank 2 and 5, odd sizes
+    ((64, 48, 32, 32), 24),
+    ((64, 96, 16, 16), 2),
+    ((64, 192, 8, 8), 24),
+    ((32, 2048, 7, 7), 16),
+    ((8, 1600, 7, 7), 800),
+    ((16, 40, 1, 1), 8),
+    ((7, 12), 4),
+    ((3, 30, 3, 5), 5),
+    ((2, 36, 2, 3, 2), 6),
+    ((5, 6, 9), 6),
+    ((5, 6, 9), 1),
+]
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return utility.load_cuda_reorder()
+
+
+def test_cuda_entry_point_rejects_bad_arguments_without_a_gpu(kernel):
+    fake_in, fake_out = ctypes.c_void_p(256), ctypes.c_void_p(512)
+    assert kernel(fake_in, fake_out, 1, 4, 1, 2, 3, None) == -1  # uint8: unsupported dtype
+    assert kernel(fake_in, fake_out, 1, 5, 1, 2, 0, None) == -1  # 2 does not divide 5
+    assert kernel(fake_in, fake_out, 1, 4, 1, 0, 0, None) == -1  # no groups
+    assert kernel(fake_in, fake_out, 0, 4, 1, 2, 0, None) == 0   # nothing to do
+
+
+@pytest.fixture(scope="module")
+def torch():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device for PyTorch")
+    return torch
+
+
+def run_kernel(torch, kernel, x, g):
+    out = torch.empty_like(x)
+    outer, channels = x.shape[0], x.shape[1]
+    inner = x[0, 0].numel()
+    code = utility.MX_DTYPE_CODES[str(x.dtype).replace("torch.", "")]
+    stream = torch.cuda.current_stream().cuda_stream
+    rc = kernel(x.data_ptr(), out.data_ptr(), outer, channels, inner, g, code, stream)
+    assert rc == 0, f"igc_reorder_cuda returned {rc}"
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("shape,g", SHAPES)
+def test_cuda_reorder_equals_torch_channel_shuffle(torch, kernel, shape, g, dtype):
+    x = torch.randn(shape, device="cuda").to(getattr(torch, dtype))
+    expected = torch.nn.functional.channel_shuffle(x.view(shape[0], shape[1], -1), g).view(shape)
+    out = run_kernel(torch, kernel, x, g)
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected)
+    back = run_kernel(torch, kernel, out, shape[1] // g)
+    assert torch.equal(back, x)
+
+
+def test_cuda_reorder_handles_unaligned_pointers(torch, kernel):
+    base = torch.randn(1 + 4 * 12 * 7, device="cuda", dtype=torch.float16)
+    x = base[1:].view(4, 12, 7)  # 2-byte aligned only
+    out = run_kernel(torch, kernel, x, 3)
+    torch.cuda.synchronize()
+    assert torch.equal(out, torch.nn.functional.channel_shuffle(x, 3))

@@ -98,6 +98,31 @@ def _learnable_arguments(symbol, data_shape):
             if name != "data" and not name.endswith("_label")]
 
 
+def layer_costs(symbol, data_shape):
+    """[{'name', 'op', 'params', 'macs'}] per operator node that owns learnable arguments (each
+    argument counted at its first consumer); macs per sample as in `count_macs`."""
+    internals = symbol.get_internals()
+    arg_shapes, out_shapes, _ = internals.infer_shape(data=tuple(data_shape))
+    if out_shapes is None:
+        raise ValueError(f"cannot infer the shapes of the symbol for data shape {data_shape}")
+    args = dict(zip(internals.list_arguments(), arg_shapes))
+    outs = dict(zip(internals.list_outputs(), out_shapes))
+    learnable = {name for name, _, _ in _learnable_arguments(symbol, data_shape)}
+    nodes, seen, rows = _graph_nodes(symbol), set(), []
+    for node in nodes:
+        inputs = [nodes[i[0]]["name"] for i in node["inputs"]]
+        owned = [n for n in inputs if n in learnable and n not in seen]
+        seen.update(owned)
+        macs = 0
+        if node["op"] in _CONV_OPS + ("FullyConnected",):
+            weight = args[inputs[1]]
+            macs = int(np.prod(outs[node["name"] + "_output"][1:])) * int(np.prod(weight[1:]))
+        if owned or macs:
+            rows.append({"name": node["name"], "op": node["op"], "macs": macs,
+                         "params": sum(int(np.prod(args[n])) for n in owned)})
+    return rows
+
+
 def count_params(symbol, data_shape):
     """Learnable parameters: {'conv', 'fc', 'bn', 'total'} (BN = gamma + beta; 'total' also
     holds any other learnable argument). `data_shape` is the NCHW shape of `data`."""
@@ -113,20 +138,9 @@ def count_params(symbol, data_shape):
 def count_macs(symbol, data_shape):
     """Multiply-adds for one sample: {'conv', 'fc', 'total'} (convolutions incl. IGCConv, and
     fully connected layers; biases, BN, pooling and element-wise ops are not counted)."""
-    internals = symbol.get_internals()
-    arg_shapes, out_shapes, _ = internals.infer_shape(data=tuple(data_shape))
-    if out_shapes is None:
-        raise ValueError(f"cannot infer the shapes of the symbol for data shape {data_shape}")
-    args = dict(zip(internals.list_arguments(), arg_shapes))
-    outs = dict(zip(internals.list_outputs(), out_shapes))
-    nodes = _graph_nodes(symbol)
     counts = {"conv": 0, "fc": 0, "total": 0}
-    for node in nodes:
-        if node["op"] not in _CONV_OPS + ("FullyConnected",):
-            continue
-        # Inputs are positional (data, weight[, bias]); a weight row holds one output's MACs.
-        weight = args[nodes[node["inputs"][1][0]]["name"]]
-        kind = "fc" if node["op"] == "FullyConnected" else "conv"
-        counts[kind] += int(np.prod(outs[node["name"] + "_output"][1:])) * int(np.prod(weight[1:]))
+    for layer in layer_costs(symbol, data_shape):
+        if layer["macs"]:
+            counts["fc" if layer["op"] == "FullyConnected" else "conv"] += layer["macs"]
     counts["total"] = counts["conv"] + counts["fc"]
     return counts

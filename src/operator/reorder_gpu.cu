@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <climits>
 
 #include "reorder.h"
 
@@ -38,7 +39,7 @@ template <typename U, int kTile>
 __global__ void reorder_tiles_kernel(const U* __restrict__ in, U* __restrict__ out, int64_t outer,
                                      int64_t groups, int64_t per_group, int row_units,
                                      int64_t tiles_i, int64_t tiles_j) {
-  extern __shared__ unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];
   U* tile = reinterpret_cast<U*>(smem);  // [kTile][kTile * row_units]
   const int span = kTile * row_units;
   const int64_t tiles = outer * tiles_i * tiles_j;
@@ -91,7 +92,8 @@ cudaError_t launch(const void* in_ptr, void* out_ptr, int64_t outer, int64_t cha
     const int64_t total = outer * channels * row_units;
     const int64_t want = (total + kThreads - 1) / kThreads;
     const int blocks = static_cast<int>(want < kMaxBlocks ? want : kMaxBlocks);
-    if (total < (int64_t(1) << 31)) {
+    // 32-bit indexing while the grid-stride loop cannot overflow it.
+    if (total <= INT32_MAX - kMaxBlocks * kThreads) {
       reorder_rows_kernel<U, int32_t><<<blocks, kThreads, 0, stream>>>(
           in, out, static_cast<int32_t>(total), static_cast<int32_t>(channels),
           static_cast<int32_t>(groups), static_cast<int32_t>(row_units));

@@ -1,0 +1,143 @@
+"""Building blocks shared by every family; the one place where layer names are turned into ops.
+
+Names are a public API (released checkpoints load by name): callers pass the exact names from
+SPEC.md's templates and these helpers never invent argument names of their own.
+"""
+import mxnet as mx
+
+PERMUTATIONS = ("reorder", "reshape")
+CONV_IMPLS = ("mxnet", "igc")
+
+
+def check_choice(key, value, choices):
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_positive_int(key, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_divides(what, divisor, total):
+    if total % divisor:
+        raise ValueError(f"{what}: {divisor} does not divide {total}")
+
+
+def round_width(width, multiplier):
+    """width * multiplier rounded half-up to an even number (at least 2)."""
+    return max(2, 2 * int(width * multiplier / 2 + 0.5))
+
+
+def check_multiplier(key, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _native_op(op_name):
+    """mx.sym.<op_name> from the IGC plugin, loading the plugin on first use."""
+    if not hasattr(mx.sym, op_name):
+        import utility
+        try:
+            utility.load_ops()
+        except utility.OpsLibraryError as err:
+            raise RuntimeError(f"{op_name} needs the IGC operator plugin ({err}); "
+                               "permutation='reshape' builds a graph without it") from err
+    if not hasattr(mx.sym, op_name):
+        raise RuntimeError(f"the loaded IGC operator plugin has no {op_name} op")
+    return getattr(mx.sym, op_name)
+
+
+def permute(data, groups, name, permutation):
+    """Channel permutation with `groups` branches: out[:, j*g + i] = in[:, i*(C/g) + j].
+
+    'reorder' is the native op (one node named `name`); 'reshape' is the same permutation as
+    reshape (N, g, C/g, ...) -> swap axes 1, 2 -> reshape (N, C, ...), which needs no plugin.
+    """
+    if permutation == "reorder":
+        return _native_op("Reorder")(data, branch_factor=groups, name=name)
+    check_choice("permutation", permutation, PERMUTATIONS)
+    data = mx.sym.reshape(data, shape=(0, -4, groups, -1, -2), name=f"{name}_split")
+    data = mx.sym.swapaxes(data, dim1=1, dim2=2, name=f"{name}_swap")
+    return mx.sym.reshape(data, shape=(0, -3, -2), name=f"{name}_merge")
+
+
+def conv(data, name, num_filter, kernel, stride=1, num_group=1, pad=None):
+    """Bias-free square convolution with 'same' padding unless `pad` is given."""
+    pad = kernel // 2 if pad is None else pad
+    return mx.sym.Convolution(data, num_filter=num_filter, kernel=(kernel, kernel),
+                              stride=(stride, stride), pad=(pad, pad), num_group=num_group,
+                              no_bias=True, name=name)
+
+
+def primary_conv(data, name, perm_name, num_filter, kernel, stride, groups, permutation,
+                 conv_impl):
+    """The IGC primary group convolution followed by the permutation with `groups` branches.
+
+    conv_impl='mxnet': Convolution `name` then permute(`perm_name`). conv_impl='igc': one fused
+    IGCConv node named `name` whose weight `{name}_weight` has the Convolution's name and shape,
+    so checkpoints interchange between the two.
+    """
+    check_choice("conv_impl", conv_impl, CONV_IMPLS)
+    if conv_impl == "mxnet":
+        data = conv(data, name, num_filter, kernel, stride, num_group=groups)
+        return permute(data, groups, perm_name, permutation)
+    weight = mx.sym.var(f"{name}_weight")
+    pad = kernel // 2
+    return _native_op("IGCConv")(data, weight, num_filter=num_filter, kernel=(kernel, kernel),
+                                 stride=(stride, stride), pad=(pad, pad), num_group=groups,
+                                 no_bias=True, interleave=True, name=name)
+
+
+def batchnorm(data, name, momentum=0.9, eps=2e-5):
+    return mx.sym.BatchNorm(data, fix_gamma=False, momentum=momentum, eps=eps, name=name)
+
+
+def activation(data, name, act):
+    if act == "relu":
+        return mx.sym.Activation(data, act_type="relu", name=name)
+    if act == "relu6":
+        return mx.sym.clip(data, a_min=0, a_max=6, name=name)
+    raise ValueError(f"unknown activation {act!r}")
+
+
+def conv_bn_act(data, conv_name, bn_name, act_name, num_filter, kernel, stride=1, num_group=1,
+                act="relu", momentum=0.9, eps=2e-5):
+    """Conv -> BN [-> activation]; act_name=None leaves the activation out."""
+    data = conv(data, conv_name, num_filter, kernel, stride, num_group)
+    data = batchnorm(data, bn_name, momentum, eps)
+    return data if act_name is None else activation(data, act_name, act)
+
+
+def igc_unit(data, name, num_filter, kernel, stride, primary, secondary, relu, permutation,
+             conv_impl, momentum=0.9, eps=2e-5):
+    """IGCV1 unit: conv1 (k x k, L groups) -> Reorder(L) -> conv2 (1x1, M groups) -> Reorder(M)
+    -> BN [-> ReLU]. No BN/ReLU between the two group convs: together they are one dense conv
+    with a structured-sparse kernel."""
+    data = primary_conv(data, f"{name}_conv1", f"{name}_reorder1", num_filter, kernel, stride,
+                        primary, permutation, conv_impl)
+    data = conv(data, f"{name}_conv2", num_filter, 1, num_group=secondary)
+    data = permute(data, secondary, f"{name}_reorder2", permutation)
+    return igc_batchnorm_relu(data, name, relu, momentum, eps)
+
+
+def igc_batchnorm_relu(data, name, relu=True, momentum=0.9, eps=2e-5):
+    """The single BN [+ ReLU] closing an IGC unit: `{name}_bn`, `{name}_relu`."""
+    data = batchnorm(data, f"{name}_bn", momentum, eps)
+    return activation(data, f"{name}_relu", "relu") if relu else data
+
+
+def classifier(data, num_classes, fc_name="fc_score"):
+    """Global average pool -> flatten -> FC -> SoftmaxOutput('softmax').
+
+    A global pool equals the authors' fixed 8x8 / 7x7 pool at the nominal input size and keeps
+    the nets usable at other sizes.
+    """
+    data = mx.sym.Pooling(data, kernel=(1, 1), pool_type="avg", global_pool=True,
+                          name="global_pool")
+    data = mx.sym.Flatten(data, name="flatten")
+    data = mx.sym.FullyConnected(data, num_hidden=num_classes, name=fc_name)
+    return mx.sym.SoftmaxOutput(data, name="softmax")

@@ -1,0 +1,79 @@
+"""Plain (no shortcut) CIFAR/SVHN networks of the IGCV1 paper: `plain` and `plain_igc`.
+
+Stem 3x3 conv-BN-ReLU, three stages of (depth - 2) / 3 layers at widths C, 2C, 4C (stride 2 in
+the first layer of stages 2 and 3), global average pool, FC. `plain` uses regular 3x3 convs of
+width W; `plain_igc` uses IGC units with C = L*M, L fixed and secondary partitions M, 2M, 4M.
+BN momentum 0.99 as in the authors' code.
+"""
+import mxnet as mx
+
+from .layers import (CONV_IMPLS, PERMUTATIONS, check_choice, check_positive_int, classifier,
+                     conv_bn_act, igc_unit)
+from .registry import register_network
+
+BN_MOMENTUM = 0.99
+
+
+def plain_layers_per_stage(depth):
+    check_positive_int("depth", depth)
+    if depth < 5 or (depth - 2) % 3:
+        raise ValueError(f"plain depth {depth} is invalid: depth - 2 must be a positive multiple "
+                         "of 3 (e.g. 8, 20, 38, 62)")
+    return (depth - 2) // 3
+
+
+def plain_plan(depth, width):
+    check_positive_int("width", width)
+    layers = plain_layers_per_stage(depth)
+    return [dict(stage="g0", prefix="g0_", blocks=1, width=width, stride=1)] + [
+        dict(stage=f"g{s}", prefix=f"g{s}_", blocks=layers, width=width << (s - 1),
+             stride=1 if s == 1 else 2) for s in (1, 2, 3)]
+
+
+def plain_igc_plan(depth, primary_partition, secondary_partition):
+    L = check_positive_int("primary_partition", primary_partition)
+    M = check_positive_int("secondary_partition", secondary_partition)
+    rows = plain_plan(depth, L * M)
+    for row in rows[1:]:
+        row.update(L=L, M=M * row["width"] // (L * M))
+    return rows
+
+
+def _check_common(permutation, conv_impl):
+    check_choice("permutation", permutation, PERMUTATIONS)
+    check_choice("conv_impl", conv_impl, CONV_IMPLS)
+
+
+def _stem(width):
+    return conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", width, 3,
+                       momentum=BN_MOMENTUM)
+
+
+@register_network("plain", plan=plain_plan, dataset_kind="cifar", family="plain",
+                  description="plain CIFAR net of 3x3 conv-BN-ReLU layers, widths W/2W/4W")
+def plain(num_classes, depth=20, width=16, permutation="reorder", conv_impl="mxnet"):
+    """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
+    _check_common(permutation, conv_impl)
+    plan = plain_plan(depth, width)
+    data = _stem(plan[0]["width"])
+    for row in plan[1:]:
+        for b in range(1, row["blocks"] + 1):
+            name = f"{row['stage']}_b{b}"
+            data = conv_bn_act(data, f"{name}_conv", f"{name}_bn", f"{name}_relu", row["width"],
+                               3, row["stride"] if b == 1 else 1, momentum=BN_MOMENTUM)
+    return classifier(data, num_classes)
+
+
+@register_network("plain_igc", plan=plain_igc_plan, dataset_kind="cifar", family="igcv1",
+                  description="plain CIFAR net of IGC units, C = L*M, secondary M/2M/4M")
+def plain_igc(num_classes, depth=20, primary_partition=24, secondary_partition=2,
+              permutation="reorder", conv_impl="mxnet"):
+    _check_common(permutation, conv_impl)
+    plan = plain_igc_plan(depth, primary_partition, secondary_partition)
+    data = _stem(plan[0]["width"])
+    for row in plan[1:]:
+        for b in range(1, row["blocks"] + 1):
+            data = igc_unit(data, f"{row['stage']}_b{b}", row["width"], 3,
+                            row["stride"] if b == 1 else 1, row["L"], row["M"], relu=True,
+                            permutation=permutation, conv_impl=conv_impl, momentum=BN_MOMENTUM)
+    return classifier(data, num_classes)

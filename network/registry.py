@@ -1,0 +1,104 @@
+"""The network registry: one entry per `--network` name, each an explicit-keyword builder.
+
+Family modules register their builders with `@register_network(...)`; `network/__init__.py`
+imports the families and re-exports the lookup functions.
+"""
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+INPUT_SIZES = {"cifar": 32, "imagenet": 224}
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
+    name: str
+    builder: Callable
+    plan: Callable
+    dataset_kind: str
+    family: str
+    description: str
+
+    @property
+    def input_size(self):
+        return INPUT_SIZES[self.dataset_kind]
+
+    def defaults(self):
+        params = inspect.signature(self.builder).parameters
+        return {key: p.default for key, p in params.items() if key != "num_classes"}
+
+
+_REGISTRY = {}
+
+
+def register_network(name, *, plan, dataset_kind, family, description):
+    """Decorator: register `builder(num_classes, **config)` under `name`.
+
+    `plan(**config)` returns the validated stage table the builder follows (used by the summary
+    command); it takes the same keywords as the builder, minus `num_classes`.
+    """
+    if dataset_kind not in INPUT_SIZES:
+        raise ValueError(f"dataset_kind must be one of {sorted(INPUT_SIZES)}, got {dataset_kind!r}")
+
+    def decorate(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"network {name!r} is already registered")
+        params = inspect.signature(builder).parameters
+        missing = [k for k, p in params.items() if k != "num_classes" and p.default is p.empty]
+        if missing:
+            raise TypeError(f"builder for {name!r} must give every config key a default: {missing}")
+        _REGISTRY[name] = NetworkEntry(name, builder, plan, dataset_kind, family, description)
+        return builder
+
+    return decorate
+
+
+def list_networks():
+    """Sorted names of every registered network."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown network {name!r}; valid names: {', '.join(list_networks())}") \
+            from None
+
+
+def network_defaults(name):
+    """{config key: default} for every config key `name` accepts (num_classes excluded)."""
+    return _entry(name).defaults()
+
+
+def network_info(name):
+    """Static facts about a network: input_size, dataset_kind, family, description."""
+    entry = _entry(name)
+    return {"name": entry.name, "input_size": entry.input_size,
+            "dataset_kind": entry.dataset_kind, "family": entry.family,
+            "description": entry.description}
+
+
+def check_config(name, config):
+    entry = _entry(name)
+    accepted = entry.defaults()
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise ValueError(f"network {name!r} does not accept config key(s) {unknown}; "
+                         f"accepted keys: {sorted(accepted)}")
+    return entry
+
+
+def get_symbol(name, num_classes, **config):
+    """Build network `name` ending in SoftmaxOutput 'softmax' (label variable 'softmax_label')."""
+    entry = check_config(name, config)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return entry.builder(num_classes, **config)
+
+
+def get_plan(name, **config):
+    """The validated stage table of `name` under `config` (rows of dicts, for display)."""
+    entry = check_config(name, config)
+    full = {**entry.defaults(), **config}
+    return entry.plan(**{key: full[key] for key in inspect.signature(entry.plan).parameters})

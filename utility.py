@@ -50,21 +50,27 @@ DEFAULT_CUDA_KERNELS_LIB = os.path.join(PROJECT_DIR, "build", "libigc_cuda_kerne
 MX_DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2}
 
 
-def load_cuda_reorder(path=None):
-    """The CUDA Reorder kernel behind its plain C entry point, as a ctypes function.
+def reorder_entry_point(device="cpu", path=None):
+    """A Reorder kernel behind its plain C entry point, as a ctypes function, without MXNet.
 
-    Signature: (in_ptr, out_ptr, outer, channels, inner, groups, dtype_code, stream) -> int,
-    0 on success. Lets the kernel run from any CUDA framework (tests use PyTorch) on GPUs that
-    the prebuilt mxnet-cu112 cannot drive. Built only when CMake found nvcc.
+    Signature: (in_ptr, out_ptr, outer, channels, inner, groups, dtype_code[, stream]) -> int,
+    0 on success; `inner` counts elements per channel, dtype codes are MX_DTYPE_CODES. 'cpu'
+    (igc_reorder_cpu in the plugin) lets benchmarks time the kernel apart from MXNet's dispatch;
+    'cuda' (igc_reorder_cuda in build/libigc_cuda_kernels.so, built when CMake found nvcc) takes
+    a cudaStream_t and lets the kernel run from any CUDA framework (tests use PyTorch), also on
+    GPUs that the prebuilt mxnet-cu112 cannot drive.
     """
     import ctypes
-    path = os.path.abspath(path or DEFAULT_CUDA_KERNELS_LIB)
+    default, symbol = {"cpu": (DEFAULT_OPS_LIB, "igc_reorder_cpu"),
+                       "cuda": (DEFAULT_CUDA_KERNELS_LIB, "igc_reorder_cuda")}[device]
+    path = os.path.abspath(path or default)
     if not os.path.isfile(path):
-        raise OpsLibraryError(f"CUDA kernel library not found at {path} (build with nvcc on PATH: "
-                              "`make ops IGC_CUDA=ON`)")
-    fn = ctypes.CDLL(path).igc_reorder_cuda
+        raise OpsLibraryError(f"Reorder kernel library not found at {path} (run `make ops`; "
+                              "the CUDA kernels need nvcc on PATH)")
+    fn = getattr(ctypes.CDLL(path), symbol)
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_void_p]
+                   ctypes.c_int64, ctypes.c_int64, ctypes.c_int] + (
+                       [ctypes.c_void_p] if device == "cuda" else [])
     fn.restype = ctypes.c_int
     return fn
 

@@ -276,3 +276,19 @@ def test_load_ops_is_idempotent_and_refuses_a_second_library(ops, tmp_path):
     other.write_bytes(b"")
     with pytest.raises(utility.OpsLibraryError, match="already loaded"):
         utility.load_ops(str(other))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,g", [((4, 48, 5, 5), 24), ((3, 12), 4), ((2, 96, 16, 16), 2)])
+def test_reorder_cpu_entry_point_matches_reference(shape, g, dtype):
+    import utility
+    kernel = utility.reorder_entry_point("cpu")
+    x = random_array(shape, dtype)
+    out = np.empty_like(x)
+    inner = int(np.prod(shape[2:]))
+    rc = kernel(x.ctypes.data, out.ctypes.data, shape[0], shape[1], inner, g,
+                utility.MX_DTYPE_CODES[dtype])
+    assert rc == 0
+    np.testing.assert_array_equal(out, reorder_ref(x, g))
+    assert kernel(x.ctypes.data, out.ctypes.data, shape[0], shape[1], inner, 5, 0) == -1
+    assert kernel(x.ctypes.data, out.ctypes.data, shape[0], shape[1], inner, g, 4) == -1

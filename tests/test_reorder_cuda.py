@@ -32,7 +32,7 @@ SHAPES = [  # (shape, g): long rows, 7x7 rows, 1x1 rows, rank 2 and 5, odd sizes
 
 @pytest.fixture(scope="module")
 def kernel():
-    return utility.load_cuda_reorder()
+    return utility.reorder_entry_point("cuda")
 
 
 def test_cuda_entry_point_rejects_bad_arguments_without_a_gpu(kernel):

@@ -61,6 +61,7 @@ def measure_cpu(shapes, min_time):
     import mxnet as mx
     import utility
     utility.load_ops()
+    kernel = utility.reorder_entry_point("cpu")
     rows = []
     for shape, g in shapes:
         shape = tuple(shape)
@@ -68,6 +69,7 @@ def measure_cpu(shapes, min_time):
         x_np = np.random.RandomState(0).rand(*shape).astype(np.float32)
         nbytes = x_np.nbytes
         dst = np.empty_like(x_np)
+        out_np = np.empty_like(x_np)
         x = mx.nd.array(x_np)
         y = mx.nd.empty(shape)
         dy = mx.nd.array(np.random.RandomState(1).rand(*shape).astype(np.float32))
@@ -110,6 +112,9 @@ def measure_cpu(shapes, min_time):
 
         methods = [
             ("memcpy (np.copyto)", lambda: np.copyto(dst, x_np), 2),
+            ("Reorder kernel, direct C call (no MXNet)",
+             lambda: kernel(x_np.ctypes.data, out_np.ctypes.data, shape[0], c,
+                            x_np[0, 0].size, g, 0), 2),
             ("reshape chain, imperative, fwd", chain_imperative, 2),
             ("reshape chain, executor, fwd", chain_fwd, 2),
             ("reshape chain, executor, fwd+bwd", chain_fwd_bwd, 4),
@@ -177,7 +182,7 @@ def bench_cuda(shapes, min_time):
     import utility
     if not torch.cuda.is_available():
         sys.exit("--cuda needs PyTorch with a CUDA device")
-    kernel = utility.load_cuda_reorder()
+    kernel = utility.reorder_entry_point("cuda")
     print(f"device: {torch.cuda.get_device_name()}")
     header = (f"{'shape':<20} {'g':>4} {'dtype':<8} {'d2d copy GB/s':>14} {'Reorder GB/s':>13} "
               f"{'x copy':>7} {'torch shuffle GB/s':>19} {'x copy':>7}")

@@ -35,6 +35,12 @@ void reorder_cpu(const void* in, void* out, int64_t outer, int64_t channels, int
 enum IgcDType { kIgcFloat32 = 0, kIgcFloat64 = 1, kIgcFloat16 = 2 };
 
 extern "C" {
+// The CPU kernel behind a plain C entry point (benchmarks call it without MXNet's dispatch).
+// `inner` counts elements of `dtype` per channel. Returns 0, or -1 for an unsupported dtype or
+// bad sizes.
+int igc_reorder_cpu(const void* in, void* out, int64_t outer, int64_t channels, int64_t inner,
+                    int64_t groups, int dtype);
+
 // CUDA launch of the same permutation on `stream` (a cudaStream_t; null is the legacy stream).
 // `inner` counts elements of `dtype` per channel. Returns 0 on success, -1 for an unsupported
 // dtype or bad sizes, otherwise the cudaError_t of the launch. Defined in reorder_gpu.cu, which is

@@ -1,0 +1,52 @@
+// IGC's primary convolution (`IGCConv`): a k x k group convolution on NCHW data whose output may be
+// stored already interleaved (the `Reorder` permutation fused into the store). Geometry and kernel
+// entry points only; nothing here knows about MXNet.
+//
+// With G groups, C input channels and F filters, group g maps input channels g*(C/G) .. to the
+// logical outputs g*(F/G) + f, f < F/G. The weight is laid out as MXNet's Convolution:
+// (F, C/G, kernel_h, kernel_w). With `interleave`, logical output g*(F/G) + f is stored as channel
+// f*G + g, which is Reorder(branch_factor=G) applied to the plain result.
+#ifndef IGC_OPERATOR_IGC_CONV_H_
+#define IGC_OPERATOR_IGC_CONV_H_
+
+#include <cstdint>
+
+namespace igc {
+
+struct ConvGeometry {
+  int64_t batch, in_channels, height, width;
+  int64_t filters, groups, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
+  bool interleave;
+
+  int64_t out_height() const { return (height + 2 * pad_h - kernel_h) / stride_h + 1; }
+  int64_t out_width() const { return (width + 2 * pad_w - kernel_w) / stride_w + 1; }
+};
+
+// Stored output channel of logical output `filter` (also where its gradient is read).
+inline int64_t conv_output_channel(const ConvGeometry& g, int64_t filter) {
+  if (!g.interleave) return filter;
+  const int64_t per_group = g.filters / g.groups;
+  return (filter % per_group) * g.groups + filter / per_group;
+}
+
+// Bytes of temporary memory `conv_forward_cpu` / `conv_backward_cpu` need for `dtype`
+// (kIgcFloat32 or kIgcFloat64) on the threads they will use; 0 for an unsupported dtype.
+int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype);
+int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype);
+
+// `bias` may be null. The sizes must be valid (groups divide channels and filters, output >= 1x1);
+// the registration file checks them. `workspace` holds `workspace_bytes`, what the function above
+// asked for (a smaller one makes the call use fewer threads or narrower vectors, never overrun
+// it). Multi-threaded with OpenMP, vectorised (AVX2+FMA when the CPU has it, SSE2 otherwise, or
+// always SSE2 when the environment sets IGC_CONV_BASELINE=1).
+void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const void* weight,
+                      const void* bias, void* out, void* workspace, int64_t workspace_bytes);
+
+// Writes (never accumulates) every gradient: data_grad, weight_grad and, when not null, bias_grad.
+void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, const void* data,
+                       const void* weight, void* data_grad, void* weight_grad, void* bias_grad,
+                       void* workspace, int64_t workspace_bytes);
+
+}  // namespace igc
+
+#endif  // IGC_OPERATOR_IGC_CONV_H_

@@ -1,0 +1,639 @@
+// CPU kernels of IGCConv. Every pass works on one (sample, group) item at a time, in a per-thread
+// buffer that holds the group's input already padded (and, for strides > 1, split into column
+// phases so that strided reads become contiguous): the inner loops then have no bounds checks and
+// run over whole vectors of output columns. The backward-data pass is the same correlation run
+// on the output gradient (zero-dilated for strides > 1) with the kernel flipped and transposed.
+// Vectors are GCC vector extensions: 16 bytes for the SSE2 baseline, 32 bytes in the functions
+// compiled for AVX2+FMA, chosen at run time.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "igc_conv.h"
+#include "reorder.h"
+
+namespace igc {
+namespace {
+
+#define IGC_INLINE inline __attribute__((always_inline))
+
+// Problems smaller than this many multiply-adds run on the calling thread. Items are handed out
+// dynamically, a few at a time: on a shared machine a static split waits for the slowest thread.
+constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
+// Output vectors computed together in the forward/backward-data correlation, and kernel taps
+// accumulated together in the weight gradient: 8 independent accumulators hide the latency of
+// the multiply-adds (two per cycle, ~4 cycles each) and stay in 16 registers.
+constexpr int kBlockVectors = 8;
+constexpr int kBlockTaps = 8;
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+inline int64_t align_bytes(int64_t bytes) { return round_up(bytes, 64); }
+
+// Buffer sizes for one (sample, group) item with vectors of `vw` elements.
+struct Layout {
+  int64_t cg, fg, k2, ho, wo, vw;
+  // Padded input P: stride_w column phases x cg channels x hp rows x wq columns. Output column x
+  // of kernel column kx reads phase kx % stride_w, column x + kx / stride_w.
+  int64_t hp, wq, p_chan, p_phase, p_size;
+  // Output gradient D for the data gradient: fg channels, value (y, x) at row y*stride_h + kh-1,
+  // column x*stride_w + kw-1, zero elsewhere.
+  int64_t hd, wd, d_chan, d_size;
+  // Output gradient E for the weight and bias gradients: fg channels of ho rows of wo_pad columns,
+  // zero past wo so that whole vectors can be summed. Unused (empty) with unit strides, where D
+  // serves.
+  int64_t wo_pad, e_chan, e_size;
+
+  Layout(const ConvGeometry& g, int64_t vector_width) {
+    cg = g.in_channels / g.groups;
+    fg = g.filters / g.groups;
+    k2 = g.kernel_h * g.kernel_w;
+    ho = g.out_height();
+    wo = g.out_width();
+    vw = vector_width;
+    wo_pad = round_up(wo, vw);
+    hp = (ho - 1) * g.stride_h + g.kernel_h;
+    // Vector reads past wo stay inside the row's zero tail.
+    wq = wo_pad + (g.kernel_w - 1) / g.stride_w;
+    p_chan = hp * wq;
+    p_phase = cg * p_chan;
+    p_size = g.stride_w * p_phase;
+    // Rows/columns read for the data gradient, and room for every value of the gradient.
+    hd = std::max(g.height + g.pad_h + g.kernel_h - 1, (ho - 1) * g.stride_h + g.kernel_h);
+    wd = std::max({round_up(g.width, vw) + g.pad_w + g.kernel_w - 1,
+                   (wo - 1) * g.stride_w + g.kernel_w, wo_pad + g.kernel_w - 1});
+    d_chan = hd * wd;
+    d_size = fg * d_chan;
+    e_chan = ho * wo_pad;
+    e_size = g.stride_h == 1 && g.stride_w == 1 ? 0 : fg * e_chan;
+  }
+};
+
+template <typename T>
+struct Args {
+  ConvGeometry g;
+  Layout l;
+  const T* data;
+  const T* weight;
+  const T* bias;
+  T* out;            // forward output
+  const T* out_grad;
+  T* data_grad;
+  const int64_t* fwd_taps;  // cg*k2 offsets into P, in weight order (c, ky, kx)
+  const int64_t* bwd_taps;  // fg*k2 offsets into D, order (f, ky', kx') of the flipped kernel
+  const T* flipped;         // per group and input channel: fg*k2 weights matching bwd_taps
+  const T* zeros;           // max(cg, fg) zeros: the initial values when there is no bias
+  bool want_bias;           // backward: compute the bias gradient
+};
+
+template <typename T, int kBytes>
+struct Vec {
+  typedef T type __attribute__((vector_size(kBytes)));
+  // For loads and stores at any element boundary.
+  typedef T unaligned __attribute__((vector_size(kBytes), aligned(sizeof(T)), may_alias));
+  static constexpr int kWidth = kBytes / sizeof(T);
+};
+
+// Copies the group's input channels of sample n into the interior of P (padding stays zero).
+template <typename T>
+IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T* p) {
+  const ConvGeometry& g = a.g;
+  const Layout& l = a.l;
+  // Columns past this one are never read by a valid output.
+  const int64_t col_end = (l.wo - 1) * g.stride_w + g.kernel_w;
+  const int64_t ix_end = std::min(g.width, col_end - g.pad_w);
+  const int64_t iy_end = std::min(g.height, l.hp - g.pad_h);
+  for (int64_t c = 0; c < l.cg; ++c) {
+    const T* src = a.data + ((n * g.in_channels + group * l.cg + c) * g.height) * g.width;
+    T* dst = p + c * l.p_chan;
+    for (int64_t iy = 0; iy < iy_end; ++iy) {
+      const T* row = src + iy * g.width;
+      T* drow = dst + (iy + g.pad_h) * l.wq;
+      if (g.stride_w == 1) {
+        if (ix_end > 0) std::memcpy(drow + g.pad_w, row, ix_end * sizeof(T));
+      } else {
+        for (int64_t phase = 0; phase < g.stride_w; ++phase) {
+          // Input columns ix with (ix + pad_w) % stride_w == phase, from the first >= 0.
+          int64_t ix = (phase - g.pad_w) % g.stride_w;
+          if (ix < 0) ix += g.stride_w;
+          T* dphase = drow + phase * l.p_phase;
+          for (int64_t q = (ix + g.pad_w) / g.stride_w; ix < ix_end; ix += g.stride_w, ++q) {
+            dphase[q] = row[ix];
+          }
+        }
+      }
+    }
+  }
+}
+
+// For FB output planes f at once: out_f[y][x] = init_f + sum_t w_f[t] * in[y*row_step + x +
+// taps[t]], over a block of R rows x PV vectors of output columns from (y0, x0); w_f = w +
+// f*w_stride, out_f = out + f*out_stride. Every input vector loaded serves the FB planes, and
+// each row has its own pointer (offsets derived from one another would form a serial chain of
+// adds), so the accumulators and addresses stay in registers.
+template <typename T, int kBytes, int FB, int R, int PV>
+IGC_INLINE void correlate_block(const T* in, int64_t row_step, const int64_t* taps, const T* w,
+                                int64_t w_stride, int64_t num_taps, const T* init, int64_t y0,
+                                int64_t x0, T* out, int64_t out_stride, int64_t out_w) {
+  typedef typename Vec<T, kBytes>::type V;
+  typedef typename Vec<T, kBytes>::unaligned VU;
+  constexpr int kW = Vec<T, kBytes>::kWidth;
+  // Shapes that correlate_planes_fb never picks for this FB compile to nothing.
+  if constexpr (FB * R * PV <= kBlockVectors) {
+    const T* rows[R];
+    V acc[FB][R][PV];
+    for (int r = 0; r < R; ++r) rows[r] = in + (y0 + r) * row_step + x0;
+    for (int f = 0; f < FB; ++f) {
+      for (int r = 0; r < R; ++r) {
+        for (int v = 0; v < PV; ++v) acc[f][r][v] = V{} + init[f];
+      }
+    }
+    for (int64_t t = 0; t < num_taps; ++t) {
+      const int64_t off = taps[t];
+      T wt[FB];
+      for (int f = 0; f < FB; ++f) wt[f] = w[f * w_stride + t];
+      for (int r = 0; r < R; ++r) {
+        for (int v = 0; v < PV; ++v) {
+          const V x = *reinterpret_cast<const VU*>(rows[r] + off + v * kW);
+          for (int f = 0; f < FB; ++f) acc[f][r][v] += wt[f] * x;
+        }
+      }
+    }
+    for (int f = 0; f < FB; ++f) {
+      for (int r = 0; r < R; ++r) {
+        T* dst = out + f * out_stride + (y0 + r) * out_w + x0;
+        for (int v = 0; v < PV; ++v) {
+          const int64_t count = out_w - x0 - v * kW;
+          if (count >= kW) {
+            *reinterpret_cast<VU*>(dst + v * kW) = acc[f][r][v];
+          } else {
+            for (int64_t i = 0; i < count; ++i) dst[v * kW + i] = acc[f][r][v][i];
+          }
+        }
+      }
+    }
+  }
+}
+
+// FB output planes of out_h x out_w from a padded buffer (see correlate_block), in blocks of
+// 8 / FB vectors per plane: rows at least that long are cut into blocks along the row; shorter
+// rows are stacked.
+template <typename T, int kBytes, int FB>
+IGC_INLINE void correlate_planes_fb(const T* in, int64_t row_step, const int64_t* taps,
+                                    const T* w, int64_t w_stride, int64_t num_taps, const T* init,
+                                    T* out, int64_t out_stride, int64_t out_h, int64_t out_w) {
+  constexpr int kW = Vec<T, kBytes>::kWidth;
+  constexpr int kVectors = kBlockVectors / FB;
+  const int64_t per_row = (out_w + kW - 1) / kW;
+#define IGC_BLOCK(R, PV)                                                                    \
+  correlate_block<T, kBytes, FB, R, PV>(in, row_step, taps, w, w_stride, num_taps, init, y, \
+                                        x0, out, out_stride, out_w)
+  if (per_row >= kVectors) {
+    for (int64_t y = 0; y < out_h; ++y) {
+      int64_t x0 = 0;
+      for (; x0 + kVectors * kW <= out_w + kW - 1; x0 += kVectors * kW) IGC_BLOCK(1, kVectors);
+      switch ((out_w - x0 + kW - 1) / kW) {
+        case 7: IGC_BLOCK(1, 7); break;
+        case 6: IGC_BLOCK(1, 6); break;
+        case 5: IGC_BLOCK(1, 5); break;
+        case 4: IGC_BLOCK(1, 4); break;
+        case 3: IGC_BLOCK(1, 3); break;
+        case 2: IGC_BLOCK(1, 2); break;
+        case 1: IGC_BLOCK(1, 1); break;
+        default: break;
+      }
+    }
+    return;
+  }
+  const int64_t x0 = 0;
+  const int64_t rows = kVectors / per_row;
+  for (int64_t y = 0; y < out_h; y += rows) {
+    const int64_t r = std::min(rows, out_h - y);
+    switch (per_row * 8 + r) {  // (vectors per row, rows) with vectors * rows <= kVectors
+      case 8 + 8: IGC_BLOCK(8, 1); break;
+      case 8 + 7: IGC_BLOCK(7, 1); break;
+      case 8 + 6: IGC_BLOCK(6, 1); break;
+      case 8 + 5: IGC_BLOCK(5, 1); break;
+      case 8 + 4: IGC_BLOCK(4, 1); break;
+      case 8 + 3: IGC_BLOCK(3, 1); break;
+      case 8 + 2: IGC_BLOCK(2, 1); break;
+      case 8 + 1: IGC_BLOCK(1, 1); break;
+      case 16 + 4: IGC_BLOCK(4, 2); break;
+      case 16 + 3: IGC_BLOCK(3, 2); break;
+      case 16 + 2: IGC_BLOCK(2, 2); break;
+      case 16 + 1: IGC_BLOCK(1, 2); break;
+      case 24 + 2: IGC_BLOCK(2, 3); break;
+      case 24 + 1: IGC_BLOCK(1, 3); break;
+      case 32 + 2: IGC_BLOCK(2, 4); break;
+      case 32 + 1: IGC_BLOCK(1, 4); break;
+      case 40 + 1: IGC_BLOCK(1, 5); break;
+      case 48 + 1: IGC_BLOCK(1, 6); break;
+      case 56 + 1: IGC_BLOCK(1, 7); break;
+      default: break;
+    }
+  }
+#undef IGC_BLOCK
+}
+
+// num_planes output planes (see correlate_block), two at a time where possible: sharing each
+// input load between two planes halves the loads per multiply-add.
+template <typename T, int kBytes>
+IGC_INLINE void correlate_planes(const T* in, int64_t row_step, const int64_t* taps, const T* w,
+                                 int64_t w_stride, int64_t num_taps, const T* init, T* out,
+                                 int64_t out_stride, int64_t num_planes, int64_t out_h,
+                                 int64_t out_w) {
+  int64_t f = 0;
+  for (; f + 2 <= num_planes; f += 2) {
+    correlate_planes_fb<T, kBytes, 2>(in, row_step, taps, w + f * w_stride, w_stride, num_taps,
+                                      init + f, out + f * out_stride, out_stride, out_h, out_w);
+  }
+  if (f < num_planes) {
+    correlate_planes_fb<T, kBytes, 1>(in, row_step, taps, w + f * w_stride, w_stride, num_taps,
+                                      init + f, out + f * out_stride, out_stride, out_h, out_w);
+  }
+}
+
+// For FB filters f at once (output gradient e_f = e + f*e_stride, sums_f = sums + f*sums_stride):
+// sums_f[t] += e_f[y][x] * in[y*row_step + x + taps[t]] summed over the output plane, t < TB;
+// with kBias also bias_f += e_f summed (bias_f = bias_sum + f*kW). Rows of e have e_pitch
+// elements, zero past the plane's width. Every input vector loaded serves the FB filters. Sums
+// are kept as whole vectors (kW lanes each) and only reduced to scalars once per call: a
+// horizontal sum per item would cost as much as the products on small planes.
+template <typename T, int kBytes, int FB, int TB, bool kBias>
+IGC_INLINE void weight_grad_taps(const T* in, int64_t row_step, const int64_t* taps, const T* e,
+                                 int64_t e_stride, int64_t e_pitch, int64_t out_h, int64_t wo_pad,
+                                 T* sums, int64_t sums_stride, T* bias_sum) {
+  typedef typename Vec<T, kBytes>::type V;
+  typedef typename Vec<T, kBytes>::unaligned VU;  // the workspace may be only 16-byte aligned
+  constexpr int kW = Vec<T, kBytes>::kWidth;
+  if constexpr (FB * TB <= kBlockTaps) {
+    V acc[FB][TB];
+    V acc_bias[FB];
+    for (int f = 0; f < FB; ++f) {
+      for (int t = 0; t < TB; ++t) {
+        acc[f][t] = *reinterpret_cast<VU*>(sums + f * sums_stride + t * kW);
+      }
+      acc_bias[f] = kBias ? *reinterpret_cast<VU*>(bias_sum + f * kW) : V{};
+    }
+    for (int64_t y = 0; y < out_h; ++y) {
+      const T* erow = e + y * e_pitch;
+      const T* irow = in + y * row_step;
+      for (int64_t x = 0; x < wo_pad; x += kW) {
+        V d[FB];
+        for (int f = 0; f < FB; ++f) {
+          d[f] = *reinterpret_cast<const VU*>(erow + f * e_stride + x);
+          if (kBias) acc_bias[f] += d[f];
+        }
+        for (int t = 0; t < TB; ++t) {
+          const V v = *reinterpret_cast<const VU*>(irow + x + taps[t]);
+          for (int f = 0; f < FB; ++f) acc[f][t] += d[f] * v;
+        }
+      }
+    }
+    for (int f = 0; f < FB; ++f) {
+      for (int t = 0; t < TB; ++t) {
+        *reinterpret_cast<VU*>(sums + f * sums_stride + t * kW) = acc[f][t];
+      }
+      if (kBias) *reinterpret_cast<VU*>(bias_sum + f * kW) = acc_bias[f];
+    }
+  }
+}
+
+// Weight (and bias) gradient of FB filters over all their cg*k2 taps, kBlockTaps / FB at a time.
+template <typename T, int kBytes, int FB>
+IGC_INLINE void weight_grad_filters(const T* in, int64_t row_step, const int64_t* taps,
+                                    int64_t num_taps, const T* e, int64_t e_stride,
+                                    int64_t e_pitch, int64_t out_h, int64_t wo_pad, T* sums,
+                                    T* bias_sum) {
+  constexpr int kW = Vec<T, kBytes>::kWidth;
+  constexpr int kTaps = kBlockTaps / FB;
+  const int64_t sums_stride = num_taps * kW;
+#define IGC_TAPS(TB)                                                                          \
+  do {                                                                                        \
+    if (bias_sum) {                                                                           \
+      weight_grad_taps<T, kBytes, FB, TB, true>(in, row_step, taps + t, e, e_stride, e_pitch, \
+                                                out_h, wo_pad, sums + t * kW, sums_stride,    \
+                                                bias_sum);                                    \
+      bias_sum = nullptr; /* summed once, with the first taps */                              \
+    } else {                                                                                  \
+      weight_grad_taps<T, kBytes, FB, TB, false>(in, row_step, taps + t, e, e_stride,         \
+                                                 e_pitch, out_h, wo_pad, sums + t * kW,       \
+                                                 sums_stride, nullptr);                       \
+    }                                                                                         \
+  } while (0)
+  int64_t t = 0;
+  for (; t + kTaps <= num_taps; t += kTaps) IGC_TAPS(kTaps);
+  switch (num_taps - t) {
+    case 7: IGC_TAPS(7); break;
+    case 6: IGC_TAPS(6); break;
+    case 5: IGC_TAPS(5); break;
+    case 4: IGC_TAPS(4); break;
+    case 3: IGC_TAPS(3); break;
+    case 2: IGC_TAPS(2); break;
+    case 1: IGC_TAPS(1); break;
+    default: break;
+  }
+#undef IGC_TAPS
+}
+
+template <typename T, int kBytes>
+IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p) {
+  const ConvGeometry& g = a.g;
+  const Layout& l = a.l;
+  const int64_t n = item / g.groups, group = item % g.groups;
+  fill_padded_input(a, n, group, p);
+  const int64_t plane = l.ho * l.wo;
+  // Consecutive filters of a group are G channels apart in an interleaved output.
+  const int64_t out_stride = g.interleave ? g.groups * plane : plane;
+  const int64_t first = group * l.fg;
+  correlate_planes<T, kBytes>(p, g.stride_h * l.wq, a.fwd_taps, a.weight + first * l.cg * l.k2,
+                              l.cg * l.k2, l.cg * l.k2, a.bias ? a.bias + first : a.zeros,
+                              a.out + (n * g.filters + conv_output_channel(g, first)) * plane,
+                              out_stride, l.fg, l.ho, l.wo);
+}
+
+// `partial` accumulates this thread's weight gradient (filters*cg*k2) then bias gradient
+// (filters), each value as a vector of l.vw lanes.
+template <typename T, int kBytes>
+IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial) {
+  const ConvGeometry& g = a.g;
+  const Layout& l = a.l;
+  const int64_t n = item / g.groups, group = item % g.groups;
+  const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
+  fill_padded_input(a, n, group, p);
+  for (int64_t f = 0; f < l.fg; ++f) {
+    const int64_t filter = group * l.fg + f;
+    const T* dy = a.out_grad + (n * g.filters + conv_output_channel(g, filter)) * l.ho * l.wo;
+    T* dchan = d + f * l.d_chan + (g.kernel_h - 1) * l.wd + g.kernel_w - 1;
+    for (int64_t y = 0; y < l.ho; ++y) {
+      const T* row = dy + y * l.wo;
+      T* drow = dchan + y * g.stride_h * l.wd;
+      if (g.stride_w == 1) {
+        std::memcpy(drow, row, l.wo * sizeof(T));
+      } else {
+        for (int64_t x = 0; x < l.wo; ++x) drow[x * g.stride_w] = row[x];
+      }
+      if (!unit_stride) std::memcpy(e + f * l.e_chan + y * l.wo_pad, row, l.wo * sizeof(T));
+    }
+  }
+  const int64_t in_plane = g.height * g.width;
+  correlate_planes<T, kBytes>(d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2,
+                              l.fg * l.k2, l.fg * l.k2, a.zeros,
+                              a.data_grad + (n * g.in_channels + group * l.cg) * in_plane,
+                              in_plane, l.cg, g.height, g.width);
+  // With unit strides D already holds the output gradient with zero tails.
+  const int64_t e_pitch = unit_stride ? l.wd : l.wo_pad;
+  const int64_t e_stride = unit_stride ? l.d_chan : l.e_chan;
+  const T* e0 = unit_stride ? d + (g.kernel_h - 1) * l.wd + g.kernel_w - 1 : e;
+  const int64_t taps = l.cg * l.k2;
+  for (int64_t f = 0; f < l.fg;) {
+    const int64_t filter = group * l.fg + f;
+    T* sums = partial + filter * taps * l.vw;
+    T* bias_sum = a.want_bias ? partial + (g.filters * taps + filter) * l.vw : nullptr;
+    if (f + 2 <= l.fg) {  // two filters share each input load
+      weight_grad_filters<T, kBytes, 2>(p, g.stride_h * l.wq, a.fwd_taps, taps, e0 + f * e_stride,
+                                        e_stride, e_pitch, l.ho, l.wo_pad, sums, bias_sum);
+      f += 2;
+    } else {
+      weight_grad_filters<T, kBytes, 1>(p, g.stride_h * l.wq, a.fwd_taps, taps, e0 + f * e_stride,
+                                        e_stride, e_pitch, l.ho, l.wo_pad, sums, bias_sum);
+      f += 1;
+    }
+  }
+}
+
+template <typename T>
+using ForwardItem = void (*)(const Args<T>&, int64_t, T*);
+template <typename T>
+using BackwardItem = void (*)(const Args<T>&, int64_t, T*, T*, T*, T*);
+
+template <typename T>
+void forward_item_sse2(const Args<T>& a, int64_t item, T* p) {
+  forward_item<T, 16>(a, item, p);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) void forward_item_avx2(const Args<T>& a, int64_t item, T* p) {
+  forward_item<T, 32>(a, item, p);
+}
+template <typename T>
+void backward_item_sse2(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial) {
+  backward_item<T, 16>(a, item, p, d, e, partial);
+}
+template <typename T>
+__attribute__((target("avx2,fma"))) void backward_item_avx2(const Args<T>& a, int64_t item, T* p,
+                                                            T* d, T* e, T* partial) {
+  backward_item<T, 32>(a, item, p, d, e, partial);
+}
+
+bool use_avx2() {
+  const char* baseline = std::getenv("IGC_CONV_BASELINE");
+  if (baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0) return false;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+int conv_threads(const ConvGeometry& g) {
+  const int64_t macs = g.batch * g.filters * g.out_height() * g.out_width() *
+                       (g.in_channels / g.groups) * g.kernel_h * g.kernel_w;
+  return macs < kMinParallelMacs ? 1 : std::max(1, omp_get_max_threads());
+}
+
+// Workspace: [shared part][thread 0][thread 1]..., every piece 64-byte aligned.
+struct Workspace {
+  int64_t fwd_taps, bwd_taps, flipped, zeros, shared, per_thread, p, d, e, partial, total;
+};
+
+template <typename T>
+Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
+  const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
+  Workspace w{};
+  w.fwd_taps = 0;
+  w.bwd_taps = align_bytes(l.cg * l.k2 * sizeof(int64_t));
+  w.flipped = w.bwd_taps + (backward ? align_bytes(l.fg * l.k2 * sizeof(int64_t)) : 0);
+  w.zeros = w.flipped + (backward ? align_bytes(g.filters * l.cg * l.k2 * sizeof(T)) : 0);
+  w.shared = w.zeros + align_bytes(std::max(l.cg, l.fg) * sizeof(T));
+  w.p = 0;
+  w.d = align_bytes(l.p_size * sizeof(T));
+  w.e = w.d + (backward ? align_bytes(l.d_size * sizeof(T)) : 0);
+  w.partial = w.e + (backward ? align_bytes(l.e_size * sizeof(T)) : 0);
+  w.per_thread =
+      w.partial +
+      (backward ? align_bytes((g.filters * l.cg * l.k2 + g.filters) * l.vw * sizeof(T)) : 0);
+  w.total = w.shared + conv_threads(g) * w.per_thread;
+  return w;
+}
+
+// The vector width and thread count a call runs with: what was asked for when the workspace was
+// sized, or less if the workspace is smaller (the environment or the thread count changed in
+// between). Every buffer grows with the vector width, so 16-byte vectors always fit.
+struct Plan {
+  bool avx2;
+  Workspace w;
+  int threads;
+};
+
+template <typename T>
+Plan make_plan(const ConvGeometry& g, bool backward, int64_t workspace_bytes) {
+  Plan p{use_avx2(), {}, 1};
+  p.w = workspace_layout<T>(g, backward, p.avx2);
+  if (p.w.total > workspace_bytes) {
+    p.avx2 = false;
+    p.w = workspace_layout<T>(g, backward, false);
+  }
+  p.threads = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(conv_threads(g), (workspace_bytes - p.w.shared) / p.w.per_thread)));
+  return p;
+}
+
+template <typename T>
+void fill_forward_taps(const ConvGeometry& g, const Layout& l, int64_t* taps) {
+  for (int64_t c = 0; c < l.cg; ++c) {
+    for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
+      for (int64_t kx = 0; kx < g.kernel_w; ++kx) {
+        *taps++ = (kx % g.stride_w) * l.p_phase + c * l.p_chan + ky * l.wq + kx / g.stride_w;
+      }
+    }
+  }
+}
+
+template <typename T>
+void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bias, T* out,
+             char* ws, int64_t ws_bytes) {
+  const Plan plan = make_plan<T>(g, false, ws_bytes);
+  const bool avx2 = plan.avx2;
+  const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
+  const Workspace& w = plan.w;
+  int64_t* fwd_taps = reinterpret_cast<int64_t*>(ws + w.fwd_taps);
+  fill_forward_taps<T>(g, l, fwd_taps);
+  T* zeros = reinterpret_cast<T*>(ws + w.zeros);
+  std::fill(zeros, zeros + std::max(l.cg, l.fg), T(0));
+  const Args<T> a{g,       l,       data,    weight, bias, out, nullptr, nullptr, fwd_taps,
+                  nullptr, nullptr, zeros,   false};
+  const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
+  const int64_t items = g.batch * g.groups;
+  const int threads = plan.threads;
+#pragma omp parallel num_threads(threads)
+  {
+    T* p = reinterpret_cast<T*>(ws + w.shared + omp_get_thread_num() * w.per_thread + w.p);
+    std::memset(p, 0, l.p_size * sizeof(T));
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t item = 0; item < items; ++item) run(a, item, p);
+  }
+}
+
+template <typename T>
+void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* weight,
+              T* data_grad, T* weight_grad, T* bias_grad, char* ws, int64_t ws_bytes) {
+  const Plan plan = make_plan<T>(g, true, ws_bytes);
+  const bool avx2 = plan.avx2;
+  const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
+  const Workspace& w = plan.w;
+  int64_t* fwd_taps = reinterpret_cast<int64_t*>(ws + w.fwd_taps);
+  int64_t* bwd_taps = reinterpret_cast<int64_t*>(ws + w.bwd_taps);
+  T* flipped = reinterpret_cast<T*>(ws + w.flipped);
+  fill_forward_taps<T>(g, l, fwd_taps);
+  T* zeros = reinterpret_cast<T*>(ws + w.zeros);
+  std::fill(zeros, zeros + std::max(l.cg, l.fg), T(0));
+  for (int64_t f = 0; f < l.fg; ++f) {
+    for (int64_t ky = 0; ky < g.kernel_h; ++ky) {
+      for (int64_t kx = 0; kx < g.kernel_w; ++kx) {
+        bwd_taps[(f * g.kernel_h + ky) * g.kernel_w + kx] =
+            f * l.d_chan + (g.pad_h + ky) * l.wd + g.pad_w + kx;
+      }
+    }
+  }
+  // flipped[(filter group, c)][f][ky'][kx'] = weight[filter group*fg + f][c][kh-1-ky'][kw-1-kx']
+  for (int64_t group = 0; group < g.groups; ++group) {
+    for (int64_t c = 0; c < l.cg; ++c) {
+      T* dst = flipped + (group * l.cg + c) * l.fg * l.k2;
+      for (int64_t f = 0; f < l.fg; ++f) {
+        const T* src = weight + ((group * l.fg + f) * l.cg + c) * l.k2;
+        for (int64_t k = 0; k < l.k2; ++k) dst[f * l.k2 + k] = src[l.k2 - 1 - k];
+      }
+    }
+  }
+  const Args<T> a{g,        l,     data,  weight, nullptr, nullptr, out_grad, data_grad, fwd_taps,
+                  bwd_taps, flipped, zeros, bias_grad != nullptr};
+  const BackwardItem<T> run = avx2 ? backward_item_avx2<T> : backward_item_sse2<T>;
+  const int64_t items = g.batch * g.groups;
+  const int64_t weight_size = g.filters * l.cg * l.k2;
+  const int64_t reduced = weight_size + g.filters;
+  const int threads = plan.threads;
+  char* thread_base = ws + w.shared;
+#pragma omp parallel num_threads(threads)
+  {
+    char* mine = thread_base + omp_get_thread_num() * w.per_thread;
+    T* p = reinterpret_cast<T*>(mine + w.p);
+    T* d = reinterpret_cast<T*>(mine + w.d);
+    T* e = reinterpret_cast<T*>(mine + w.e);
+    T* partial = reinterpret_cast<T*>(mine + w.partial);
+    std::memset(p, 0, l.p_size * sizeof(T));
+    std::memset(d, 0, l.d_size * sizeof(T));
+    std::memset(e, 0, l.e_size * sizeof(T));
+    std::memset(partial, 0, reduced * l.vw * sizeof(T));
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t item = 0; item < items; ++item) run(a, item, p, d, e, partial);
+    // The implicit barrier above makes every thread's partial sums complete.
+    const int team = omp_get_num_threads();
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < reduced; ++i) {
+      T s = 0;
+      for (int t = 0; t < team; ++t) {
+        const T* lanes = reinterpret_cast<const T*>(thread_base + t * w.per_thread + w.partial);
+        for (int64_t k = 0; k < l.vw; ++k) s += lanes[i * l.vw + k];
+      }
+      if (i < weight_size) {
+        weight_grad[i] = s;
+      } else if (bias_grad) {
+        bias_grad[i - weight_size] = s;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype) {
+  if (dtype == kIgcFloat32) return workspace_layout<float>(g, false, use_avx2()).total;
+  if (dtype == kIgcFloat64) return workspace_layout<double>(g, false, use_avx2()).total;
+  return 0;
+}
+
+int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype) {
+  if (dtype == kIgcFloat32) return workspace_layout<float>(g, true, use_avx2()).total;
+  if (dtype == kIgcFloat64) return workspace_layout<double>(g, true, use_avx2()).total;
+  return 0;
+}
+
+void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const void* weight,
+                      const void* bias, void* out, void* workspace, int64_t workspace_bytes) {
+  char* ws = static_cast<char*>(workspace);
+  if (dtype == kIgcFloat32) {
+    forward(g, static_cast<const float*>(data), static_cast<const float*>(weight),
+            static_cast<const float*>(bias), static_cast<float*>(out), ws,
+            workspace_bytes);
+  } else if (dtype == kIgcFloat64) {
+    forward(g, static_cast<const double*>(data), static_cast<const double*>(weight),
+            static_cast<const double*>(bias), static_cast<double*>(out), ws,
+            workspace_bytes);
+  }
+}
+
+void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, const void* data,
+                       const void* weight, void* data_grad, void* weight_grad, void* bias_grad,
+                       void* workspace, int64_t workspace_bytes) {
+  char* ws = static_cast<char*>(workspace);
+  if (dtype == kIgcFloat32) {
+    backward(g, static_cast<const float*>(out_grad), static_cast<const float*>(data),
+             static_cast<const float*>(weight), static_cast<float*>(data_grad),
+             static_cast<float*>(weight_grad), static_cast<float*>(bias_grad), ws,
+             workspace_bytes);
+  } else if (dtype == kIgcFloat64) {
+    backward(g, static_cast<const double*>(out_grad), static_cast<const double*>(data),
+             static_cast<const double*>(weight), static_cast<double*>(data_grad),
+             static_cast<double*>(weight_grad), static_cast<double*>(bias_grad), ws,
+             workspace_bytes);
+  }
+}
+
+}  // namespace igc

@@ -1,0 +1,302 @@
+// Registration of `IGCConv` with MXNet's extension API: attribute parsing and validation, shape
+// and type inference, and the dispatch to the kernels in igc_conv_cpu.cc.
+// Inputs: data (N, C, H, W), weight (F, C/G, kh, kw) and, unless no_bias, bias (F,).
+// Every user error is reported through IGC_ERROR and surfaces as an MXNetError in Python.
+#include <mxnet/lib_api.h>
+
+#include <climits>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "igc_conv.h"
+#include "op_common.h"
+
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+
+namespace {
+
+using Attrs = std::unordered_map<std::string, std::string>;
+using Shape = std::vector<unsigned int>;
+
+const char kOp[] = "IGCConv";
+
+struct Params {
+  int64_t num_filter = 0, kernel_h = 0, kernel_w = 0, stride_h = 1, stride_w = 1, pad_h = 0,
+          pad_w = 0, num_group = 1;
+  bool no_bias = false, interleave = false;
+};
+
+// "(3, 3)", "[3,3]" or "3,3" -> {3, 3}.
+bool parse_int_list(std::string text, std::vector<int64_t>* values) {
+  for (char& ch : text) {
+    if (ch == '(' || ch == ')' || ch == '[' || ch == ']') ch = ' ';
+  }
+  values->clear();
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? comma : comma - start);
+    int64_t v;
+    if (igc::parse_int(item, &v)) {
+      values->push_back(v);
+    } else if (!(comma == std::string::npos && item.find_first_not_of(' ') == std::string::npos &&
+                 !values->empty())) {
+      return false;  // only a trailing comma, as in "(3,)", may leave an empty item
+    }
+    if (comma == std::string::npos) return true;
+    start = comma + 1;
+  }
+}
+
+bool parse_pair(const Attrs& attrs, const char* name, bool required, int64_t minimum,
+                int64_t* first, int64_t* second) {
+  const auto it = attrs.find(name);
+  if (it == attrs.end()) {
+    if (!required) return true;
+    IGC_ERROR << kOp << ": required attribute '" << name << "' is missing (e.g. " << name
+              << "=(3, 3))";
+    return false;
+  }
+  std::vector<int64_t> v;
+  if (!parse_int_list(it->second, &v) || v.size() != 2 || v[0] < minimum || v[1] < minimum) {
+    IGC_ERROR << kOp << ": attribute '" << name << "' must be a pair of integers >= " << minimum
+              << " (2-D convolution only), got '" << it->second << "'";
+    return false;
+  }
+  *first = v[0];
+  *second = v[1];
+  return true;
+}
+
+bool parse_scalar(const Attrs& attrs, const char* name, bool required, int64_t* value) {
+  const auto it = attrs.find(name);
+  if (it == attrs.end()) {
+    if (required) IGC_ERROR << kOp << ": required attribute '" << name << "' is missing";
+    return !required;
+  }
+  if (!igc::parse_int(it->second, value) || *value < 1) {
+    IGC_ERROR << kOp << ": attribute '" << name << "' must be an integer >= 1, got '"
+              << it->second << "'";
+    return false;
+  }
+  return true;
+}
+
+bool parse_bool(const Attrs& attrs, const char* name, bool* value) {
+  const auto it = attrs.find(name);
+  if (it == attrs.end()) return true;
+  const std::string& s = it->second;
+  if (s == "True" || s == "true" || s == "1") {
+    *value = true;
+  } else if (s == "False" || s == "false" || s == "0") {
+    *value = false;
+  } else {
+    IGC_ERROR << kOp << ": attribute '" << name << "' must be True or False, got '" << s << "'";
+    return false;
+  }
+  return true;
+}
+
+bool parse_params(const Attrs& attrs, Params* p) {
+  if (!igc::check_known_attrs(kOp, attrs,
+                              {"num_filter", "kernel", "stride", "pad", "dilate", "num_group",
+                               "no_bias", "interleave"})) {
+    return false;
+  }
+  if (!parse_scalar(attrs, "num_filter", true, &p->num_filter) ||
+      !parse_scalar(attrs, "num_group", false, &p->num_group) ||
+      !parse_pair(attrs, "kernel", true, 1, &p->kernel_h, &p->kernel_w) ||
+      !parse_pair(attrs, "stride", false, 1, &p->stride_h, &p->stride_w) ||
+      !parse_pair(attrs, "pad", false, 0, &p->pad_h, &p->pad_w) ||
+      !parse_bool(attrs, "no_bias", &p->no_bias) ||
+      !parse_bool(attrs, "interleave", &p->interleave)) {
+    return false;
+  }
+  const auto dilate = attrs.find("dilate");
+  if (dilate != attrs.end()) {
+    std::vector<int64_t> v;
+    if (!parse_int_list(dilate->second, &v) || v.size() != 2 || v[0] != 1 || v[1] != 1) {
+      IGC_ERROR << kOp << ": dilation is not supported; attribute 'dilate' must be (1, 1), got '"
+                << dilate->second << "'";
+      return false;
+    }
+  }
+  if (p->num_filter % p->num_group != 0) {
+    IGC_ERROR << kOp << ": attribute 'num_group'=" << p->num_group
+              << " does not divide 'num_filter'=" << p->num_filter;
+    return false;
+  }
+  return true;
+}
+
+MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
+  Params p;
+  if (!parse_params(attrs, &p)) return MX_FAIL;
+  *num_in = p.no_bias ? 2 : 3;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  static const char* const kNames[] = {"data", "weight", "bias"};
+  int dtype = out_types->at(0);
+  for (int t : *in_types) {
+    if (t != -1) dtype = t;
+  }
+  if (in_types->at(0) != -1) dtype = in_types->at(0);
+  if (dtype == -1) return MX_SUCCESS;
+  if (dtype != kIgcFloat32 && dtype != kIgcFloat64) {
+    IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(dtype)
+              << "; supported: float32, float64";
+    return MX_FAIL;
+  }
+  for (size_t i = 0; i < in_types->size(); ++i) {
+    int& t = in_types->at(i);
+    if (t != -1 && t != dtype) {
+      IGC_ERROR << kOp << ": input '" << kNames[i] << "' has dtype " << igc::dtype_name(t)
+                << " but 'data' has " << igc::dtype_name(dtype) << "; all inputs must match";
+      return MX_FAIL;
+    }
+    t = dtype;
+  }
+  out_types->at(0) = dtype;
+  return MX_SUCCESS;
+}
+
+// Checks that `shape`, when known (non-empty), equals `expected`; fills it in when unknown.
+bool match_shape(const char* input, const Shape& data, const Shape& expected, Shape* shape) {
+  if (shape->empty()) {
+    *shape = expected;
+    return true;
+  }
+  if (*shape == expected) return true;
+  IGC_ERROR << kOp << ": input '" << input << "' has shape " << igc::shape_string(*shape)
+            << " but data shape " << igc::shape_string(data) << " and the attributes need "
+            << igc::shape_string(expected);
+  return false;
+}
+
+MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
+                          std::vector<Shape>* out_shapes) {
+  Params p;
+  if (!parse_params(attrs, &p)) return MX_FAIL;
+  const Shape& data = in_shapes->at(0);
+  if (data.size() != 4) {
+    IGC_ERROR << kOp << ": data must be NCHW (rank 4), got shape " << igc::shape_string(data);
+    return MX_FAIL;
+  }
+  const int64_t channels = data[1];
+  if (channels % p.num_group != 0) {
+    IGC_ERROR << kOp << ": attribute 'num_group'=" << p.num_group
+              << " does not divide the input channel count " << channels << " of data shape "
+              << igc::shape_string(data);
+    return MX_FAIL;
+  }
+  const int64_t padded_h = data[2] + 2 * p.pad_h, padded_w = data[3] + 2 * p.pad_w;
+  if (padded_h < p.kernel_h || padded_w < p.kernel_w) {
+    IGC_ERROR << kOp << ": attribute 'kernel'=(" << p.kernel_h << ", " << p.kernel_w
+              << ") is larger than the padded input " << padded_h << "x" << padded_w
+              << " (data shape " << igc::shape_string(data) << ", pad=(" << p.pad_h << ", "
+              << p.pad_w << "))";
+    return MX_FAIL;
+  }
+  const Shape weight{static_cast<unsigned>(p.num_filter),
+                     static_cast<unsigned>(channels / p.num_group),
+                     static_cast<unsigned>(p.kernel_h), static_cast<unsigned>(p.kernel_w)};
+  if (!match_shape("weight", data, weight, &in_shapes->at(1))) return MX_FAIL;
+  if (!p.no_bias &&
+      !match_shape("bias", data, Shape{static_cast<unsigned>(p.num_filter)}, &in_shapes->at(2))) {
+    return MX_FAIL;
+  }
+  out_shapes->at(0) = {data[0], static_cast<unsigned>(p.num_filter),
+                       static_cast<unsigned>((padded_h - p.kernel_h) / p.stride_h + 1),
+                       static_cast<unsigned>((padded_w - p.kernel_w) / p.stride_w + 1)};
+  return MX_SUCCESS;
+}
+
+// Geometry of a call, re-checked against the tensors: imperative calls may bypass inference.
+bool geometry(const Attrs& attrs, const MXTensor& data, const MXTensor& weight,
+              igc::ConvGeometry* g, Params* p) {
+  if (!parse_params(attrs, p)) return false;
+  if (data.shape.size() != 4 || weight.shape.size() != 4 || data.shape[1] % p->num_group != 0 ||
+      weight.shape[0] != p->num_filter || weight.shape[1] * p->num_group != data.shape[1] ||
+      weight.shape[2] != p->kernel_h || weight.shape[3] != p->kernel_w ||
+      data.shape[2] + 2 * p->pad_h < p->kernel_h || data.shape[3] + 2 * p->pad_w < p->kernel_w) {
+    IGC_ERROR << kOp << ": data shape " << igc::shape_string({data.shape.begin(), data.shape.end()})
+              << " and weight shape "
+              << igc::shape_string({weight.shape.begin(), weight.shape.end()})
+              << " do not match the attributes";
+    return false;
+  }
+  const int dtype = data.dtype;
+  if (dtype != kIgcFloat32 && dtype != kIgcFloat64) {
+    IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(data.dtype)
+              << "; supported: float32, float64";
+    return false;
+  }
+  if (data.ctx.dev_type != "cpu") {
+    IGC_ERROR << kOp << ": only CPU kernels are built; got a tensor on " << data.ctx.dev_type;
+    return false;
+  }
+  *g = igc::ConvGeometry{data.shape[0], data.shape[1], data.shape[2], data.shape[3],
+                         p->num_filter, p->num_group, p->kernel_h, p->kernel_w, p->stride_h,
+                         p->stride_w, p->pad_h, p->pad_w, p->interleave};
+  return true;
+}
+
+void* workspace(const OpResource& res, int64_t bytes) {
+  if (bytes > INT_MAX) {
+    IGC_ERROR << kOp << ": needs " << bytes << " bytes of workspace, more than MXNet can lend";
+    return nullptr;
+  }
+  void* ws = res.alloc_cpu(static_cast<int>(bytes));
+  if (!ws) IGC_ERROR << kOp << ": could not allocate " << bytes << " bytes of workspace";
+  return ws;
+}
+
+// inputs: [data, weight, (bias)]; outputs: [out].
+MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  igc::ConvGeometry g;
+  Params p;
+  if (!geometry(attrs, inputs->at(0), inputs->at(1), &g, &p)) return MX_FAIL;
+  const int dtype = inputs->at(0).dtype;
+  const int64_t bytes = igc::conv_forward_workspace_bytes(g, dtype);
+  void* ws = workspace(res, bytes);
+  if (!ws) return MX_FAIL;
+  igc::conv_forward_cpu(g, dtype, inputs->at(0).data_ptr, inputs->at(1).data_ptr,
+                        p.no_bias ? nullptr : inputs->at(2).data_ptr, outputs->at(0).data_ptr, ws,
+                        bytes);
+  return MX_SUCCESS;
+}
+
+// inputs: [out grad, data, weight, (bias), out]; outputs: [data grad, weight grad, (bias grad)].
+MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  igc::ConvGeometry g;
+  Params p;
+  if (!geometry(attrs, inputs->at(1), inputs->at(2), &g, &p)) return MX_FAIL;
+  const int dtype = inputs->at(1).dtype;
+  const int64_t bytes = igc::conv_backward_workspace_bytes(g, dtype);
+  void* ws = workspace(res, bytes);
+  if (!ws) return MX_FAIL;
+  igc::conv_backward_cpu(g, dtype, inputs->at(0).data_ptr, inputs->at(1).data_ptr,
+                         inputs->at(2).data_ptr, outputs->at(0).data_ptr, outputs->at(1).data_ptr,
+                         p.no_bias ? nullptr : outputs->at(2).data_ptr, ws, bytes);
+  return MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(IGCConv)
+    .setParseAttrs(parse_attrs)
+    .setInferType(infer_type)
+    .setInferShape(infer_shape)
+    .setForward(forward, "cpu")
+    .setBackward(backward, "cpu");

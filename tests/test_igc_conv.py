@@ -1,0 +1,246 @@
+"""The native `IGCConv` op (group conv with fused interleaved store) against MXNet's Convolution
+followed by the pure-symbol permutation (reshape -> swapaxes -> reshape), and the networks built
+with conv_impl='igc' against conv_impl='mxnet'."""
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+# (N, C, H, W, F, G, kernel, stride, pad, bias, interleave, dtype): the CIFAR unit shapes, odd
+# sizes, rectangular kernels/strides/pads, pads wider than the kernel, rows narrower and wider
+# than one vector block (W = 5 .. 70), 1 to 16 channels per group, depthwise, float32/float64.
+CASES = [
+    (2, 4, 5, 7, 4, 2, (3, 3), (1, 1), (1, 1), True, False, "float64"),
+    (2, 6, 9, 11, 6, 3, (3, 3), (2, 2), (1, 1), True, True, "float64"),
+    (4, 48, 32, 32, 48, 24, (3, 3), (1, 1), (1, 1), False, True, "float32"),
+    (4, 48, 32, 32, 48, 24, (3, 3), (2, 2), (1, 1), False, True, "float32"),
+    (2, 96, 16, 16, 96, 24, (3, 3), (1, 1), (1, 1), False, True, "float32"),
+    (2, 192, 8, 8, 192, 24, (3, 3), (1, 1), (1, 1), True, True, "float32"),
+    (2, 8, 7, 9, 12, 4, (1, 3), (2, 1), (0, 2), True, True, "float64"),
+    (2, 8, 7, 9, 12, 4, (1, 1), (1, 1), (0, 0), False, False, "float64"),
+    (1, 3, 10, 10, 5, 1, (5, 5), (3, 2), (2, 3), True, False, "float64"),
+    (2, 4, 5, 70, 4, 4, (3, 3), (1, 1), (1, 1), True, True, "float64"),
+    (2, 4, 9, 45, 8, 2, (3, 3), (1, 2), (1, 1), True, True, "float32"),
+    (2, 6, 13, 20, 6, 3, (3, 1), (2, 1), (1, 0), True, False, "float64"),
+    (2, 6, 13, 20, 6, 3, (1, 1), (1, 1), (3, 3), True, False, "float64"),
+    (2, 32, 13, 20, 32, 2, (3, 3), (1, 1), (1, 1), True, True, "float64"),
+    (2, 12, 14, 14, 12, 12, (3, 3), (2, 2), (1, 1), False, False, "float32"),
+    (1, 5, 4, 4, 10, 5, (4, 4), (1, 1), (0, 0), True, True, "float64"),
+]
+TOLERANCE = {"float32": 2e-5, "float64": 1e-12}  # relative to the largest reference magnitude
+
+
+def permute_symbol(data, g):
+    """SPEC §1 as reshape -> swapaxes -> reshape: out[:, j*g + i] = in[:, i*(C/g) + j]."""
+    grouped = mx.sym.reshape(data, shape=(0, -4, g, -1, -2))
+    return mx.sym.reshape(mx.sym.swapaxes(grouped, dim1=1, dim2=2), shape=(0, -3, -2))
+
+
+def conv_symbols(case, weight_name="w"):
+    """(IGCConv symbol, reference symbol) over variables data, w[, b]."""
+    _, _, _, _, f, g, kernel, stride, pad, bias, interleave, _ = case
+    inputs = [mx.sym.var("data"), mx.sym.var(weight_name)] + ([mx.sym.var("b")] if bias else [])
+    attrs = dict(num_filter=f, kernel=kernel, stride=stride, pad=pad, num_group=g, no_bias=not bias)
+    igc = mx.sym.IGCConv(*inputs, interleave=interleave, **attrs)
+    ref = mx.sym.Convolution(*inputs, **attrs)
+    return igc, permute_symbol(ref, g) if interleave else ref
+
+
+def run_forward_backward(sym, arrays, out_grad):
+    exe = sym.bind(mx.cpu(), args={k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()},
+                   args_grad={k: mx.nd.zeros(v.shape, dtype=v.dtype) for k, v in arrays.items()},
+                   grad_req="write")
+    out = exe.forward(is_train=True)[0].asnumpy()
+    exe.backward(mx.nd.array(out_grad, dtype=out_grad.dtype))
+    return out, {k: g.asnumpy() for k, g in exe.grad_dict.items()}
+
+
+def random_inputs(case, seed=0):
+    n, c, h, w, f, g, kernel, _, _, bias, _, dtype = case
+    rng = np.random.RandomState(seed)
+    arrays = {"data": rng.uniform(-1, 1, (n, c, h, w)).astype(dtype),
+              "w": rng.uniform(-1, 1, (f, c // g) + tuple(kernel)).astype(dtype)}
+    if bias:
+        arrays["b"] = rng.uniform(-1, 1, (f,)).astype(dtype)
+    return arrays
+
+
+def assert_close(got, want, dtype, what):
+    scale = max(float(np.abs(want).max()), 1e-30)
+    err = float(np.abs(got - want).max()) / scale
+    assert err <= TOLERANCE[dtype], f"{what}: max relative error {err:.3g}"
+
+
+def check_against_reference(case):
+    igc, ref = conv_symbols(case)
+    arrays = random_inputs(case)
+    out_shape = ref.infer_shape(**{k: v.shape for k, v in arrays.items()})[1][0]
+    out_grad = np.random.RandomState(1).uniform(-1, 1, out_shape).astype(case[-1])
+    got_out, got_grads = run_forward_backward(igc, arrays, out_grad)
+    want_out, want_grads = run_forward_backward(ref, arrays, out_grad)
+    assert got_out.shape == want_out.shape
+    assert_close(got_out, want_out, case[-1], "output")
+    for name in arrays:
+        assert_close(got_grads[name], want_grads[name], case[-1], f"gradient of {name}")
+
+
+def case_id(c):
+    return ("x".join(map(str, c[:6])) + f"-k{c[6][0]}{c[6][1]}s{c[7][0]}{c[7][1]}"
+            f"p{c[8][0]}{c[8][1]}-{'bias' if c[9] else 'nobias'}-{'inter' if c[10] else 'plain'}"
+            f"-{c[11]}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_forward_and_gradients_equal_convolution_plus_permutation(ops, case):
+    check_against_reference(case)
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[9], CASES[13]], ids=case_id)
+def test_sse2_baseline_path_equals_convolution_plus_permutation(ops, case, monkeypatch):
+    monkeypatch.setenv("IGC_CONV_BASELINE", "1")  # read on every call by the kernels
+    check_against_reference(case)
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_numeric_gradient_matches_backward(ops, interleave):
+    case = (2, 4, 6, 5, 6, 2, (3, 3), (2, 1), (1, 1), True, interleave, "float64")
+    igc, _ = conv_symbols(case)
+    arrays = random_inputs(case)
+    mx.test_utils.check_numeric_gradient(igc, arrays, numeric_eps=1e-6, rtol=1e-5, atol=1e-7,
+                                         dtype=np.float64)
+
+
+def test_shared_weight_gets_the_sum_of_both_uses(ops):
+    """lib_api gives the op no write request: each call must write its gradient, and MXNet sums
+    the two uses of one weight itself."""
+    case = (2, 8, 6, 6, 8, 4, (3, 3), (1, 1), (1, 1), False, True, "float64")
+    rng = np.random.RandomState(3)
+    arrays = {"data": rng.uniform(-1, 1, (2, 8, 6, 6)), "data2": rng.uniform(-1, 1, (2, 8, 6, 6)),
+              "w": rng.uniform(-1, 1, (8, 2, 3, 3))}
+    symbols = []
+    for igc_op in (True, False):
+        outs = []
+        w = mx.sym.var("w")  # one variable used by both convolutions
+        for data in ("data", "data2"):
+            attrs = dict(num_filter=8, kernel=(3, 3), pad=(1, 1), num_group=4, no_bias=True)
+            x = mx.sym.var(data)
+            outs.append(mx.sym.IGCConv(x, w, interleave=True, **attrs) if igc_op
+                        else permute_symbol(mx.sym.Convolution(x, w, **attrs), 4))
+        symbols.append(outs[0] + 2 * outs[1])
+    out_grad = rng.uniform(-1, 1, (2, 8, 6, 6))
+    (got_out, got), (want_out, want) = (run_forward_backward(s, arrays, out_grad) for s in symbols)
+    assert_close(got_out, want_out, case[-1], "output")
+    for name in arrays:
+        assert_close(got[name], want[name], case[-1], f"gradient of {name}")
+
+
+def test_symbol_infers_weight_bias_and_output_shapes(ops):
+    sym = mx.sym.IGCConv(mx.sym.var("data"), mx.sym.var("w"), mx.sym.var("b"), num_filter=12,
+                         kernel=(3, 3), stride=(2, 2), pad=(1, 1), num_group=4, interleave=True)
+    args, outs, _ = sym.infer_shape(data=(2, 8, 9, 10))
+    assert dict(zip(sym.list_arguments(), args)) == {"data": (2, 8, 9, 10), "w": (12, 2, 3, 3),
+                                                    "b": (12,)}
+    assert outs == [(2, 12, 5, 5)]
+
+
+def call_op(data_shape=(2, 8, 6, 6), weight_shape=(8, 2, 3, 3), dtype="float32", **attrs):
+    params = dict(num_filter=8, kernel=(3, 3), pad=(1, 1), num_group=4, no_bias=True)
+    params.update(attrs)
+    inputs = [mx.nd.ones(data_shape, dtype=dtype), mx.nd.ones(weight_shape, dtype=dtype)]
+    return mx.nd.IGCConv(*inputs, **params).asnumpy()
+
+
+@pytest.mark.parametrize("attrs, shapes, expected", [
+    (dict(num_group=3), {}, ["IGCConv", "'num_group'=3", "'num_filter'=8"]),
+    (dict(num_group=16, num_filter=16), {"weight_shape": (16, 1, 3, 3)},
+     ["IGCConv", "'num_group'=16", "input channel count 8"]),
+    (dict(kernel=(0, 3)), {}, ["IGCConv", "'kernel'", "(0, 3)"]),
+    (dict(kernel=(3,)), {}, ["IGCConv", "'kernel'", "pair"]),
+    (dict(stride=(0, 1)), {}, ["IGCConv", "'stride'", "(0, 1)"]),
+    (dict(pad=(-1, 0)), {}, ["IGCConv", "'pad'", "(-1, 0)"]),
+    (dict(dilate=(2, 2)), {}, ["IGCConv", "dilation is not supported", "(2, 2)"]),
+    (dict(layout="NHWC"), {}, ["IGCConv", "unknown attribute 'layout'"]),
+    (dict(num_filter=0), {}, ["IGCConv", "'num_filter'", "'0'"]),
+    (dict(interleave="maybe"), {}, ["IGCConv", "'interleave'", "maybe"]),
+    (dict(kernel=(9, 9)), {"weight_shape": (8, 2, 9, 9)}, ["IGCConv", "'kernel'=(9, 9)", "larger"]),
+    ({}, {"weight_shape": (8, 4, 3, 3)}, ["IGCConv", "'weight'", "(8, 4, 3, 3)", "(8, 2, 3, 3)"]),
+    ({}, {"data_shape": (2, 8, 6)}, ["IGCConv", "rank 4", "(2, 8, 6)"]),
+    ({}, {"dtype": "float16"}, ["IGCConv", "float16"]),
+])
+def test_invalid_attributes_raise_clear_errors(ops, attrs, shapes, expected):
+    with pytest.raises(mx.base.MXNetError) as err:
+        call_op(**shapes, **attrs)
+    for text in expected:
+        assert text in str(err.value)
+    # The process keeps working after the error.
+    assert call_op().shape == (2, 8, 6, 6)
+
+
+# --- networks: conv_impl='igc' against conv_impl='mxnet' ---------------------------------------
+
+NET_CONFIG = dict(depth=8, primary_partition=4, secondary_partition=2)
+
+
+def build_plain_igc(conv_impl):
+    import network
+    return network.get_symbol("plain_igc", num_classes=10, conv_impl=conv_impl, **NET_CONFIG)
+
+
+def bind_network(sym, batch=4):
+    return sym.simple_bind(mx.cpu(), data=(batch, 3, 32, 32), softmax_label=(batch,),
+                           grad_req="write")
+
+
+def test_igc_network_equals_mxnet_network_outputs_and_gradients(ops):
+    nets = {impl: build_plain_igc(impl) for impl in ("mxnet", "igc")}
+    assert nets["igc"].list_arguments() == nets["mxnet"].list_arguments()
+    assert nets["igc"].list_auxiliary_states() == nets["mxnet"].list_auxiliary_states()
+    assert any(n["op"] == "IGCConv" for n in _nodes(nets["igc"]))
+    assert not any(n["op"] == "IGCConv" for n in _nodes(nets["mxnet"]))
+    exes = {impl: bind_network(sym) for impl, sym in nets.items()}
+    rng = np.random.RandomState(0)
+    data = rng.uniform(-1, 1, (4, 3, 32, 32)).astype("float32")
+    label = np.array([1, 3, 5, 7], dtype="float32")
+    for name, arr in exes["mxnet"].arg_dict.items():
+        value = data if name == "data" else label if name == "softmax_label" else (
+            rng.uniform(-0.5, 0.5, arr.shape) if not name.endswith("gamma") else
+            rng.uniform(0.5, 1.5, arr.shape)).astype("float32")
+        for exe in exes.values():
+            exe.arg_dict[name][:] = value
+    results = {}
+    for impl, exe in exes.items():
+        out = exe.forward(is_train=True)[0].asnumpy()
+        exe.backward()
+        results[impl] = (out, {k: v.asnumpy() for k, v in exe.grad_dict.items()})
+    assert_close(results["igc"][0], results["mxnet"][0], "float32", "network output")
+    for name, want in results["mxnet"][1].items():
+        if name in ("data", "softmax_label"):
+            continue
+        np.testing.assert_allclose(results["igc"][1][name], want, rtol=2e-3,
+                                   atol=2e-4 * max(float(np.abs(want).max()), 1e-6),
+                                   err_msg=f"gradient of {name}")
+
+
+def _nodes(sym):
+    return json.loads(sym.tojson())["nodes"]
+
+
+@pytest.mark.parametrize("saved_with, loaded_with", [("mxnet", "igc"), ("igc", "mxnet")])
+def test_checkpoints_interchange_between_conv_impls(ops, tmp_path, saved_with, loaded_with):
+    rng = np.random.RandomState(1)
+    data = mx.nd.array(rng.uniform(-1, 1, (4, 3, 32, 32)))
+    outputs = {}
+    for impl in (saved_with, loaded_with):
+        mod = mx.mod.Module(build_plain_igc(impl), context=mx.cpu())
+        mod.bind(data_shapes=[("data", (4, 3, 32, 32))], label_shapes=[("softmax_label", (4,))],
+                 for_training=False)
+        if impl == saved_with:
+            mod.init_params(mx.init.Xavier(magnitude=2))
+            mod.save_checkpoint(str(tmp_path / "net"), 0)
+        else:
+            _, arg_params, aux_params = mx.model.load_checkpoint(str(tmp_path / "net"), 0)
+            mod.set_params(arg_params, aux_params, allow_missing=False, allow_extra=False)
+        mod.forward(mx.io.DataBatch([data]), is_train=False)
+        outputs[impl] = mod.get_outputs()[0].asnumpy()
+    assert_close(outputs[loaded_with], outputs[saved_with], "float32", "predictions")

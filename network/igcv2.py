@@ -89,11 +89,11 @@ def _build(num_classes, plan, permutation, conv_impl):
 
 @register_network("igcv2", plan=igcv2_plan, dataset_kind="imagenet", family="igcv2",
                   description="IGCV2 ImageNet (our design; width_multiplier 1.0/0.5/0.25)")
-def igcv2(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="mxnet"):
+def igcv2(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="auto"):
     return _build(num_classes, igcv2_plan(width_multiplier), permutation, conv_impl)
 
 
 @register_network("igcv2_cifar", plan=igcv2_cifar_plan, dataset_kind="cifar", family="igcv2",
                   description="IGCV2 CIFAR (our design)")
-def igcv2_cifar(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="mxnet"):
+def igcv2_cifar(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="auto"):
     return _build(num_classes, igcv2_cifar_plan(width_multiplier), permutation, conv_impl)

@@ -131,7 +131,7 @@ def build_inverted_residual(num_classes, plan, t1_expansion, permutation, conv_i
 
 @register_network("igcv3", plan=igcv3_plan, dataset_kind="imagenet", family="igcv3",
                   description="IGCV3-D ImageNet (released graph at width 1.0)")
-def igcv3(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="mxnet"):
+def igcv3(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="auto"):
     return build_inverted_residual(num_classes, igcv3_plan(width_multiplier), True, permutation,
                                    conv_impl)
 
@@ -139,7 +139,7 @@ def igcv3(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="m
 @register_network("igcv3_cifar", plan=igcv3_cifar_plan, dataset_kind="cifar", family="igcv3",
                   description="IGCV3-D CIFAR; depth_multiplier 1.0/0.7/0.5 = fewer blocks")
 def igcv3_cifar(num_classes, depth_multiplier=1.0, width_multiplier=1.0, permutation="reorder",
-                conv_impl="mxnet"):
+                conv_impl="auto"):
     return build_inverted_residual(num_classes, igcv3_cifar_plan(depth_multiplier,
                                                                  width_multiplier),
                                    True, permutation, conv_impl)
@@ -150,7 +150,7 @@ def igcv3_cifar(num_classes, depth_multiplier=1.0, width_multiplier=1.0, permuta
                   description="MobileNetV2 ImageNet (authors' baseline; t1_expansion=False: "
                               "standard)")
 def mobilenetv2(num_classes, width_multiplier=1.0, t1_expansion=True, permutation="reorder",
-                conv_impl="mxnet"):
+                conv_impl="auto"):
     return build_inverted_residual(num_classes, mobilenetv2_plan(width_multiplier, t1_expansion),
                                    t1_expansion, permutation, conv_impl)
 
@@ -160,7 +160,7 @@ def mobilenetv2(num_classes, width_multiplier=1.0, t1_expansion=True, permutatio
                   description="MobileNetV2 CIFAR (authors' baseline; t1_expansion=False: "
                               "standard)")
 def mobilenetv2_cifar(num_classes, width_multiplier=1.0, t1_expansion=True,
-                      permutation="reorder", conv_impl="mxnet"):
+                      permutation="reorder", conv_impl="auto"):
     return build_inverted_residual(num_classes,
                                    mobilenetv2_cifar_plan(width_multiplier, t1_expansion),
                                    t1_expansion, permutation, conv_impl)

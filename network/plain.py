@@ -51,7 +51,7 @@ def _stem(width):
 
 @register_network("plain", plan=plain_plan, dataset_kind="cifar", family="plain",
                   description="plain CIFAR net of 3x3 conv-BN-ReLU layers, widths W/2W/4W")
-def plain(num_classes, depth=20, width=16, permutation="reorder", conv_impl="mxnet"):
+def plain(num_classes, depth=20, width=16, permutation="reorder", conv_impl="auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
     _check_common(permutation, conv_impl)
     plan = plain_plan(depth, width)
@@ -67,7 +67,7 @@ def plain(num_classes, depth=20, width=16, permutation="reorder", conv_impl="mxn
 @register_network("plain_igc", plan=plain_igc_plan, dataset_kind="cifar", family="igcv1",
                   description="plain CIFAR net of IGC units, C = L*M, secondary M/2M/4M")
 def plain_igc(num_classes, depth=20, primary_partition=24, secondary_partition=2,
-              permutation="reorder", conv_impl="mxnet"):
+              permutation="reorder", conv_impl="auto"):
     _check_common(permutation, conv_impl)
     plan = plain_igc_plan(depth, primary_partition, secondary_partition)
     data = _stem(plan[0]["width"])

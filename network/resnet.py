@@ -150,7 +150,7 @@ def _check_igc_row(row, kin):
 
 @register_network("resnet", plan=resnet_plan, dataset_kind="cifar", family="resnet",
                   description="CIFAR ResNet of basic blocks, widths W/2W/4W")
-def resnet(num_classes, depth=20, width=16, permutation="reorder", conv_impl="mxnet"):
+def resnet(num_classes, depth=20, width=16, permutation="reorder", conv_impl="auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
     _check_common(permutation, conv_impl)
     plan = resnet_plan(depth, width)
@@ -167,7 +167,7 @@ def resnet(num_classes, depth=20, width=16, permutation="reorder", conv_impl="mx
 @register_network("resnet_igc", plan=resnet_igc_plan, dataset_kind="cifar", family="igcv1",
                   description="CIFAR ResNet of IGC units, C = L*M, L fixed")
 def resnet_igc(num_classes, depth=20, primary_partition=24, secondary_partition=2,
-               permutation="reorder", conv_impl="mxnet"):
+               permutation="reorder", conv_impl="auto"):
     _check_common(permutation, conv_impl)
     plan = resnet_igc_plan(depth, primary_partition, secondary_partition)
     L = primary_partition
@@ -192,7 +192,7 @@ def _imagenet_stem(conv_name, width):
 @register_network("resnet_imgnet_d18", plan=resnet_imgnet_plan, dataset_kind="imagenet",
                   family="resnet",
                   description="ResNet-18 (released C=64 and C=69 baselines via width)")
-def resnet_imgnet_d18(num_classes, width=64, permutation="reorder", conv_impl="mxnet"):
+def resnet_imgnet_d18(num_classes, width=64, permutation="reorder", conv_impl="auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
     _check_common(permutation, conv_impl)
     plan = resnet_imgnet_plan(width)
@@ -210,7 +210,7 @@ def resnet_imgnet_d18(num_classes, width=64, permutation="reorder", conv_impl="m
                   family="igcv1",
                   description="IGCV1 ResNet-18: released IGC-L4M32 / L16M16 / L100M2 (+Ident.)")
 def resnet_igc_imgnet_d18(num_classes, variant=None, primary_partition=None,
-                          secondary_partition=None, permutation="reorder", conv_impl="mxnet"):
+                          secondary_partition=None, permutation="reorder", conv_impl="auto"):
     """variant: 'igc_l4m32', 'igc_l16m16' or 'igc_l100m2' (default when nothing is given), or
     pick one by its stage-1 (primary_partition, secondary_partition) as the authors' CLI does."""
     _check_common(permutation, conv_impl)

@@ -1,5 +1,6 @@
 """The structure of the IGC units: equal to one dense convolution (IGCV1), one path from every
 input to every output channel (IGCV2), and names/shapes identical to the released graphs."""
+import json
 import os
 
 import mxnet as mx
@@ -117,8 +118,6 @@ def test_igcv2_groups_follow_the_balance_condition(kin, kout, expected):
 
 
 def test_conv_impl_igc_fuses_primary_conv_and_permutation_with_interchangeable_weights(ops):
-    if not hasattr(mx.sym, "IGCConv"):
-        pytest.skip("the IGCConv op is not in this build of the plugin")
     for name in ("plain_igc", "resnet_igc", "resnet_igc_imgnet_d18", "igcv2_cifar"):
         size = network.network_info(name)["input_size"]
         fused = network.get_symbol(name, 10, conv_impl="igc")
@@ -134,3 +133,20 @@ def test_conv_impl_igc_fuses_primary_conv_and_permutation_with_interchangeable_w
             exe.arg_dict[key][:] = rng.uniform(-1, 1, exe.arg_dict[key].shape)
         outputs.append(exe.forward(is_train=True)[0].asnumpy())
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-6)
+
+
+def _ops_used(symbol):
+    return {node["op"] for node in json.loads(symbol.tojson())["nodes"]}
+
+
+@pytest.mark.parametrize("name,config,permutation,fused", [
+    ("plain_igc", {}, "reorder", True),                    # 2 channels per group
+    ("resnet_igc_imgnet_d18", {"variant": "igc_l100m2"}, "reorder", True),
+    ("resnet_igc_imgnet_d18", {"variant": "igc_l4m32"}, "reorder", False),  # 32 per group
+    ("plain_igc", {}, "reshape", False),                   # no plugin wanted
+])
+def test_conv_impl_auto_fuses_only_narrow_groups_with_the_native_permutation(
+        ops, name, config, permutation, fused):
+    used = _ops_used(network.get_symbol(name, 10, permutation=permutation, **config))
+    assert ("IGCConv" in used) == fused
+    assert ("Convolution" in used)  # stems, projections and secondary convs stay on MXNet

@@ -8,7 +8,7 @@ CUDA_ARCHS ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: venv ops test bench clean
+.PHONY: venv ops test bench demo clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,15 @@ test: venv ops
 
 bench: venv ops
 	$(VPY) tools/bench_reorder.py
+
+# Makes the demo records, trains a small plain_igc on the CPU (about a minute on 2 cores),
+# prints the per-epoch table and writes curves.png.
+demo: venv ops
+	tools/make_rec.sh demo
+	rm -rf runs/demo
+	$(VPY) train_model.py --dataset demo --network plain_igc --depth 8 --primary-partition 8 \
+		--secondary-partition 2 --gpus '' --rand-seed 1 --model-prefix runs/demo/model
+	$(VPY) tools/plot_log.py runs/demo/model.log -o curves.png
 
 clean:
 	rm -rf $(BUILD) $(BUILD).configure.log

@@ -1,0 +1,120 @@
+"""Training speed of plain_igc with each channel permutation, measured in one run.
+
+    .venv/bin/python tools/bench_train.py            # plain_igc d38 L24 M2, batch 64, CPU
+
+Variants: the native `Reorder` op, the pure-symbol reshape -> swapaxes -> reshape, and `none`:
+the same graph with every permutation node bypassed (its consumers read its input), the floor.
+`none` computes a different function but costs exactly the convolutions, BN and the rest, so
+(step - floor step) / step is the share of a training step spent permuting. A step is forward +
+backward + Nesterov update on synthetic data (no data loading). Variants run interleaved in
+rounds and each reports its median round, so drift on a shared machine hits them alike.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import network  # noqa: E402
+import utility  # noqa: E402
+
+
+def without_permutations(symbol):
+    """`symbol` with every Reorder node bypassed: each consumer reads the Reorder's input."""
+    graph = json.loads(symbol.tojson())
+    nodes = graph["nodes"]
+    bypass = {i: node["inputs"][0] for i, node in enumerate(nodes) if node["op"] == "Reorder"}
+    if not bypass:
+        raise ValueError("the symbol has no Reorder node to bypass")
+
+    def resolve(entry):
+        while entry[0] in bypass:
+            entry = bypass[entry[0]]
+        return entry
+
+    for node in nodes:
+        node["inputs"] = [resolve(e) for e in node["inputs"]]
+    graph["heads"] = [resolve(e) for e in graph["heads"]]
+    # Bypassed nodes are unreachable from the heads, so loading drops them.
+    return mx.sym.load_json(json.dumps(graph))
+
+
+def variants(args):
+    config = dict(depth=args.depth, primary_partition=args.primary_partition,
+                  secondary_partition=args.secondary_partition, conv_impl=args.conv_impl)
+    reorder = network.get_symbol("plain_igc", 10, permutation="reorder", **config)
+    return {"Reorder": reorder,
+            "reshape-swapaxes-reshape": network.get_symbol("plain_igc", 10,
+                                                           permutation="reshape", **config),
+            "none (floor)": without_permutations(reorder)}
+
+
+def make_trainer(symbol, batch_size, ctx):
+    module = mx.mod.Module(symbol, context=ctx)
+    module.bind(data_shapes=[("data", (batch_size, 3, 32, 32))],
+                label_shapes=[("softmax_label", (batch_size,))])
+    mx.random.seed(0)
+    module.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+    module.init_optimizer(optimizer="nag", optimizer_params=dict(learning_rate=0.01,
+                                                                  momentum=0.9, wd=1e-4))
+    rng = np.random.RandomState(0)
+    batch = mx.io.DataBatch([mx.nd.array(rng.randn(batch_size, 3, 32, 32), ctx=ctx)],
+                            [mx.nd.array(rng.randint(0, 10, batch_size), ctx=ctx)])
+
+    def steps(n):
+        tic = time.perf_counter()
+        for _ in range(n):
+            module.forward_backward(batch)
+            module.update()
+        mx.nd.waitall()
+        return (time.perf_counter() - tic) / n
+    return steps
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depth", type=int, default=38)
+    parser.add_argument("--primary-partition", type=int, default=24)
+    parser.add_argument("--secondary-partition", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--conv-impl", default="mxnet",
+                        help="convolution implementation of the IGC units; with igc the primary "
+                             "permutation is fused into IGCConv and only the Reorder nodes left "
+                             "in the graph are bypassed for the floor")
+    parser.add_argument("--steps", type=int, default=10, help="training steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    utility.load_ops()
+    ctx = mx.cpu()
+    symbols = variants(args)
+    trainers = {name: make_trainer(sym, args.batch_size, ctx) for name, sym in symbols.items()}
+    for steps in trainers.values():
+        steps(args.warmup)
+    times = {name: [] for name in trainers}
+    for _ in range(args.rounds):
+        for name, steps in trainers.items():
+            times[name].append(steps(args.steps))
+    step = {name: statistics.median(t) for name, t in times.items()}
+    floor = step["none (floor)"]
+
+    print(f"plain_igc depth {args.depth}, L={args.primary_partition}, "
+          f"M={args.secondary_partition}, conv_impl {args.conv_impl}, batch {args.batch_size}, CPU "
+          f"({os.cpu_count()} cores), {args.rounds} rounds x {args.steps} steps, median round")
+    print(f"{'permutation':<26} {'images/s':>9} {'step ms':>8} {'overhead':>9}")
+    for name, seconds in step.items():
+        overhead = 100.0 * (seconds - floor) / seconds
+        print(f"{name:<26} {args.batch_size / seconds:>9.1f} {1000 * seconds:>8.1f} "
+              f"{overhead:>8.1f}%")
+    print("overhead = (step - floor step) / step; the target for Reorder is <= 3%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -85,8 +85,14 @@ def resolve_igc_imagenet_variant(variant, primary_partition, secondary_partition
     if partitions == (None, None):
         return resolve_igc_imagenet_variant(DEFAULT_IGC_IMAGENET_VARIANT, None, None)
     if None in partitions:
-        raise ValueError("give both primary_partition and secondary_partition (or a variant), "
-                         f"got {partitions}")
+        # The authors' CLI often names only one partition; it identifies a released variant.
+        matches = [name for name, (_, stages) in IGC_IMAGENET_VARIANTS.items()
+                   if all(p in (None, q) for p, q in zip(partitions, stages[0][1:]))]
+        if len(matches) == 1:
+            return resolve_igc_imagenet_variant(matches[0], None, None)
+        raise ValueError("give both primary_partition and secondary_partition (or a variant): "
+                         f"{partitions} matches no released variant "
+                         f"({', '.join(f'{n}={v[1][0][1:]}' for n, v in IGC_IMAGENET_VARIANTS.items())})")
     L = check_positive_int("primary_partition", primary_partition)
     M = check_positive_int("secondary_partition", secondary_partition)
     for name, (stem, stages) in IGC_IMAGENET_VARIANTS.items():

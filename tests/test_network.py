@@ -183,3 +183,23 @@ def test_generic_partitions_follow_the_fixed_L_layout_of_the_released_variants()
                                          secondary_partition=M)
         assert [(r["width"], r["L"], r["M"]) for r in by_partitions[1:]] == [
             (L * M << s, L, M << s) for s in range(4)]
+
+
+@pytest.mark.parametrize("partitions,variant", [
+    (dict(primary_partition=100), "igc_l100m2"),
+    (dict(primary_partition=16), "igc_l16m16"),
+    (dict(secondary_partition=32), "igc_l4m32"),
+])
+def test_one_partition_names_the_released_imagenet_variant(partitions, variant):
+    from_one = network.get_symbol("resnet_igc_imgnet_d18", 1000, permutation="reshape",
+                                  **partitions)
+    named = network.get_symbol("resnet_igc_imgnet_d18", 1000, permutation="reshape",
+                               variant=variant)
+    shape = (1, 3, 224, 224)
+    assert from_one.infer_shape(data=shape)[0] == named.infer_shape(data=shape)[0]
+    assert from_one.list_arguments() == named.list_arguments()
+
+
+def test_one_partition_that_matches_no_released_variant_is_an_error():
+    with pytest.raises(ValueError, match=r"\(7, None\) matches no released variant"):
+        network.get_symbol("resnet_igc_imgnet_d18", 1000, primary_partition=7)

@@ -28,6 +28,8 @@ test: venv ops
 
 bench: venv ops
 	$(VPY) tools/bench_reorder.py
+	$(VPY) tools/bench_conv.py
+	$(VPY) tools/bench_train.py
 
 # Makes the demo records, trains a small plain_igc on the CPU (about a minute on 2 cores),
 # prints the per-epoch table and writes curves.png.

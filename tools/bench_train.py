@@ -2,7 +2,9 @@
 
     .venv/bin/python tools/bench_train.py            # plain_igc d38 L24 M2, batch 64, CPU
 
-Variants: the native `Reorder` op, the pure-symbol reshape -> swapaxes -> reshape, and `none`:
+Variants: the native `Reorder` op, the pure-symbol reshape -> swapaxes -> reshape, Reorder with
+branch_factor=1 (a copy through the same plugin boundary, which also makes MXNet convert oneDNN's
+blocked layouts to plain NCHW and back), and `none`:
 the same graph with every permutation node bypassed (its consumers read its input), the floor.
 `none` computes a different function but costs exactly the convolutions, BN and the rest, so
 (step - floor step) / step is the share of a training step spent permuting. A step is forward +
@@ -44,6 +46,16 @@ def without_permutations(symbol):
     return mx.sym.load_json(json.dumps(graph))
 
 
+def with_identity_permutations(symbol):
+    """`symbol` with every Reorder turned into Reorder(branch_factor=1), a plain copy through the
+    same plugin boundary: what remains of the overhead without the permutation's access pattern."""
+    graph = json.loads(symbol.tojson())
+    for node in graph["nodes"]:
+        if node["op"] == "Reorder":
+            node["attrs"]["branch_factor"] = "1"
+    return mx.sym.load_json(json.dumps(graph))
+
+
 def variants(args):
     config = dict(depth=args.depth, primary_partition=args.primary_partition,
                   secondary_partition=args.secondary_partition, conv_impl=args.conv_impl)
@@ -51,6 +63,7 @@ def variants(args):
     return {"Reorder": reorder,
             "reshape-swapaxes-reshape": network.get_symbol("plain_igc", 10,
                                                            permutation="reshape", **config),
+            "Reorder(1), a plain copy": with_identity_permutations(reorder),
             "none (floor)": without_permutations(reorder)}
 
 

@@ -21,7 +21,7 @@ constexpr int64_t kMinParallelBytes = 128 * 1024;
 constexpr int64_t kLongRowBytes = 64;
 // Tile edge, in rows, of the transpose of short rows: 16x16 rows of up to 64 bytes stay in L1.
 constexpr int64_t kTile = 16;
-// Long rows: how far ahead (bytes of output) and how much of each source row to prefetch.
+// Long rows: how far ahead (bytes of copying) and how much of each source row to prefetch.
 #ifndef IGC_PREFETCH_DISTANCE
 #define IGC_PREFETCH_DISTANCE 2048
 #endif
@@ -106,7 +106,10 @@ void copy_long_rows(const char* in, char* out, int64_t outer, int64_t channels,
                     int64_t row_bytes, int64_t groups, bool parallel, bool streaming) {
   const int64_t per_group = channels / groups;
   const int64_t prefetch = std::min<int64_t>(row_bytes, kPrefetchBytes);
-  const int64_t ahead = std::max<int64_t>(1, kPrefetchDistance / row_bytes) * row_bytes;
+  // A stream's next row is read one block (g rows) later: prefetch as many rows ahead as make
+  // kPrefetchDistance bytes of copying, at least one.
+  const int64_t ahead =
+      std::max<int64_t>(1, kPrefetchDistance / (groups * row_bytes)) * row_bytes;
   const int64_t blocks = outer * per_group;
 #pragma omp parallel if (parallel)
   {

@@ -25,7 +25,7 @@ from fractions import Fraction
 import mxnet as mx
 
 from .layers import (CONV_IMPLS, PERMUTATIONS, check_choice, check_multiplier, classifier, conv,
-                     conv_bn_act, igc_batchnorm_relu, primary_conv, round_width)
+                     conv_bn_act, igc_batchnorm_relu, group_conv_permute, round_width)
 from .registry import register_network
 
 # Stem width, then (c, n, s) per stage.
@@ -65,8 +65,8 @@ def igcv2_cifar_plan(width_multiplier):
 
 def igcv2_unit(data, name, kin, kout, stride, groups, permutation, conv_impl):
     data = conv(data, f"{name}_conv1", kin, 3, stride, num_group=kin)
-    data = primary_conv(data, f"{name}_conv2", f"{name}_reorder2", kout, 1, 1, groups,
-                        permutation, conv_impl)
+    data = group_conv_permute(data, f"{name}_conv2", f"{name}_reorder2", kout, 1, 1, groups,
+                              permutation, conv_impl)
     data = conv(data, f"{name}_conv3", kout, 1, num_group=kout // groups)
     return igc_batchnorm_relu(data, name)
 

@@ -7,10 +7,11 @@ import mxnet as mx
 
 PERMUTATIONS = ("reorder", "reshape")
 CONV_IMPLS = ("auto", "mxnet", "igc")
-# conv_impl='auto' fuses a primary group conv into IGCConv where IGCConv was measured faster
-# than MXNet's oneDNN Convolution + Reorder (fwd+bwd, 1 thread): about 3x at 2 channels per
-# group, even at 16, slower at 32. Wider groups stay on Convolution.
-IGC_CONV_MAX_GROUP_WIDTH = 8
+# conv_impl='auto' fuses a group conv + permutation into IGCConv where IGCConv was measured
+# faster than MXNet's oneDNN Convolution + Reorder (fwd+bwd, 1 thread, batch 8-64): 3x3 about 3x
+# at 2 channels per group, even at 16, slower at 32; 1x1 (followed by BN) 1.06-1.30x at 4-24,
+# slower at 100. Wider groups stay on Convolution.
+IGC_CONV_MAX_GROUP_WIDTH = {3: 8, 1: 24}
 
 
 def check_choice(key, value, choices):
@@ -77,9 +78,10 @@ def conv(data, name, num_filter, kernel, stride=1, num_group=1, pad=None):
                               no_bias=True, name=name)
 
 
-def primary_conv(data, name, perm_name, num_filter, kernel, stride, groups, permutation,
-                 conv_impl):
-    """The IGC primary group convolution followed by the permutation with `groups` branches.
+def group_conv_permute(data, name, perm_name, num_filter, kernel, stride, groups, permutation,
+                       conv_impl):
+    """A group convolution followed by the permutation with `groups` branches (IGC's conv1 +
+    Reorder(L) and conv2 + Reorder(M)).
 
     conv_impl='mxnet': Convolution `name` then permute(`perm_name`). conv_impl='igc': one fused
     IGCConv node named `name` whose weight `{name}_weight` has the Convolution's name and shape,
@@ -88,7 +90,7 @@ def primary_conv(data, name, perm_name, num_filter, kernel, stride, groups, perm
     """
     check_choice("conv_impl", conv_impl, CONV_IMPLS)
     if conv_impl == "auto":
-        narrow = num_filter // groups <= IGC_CONV_MAX_GROUP_WIDTH
+        narrow = num_filter // groups <= IGC_CONV_MAX_GROUP_WIDTH.get(kernel, 0)
         conv_impl = "igc" if permutation == "reorder" and narrow else "mxnet"
     if conv_impl == "mxnet":
         data = conv(data, name, num_filter, kernel, stride, num_group=groups)
@@ -125,10 +127,10 @@ def igc_unit(data, name, num_filter, kernel, stride, primary, secondary, relu, p
     """IGCV1 unit: conv1 (k x k, L groups) -> Reorder(L) -> conv2 (1x1, M groups) -> Reorder(M)
     -> BN [-> ReLU]. No BN/ReLU between the two group convs: together they are one dense conv
     with a structured-sparse kernel."""
-    data = primary_conv(data, f"{name}_conv1", f"{name}_reorder1", num_filter, kernel, stride,
-                        primary, permutation, conv_impl)
-    data = conv(data, f"{name}_conv2", num_filter, 1, num_group=secondary)
-    data = permute(data, secondary, f"{name}_reorder2", permutation)
+    data = group_conv_permute(data, f"{name}_conv1", f"{name}_reorder1", num_filter, kernel,
+                              stride, primary, permutation, conv_impl)
+    data = group_conv_permute(data, f"{name}_conv2", f"{name}_reorder2", num_filter, 1, 1,
+                              secondary, permutation, conv_impl)
     return igc_batchnorm_relu(data, name, relu, momentum, eps)
 
 

@@ -71,10 +71,10 @@ def test_igc_unit_equals_one_dense_conv_with_kernel_PM_W2_PL_W1(ops, permutation
     w1 = rng.randn(C, C // L, k, k).astype(np.float32)
     w2 = rng.randn(C, C // M, 1, 1).astype(np.float32)
     # The unit's convolutions and permutations, exactly as the networks emit them.
-    data = layers.primary_conv(mx.sym.var("data"), "u_conv1", "u_reorder1", C, k, stride, L,
-                               permutation, "mxnet")
-    data = layers.conv(data, "u_conv2", C, 1, num_group=M)
-    unit = layers.permute(data, M, "u_reorder2", permutation)
+    data = layers.group_conv_permute(mx.sym.var("data"), "u_conv1", "u_reorder1", C, k, stride,
+                                     L, permutation, "mxnet")
+    unit = layers.group_conv_permute(data, "u_conv2", "u_reorder2", C, 1, 1, M, permutation,
+                                     "mxnet")
     out = unit.eval(data=mx.nd.array(x), u_conv1_weight=mx.nd.array(w1),
                     u_conv2_weight=mx.nd.array(w2))[0].asnumpy()
     # Reference: P_M W2 P_L W1 composed in numpy, applied by one dense convolution.
@@ -135,18 +135,20 @@ def test_conv_impl_igc_fuses_primary_conv_and_permutation_with_interchangeable_w
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-6)
 
 
-def _ops_used(symbol):
-    return {node["op"] for node in json.loads(symbol.tojson())["nodes"]}
+def _ops_by_layer(symbol, suffix):
+    return {node["op"] for node in json.loads(symbol.tojson())["nodes"]
+            if node["name"].endswith(suffix)}
 
 
-@pytest.mark.parametrize("name,config,permutation,fused", [
-    ("plain_igc", {}, "reorder", True),                    # 2 channels per group
-    ("resnet_igc_imgnet_d18", {"variant": "igc_l100m2"}, "reorder", True),
-    ("resnet_igc_imgnet_d18", {"variant": "igc_l4m32"}, "reorder", False),  # 32 per group
-    ("plain_igc", {}, "reshape", False),                   # no plugin wanted
+@pytest.mark.parametrize("name,config,permutation,primary_fused,secondary_fused", [
+    ("plain_igc", {}, "reorder", True, True),              # 2 and 24 channels per group
+    ("resnet_igc_imgnet_d18", {"variant": "igc_l100m2"}, "reorder", True, False),  # 2 / 100
+    ("resnet_igc_imgnet_d18", {"variant": "igc_l4m32"}, "reorder", False, True),   # 32 / 4
+    ("resnet_igc_imgnet_d18", {"variant": "igc_l16m16"}, "reorder", False, True),  # 16 / 16
+    ("plain_igc", {}, "reshape", False, False),            # no plugin wanted
 ])
 def test_conv_impl_auto_fuses_only_narrow_groups_with_the_native_permutation(
-        ops, name, config, permutation, fused):
-    used = _ops_used(network.get_symbol(name, 10, permutation=permutation, **config))
-    assert ("IGCConv" in used) == fused
-    assert ("Convolution" in used)  # stems, projections and secondary convs stay on MXNet
+        ops, name, config, permutation, primary_fused, secondary_fused):
+    symbol = network.get_symbol(name, 10, permutation=permutation, **config)
+    for suffix, fused in (("_conv1", primary_fused), ("_conv2", secondary_fused)):
+        assert _ops_by_layer(symbol, suffix) == {"IGCConv" if fused else "Convolution"}, suffix

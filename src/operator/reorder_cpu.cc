@@ -21,6 +21,9 @@ constexpr int64_t kMinParallelBytes = 128 * 1024;
 constexpr int64_t kLongRowBytes = 64;
 // Tile edge, in rows, of the transpose of short rows: 16x16 rows of up to 64 bytes stay in L1.
 constexpr int64_t kTile = 16;
+// Up to this many bytes per group (K rows), the input is walked in order (copy_rows_input_order,
+// parallel over samples).
+constexpr int64_t kInputOrderMaxGroupBytes = 8192;
 // Long rows: how far ahead (bytes of copying) and how much of each source row to prefetch.
 #ifndef IGC_PREFETCH_DISTANCE
 #define IGC_PREFETCH_DISTANCE 2048
@@ -129,6 +132,29 @@ void copy_long_rows(const char* in, char* out, int64_t outer, int64_t channels,
   }
 }
 
+// When a group's rows together are short (K * row <= 8 KiB), walking the input in order is
+// faster: each group's K rows are read as one contiguous run and scattered to K output
+// positions that stay in cache, instead of gathering from g source streams.
+void copy_rows_input_order(const char* in, char* out, int64_t outer, int64_t channels,
+                           int64_t row_bytes, int64_t groups, bool parallel, bool streaming) {
+  const int64_t per_group = channels / groups;
+#pragma omp parallel if (parallel)
+  {
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < outer; ++n) {
+      const char* src = in + n * channels * row_bytes;
+      char* dst = out + n * channels * row_bytes;
+      for (int64_t i = 0; i < groups; ++i) {
+        for (int64_t j = 0; j < per_group; ++j) {
+          copy_or_stream(dst + (j * groups + i) * row_bytes, src + (i * per_group + j) * row_bytes,
+                         row_bytes, streaming);
+        }
+      }
+    }
+    if (streaming) _mm_sfence();
+  }
+}
+
 // A short row as one value, so that the tile loop moves it with one or two vector moves.
 template <int kBytes>
 struct Row {
@@ -185,6 +211,11 @@ void reorder_cpu(const void* in_ptr, void* out_ptr, int64_t outer, int64_t chann
   const bool streaming = total >= streaming_threshold();
   if (groups == 1 || per_group == 1) {  // the permutation is the identity
     copy_all(in, out, total, parallel, streaming);
+    return;
+  }
+  if (row_bytes >= kLongRowBytes && per_group * row_bytes <= kInputOrderMaxGroupBytes &&
+      outer > 1) {
+    copy_rows_input_order(in, out, outer, channels, row_bytes, groups, parallel, streaming);
     return;
   }
   if (row_bytes >= kLongRowBytes) {

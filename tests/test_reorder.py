@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from network import layers
 
 DTYPES = ["float32", "float64", "float16"]
 
@@ -53,12 +54,6 @@ def reorder_ref(x, g):
 
 def random_array(shape, dtype, seed=0):
     return np.random.RandomState(seed).uniform(-10, 10, size=shape).astype(dtype)
-
-
-def permute_symbol(data, g, channels):
-    """The pure-symbol path: reshape -> swapaxes -> reshape (ShuffleNet's channel shuffle)."""
-    grouped = mx.sym.reshape(data, shape=(0, -4, g, channels // g, -2))
-    return mx.sym.reshape(mx.sym.swapaxes(grouped, dim1=1, dim2=2), shape=(0, -3, -2))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -130,7 +125,7 @@ def test_reorder_executor_matches_imperative_and_reshape_path(ops, shape, g):
         if method == "reorder":
             sym = mx.sym.Reorder(data, branch_factor=g, workspace=1024)
         else:
-            sym = permute_symbol(data, g, shape[1])
+            sym = layers.permute(data, g, "perm", "reshape")
         exe = sym.simple_bind(mx.cpu(), data=shape, grad_req="write")
         exe.forward(is_train=True, data=mx.nd.array(x))
         exe.backward(out_grads=[mx.nd.array(dy)])

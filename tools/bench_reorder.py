@@ -51,15 +51,11 @@ def median_seconds(fn, min_time, min_reps=5, max_reps=200):
     return float(np.median(times))
 
 
-def permute_symbol(mx, data, g, channels):
-    grouped = mx.sym.reshape(data, shape=(0, -4, g, channels // g, -2))
-    return mx.sym.reshape(mx.sym.swapaxes(grouped, dim1=1, dim2=2), shape=(0, -3, -2))
-
-
 def measure_cpu(shapes, min_time):
     """Runs in the child process; returns rows of (shape, g, method, seconds, bytes)."""
     import mxnet as mx
     import utility
+    from network import layers
     utility.load_ops()
     kernel = utility.reorder_entry_point("cpu")
     rows = []
@@ -101,7 +97,7 @@ def measure_cpu(shapes, min_time):
             return fwd_bwd
 
         data = mx.sym.var("data")
-        chain = permute_symbol(mx, data, g, c)
+        chain = layers.permute(data, g, "perm", "reshape")
         op = mx.sym.Reorder(data, branch_factor=g)
         chain_fwd, chain_fwd_bwd = executor(chain)
         op_fwd, op_fwd_bwd = executor(op)

@@ -68,15 +68,6 @@ inline const char* dtype_name(int dtype) {
   }
 }
 
-inline int64_t dtype_bytes(int dtype) {
-  switch (dtype) {
-    case kIgcFloat32: return 4;
-    case kIgcFloat64: return 8;
-    case kIgcFloat16: return 2;
-    default: return 0;
-  }
-}
-
 inline bool check_float_dtype(const char* op, const char* input, int dtype) {
   if (dtype_bytes(dtype) != 0) return true;
   IGC_ERROR << op << ": unsupported dtype " << dtype_name(dtype) << " (code " << dtype

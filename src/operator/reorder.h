@@ -34,6 +34,27 @@ void reorder_cpu(const void* in, void* out, int64_t outer, int64_t channels, int
 // MXNet dtype codes accepted by the kernels (mshadow's numbering).
 enum IgcDType { kIgcFloat32 = 0, kIgcFloat64 = 1, kIgcFloat16 = 2 };
 
+namespace igc {
+
+// Bytes per element of a supported dtype, 0 for any other.
+inline int64_t dtype_bytes(int dtype) {
+  switch (dtype) {
+    case kIgcFloat32: return 4;
+    case kIgcFloat64: return 8;
+    case kIgcFloat16: return 2;
+    default: return 0;
+  }
+}
+
+// The checks both C entry points make before touching memory.
+inline bool reorder_args_valid(int64_t outer, int64_t channels, int64_t inner, int64_t groups,
+                               int dtype) {
+  return dtype_bytes(dtype) != 0 && outer >= 0 && channels >= 1 && inner >= 0 && groups >= 1 &&
+         channels % groups == 0;
+}
+
+}  // namespace igc
+
 extern "C" {
 // The CPU kernel behind a plain C entry point (benchmarks call it without MXNet's dispatch).
 // `inner` counts elements of `dtype` per channel. Returns 0, or -1 for an unsupported dtype or

@@ -238,12 +238,7 @@ void reorder_cpu(const void* in_ptr, void* out_ptr, int64_t outer, int64_t chann
 
 extern "C" int igc_reorder_cpu(const void* in, void* out, int64_t outer, int64_t channels,
                                int64_t inner, int64_t groups, int dtype) {
-  const int64_t elem_bytes = dtype == kIgcFloat32 ? 4 : dtype == kIgcFloat64 ? 8
-                             : dtype == kIgcFloat16 ? 2 : 0;
-  if (elem_bytes == 0 || outer < 0 || channels < 1 || inner < 0 || groups < 1 ||
-      channels % groups != 0) {
-    return -1;
-  }
-  igc::reorder_cpu(in, out, outer, channels, inner * elem_bytes, groups);
+  if (!igc::reorder_args_valid(outer, channels, inner, groups, dtype)) return -1;
+  igc::reorder_cpu(in, out, outer, channels, inner * igc::dtype_bytes(dtype), groups);
   return 0;
 }

@@ -116,16 +116,9 @@ cudaError_t launch(const void* in_ptr, void* out_ptr, int64_t outer, int64_t cha
 
 extern "C" int igc_reorder_cuda(const void* in, void* out, int64_t outer, int64_t channels,
                                 int64_t inner, int64_t groups, int dtype, void* stream) {
-  int64_t elem_bytes = 0;
-  switch (dtype) {
-    case kIgcFloat32: elem_bytes = 4; break;
-    case kIgcFloat64: elem_bytes = 8; break;
-    case kIgcFloat16: elem_bytes = 2; break;
-    default: return -1;
-  }
-  if (outer < 0 || channels < 1 || inner < 0 || groups < 1 || channels % groups != 0) return -1;
+  if (!igc::reorder_args_valid(outer, channels, inner, groups, dtype)) return -1;
   if (outer == 0 || inner == 0) return 0;
-  const int64_t row_bytes = inner * elem_bytes;
+  const int64_t row_bytes = inner * igc::dtype_bytes(dtype);
   const uintptr_t bits = reinterpret_cast<uintptr_t>(in) | reinterpret_cast<uintptr_t>(out) |
                          static_cast<uintptr_t>(row_bytes);
   cudaStream_t s = static_cast<cudaStream_t>(stream);

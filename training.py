@@ -682,12 +682,6 @@ def _clock(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def count_params(symbol, data_shape):
-    arg_shapes, _, _ = symbol.infer_shape(data=(1,) + tuple(data_shape))
-    return sum(int(np.prod(shape)) for name, shape in zip(symbol.list_arguments(), arg_shapes)
-               if name not in ("data", "softmax_label"))
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -777,7 +771,7 @@ def _fit(job, kv, rank):
     np.random.seed(job.seed)
     symbol = network.get_symbol(job.network, job.num_classes, **job.network_config)
     LOGGER.info("network %s %s: %d parameters", job.network, job.network_config,
-                count_params(symbol, job.data_shape))
+                utility.count_params(symbol, (1,) + tuple(job.data_shape))["total"])
 
     steps = (job.train.num_records // num_workers) // job.batch_size
     module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),

@@ -8,7 +8,7 @@ CUDA_ARCHS ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: venv ops test bench demo clean
+.PHONY: venv ops lint test bench demo clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ ops: $(STAMP)
 		$(if $(CUDA_ARCHS),-DCMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHS)") >$(BUILD).configure.log 2>&1 \
 		|| { cat $(BUILD).configure.log; exit 1; }
 	@cmake --build $(BUILD) -j 2 -- --no-print-directory
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test: venv ops
 	$(VPY) -m pytest tests $(PYTEST_ARGS)

@@ -17,7 +17,7 @@ class OpsLibraryError(RuntimeError):
 
 
 def ops_library_path():
-    """Where `load_ops` looks: $IGC_OPS_LIB if set, else build/libigc_ops.so, as an absolute path."""
+    """Where `load_ops` looks: $IGC_OPS_LIB if set, else build/libigc_ops.so (absolute)."""
     return os.path.abspath(os.environ.get(OPS_LIB_ENV) or DEFAULT_OPS_LIB)
 
 
@@ -32,7 +32,8 @@ def load_ops(path=None):
     if _loaded_ops_lib is not None:
         if path != _loaded_ops_lib:
             raise OpsLibraryError(
-                f"IGC operator library {_loaded_ops_lib} is already loaded; cannot also load {path}")
+                f"IGC operator library {_loaded_ops_lib} is already loaded; "
+                f"cannot also load {path}")
         return _loaded_ops_lib
     if not os.path.isfile(path):
         hint = (f"${OPS_LIB_ENV} points to it" if os.environ.get(OPS_LIB_ENV)

@@ -5,6 +5,15 @@ Every builder is registered under its `--network` name with an explicit keyword 
 size, dataset kind and family. Run `python -m network NAME` for a per-stage summary.
 """
 from . import igcv2, igcv3, plain, resnet  # noqa: F401  (registers the builders)
-from .registry import get_plan, get_symbol, list_networks, network_defaults, network_info
+from .registry import (
+                       config_options,
+                       get_plan,
+                       get_symbol,
+                       list_networks,
+                       network_defaults,
+                       network_info,
+                       network_options,
+)
 
-__all__ = ["get_plan", "get_symbol", "list_networks", "network_defaults", "network_info"]
+__all__ = ["config_options", "get_plan", "get_symbol", "list_networks", "network_defaults",
+           "network_info", "network_options"]

@@ -6,16 +6,9 @@ import sys
 
 import network
 import utility
+from network.options import positive_int
 
 STRUCTURE_KEYS = ("L", "M", "t", "groups", "G", "G_rest")
-
-
-def _value_parser(default):
-    if isinstance(default, bool):
-        return lambda text: {"true": True, "false": False}[text.lower()]
-    if default is None:
-        return lambda text: int(text) if text.lstrip("-").isdigit() else text
-    return type(default)
 
 
 def parse_args(argv):
@@ -26,12 +19,15 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m network", description=__doc__)
     parser.add_argument("name", nargs="?", help="network name (see --list)")
     parser.add_argument("--list", action="store_true", help="list the network names and exit")
-    parser.add_argument("--num-classes", type=int, help="default: 10 (CIFAR) / 1000 (ImageNet)")
+    parser.add_argument("--num-classes", type=positive_int,
+                        help="default: 10 (CIFAR) / 1000 (ImageNet)")
     if known.name in network.list_networks():
         group = parser.add_argument_group(f"{known.name} config")
-        for key, default in network.network_defaults(known.name).items():
-            group.add_argument("--" + key.replace("_", "-"), dest=key, default=default,
-                               type=_value_parser(default), help=f"default: {default!r}")
+        defaults = network.network_defaults(known.name)
+        for key, option in network.network_options(known.name).items():
+            group.add_argument(option.flag, dest=key, default=defaults[key], type=option.parse,
+                               choices=option.choices,
+                               help=f"{option.help} (default: {defaults[key]!r})")
     args = parser.parse_args(argv)
     if not args.list and args.name not in network.list_networks():
         parser.error(f"unknown network {args.name!r}; valid names: "

@@ -24,8 +24,19 @@ from fractions import Fraction
 
 import mxnet as mx
 
-from .layers import (CONV_IMPLS, PERMUTATIONS, check_choice, check_multiplier, classifier, conv,
-                     conv_bn_act, igc_batchnorm_relu, group_conv_permute, round_width)
+from .layers import (
+    CONV_IMPLS,
+    PERMUTATIONS,
+    check_choice,
+    check_multiplier,
+    classifier,
+    conv,
+    conv_bn_act,
+    group_conv_permute,
+    igc_batchnorm_relu,
+    round_width,
+)
+from .options import ConvImpl, Permutation, WidthMultiplier
 from .registry import register_network
 
 # Stem width, then (c, n, s) per stage.
@@ -89,11 +100,13 @@ def _build(num_classes, plan, permutation, conv_impl):
 
 @register_network("igcv2", plan=igcv2_plan, dataset_kind="imagenet", family="igcv2",
                   description="IGCV2 ImageNet (our design; width_multiplier 1.0/0.5/0.25)")
-def igcv2(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="auto"):
+def igcv2(num_classes, width_multiplier: WidthMultiplier = 1.0,
+          permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     return _build(num_classes, igcv2_plan(width_multiplier), permutation, conv_impl)
 
 
 @register_network("igcv2_cifar", plan=igcv2_cifar_plan, dataset_kind="cifar", family="igcv2",
                   description="IGCV2 CIFAR (our design)")
-def igcv2_cifar(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="auto"):
+def igcv2_cifar(num_classes, width_multiplier: WidthMultiplier = 1.0,
+                permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     return _build(num_classes, igcv2_cifar_plan(width_multiplier), permutation, conv_impl)

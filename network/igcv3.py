@@ -17,8 +17,18 @@ IGCV3-D block-count rows below (the README's 0.7x / 0.5x mean fewer blocks, not 
 """
 import mxnet as mx
 
-from .layers import (CONV_IMPLS, PERMUTATIONS, batchnorm, check_choice, check_multiplier, conv,
-                     conv_bn_act, permute, round_width)
+from .layers import (
+    CONV_IMPLS,
+    PERMUTATIONS,
+    batchnorm,
+    check_choice,
+    check_multiplier,
+    conv,
+    conv_bn_act,
+    permute,
+    round_width,
+)
+from .options import ConvImpl, DepthMultiplier, Permutation, T1Expansion, WidthMultiplier
 from .registry import register_network
 
 BN_EPS = 1e-5
@@ -131,15 +141,17 @@ def build_inverted_residual(num_classes, plan, t1_expansion, permutation, conv_i
 
 @register_network("igcv3", plan=igcv3_plan, dataset_kind="imagenet", family="igcv3",
                   description="IGCV3-D ImageNet (released graph at width 1.0)")
-def igcv3(num_classes, width_multiplier=1.0, permutation="reorder", conv_impl="auto"):
+def igcv3(num_classes, width_multiplier: WidthMultiplier = 1.0,
+          permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     return build_inverted_residual(num_classes, igcv3_plan(width_multiplier), True, permutation,
                                    conv_impl)
 
 
 @register_network("igcv3_cifar", plan=igcv3_cifar_plan, dataset_kind="cifar", family="igcv3",
                   description="IGCV3-D CIFAR; depth_multiplier 1.0/0.7/0.5 = fewer blocks")
-def igcv3_cifar(num_classes, depth_multiplier=1.0, width_multiplier=1.0, permutation="reorder",
-                conv_impl="auto"):
+def igcv3_cifar(num_classes, depth_multiplier: DepthMultiplier = 1.0,
+                width_multiplier: WidthMultiplier = 1.0, permutation: Permutation = "reorder",
+                conv_impl: ConvImpl = "auto"):
     return build_inverted_residual(num_classes, igcv3_cifar_plan(depth_multiplier,
                                                                  width_multiplier),
                                    True, permutation, conv_impl)
@@ -149,8 +161,9 @@ def igcv3_cifar(num_classes, depth_multiplier=1.0, width_multiplier=1.0, permuta
                   family="mobilenetv2",
                   description="MobileNetV2 ImageNet (authors' baseline; t1_expansion=False: "
                               "standard)")
-def mobilenetv2(num_classes, width_multiplier=1.0, t1_expansion=True, permutation="reorder",
-                conv_impl="auto"):
+def mobilenetv2(num_classes, width_multiplier: WidthMultiplier = 1.0,
+                t1_expansion: T1Expansion = True, permutation: Permutation = "reorder",
+                conv_impl: ConvImpl = "auto"):
     return build_inverted_residual(num_classes, mobilenetv2_plan(width_multiplier, t1_expansion),
                                    t1_expansion, permutation, conv_impl)
 
@@ -159,8 +172,9 @@ def mobilenetv2(num_classes, width_multiplier=1.0, t1_expansion=True, permutatio
                   family="mobilenetv2",
                   description="MobileNetV2 CIFAR (authors' baseline; t1_expansion=False: "
                               "standard)")
-def mobilenetv2_cifar(num_classes, width_multiplier=1.0, t1_expansion=True,
-                      permutation="reorder", conv_impl="auto"):
+def mobilenetv2_cifar(num_classes, width_multiplier: WidthMultiplier = 1.0,
+                      t1_expansion: T1Expansion = True, permutation: Permutation = "reorder",
+                      conv_impl: ConvImpl = "auto"):
     return build_inverted_residual(num_classes,
                                    mobilenetv2_cifar_plan(width_multiplier, t1_expansion),
                                    t1_expansion, permutation, conv_impl)

@@ -7,8 +7,16 @@ BN momentum 0.99 as in the authors' code.
 """
 import mxnet as mx
 
-from .layers import (CONV_IMPLS, PERMUTATIONS, check_choice, check_positive_int, classifier,
-                     conv_bn_act, igc_unit)
+from .layers import (
+    CONV_IMPLS,
+    PERMUTATIONS,
+    check_choice,
+    check_positive_int,
+    classifier,
+    conv_bn_act,
+    igc_unit,
+)
+from .options import ConvImpl, Depth, Permutation, PrimaryPartition, SecondaryPartition, Width
 from .registry import register_network
 
 BN_MOMENTUM = 0.99
@@ -51,7 +59,8 @@ def _stem(width):
 
 @register_network("plain", plan=plain_plan, dataset_kind="cifar", family="plain",
                   description="plain CIFAR net of 3x3 conv-BN-ReLU layers, widths W/2W/4W")
-def plain(num_classes, depth=20, width=16, permutation="reorder", conv_impl="auto"):
+def plain(num_classes, depth: Depth = 20, width: Width = 16,
+          permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
     _check_common(permutation, conv_impl)
     plan = plain_plan(depth, width)
@@ -66,8 +75,9 @@ def plain(num_classes, depth=20, width=16, permutation="reorder", conv_impl="aut
 
 @register_network("plain_igc", plan=plain_igc_plan, dataset_kind="cifar", family="igcv1",
                   description="plain CIFAR net of IGC units, C = L*M, secondary M/2M/4M")
-def plain_igc(num_classes, depth=20, primary_partition=24, secondary_partition=2,
-              permutation="reorder", conv_impl="auto"):
+def plain_igc(num_classes, depth: Depth = 20, primary_partition: PrimaryPartition = 24,
+              secondary_partition: SecondaryPartition = 2, permutation: Permutation = "reorder",
+              conv_impl: ConvImpl = "auto"):
     _check_common(permutation, conv_impl)
     plan = plain_igc_plan(depth, primary_partition, secondary_partition)
     data = _stem(plan[0]["width"])

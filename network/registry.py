@@ -7,6 +7,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from .options import builder_options
+
 INPUT_SIZES = {"cifar": 32, "imagenet": 224}
 
 
@@ -47,6 +49,7 @@ def register_network(name, *, plan, dataset_kind, family, description):
         missing = [k for k, p in params.items() if k != "num_classes" and p.default is p.empty]
         if missing:
             raise TypeError(f"builder for {name!r} must give every config key a default: {missing}")
+        builder_options(builder)  # every keyword declares its flag
         _REGISTRY[name] = NetworkEntry(name, builder, plan, dataset_kind, family, description)
         return builder
 
@@ -69,6 +72,22 @@ def _entry(name):
 def network_defaults(name):
     """{config key: default} for every config key `name` accepts (num_classes excluded)."""
     return _entry(name).defaults()
+
+
+def network_options(name):
+    """{config key: options.ConfigKey} of network `name` (type, help text, choices)."""
+    return builder_options(_entry(name).builder)
+
+
+def config_options():
+    """{config key: options.ConfigKey} over every registered network: the command-line flags.
+    A key's help text and choices are those of its annotation, the same in every builder."""
+    keys = {}
+    for name in list_networks():
+        for key, option in network_options(name).items():
+            if keys.setdefault(key, option) != option:
+                raise TypeError(f"config key {key!r} is declared differently by {name!r}")
+    return keys
 
 
 def network_info(name):

@@ -14,10 +14,30 @@ projections. The IGC variants are the released checkpoints' configurations (a ta
 (primary_partition, secondary_partition) pair that is not a released one gets the layout that
 IGC-L4M32 and IGC-L16M16 share: stem C = L*M, widths C/2C/4C/8C, L fixed, M doubling per stage.
 """
+from typing import Annotated
+
 import mxnet as mx
 
-from .layers import (CONV_IMPLS, PERMUTATIONS, activation, check_choice, check_divides,
-                     check_positive_int, classifier, conv_bn_act, igc_unit)
+from .layers import (
+    CONV_IMPLS,
+    PERMUTATIONS,
+    activation,
+    check_choice,
+    check_divides,
+    check_positive_int,
+    classifier,
+    conv_bn_act,
+    igc_unit,
+)
+from .options import (
+    ConvImpl,
+    Depth,
+    Option,
+    Permutation,
+    PrimaryPartition,
+    SecondaryPartition,
+    Width,
+)
 from .registry import register_network
 
 # Released IGCV1 ImageNet graphs: stem width, then per stage (width, L, M).
@@ -28,6 +48,9 @@ IGC_IMAGENET_VARIANTS = {
 }
 DEFAULT_IGC_IMAGENET_VARIANT = "igc_l100m2"
 IMAGENET_BLOCKS = (2, 2, 2, 2)
+Variant = Annotated[str, Option(
+    f"released IGCV1 ImageNet variant (default {DEFAULT_IGC_IMAGENET_VARIANT}, or the one that "
+    "--primary-partition / --secondary-partition select)", tuple(IGC_IMAGENET_VARIANTS), "")]
 
 
 def resnet_blocks_per_stage(depth):
@@ -90,9 +113,9 @@ def resolve_igc_imagenet_variant(variant, primary_partition, secondary_partition
                    if all(p in (None, q) for p, q in zip(partitions, stages[0][1:]))]
         if len(matches) == 1:
             return resolve_igc_imagenet_variant(matches[0], None, None)
+        known = ", ".join(f"{n}={v[1][0][1:]}" for n, v in IGC_IMAGENET_VARIANTS.items())
         raise ValueError("give both primary_partition and secondary_partition (or a variant): "
-                         f"{partitions} matches no released variant "
-                         f"({', '.join(f'{n}={v[1][0][1:]}' for n, v in IGC_IMAGENET_VARIANTS.items())})")
+                         f"{partitions} matches no released variant ({known})")
     L = check_positive_int("primary_partition", primary_partition)
     M = check_positive_int("secondary_partition", secondary_partition)
     for name, (stem, stages) in IGC_IMAGENET_VARIANTS.items():
@@ -156,7 +179,8 @@ def _check_igc_row(row, kin):
 
 @register_network("resnet", plan=resnet_plan, dataset_kind="cifar", family="resnet",
                   description="CIFAR ResNet of basic blocks, widths W/2W/4W")
-def resnet(num_classes, depth=20, width=16, permutation="reorder", conv_impl="auto"):
+def resnet(num_classes, depth: Depth = 20, width: Width = 16,
+           permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
     _check_common(permutation, conv_impl)
     plan = resnet_plan(depth, width)
@@ -172,8 +196,9 @@ def resnet(num_classes, depth=20, width=16, permutation="reorder", conv_impl="au
 
 @register_network("resnet_igc", plan=resnet_igc_plan, dataset_kind="cifar", family="igcv1",
                   description="CIFAR ResNet of IGC units, C = L*M, L fixed")
-def resnet_igc(num_classes, depth=20, primary_partition=24, secondary_partition=2,
-               permutation="reorder", conv_impl="auto"):
+def resnet_igc(num_classes, depth: Depth = 20, primary_partition: PrimaryPartition = 24,
+               secondary_partition: SecondaryPartition = 2, permutation: Permutation = "reorder",
+               conv_impl: ConvImpl = "auto"):
     _check_common(permutation, conv_impl)
     plan = resnet_igc_plan(depth, primary_partition, secondary_partition)
     L = primary_partition
@@ -198,7 +223,8 @@ def _imagenet_stem(conv_name, width):
 @register_network("resnet_imgnet_d18", plan=resnet_imgnet_plan, dataset_kind="imagenet",
                   family="resnet",
                   description="ResNet-18 (released C=64 and C=69 baselines via width)")
-def resnet_imgnet_d18(num_classes, width=64, permutation="reorder", conv_impl="auto"):
+def resnet_imgnet_d18(num_classes, width: Width = 64, permutation: Permutation = "reorder",
+                      conv_impl: ConvImpl = "auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
     _check_common(permutation, conv_impl)
     plan = resnet_imgnet_plan(width)
@@ -215,8 +241,10 @@ def resnet_imgnet_d18(num_classes, width=64, permutation="reorder", conv_impl="a
 @register_network("resnet_igc_imgnet_d18", plan=resnet_igc_imgnet_plan, dataset_kind="imagenet",
                   family="igcv1",
                   description="IGCV1 ResNet-18: released IGC-L4M32 / L16M16 / L100M2 (+Ident.)")
-def resnet_igc_imgnet_d18(num_classes, variant=None, primary_partition=None,
-                          secondary_partition=None, permutation="reorder", conv_impl="auto"):
+def resnet_igc_imgnet_d18(num_classes, variant: Variant = None,
+                          primary_partition: PrimaryPartition = None,
+                          secondary_partition: SecondaryPartition = None,
+                          permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     """variant: 'igc_l4m32', 'igc_l16m16' or 'igc_l100m2' (default when nothing is given), or
     pick one by its stage-1 (primary_partition, secondary_partition) as the authors' CLI does."""
     _check_common(permutation, conv_impl)

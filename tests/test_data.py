@@ -1,5 +1,6 @@
 """tools/make_rec.sh and tools/make_rec.py: tiny inputs in the exact upstream formats go in, the
 records are read back with MXNet's own readers and compared with the source pixels and labels."""
+
 import dataclasses
 import hashlib
 import io
@@ -48,26 +49,40 @@ def write_cifar_archive(path, folder, members, extra=()):
 
 
 def cifar_batch(rng, count, label_keys, tag):
-    batch = {b"batch_label": tag.encode(), b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-             b"filenames": [f"{tag}_{i}.png".encode() for i in range(count)]}
+    batch = {
+        b"batch_label": tag.encode(),
+        b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+        b"filenames": [f"{tag}_{i}.png".encode() for i in range(count)],
+    }
     for key, classes in label_keys.items():
         batch[key] = [int(v) for v in rng.integers(0, classes, count)]
     return batch
 
 
 def cifar10_members(rng, per_batch=4, test=6):
-    members = {f"data_batch_{i}": cifar_batch(rng, per_batch, {b"labels": 10}, f"b{i}") for i in range(1, 6)}
+    members = {
+        f"data_batch_{i}": cifar_batch(rng, per_batch, {b"labels": 10}, f"b{i}")
+        for i in range(1, 6)
+    }
     members["test_batch"] = cifar_batch(rng, test, {b"labels": 10}, "test")
-    members["batches.meta"] = {b"label_names": [f"class{i}".encode() for i in range(10)],
-                               b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+    members["batches.meta"] = {
+        b"label_names": [f"class{i}".encode() for i in range(10)],
+        b"num_cases_per_batch": per_batch,
+        b"num_vis": 3072,
+    }
     return members
 
 
 def cifar100_members(rng):
     keys = {b"fine_labels": 100, b"coarse_labels": 20}
-    return {"train": cifar_batch(rng, 12, keys, "train"), "test": cifar_batch(rng, 5, keys, "test"),
-            "meta": {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}}
+    return {
+        "train": cifar_batch(rng, 12, keys, "train"),
+        "test": cifar_batch(rng, 5, keys, "test"),
+        "meta": {
+            b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)],
+        },
+    }
 
 
 def write_svhn_mat(path, rng, count):
@@ -83,13 +98,20 @@ def write_svhn_mat(path, rng, count):
 
 
 def run_script(*args, cwd=None):
-    return subprocess.run([SCRIPT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [SCRIPT, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def iter_split(prefix, count, shape=(3, 32, 32)):
     """All records of a split through mx.io.ImageRecordIter: (N,H,W,3) float RGB, labels."""
-    it = mx.io.ImageRecordIter(path_imgrec=f"{prefix}.rec", data_shape=shape, batch_size=count,
-                               preprocess_threads=1, shuffle=False)
+    it = mx.io.ImageRecordIter(
+        path_imgrec=f"{prefix}.rec",
+        data_shape=shape,
+        batch_size=count,
+        preprocess_threads=1,
+        shuffle=False,
+    )
     batch = it.next()
     return batch.data[0].asnumpy().transpose(0, 2, 3, 1), batch.label[0].asnumpy()
 
@@ -98,7 +120,9 @@ def indexed_split(prefix):
     """All records through MXIndexedRecordIO: [(header, BGR image)] in index order."""
     reader = mx.recordio.MXIndexedRecordIO(f"{prefix}.idx", f"{prefix}.rec", "r")
     try:
-        return [mx.recordio.unpack_img(reader.read_idx(key), cv2.IMREAD_COLOR) for key in reader.keys]
+        return [
+            mx.recordio.unpack_img(reader.read_idx(key), cv2.IMREAD_COLOR) for key in reader.keys
+        ]
     finally:
         reader.close()
 
@@ -128,17 +152,29 @@ def test_demo_script_writes_default_sizes_balanced_and_readable_by_image_record_
     out = tmp_path / "demo"
     result = run_script("demo", "--out", out)
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ["make_rec.json", "synsets.txt", "test.idx", "test.lst", "test.rec",
-                                       "train.idx", "train.lst", "train.rec"]
+    assert sorted(os.listdir(out)) == [
+        "make_rec.json",
+        "synsets.txt",
+        "test.idx",
+        "test.lst",
+        "test.rec",
+        "train.idx",
+        "train.lst",
+        "train.rec",
+    ]
     for split, count in (("train", 5000), ("test", 1000)):
         records = indexed_split(out / split)
         assert len(records) == count
         labels = np.array([header.label for header, _ in records])
-        np.testing.assert_array_equal(np.bincount(labels.astype(int), minlength=10), [count // 10] * 10)
+        np.testing.assert_array_equal(
+            np.bincount(labels.astype(int), minlength=10), [count // 10] * 10
+        )
         assert all(image.shape == (32, 32, 3) for _, image in records[:50])
     data, labels = iter_split(out / "test", 1000)
     assert data.shape == (1000, 32, 32, 3)
-    np.testing.assert_array_equal(labels, [header.label for header, _ in indexed_split(out / "test")])
+    np.testing.assert_array_equal(
+        labels, [header.label for header, _ in indexed_split(out / "test")]
+    )
     assert (out / "synsets.txt").read_text().split() == list(demo_images.CLASS_NAMES)
 
 
@@ -175,19 +211,30 @@ def test_demo_class_is_not_given_away_by_mean_colour(tmp_path):
 def test_cifar10_script_records_match_archive_pixels_labels_and_names(tmp_path):
     rng = np.random.default_rng(0)
     members = cifar10_members(rng)
-    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", members)
+    archive = write_cifar_archive(
+        tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py", members
+    )
     out = tmp_path / "out"
     result = run_script("cifar10", "--from", archive, "--out", out, "--no-verify")
     assert result.returncode == 0, result.stderr
 
-    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+    for split, names in (
+        ("train", [f"data_batch_{i}" for i in range(1, 6)]),
+        ("test", ["test_batch"]),
+    ):
         batches = [members[n] for n in names]
-        source = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        source = (
+            np.concatenate([b[b"data"] for b in batches])
+            .reshape(-1, 3, 32, 32)
+            .transpose(0, 2, 3, 1)
+        )
         source_labels = np.concatenate([b[b"labels"] for b in batches])
         data, labels = iter_split(out / split, len(source))
         np.testing.assert_array_equal(data, source.astype(np.float32))
         np.testing.assert_array_equal(labels, source_labels)
-        assert [row[2] for row in list_names(out / split)] == [n.decode() for b in batches for n in b[b"filenames"]]
+        assert [row[2] for row in list_names(out / split)] == [
+            n.decode() for b in batches for n in b[b"filenames"]
+        ]
         assert len(indexed_split(out / split)) == len(source)
     assert (out / "synsets.txt").read_text().split() == [f"class{i}" for i in range(10)]
 
@@ -197,30 +244,40 @@ def test_cifar100_records_carry_fine_labels_or_coarse_with_flag(tmp_path, capsys
     members = cifar100_members(np.random.default_rng(1))
     archive = write_cifar_archive(tmp_path / "c100.tar.gz", "cifar-100-python", members)
     out = tmp_path / "out"
-    code, err = build(["cifar100", "--from", archive, "--out", str(out), "--no-verify"]
-                      + (["--coarse"] if coarse else []), capsys)
+    code, err = build(
+        ["cifar100", "--from", archive, "--out", str(out), "--no-verify"]
+        + (["--coarse"] if coarse else []),
+        capsys,
+    )
     assert code == 0, err
     key = b"coarse_labels" if coarse else b"fine_labels"
     for split in ("train", "test"):
         headers = [header for header, _ in indexed_split(out / split)]
         assert [h.label for h in headers] == [float(v) for v in members[split][key]]
         images = [image[:, :, ::-1] for _, image in indexed_split(out / split)]
-        np.testing.assert_array_equal(np.stack(images),
-                                      members[split][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        np.testing.assert_array_equal(
+            np.stack(images), members[split][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        )
     assert len((out / "synsets.txt").read_text().split()) == (20 if coarse else 100)
 
 
-def test_cifar_md5_is_checked_by_default_and_a_matching_archive_passes(tmp_path, capsys, monkeypatch):
+def test_cifar_md5_is_checked_by_default_and_a_matching_archive_passes(
+    tmp_path, capsys, monkeypatch
+):
     members = cifar10_members(np.random.default_rng(2))
     archive = write_cifar_archive(tmp_path / "a.tar.gz", "cifar-10-batches-py", members)
     out = tmp_path / "out"
     code, err = build(["cifar10", "--from", archive, "--out", str(out)], capsys)
     assert code == 1
-    assert "md5 mismatch" in err and "c58f30108f718f92721af3b95e74349a" in err and "--no-verify" in err
+    assert (
+        "md5 mismatch" in err and "c58f30108f718f92721af3b95e74349a" in err and "--no-verify" in err
+    )
     assert output_files(out) == []
 
     actual = hashlib.md5(open(archive, "rb").read()).hexdigest()
-    monkeypatch.setitem(make_rec.CIFAR, "cifar10", dataclasses.replace(make_rec.CIFAR["cifar10"], md5=actual))
+    monkeypatch.setitem(
+        make_rec.CIFAR, "cifar10", dataclasses.replace(make_rec.CIFAR["cifar10"], md5=actual)
+    )
     code, err = build(["cifar10", "--from", archive, "--out", str(out)], capsys)
     assert code == 0, err
     assert len(indexed_split(out / "train")) == 20
@@ -231,7 +288,7 @@ def test_truncated_cifar_archive_is_rejected_without_outputs(tmp_path, capsys):
     archive = write_cifar_archive(tmp_path / "a.tar.gz", "cifar-10-batches-py", members)
     data = open(archive, "rb").read()
     with open(archive, "wb") as f:
-        f.write(data[:len(data) // 2])
+        f.write(data[: len(data) // 2])
     out = tmp_path / "out"
     code, err = build(["cifar10", "--from", archive, "--out", str(out), "--no-verify"], capsys)
     assert code == 1 and "truncated or corrupt" in err
@@ -254,23 +311,41 @@ def test_pickle_that_calls_a_function_is_refused_and_never_runs(tmp_path, capsys
     out = tmp_path / "out"
     code, err = build(["cifar10", "--from", archive, "--out", str(out), "--no-verify"], capsys)
     assert code == 1
-    assert "refusing to unpickle" in err and "system is not allowed" in err and "data_batch_2" in err
+    assert (
+        "refusing to unpickle" in err and "system is not allowed" in err and "data_batch_2" in err
+    )
     assert not marker.exists()
     assert output_files(out) == []
 
 
-@pytest.mark.parametrize("member, fields, message", [
-    ("../evil.txt", {}, "its path escapes the archive folder"),
-    ("/tmp/evil.txt", {}, "its path escapes the archive folder"),
-    ("cifar-10-batches-py/../../evil.txt", {}, "its path escapes the archive folder"),
-    ("cifar-10-batches-py/link", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}, "it is a link"),
-    ("cifar-10-batches-py/hard", {"type": tarfile.LNKTYPE, "linkname": "cifar-10-batches-py/test_batch"},
-     "it is a link"),
-])
-def test_tar_members_escaping_the_folder_or_links_are_refused(tmp_path, capsys, member, fields, message):
+@pytest.mark.parametrize(
+    "member, fields, message",
+    [
+        ("../evil.txt", {}, "its path escapes the archive folder"),
+        ("/tmp/evil.txt", {}, "its path escapes the archive folder"),
+        ("cifar-10-batches-py/../../evil.txt", {}, "its path escapes the archive folder"),
+        (
+            "cifar-10-batches-py/link",
+            {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"},
+            "it is a link",
+        ),
+        (
+            "cifar-10-batches-py/hard",
+            {"type": tarfile.LNKTYPE, "linkname": "cifar-10-batches-py/test_batch"},
+            "it is a link",
+        ),
+    ],
+)
+def test_tar_members_escaping_the_folder_or_links_are_refused(
+    tmp_path, capsys, member, fields, message
+):
     data = None if "type" in fields else b"x"
-    archive = write_cifar_archive(tmp_path / "a.tar.gz", "cifar-10-batches-py",
-                                  cifar10_members(np.random.default_rng(5)), extra=[(member, data, fields)])
+    archive = write_cifar_archive(
+        tmp_path / "a.tar.gz",
+        "cifar-10-batches-py",
+        cifar10_members(np.random.default_rng(5)),
+        extra=[(member, data, fields)],
+    )
     out = tmp_path / "out"
     code, err = build(["cifar10", "--from", archive, "--out", str(out), "--no-verify"], capsys)
     assert code == 1 and "refusing unsafe tar member" in err and message in err
@@ -281,17 +356,26 @@ def test_cifar_batch_in_a_wrong_format_is_named(tmp_path, capsys):
     members = cifar10_members(np.random.default_rng(6))
     members["data_batch_4"][b"data"] = members["data_batch_4"][b"data"][:, :100]
     archive = write_cifar_archive(tmp_path / "a.tar.gz", "cifar-10-batches-py", members)
-    code, err = build(["cifar10", "--from", archive, "--out", str(tmp_path / "out"), "--no-verify"], capsys)
+    code, err = build(
+        ["cifar10", "--from", archive, "--out", str(tmp_path / "out"), "--no-verify"], capsys
+    )
     assert code == 1 and "data_batch_4" in err and "N x 3072 uint8" in err
     assert output_files(tmp_path / "out") == []
 
 
 def test_missing_input_and_failed_download_point_to_from(tmp_path, capsys, monkeypatch):
-    code, err = build(["cifar10", "--from", str(tmp_path / "nope.tar.gz"), "--out", str(tmp_path / "o")], capsys)
+    code, err = build(
+        ["cifar10", "--from", str(tmp_path / "nope.tar.gz"), "--out", str(tmp_path / "o")], capsys
+    )
     assert code == 1 and "nope.tar.gz does not exist" in err
     # A closed local port fails at once, like a machine without internet access.
-    monkeypatch.setitem(make_rec.CIFAR, "cifar10", dataclasses.replace(
-        make_rec.CIFAR["cifar10"], url="http://127.0.0.1:9/cifar-10-python.tar.gz"))
+    monkeypatch.setitem(
+        make_rec.CIFAR,
+        "cifar10",
+        dataclasses.replace(
+            make_rec.CIFAR["cifar10"], url="http://127.0.0.1:9/cifar-10-python.tar.gz"
+        ),
+    )
     code, err = build(["cifar10", "--out", str(tmp_path / "o")], capsys)
     assert code == 1 and "could not download http://127.0.0.1:9/" in err and "--from" in err
     assert output_files(tmp_path / "o") == [] and not os.listdir(tmp_path / "o")
@@ -316,12 +400,16 @@ def test_complete_outputs_are_kept_other_options_refused_and_force_rebuilds(tmp_
     assert max(h.label for h, _ in indexed_split(out / "train")) < 20
 
 
-@pytest.mark.parametrize("failure, code, message", [
-    (KeyboardInterrupt(), 130, "interrupted; partial files removed"),
-    (OSError(28, "No space left on device"), 1, "no space left on the device"),
-])
-def test_interrupt_or_full_disk_mid_write_leaves_no_file_under_a_final_name(tmp_path, capsys, monkeypatch,
-                                                                           failure, code, message):
+@pytest.mark.parametrize(
+    "failure, code, message",
+    [
+        (KeyboardInterrupt(), 130, "interrupted; partial files removed"),
+        (OSError(28, "No space left on device"), 1, "no space left on the device"),
+    ],
+)
+def test_interrupt_or_full_disk_mid_write_leaves_no_file_under_a_final_name(
+    tmp_path, capsys, monkeypatch, failure, code, message
+):
     calls = []
     real_encode = make_rec.encode_png
 
@@ -346,8 +434,10 @@ def test_svhn_script_train_is_train_plus_extra_and_label_10_becomes_digit_0(tmp_
     rng = np.random.default_rng(9)
     src = tmp_path / "src"
     src.mkdir()
-    sources = {stem: write_svhn_mat(src / f"{stem}.mat", rng, n)
-               for stem, n in (("train_32x32", 7), ("extra_32x32", 5), ("test_32x32", 4))}
+    sources = {
+        stem: write_svhn_mat(src / f"{stem}.mat", rng, n)
+        for stem, n in (("train_32x32", 7), ("extra_32x32", 5), ("test_32x32", 4))
+    }
     out = tmp_path / "out"
     result = run_script("svhn", "--from", src, "--out", out, "--no-verify")
     assert result.returncode == 0, result.stderr
@@ -363,8 +453,11 @@ def test_svhn_script_train_is_train_plus_extra_and_label_10_becomes_digit_0(tmp_
             x, y = sources[stem]
             np.testing.assert_array_equal(data[record], x[:, :, :, index].astype(np.float32))
             assert labels[record] == (0 if y[index] == 10 else y[index])
-        expected = {("test_32x32", i) for i in range(4)} if split == "test" else \
-            {("train_32x32", i) for i in range(7)} | {("extra_32x32", i) for i in range(5)}
+        expected = (
+            {("test_32x32", i) for i in range(4)}
+            if split == "test"
+            else {("train_32x32", i) for i in range(7)} | {("extra_32x32", i) for i in range(5)}
+        )
         assert seen == expected
 
 
@@ -375,20 +468,29 @@ def test_svhn_no_extra_trains_on_train_alone_and_truncated_mat_is_rejected(tmp_p
     write_svhn_mat(src / "train_32x32.mat", rng, 6)
     write_svhn_mat(src / "test_32x32.mat", rng, 3)
     out = tmp_path / "out"
-    code, err = build(["svhn", "--from", str(src), "--out", str(out), "--no-verify", "--no-extra"], capsys)
+    code, err = build(
+        ["svhn", "--from", str(src), "--out", str(out), "--no-verify", "--no-extra"], capsys
+    )
     assert code == 0, err
     assert len(indexed_split(out / "train")) == 6 and len(indexed_split(out / "test")) == 3
 
-    code, err = build(["svhn", "--from", str(src), "--out", str(tmp_path / "o2"), "--no-verify"], capsys)
+    code, err = build(
+        ["svhn", "--from", str(src), "--out", str(tmp_path / "o2"), "--no-verify"], capsys
+    )
     assert code == 1 and "extra_32x32.mat does not exist" in err
 
     data = (src / "test_32x32.mat").read_bytes()
-    (src / "test_32x32.mat").write_bytes(data[:len(data) // 2])
-    code, err = build(["svhn", "--from", str(src), "--out", str(tmp_path / "o3"), "--no-verify", "--no-extra"], capsys)
+    (src / "test_32x32.mat").write_bytes(data[: len(data) // 2])
+    code, err = build(
+        ["svhn", "--from", str(src), "--out", str(tmp_path / "o3"), "--no-verify", "--no-extra"],
+        capsys,
+    )
     assert code == 1 and "test_32x32.mat is truncated or not an SVHN .mat file" in err
     assert output_files(tmp_path / "o3") == []
 
-    code, err = build(["svhn", "--from", str(src), "--out", str(tmp_path / "o4"), "--no-extra"], capsys)
+    code, err = build(
+        ["svhn", "--from", str(src), "--out", str(tmp_path / "o4"), "--no-extra"], capsys
+    )
     assert code == 1 and "md5 mismatch" in err and "e26dedcc434d2e4c54c9b2d4a06d8373" in err
 
 
@@ -403,13 +505,17 @@ def smooth_image(rng, height, width):
     return np.stack([127 + 100 * np.sin(4 * x + 3 * y + p) for p in phase], -1).astype(np.uint8)
 
 
-IMAGENET_TRAIN = {"n01440764": [(375, 500), (400, 300)], "n01443537": [(480, 480)],
-                  "n00000001": [(150, 200), (640, 480)]}
+IMAGENET_TRAIN = {
+    "n01440764": [(375, 500), (400, 300)],
+    "n01443537": [(480, 480)],
+    "n00000001": [(150, 200), (640, 480)],
+}
 IMAGENET_VAL = {"n01440764": [(333, 500)], "n00000001": [(500, 375)]}
 
 
 def write_imagenet_tree(root, rng, flat_val=False):
     """Writes the tree; returns ({relative path: (image, synset)}, ['VAL_FILE SYNSET' lines])."""
+
     def save(path, shape, synset):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         image = smooth_image(rng, *shape)
@@ -461,25 +567,40 @@ def test_imagenet_script_resizes_short_side_to_480_and_labels_by_sorted_synsets(
     assert data.shape == (2, 224, 224, 3) and sorted(labels) == [0.0, 1.0]
 
 
-def test_imagenet_flat_val_uses_label_file_and_unlabelled_or_corrupt_images_are_named(tmp_path, capsys):
+def test_imagenet_flat_val_uses_label_file_and_unlabelled_or_corrupt_images_are_named(
+    tmp_path, capsys
+):
     root = tmp_path / "ilsvrc"
     images, labels = write_imagenet_tree(root, np.random.default_rng(12), flat_val=True)
     label_file = tmp_path / "val_labels.txt"
-    label_file.write_text("ImageId,PredictionString\n" + "\n".join(l.replace(" ", ",") + " 1 2 3 4" for l in labels))
+    label_file.write_text(
+        "ImageId,PredictionString\n"
+        + "\n".join(line.replace(" ", ",") + " 1 2 3 4" for line in labels)
+    )
     argv = ["imagenet", "--from", str(root), "--workers", "2", "--resize", "64", "--quality", "90"]
-    code, err = build(argv + ["--out", str(tmp_path / "out"), "--val-labels", str(label_file)], capsys)
+    code, err = build(
+        argv + ["--out", str(tmp_path / "out"), "--val-labels", str(label_file)], capsys
+    )
     assert code == 0, err
     check_imagenet_split(tmp_path / "out" / "val", images, 64)
 
     code, err = build(argv + ["--out", str(tmp_path / "o2")], capsys)
     assert code == 1 and "pass --val-labels" in err
     label_file.write_text(labels[0] + "\n")
-    code, err = build(argv + ["--out", str(tmp_path / "o2"), "--val-labels", str(label_file)], capsys)
-    assert code == 1 and "has no label for 1 file(s)" in err and "ILSVRC2012_val_n000000010.JPEG" in err
+    code, err = build(
+        argv + ["--out", str(tmp_path / "o2"), "--val-labels", str(label_file)], capsys
+    )
+    assert (
+        code == 1
+        and "has no label for 1 file(s)" in err
+        and "ILSVRC2012_val_n000000010.JPEG" in err
+    )
 
     (root / "train" / "n01443537" / "broken.JPEG").write_bytes(b"not a jpeg")
     label_file.write_text("\n".join(labels))
-    code, err = build(argv + ["--out", str(tmp_path / "o3"), "--val-labels", str(label_file)], capsys)
+    code, err = build(
+        argv + ["--out", str(tmp_path / "o3"), "--val-labels", str(label_file)], capsys
+    )
     assert code == 1 and "broken.JPEG: not a decodable image" in err
     assert output_files(tmp_path / "o3") == []
 
@@ -498,8 +619,22 @@ def test_script_in_a_clone_without_venv_creates_it_via_make_and_keeps_relative_p
     (clone / "Makefile").write_text(f"venv:\n\tln -s {os.path.join(ROOT, '.venv')} .venv\n")
     work = tmp_path / "elsewhere"
     work.mkdir()
-    result = subprocess.run([str(clone / "tools" / "make_rec.sh"), "demo", "--out", "rel", "--num-train", "20",
-                             "--num-test", "10"], cwd=work, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            str(clone / "tools" / "make_rec.sh"),
+            "demo",
+            "--out",
+            "rel",
+            "--num-train",
+            "20",
+            "--num-test",
+            "10",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "creating it with 'make -C" in result.stderr and os.path.islink(clone / ".venv")
     assert len(indexed_split(work / "rel" / "train")) == 20
@@ -508,8 +643,14 @@ def test_script_in_a_clone_without_venv_creates_it_via_make_and_keeps_relative_p
 def test_script_reports_user_errors_without_traceback(tmp_path):
     result = run_script("cifar10", "--from", tmp_path / "missing.tar.gz", "--out", tmp_path / "o")
     assert result.returncode == 1
-    assert "make_rec.sh cifar10: error: --from:" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "make_rec.sh cifar10: error: --from:" in result.stderr and "Traceback" not in result.stderr
+    )
     result = run_script("imagenet", "--from", tmp_path, "--quality", "101")
-    assert result.returncode == 2 and "--quality" in result.stderr and "between 1 and 100" in result.stderr
+    assert (
+        result.returncode == 2
+        and "--quality" in result.stderr
+        and "between 1 and 100" in result.stderr
+    )
     result = run_script("mnist")
     assert result.returncode == 2 and "invalid choice: 'mnist'" in result.stderr

@@ -7,6 +7,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from network import layers
+
 # (N, C, H, W, F, G, kernel, stride, pad, bias, interleave, dtype): the CIFAR unit shapes, odd
 # sizes, rectangular kernels/strides/pads, pads wider than the kernel, rows narrower and wider
 # than one vector block (W = 5 .. 70), 1 to 16 channels per group, depthwise, float32/float64.
@@ -31,12 +33,6 @@ CASES = [
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}  # relative to the largest reference magnitude
 
 
-def permute_symbol(data, g):
-    """SPEC §1 as reshape -> swapaxes -> reshape: out[:, j*g + i] = in[:, i*(C/g) + j]."""
-    grouped = mx.sym.reshape(data, shape=(0, -4, g, -1, -2))
-    return mx.sym.reshape(mx.sym.swapaxes(grouped, dim1=1, dim2=2), shape=(0, -3, -2))
-
-
 def conv_symbols(case, weight_name="w"):
     """(IGCConv symbol, reference symbol) over variables data, w[, b]."""
     _, _, _, _, f, g, kernel, stride, pad, bias, interleave, _ = case
@@ -44,7 +40,7 @@ def conv_symbols(case, weight_name="w"):
     attrs = dict(num_filter=f, kernel=kernel, stride=stride, pad=pad, num_group=g, no_bias=not bias)
     igc = mx.sym.IGCConv(*inputs, interleave=interleave, **attrs)
     ref = mx.sym.Convolution(*inputs, **attrs)
-    return igc, permute_symbol(ref, g) if interleave else ref
+    return igc, layers.permute(ref, g, "ref_perm", "reshape") if interleave else ref
 
 
 def run_forward_backward(sym, arrays, out_grad):
@@ -126,7 +122,8 @@ def test_shared_weight_gets_the_sum_of_both_uses(ops):
             attrs = dict(num_filter=8, kernel=(3, 3), pad=(1, 1), num_group=4, no_bias=True)
             x = mx.sym.var(data)
             outs.append(mx.sym.IGCConv(x, w, interleave=True, **attrs) if igc_op
-                        else permute_symbol(mx.sym.Convolution(x, w, **attrs), 4))
+                        else layers.permute(mx.sym.Convolution(x, w, **attrs), 4, "ref_perm",
+                                            "reshape"))
         symbols.append(outs[0] + 2 * outs[1])
     out_grad = rng.uniform(-1, 1, (2, 8, 6, 6))
     (got_out, got), (want_out, want) = (run_forward_backward(s, arrays, out_grad) for s in symbols)

@@ -7,6 +7,7 @@ import pytest
 
 import network
 import utility
+from network.released import RELEASED_CHECKPOINTS
 
 CIFAR = (1, 3, 32, 32)
 IMAGENET = (1, 3, 224, 224)
@@ -22,19 +23,6 @@ CIFAR_PARAMS = [
     ("resnet_igc", dict(depth=38, primary_partition=24, secondary_partition=2), 325_690),
 ]
 
-# SPEC §4-§5: (released graph file, our network and config, total params, MACs).
-RELEASED = [
-    ("resnet_d18-symbol.json", "resnet_imgnet_d18", dict(width=64), 11_689_512, 1.814e9),
-    ("resnet_d18_w69-symbol.json", "resnet_imgnet_d18", dict(width=69), 13_542_457, 2.099e9),
-    ("resnet_gcwf_noshare_imagenet_d18b4-symbol.json", "resnet_igc_imgnet_d18",
-     dict(variant="igc_l4m32"), 12_251_240, 1.945e9),
-    ("resnet_gcwf_noshare_imagenet_d18b16-symbol.json", "resnet_igc_imgnet_d18",
-     dict(primary_partition=16, secondary_partition=16), 13_528_296, 2.266e9),
-    ("resnet_gcwf_noshare_imagenet_d18b100-symbol.json", "resnet_igc_imgnet_d18",
-     dict(primary_partition=100, secondary_partition=2), 8_637_900, 1.265e9),
-    ("igcv3-symbol.json", "igcv3", {}, 3_491_688, 313.0e6),
-]
-
 
 def _ids(cases):
     return [f"{c[0]}-{'-'.join(f'{k}{v}' for k, v in c[1].items())}" for c in cases]
@@ -46,22 +34,34 @@ def test_cifar_parameter_count_matches_the_authors_tool(name, config, expected):
     assert utility.count_params(symbol, CIFAR)["total"] == expected
 
 
-@pytest.mark.parametrize("_file,name,config,params,macs", RELEASED,
-                         ids=[c[1] + "-" + c[0].split("-")[0] for c in RELEASED])
-def test_imagenet_counts_of_our_builders_equal_the_released_graphs(_file, name, config, params,
-                                                                   macs):
-    symbol = network.get_symbol(name, 1000, permutation="reshape", **config)
-    assert utility.count_params(symbol, IMAGENET)["total"] == params
-    assert utility.count_macs(symbol, IMAGENET)["total"] == pytest.approx(macs, rel=5e-4)
+RELEASED_IDS = [c.symbol_file.split("-symbol")[0] for c in RELEASED_CHECKPOINTS]
 
 
-@pytest.mark.parametrize("filename,_name,_config,params,macs", RELEASED,
-                         ids=[c[0].split("-symbol")[0] for c in RELEASED])
-def test_counting_works_on_the_released_graphs(ops, released_symbols_dir, filename, _name,
-                                               _config, params, macs):
-    symbol = mx.sym.load(os.path.join(released_symbols_dir, filename))
-    assert utility.count_params(symbol, IMAGENET)["total"] == params
-    assert utility.count_macs(symbol, IMAGENET)["total"] == pytest.approx(macs, rel=5e-4)
+@pytest.mark.parametrize("checkpoint", RELEASED_CHECKPOINTS, ids=RELEASED_IDS)
+def test_imagenet_counts_of_our_builders_equal_the_released_graphs(checkpoint):
+    symbol = network.get_symbol(checkpoint.network, 1000, permutation="reshape",
+                                **checkpoint.config)
+    assert utility.count_params(symbol, IMAGENET)["total"] == checkpoint.params
+    assert utility.count_macs(symbol, IMAGENET)["total"] == pytest.approx(checkpoint.macs,
+                                                                          rel=5e-4)
+
+
+@pytest.mark.parametrize("checkpoint", RELEASED_CHECKPOINTS, ids=RELEASED_IDS)
+def test_counting_works_on_the_released_graphs(ops, released_symbols_dir, checkpoint):
+    symbol = mx.sym.load(os.path.join(released_symbols_dir, checkpoint.symbol_file))
+    assert utility.count_params(symbol, IMAGENET)["total"] == checkpoint.params
+    assert utility.count_macs(symbol, IMAGENET)["total"] == pytest.approx(checkpoint.macs,
+                                                                          rel=5e-4)
+
+
+def test_the_readme_zoo_table_lists_every_released_checkpoint_with_its_counts():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    for checkpoint in RELEASED_CHECKPOINTS:
+        row = next((line for line in readme.splitlines()
+                    if line.startswith("|") and f"`{checkpoint.symbol_file}`" in line), None)
+        assert row is not None, checkpoint.symbol_file
+        assert f"{checkpoint.params:,}" in row and checkpoint.repository in row, row
+        assert f"`{checkpoint.network}`" in row, row
 
 
 def test_parameter_split_of_resnet18_by_layer_kind():

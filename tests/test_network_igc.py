@@ -8,19 +8,9 @@ import numpy as np
 import pytest
 
 import network
+import reference
 from network import igcv2, layers
-
-RELEASED = [
-    ("resnet_d18-symbol.json", "resnet_imgnet_d18", dict(width=64)),
-    ("resnet_d18_w69-symbol.json", "resnet_imgnet_d18", dict(width=69)),
-    ("resnet_gcwf_noshare_imagenet_d18b4-symbol.json", "resnet_igc_imgnet_d18",
-     dict(variant="igc_l4m32")),
-    ("resnet_gcwf_noshare_imagenet_d18b16-symbol.json", "resnet_igc_imgnet_d18",
-     dict(variant="igc_l16m16")),
-    ("resnet_gcwf_noshare_imagenet_d18b100-symbol.json", "resnet_igc_imgnet_d18",
-     dict(variant="igc_l100m2")),
-    ("igcv3-symbol.json", "igcv3", {}),
-]
+from network.released import RELEASED_CHECKPOINTS
 
 
 def _shapes(symbol, data_shape=(1, 3, 224, 224)):
@@ -29,36 +19,16 @@ def _shapes(symbol, data_shape=(1, 3, 224, 224)):
             dict(zip(symbol.list_auxiliary_states(), aux)))
 
 
-@pytest.mark.parametrize("filename,name,config", RELEASED,
-                         ids=[c[0].split("-symbol")[0] for c in RELEASED])
+@pytest.mark.parametrize("checkpoint", RELEASED_CHECKPOINTS,
+                         ids=[c.symbol_file.split("-symbol")[0] for c in RELEASED_CHECKPOINTS])
 def test_argument_and_aux_names_and_shapes_equal_the_released_graph(ops, released_symbols_dir,
-                                                                    filename, name, config):
-    released = mx.sym.load(os.path.join(released_symbols_dir, filename))
-    ours = network.get_symbol(name, 1000, **config)
+                                                                    checkpoint):
+    released = mx.sym.load(os.path.join(released_symbols_dir, checkpoint.symbol_file))
+    ours = network.get_symbol(checkpoint.network, 1000, **checkpoint.config)
     ours_args, ours_aux = _shapes(ours)
     released_args, released_aux = _shapes(released)
     assert ours_args == released_args
     assert ours_aux == released_aux
-
-
-def _block_diagonal(weight, groups):
-    """Dense (C_out, C_in, k, k) kernel of a grouped conv weight (C_out, C_in/groups, k, k)."""
-    c_out, c_in_g = weight.shape[:2]
-    dense = np.zeros((c_out, c_in_g * groups) + weight.shape[2:], weight.dtype)
-    per_group = c_out // groups
-    for g in range(groups):
-        dense[g * per_group:(g + 1) * per_group, g * c_in_g:(g + 1) * c_in_g] = \
-            weight[g * per_group:(g + 1) * per_group]
-    return dense
-
-
-def _permutation_matrix(channels, groups):
-    """P with (P x)[j*g + i] = x[i*(C/g) + j]: SPEC's Reorder(g)."""
-    p = np.zeros((channels, channels))
-    for i in range(groups):
-        for j in range(channels // groups):
-            p[j * groups + i, i * (channels // groups) + j] = 1
-    return p
 
 
 @pytest.mark.parametrize("permutation", ["reorder", "reshape"])
@@ -78,16 +48,14 @@ def test_igc_unit_equals_one_dense_conv_with_kernel_PM_W2_PL_W1(ops, permutation
     out = unit.eval(data=mx.nd.array(x), u_conv1_weight=mx.nd.array(w1),
                     u_conv2_weight=mx.nd.array(w2))[0].asnumpy()
     # Reference: P_M W2 P_L W1 composed in numpy, applied by one dense convolution.
-    mix = _permutation_matrix(C, M) @ _block_diagonal(w2, M)[:, :, 0, 0] @ \
-        _permutation_matrix(C, L)
-    dense = np.einsum("oc,cikl->oikl", mix, _block_diagonal(w1, L)).astype(np.float32)
+    dense = reference.igc_unit_kernel(w1, L, w2, M).astype(np.float32)
     expected = mx.nd.Convolution(mx.nd.array(x), mx.nd.array(dense), num_filter=C,
                                  kernel=(k, k), stride=(stride, stride), pad=(1, 1),
                                  no_bias=True).asnumpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
     # The special cases really are a regular / channel-wise pair.
     if L == 1:
-        assert np.count_nonzero(_block_diagonal(w1, L)) == w1.size == C * C * k * k
+        assert np.count_nonzero(reference.block_diagonal(w1, L)) == w1.size == C * C * k * k
     if M == 1:
         assert w1.shape[1] == 1 and w2.shape[1] == C
 

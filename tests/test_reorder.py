@@ -9,6 +9,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+import reference
 from conftest import ROOT
 from network import layers
 
@@ -41,17 +42,6 @@ CASES = [
 LARGE_CASES = [((8, 192, 64, 64), 24), ((640, 192, 8, 8), 24)]
 
 
-def reorder_ref(x, g):
-    """SPEC §1 written out: out[:, j*g + i] = in[:, i*(C/g) + j]."""
-    c = x.shape[1]
-    k = c // g
-    out = np.empty_like(x)
-    for i in range(g):
-        for j in range(k):
-            out[:, j * g + i] = x[:, i * k + j]
-    return out
-
-
 def random_array(shape, dtype, seed=0):
     return np.random.RandomState(seed).uniform(-10, 10, size=shape).astype(dtype)
 
@@ -63,7 +53,7 @@ def test_reorder_forward_matches_numpy_reference(ops, shape, g, dtype):
     y = mx.nd.Reorder(mx.nd.array(x, dtype=dtype), branch_factor=g)
     assert y.dtype == np.dtype(dtype)
     assert y.shape == x.shape
-    np.testing.assert_array_equal(y.asnumpy(), reorder_ref(x, g))
+    np.testing.assert_array_equal(y.asnumpy(), reference.reorder(x, g))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -71,7 +61,7 @@ def test_reorder_forward_matches_numpy_reference(ops, shape, g, dtype):
 def test_reorder_forward_with_streaming_stores_matches_reference(ops, shape, g, dtype):
     x = random_array(shape, dtype)
     y = mx.nd.Reorder(mx.nd.array(x, dtype=dtype), branch_factor=g).asnumpy()
-    np.testing.assert_array_equal(y, reorder_ref(x, g))
+    np.testing.assert_array_equal(y, reference.reorder(x, g))
 
 
 @pytest.mark.parametrize("shape,g", CASES + LARGE_CASES)
@@ -85,7 +75,7 @@ def test_reorder_writes_into_preallocated_output(ops):
     x = random_array((4, 48, 5, 5), "float32")
     out = mx.nd.full(x.shape, np.nan)
     mx.nd.Reorder(mx.nd.array(x), branch_factor=24, out=out)
-    np.testing.assert_array_equal(out.asnumpy(), reorder_ref(x, 24))
+    np.testing.assert_array_equal(out.asnumpy(), reference.reorder(x, 24))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -97,10 +87,10 @@ def test_reorder_backward_is_inverse_permutation_of_output_gradient(ops, shape, 
     with mx.autograd.record():
         y = mx.nd.Reorder(x, branch_factor=g)
     y.backward(mx.nd.array(dy, dtype=dtype))
-    expected = reorder_ref(dy, shape[1] // g)
+    expected = reference.reorder(dy, shape[1] // g)
     np.testing.assert_array_equal(x.grad.asnumpy(), expected)
     # the gradient really is the inverse: permuting it forward gives dy back
-    np.testing.assert_array_equal(reorder_ref(x.grad.asnumpy(), g), dy)
+    np.testing.assert_array_equal(reference.reorder(x.grad.asnumpy(), g), dy)
 
 
 def test_reorder_passes_numeric_gradient_check(ops):
@@ -137,7 +127,7 @@ def test_reorder_executor_matches_imperative_and_reshape_path(ops, shape, g):
         yi = mx.nd.Reorder(xi, branch_factor=g)
     yi.backward(mx.nd.array(dy))
 
-    np.testing.assert_array_equal(results["reorder"][0], reorder_ref(x, g))
+    np.testing.assert_array_equal(results["reorder"][0], reference.reorder(x, g))
     for out, grad in (results["reshape"], (yi.asnumpy(), xi.grad.asnumpy())):
         np.testing.assert_array_equal(results["reorder"][0], out)
         np.testing.assert_array_equal(results["reorder"][1], grad)
@@ -168,7 +158,7 @@ def test_reorder_invalid_use_raises_clear_error_and_process_survives(ops, kwargs
     # only this call's error is reported, not earlier ones
     assert message.count("Reorder: ") == 1
     y = mx.nd.Reorder(mx.nd.array(np.arange(12.0).reshape(2, 6)), branch_factor=2)
-    np.testing.assert_array_equal(y.asnumpy(), reorder_ref(np.arange(12.0).reshape(2, 6), 2))
+    np.testing.assert_array_equal(y.asnumpy(), reference.reorder(np.arange(12.0).reshape(2, 6), 2))
 
 
 def test_reorder_invalid_branch_factor_fails_at_symbolic_shape_inference(ops):
@@ -259,7 +249,8 @@ def test_load_ops_reports_missing_library_with_the_fix(tmp_path, via_env):
     env = {k: v for k, v in os.environ.items() if k != "IGC_OPS_LIB"}
     if via_env:
         env["IGC_OPS_LIB"] = str(missing)
-    run = subprocess.run([sys.executable, "-c", LOAD_MISSING, ROOT, "" if via_env else str(missing)],
+    target = "" if via_env else str(missing)
+    run = subprocess.run([sys.executable, "-c", LOAD_MISSING, ROOT, target],
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert f"IGC operator library not found at {missing}" in run.stdout
@@ -287,6 +278,6 @@ def test_reorder_cpu_entry_point_matches_reference(shape, g, dtype):
     rc = kernel(x.ctypes.data, out.ctypes.data, shape[0], shape[1], inner, g,
                 utility.MX_DTYPE_CODES[dtype])
     assert rc == 0
-    np.testing.assert_array_equal(out, reorder_ref(x, g))
+    np.testing.assert_array_equal(out, reference.reorder(x, g))
     assert kernel(x.ctypes.data, out.ctypes.data, shape[0], shape[1], inner, 5, 0) == -1
     assert kernel(x.ctypes.data, out.ctypes.data, shape[0], shape[1], inner, g, 4) == -1

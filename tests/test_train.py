@@ -284,10 +284,28 @@ def test_bad_configuration_fails_before_training(kind, data, extra, message, bad
     assert not os.path.exists(f"{prefix}-symbol.json"), "training started"
 
 
-def test_every_network_config_key_has_a_flag():
+@pytest.mark.parametrize("entry_point", [train_model, train_imagenet])
+def test_every_network_config_key_has_a_flag_with_its_choices(entry_point):
     import network
-    keys = {k for name in network.list_networks() for k in network.network_defaults(name)}
-    assert keys <= set(training.CONFIG_FLAGS), keys - set(training.CONFIG_FLAGS)
+    actions = {a.dest: a for a in entry_point.build_parser()._actions}
+    for name in network.list_networks():
+        for key, option in network.network_options(name).items():
+            assert option.flag in actions[key].option_strings, (name, key)
+            assert actions[key].choices == option.choices, (name, key)
+            assert actions[key].help, (name, key)
+    assert set(actions["variant"].choices) == {"igc_l4m32", "igc_l16m16", "igc_l100m2"}
+    assert set(actions["conv_impl"].choices) == {"auto", "mxnet", "igc"}
+
+
+def test_a_builder_keyword_without_an_option_annotation_is_refused():
+    from network.registry import register_network
+
+    def builder(num_classes, depth=20):
+        raise AssertionError("never built")
+
+    with pytest.raises(TypeError, match="depth"):
+        register_network("unannotated_test_net", plan=None, dataset_kind="cifar",
+                         family="plain", description="")(builder)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """tools/plot_log.py: per-epoch lines parsed from a log written by hand, resumed epochs replaced,
 several runs drawn on one figure."""
+
 import importlib.util
 import os
 import subprocess
@@ -8,8 +9,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("plot_log",
-                                               os.path.join(ROOT, "tools", "plot_log.py"))
+_spec = importlib.util.spec_from_file_location(
+    "plot_log", os.path.join(ROOT, "tools", "plot_log.py")
+)
 plot_log = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(plot_log)
 
@@ -40,10 +42,19 @@ def test_plot_log_prints_error_table_and_writes_one_figure_for_several_runs(tmp_
         (tmp_path / run).mkdir()
         (tmp_path / run / "model.log").write_text(LOG)
     out = tmp_path / "figs" / "curves.png"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot_log.py"),
-                           str(tmp_path / "run_a" / "model.log"),
-                           str(tmp_path / "run_b" / "model.log"), "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "plot_log.py"),
+            str(tmp_path / "run_a" / "model.log"),
+            str(tmp_path / "run_b" / "model.log"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "run_a" in proc.stdout and "run_b" in proc.stdout
     # Error = 100 - accuracy: epoch 3 has train 30.00 and val 24.50.

@@ -135,6 +135,7 @@ def network_timer(mx, sym, batch, size, train):
 def measure(quick, reps):
     """Runs in the child process: rows of (case, mxnet seconds, igc seconds)."""
     import mxnet as mx
+
     import utility
     utility.load_ops()
     rows = []
@@ -168,6 +169,7 @@ def dnnl_profile(index, impl):
     """Runs in the child process: one step of NETWORKS[index] after a warm-up step, with oneDNN's
     verbose log going to stdout after a marker line."""
     import mxnet as mx
+
     import utility
     utility.load_ops()
     label, name, config, batch, size, train = NETWORKS[index]

@@ -54,6 +54,7 @@ def median_seconds(fn, min_time, min_reps=5, max_reps=200):
 def measure_cpu(shapes, min_time):
     """Runs in the child process; returns rows of (shape, g, method, seconds, bytes)."""
     import mxnet as mx
+
     import utility
     from network import layers
     utility.load_ops()
@@ -179,6 +180,7 @@ def print_cpu_table(results):
 
 def bench_cuda(shapes, min_time):
     import torch
+
     import utility
     if not torch.cuda.is_available():
         sys.exit("--cuda needs PyTorch with a CUDA device")

@@ -5,6 +5,7 @@ Everything else is a nuisance a classifier must learn to ignore: position, size,
 colours (drawn independently of the class), a background gradient, small clutter blobs and
 pixel noise. That keeps the set learnable by a small CNN in a few epochs without being trivial.
 """
+
 import numpy as np
 
 SHAPES = ("circle", "ring", "square", "triangle", "cross")
@@ -27,9 +28,9 @@ def _contrasting_colour(rng, other, min_distance=90.0):
 def _shape_mask(shape, u, v, radius):
     d2 = u * u + v * v
     if shape == "circle":
-        return d2 <= radius ** 2
+        return d2 <= radius**2
     if shape == "ring":
-        return (d2 <= radius ** 2) & (d2 >= (0.55 * radius) ** 2)
+        return (d2 <= radius**2) & (d2 >= (0.55 * radius) ** 2)
     if shape == "square":
         return np.maximum(np.abs(u), np.abs(v)) <= 0.8 * radius
     if shape == "triangle":
@@ -42,7 +43,9 @@ def _shape_mask(shape, u, v, radius):
         return mask
     if shape == "cross":
         arm = 0.3 * radius
-        return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | ((np.abs(v) <= arm) & (np.abs(u) <= radius))
+        return ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | (
+            (np.abs(v) <= arm) & (np.abs(u) <= radius)
+        )
     raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
 
 
@@ -54,7 +57,9 @@ def render(label, rng):
 
     base = rng.uniform(0, 255, 3)
     gradient = rng.normal(0.0, 2.0, (2, 3))
-    image = base + (_X - SIZE / 2)[..., None] * gradient[0] + (_Y - SIZE / 2)[..., None] * gradient[1]
+    image = (
+        base + (_X - SIZE / 2)[..., None] * gradient[0] + (_Y - SIZE / 2)[..., None] * gradient[1]
+    )
 
     for _ in range(rng.integers(0, 3)):
         cx, cy, r = rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(1.0, 2.5)
@@ -81,7 +86,8 @@ def render(label, rng):
 
 
 def generate(count, seed):
-    """`count` images with balanced labels in random order: (images (N,32,32,3) uint8 RGB, labels (N,) int64)."""
+    """`count` images with balanced labels in random order: (images (N,32,32,3) uint8 RGB,
+    labels (N,) int64)."""
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(count) % len(CLASS_NAMES))
     images = np.empty((count, SIZE, SIZE, 3), np.uint8)

@@ -1,0 +1,98 @@
+"""Checkpoints: atomic save, discovery of complete ones, loading, and the weights digest."""
+import hashlib
+import logging
+import os
+import re
+
+import mxnet as mx
+
+from .errors import ConfigError
+
+LOGGER = logging.getLogger("igc.train")
+
+
+def _write_atomically(path, write):
+    """write(tmp_path) then fsync and rename over `path`: a crash leaves the old file or none."""
+    directory, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{base}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class Checkpoints:
+    """PREFIX-symbol.json, PREFIX-NNNN.params (as mx.model.save_checkpoint names them, loadable
+    with mx.model.load_checkpoint) and PREFIX-NNNN.states (optimizer state, when it is local).
+    Each file is written atomically and the .params last, so an existing .params marks a
+    complete checkpoint."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+
+    def params_path(self, epoch):
+        return f"{self.prefix}-{epoch:04d}.params"
+
+    def states_path(self, epoch):
+        return f"{self.prefix}-{epoch:04d}.states"
+
+    @property
+    def symbol_path(self):
+        return f"{self.prefix}-symbol.json"
+
+    def save(self, epoch, symbol, module, with_states):
+        os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
+        _write_atomically(self.symbol_path, symbol.save)
+        if with_states:
+            _write_atomically(self.states_path(epoch), module.save_optimizer_states)
+        arg_params, aux_params = module.get_params()
+        blob = {f"arg:{k}": v for k, v in arg_params.items()}
+        blob.update({f"aux:{k}": v for k, v in aux_params.items()})
+        _write_atomically(self.params_path(epoch), lambda tmp: mx.nd.save(tmp, blob))
+
+    def epochs(self):
+        directory, base = os.path.split(os.path.abspath(self.prefix))
+        pattern = re.compile(re.escape(base) + r"-(\d{4,})\.params$")
+        if not os.path.isdir(directory):
+            return []
+        return sorted(int(m.group(1)) for m in map(pattern.match, os.listdir(directory)) if m)
+
+    def load(self, epoch):
+        """(arg_params, aux_params, states_path or None); ConfigError when unreadable."""
+        path = self.params_path(epoch)
+        if not os.path.isfile(path):
+            raise ConfigError(f"--load-epoch {epoch}: {path} not found")
+        try:
+            blob = mx.nd.load(path)
+        except mx.base.MXNetError as err:
+            raise ConfigError(f"checkpoint {path} is unreadable: {str(err).splitlines()[0]}") \
+                from None
+        arg_params = {k[4:]: v for k, v in blob.items() if k.startswith("arg:")}
+        aux_params = {k[4:]: v for k, v in blob.items() if k.startswith("aux:")}
+        states = self.states_path(epoch)
+        return arg_params, aux_params, states if os.path.isfile(states) else None
+
+    def latest_complete(self):
+        """(epoch, loaded) of the newest checkpoint that loads, or (None, None)."""
+        for epoch in reversed(self.epochs()):
+            try:
+                return epoch, self.load(epoch)
+            except ConfigError as err:
+                LOGGER.warning("skipping checkpoint: %s", err)
+        return None, None
+
+
+def weights_digest(module):
+    """SHA-1 over the learnable parameters' bytes in name order: equal digests = identical
+    weights. BN running statistics are left out: under a dist kvstore each worker keeps its own."""
+    arg_params, _ = module.get_params()
+    digest = hashlib.sha1()
+    for name, value in sorted(arg_params.items()):
+        digest.update(name.encode())
+        digest.update(value.asnumpy().tobytes())
+    return digest.hexdigest()

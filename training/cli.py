@@ -1,0 +1,137 @@
+"""The command line both entry points share: flag types, argument groups, two-pass presets.
+
+The network config flags are not listed here: each comes from the registry's annotation of the
+builder keyword (`network.config_options()`), with its parser, choices and help text.
+"""
+import argparse
+import sys
+
+import mxnet as mx
+
+import network
+
+
+def gpu_list(text):
+    """--gpus: '' is the CPU, '0,2' picks GPUs 0 and 2."""
+    text = text.strip()
+    if not text:
+        return ()
+    try:
+        gpus = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of GPU ids, got {text!r}") from None
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f"GPU ids must be distinct and >= 0, got {text!r}")
+    return gpus
+
+
+def epoch_list(text):
+    """--lr-steps: '200,300,350'."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of epochs, got {text!r}") from None
+
+
+def rgb(text):
+    """--mean-rgb / --std-rgb: three comma-separated numbers."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+    return values
+
+
+def _positive(kind):
+    def convert(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+    convert.__name__ = f"positive {kind.__name__}"
+    return convert
+
+
+positive_int = _positive(int)
+positive_float = _positive(float)
+
+
+def default_gpus():
+    """The GPUs MXNet can use, as a --gpus string ('' when there is none)."""
+    return ",".join(str(i) for i in range(mx.context.num_gpus()))
+
+
+def _add_network_arguments(parser):
+    net = parser.add_argument_group("network (a flag left out takes the network's default)")
+    net.add_argument("--network", help="network name (see `python -m network --list`)")
+    for key, option in network.config_options().items():
+        net.add_argument(option.flag, dest=key, type=option.parse, choices=option.choices,
+                         help=option.help)
+
+
+def add_common_arguments(parser):
+    """The flags both entry points share, in argparse groups. Defaults that depend on the
+    dataset or network (epochs, lr, batch, mean/std...) are set by the entry point's presets."""
+    _add_network_arguments(parser)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-dir", help="directory with the record files (default data/<dataset>)")
+    data.add_argument("--num-classes", type=positive_int, help="number of classes")
+    data.add_argument("--mean-rgb", type=rgb, help="per-channel mean subtracted, 'R,G,B'")
+    data.add_argument("--std-rgb", type=rgb, help="per-channel std divided by, 'R,G,B'")
+    data.add_argument("--data-threads", type=positive_int, default=4,
+                      help="decoding/augmentation threads of each record reader")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--gpus", type=gpu_list, default=default_gpus(),
+                       help="comma list of GPU ids; '' trains on the CPU "
+                            "(default: every GPU MXNet can use, here %(default)r)")
+    train.add_argument("--batch-size", type=positive_int, help="training batch size (per worker)")
+    train.add_argument("--test-batch-size", type=positive_int, help="validation batch size")
+    train.add_argument("--num-epochs", type=positive_int, help="number of training epochs")
+    train.add_argument("--lr", type=positive_float, help="initial learning rate")
+    train.add_argument("--lr-factor", type=positive_float,
+                       help="learning-rate multiplier at each step")
+    train.add_argument("--lr-steps", type=epoch_list,
+                       help="epochs after which the lr is multiplied by --lr-factor, "
+                            "e.g. 200,300,350 (default: 1/2, 3/4, 7/8 of the epochs)")
+    train.add_argument("--lr-step-every", type=positive_int,
+                       help="multiply the lr by --lr-factor every N epochs (instead of --lr-steps)")
+    train.add_argument("--wd", type=float, help="weight decay (on every weight, bias, gamma, beta)")
+    train.add_argument("--momentum", type=float, help="momentum")
+    train.add_argument("--optimizer", choices=("nag", "sgd"), help="nag = Nesterov SGD")
+    train.add_argument("--kv-store", default="device",
+                       help="MXNet kvstore: local, device, or dist_sync / dist_device_sync / "
+                            "dist_async (multi-machine, run through tools/launch.py)")
+    train.add_argument("--rand-seed", type=int,
+                       help="seed of the initialisation and data order (default: from the clock)")
+
+    run = parser.add_argument_group("checkpoints and logging")
+    run.add_argument("--model-prefix",
+                     help="checkpoint prefix: PREFIX-symbol.json, PREFIX-NNNN.params/.states "
+                          "(default runs/<dataset>/<network and config>/model)")
+    run.add_argument("--log-file", help="log file (default PREFIX.log; appended to)")
+    run.add_argument("--checkpoint-epochs", type=positive_int,
+                     help="save every N epochs (and always at the end; default num-epochs/8)")
+    run.add_argument("--log-iters", type=positive_int, default=50,
+                     help="log speed and metrics every N batches")
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument("--load-epoch", type=int,
+                        help="continue from checkpoint PREFIX-NNNN (N epochs done)")
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from the latest complete checkpoint under --model-prefix")
+    return parser
+
+
+def parse_with_presets(parser, argv, presets):
+    """Two-pass parse: `presets(first_pass_args)` returns defaults that depend on the dataset,
+    the network or the devices; they are installed with set_defaults before the final parse, so
+    anything given on the command line still wins and `args` is never edited afterwards."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --help waits for the final pass, so it shows the defaults of the chosen dataset/network.
+    first, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    parser.set_defaults(**presets(first))
+    return parser.parse_args(argv)

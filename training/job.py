@@ -1,0 +1,226 @@
+"""The resolved configuration of a run (`Job`) and the checks that produce it.
+
+`resolve_job` turns parsed flags into a frozen Job, grouped by concern (network, data,
+optimisation, run bookkeeping, devices). Every user mistake surfaces here as a `ConfigError`
+naming the flag or file, before any training.
+"""
+import dataclasses
+import os
+import time
+
+import mxnet as mx
+
+import network
+import utility
+
+from .data import RecordFile, check_record_file
+from .errors import ConfigError
+
+DIST_KV_STORES = ("dist_sync", "dist_device_sync", "dist_async")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    config: dict             # the config keys that were given (the rest take the defaults)
+    num_classes: int
+    data_shape: tuple        # (3, H, W) of one image
+
+    def symbol(self):
+        return network.get_symbol(self.name, self.num_classes, **self.config)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    train: RecordFile
+    val: RecordFile
+    batch_size: int
+    test_batch_size: int
+    mean_rgb: tuple
+    std_rgb: tuple
+    train_augment: dict      # ImageRecordIter keywords of the training reader
+    val_augment: dict        # and of the validation reader
+    threads: int
+    top_k: int               # also report top-k accuracy (0: only top-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    optimizer: str
+    lr: float
+    momentum: float
+    wd: float
+    num_epochs: int
+    lr_factor: float
+    lr_steps: tuple          # epochs after which lr *= lr_factor
+    lr_step_every: int       # or every N epochs (0: not used)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    model_prefix: str
+    log_file: str
+    checkpoint_epochs: int
+    log_iters: int
+    load_epoch: int          # None: start fresh
+    resume: bool
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    network: NetworkSpec
+    data: DataSpec
+    optim: OptimSpec
+    run: RunSpec
+    contexts: tuple
+    kv_store: str
+
+    def describe(self):
+        """The resolved configuration, for the log."""
+        out = dataclasses.asdict(self)
+        out["contexts"] = [str(c) for c in self.contexts]
+        for split in ("train", "val"):
+            record = getattr(self.data, split)
+            out["data"][split] = (f"{record.rec} ({record.num_records} images, "
+                                  f"{record.num_classes_seen} classes)")
+        return out
+
+
+def create_kvstore(kv_store):
+    """The dist kvstore (None for local ones): it connects to the scheduler named by DMLC_*."""
+    if kv_store not in DIST_KV_STORES:
+        return None
+    if "DMLC_ROLE" not in os.environ:
+        raise ConfigError(f"--kv-store {kv_store} needs a parameter-server cluster: start the "
+                          "command through tools/launch.py")
+    return mx.kv.create(kv_store)
+
+
+def contexts_for(gpus):
+    if not gpus:
+        return (mx.cpu(),)
+    available = mx.context.num_gpus()
+    missing = [g for g in gpus if g >= available]
+    if missing:
+        raise ConfigError(f"--gpus: GPU(s) {missing} not available to MXNet "
+                          f"({available} found); use --gpus '' for the CPU")
+    return tuple(mx.gpu(g) for g in gpus)
+
+
+def default_lr_steps(num_epochs):
+    """The authors' schedule: lr x0.1 after 1/2, 3/4 and 7/8 of the epochs (steps that coincide
+    in very short runs count once)."""
+    return tuple(sorted({s for s in (num_epochs // 2, num_epochs * 3 // 4, num_epochs * 7 // 8)
+                         if 0 < s < num_epochs}))
+
+
+def check_lr_steps(steps, num_epochs):
+    if any(s < 1 for s in steps) or list(steps) != sorted(set(steps)):
+        raise ConfigError(f"--lr-steps must be increasing positive epochs, got {list(steps)}")
+    return tuple(s for s in steps if s < num_epochs)
+
+
+def network_config(args, implied=None):
+    """The network's config from the flags that were given, checked against what it accepts."""
+    try:
+        accepted = network.network_options(args.network)
+    except ValueError as err:
+        raise ConfigError(f"--network: {err}") from None
+    given = {key: getattr(args, key) for key in network.config_options()
+             if getattr(args, key) is not None}
+    # A flag the network name already states (the authors' --depth 18 for *_d18) is harmless.
+    given = {k: v for k, v in given.items() if (implied or {}).get(k) != v}
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        flags = ", ".join("--" + key.replace("_", "-") for key in unknown)
+        valid = ", ".join(option.flag for option in accepted.values()) or "none"
+        raise ConfigError(f"{flags} does not apply to network {args.network!r} "
+                          f"(its options: {valid})")
+    return {key: given[key] for key in accepted if key in given}
+
+
+def run_name(network_name, config):
+    """Directory name for a run's checkpoints: the network and its given config in the builder's
+    keyword order, each value behind its tag, e.g. plain_igc_d38_L24_M2."""
+    options = network.network_options(network_name)
+    parts = [network_name] + [f"{options[k].tag}{config[k]}" for k in options if k in config]
+    return "_".join(parts)
+
+
+def _network_spec(args, dataset_kind, implied):
+    config = network_config(args, implied)
+    info = network.network_info(args.network)
+    if info["dataset_kind"] != dataset_kind:
+        script = "train_imagenet.py" if info["dataset_kind"] == "imagenet" else "train_model.py"
+        raise ConfigError(f"--network {args.network!r} is an {info['dataset_kind']} network; "
+                          f"train it with {script}")
+    size = info["input_size"]
+    spec = NetworkSpec(args.network, config, args.num_classes, (3, size, size))
+    try:
+        # Building once here turns an invalid depth or partition into a message before any I/O.
+        spec.symbol()
+    except (ValueError, RuntimeError, utility.OpsLibraryError) as err:
+        raise ConfigError(f"--network {args.network}: {err}") from None
+    return spec
+
+
+def _workers(kv_store, kv):
+    if kv_store in DIST_KV_STORES:
+        return kv.num_workers, kv.rank
+    if kv_store in ("local", "device"):
+        return 1, 0
+    raise ConfigError(f"--kv-store must be one of local, device, {', '.join(DIST_KV_STORES)}; "
+                      f"got {kv_store!r}")
+
+
+def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augment, val_augment,
+                top_k, kv=None, implied=None):
+    """Check the whole configuration and resolve it into a Job; raises ConfigError."""
+    net = _network_spec(args, dataset_kind, implied)
+
+    data_dir = args.data_dir or os.path.join(utility.PROJECT_DIR, "data", dataset)
+    if not os.path.isdir(data_dir):
+        raise ConfigError(f"--data-dir: {data_dir} is not a directory "
+                          f"(make it with tools/make_rec.sh {dataset})")
+    train = check_record_file(data_dir, train_name, args.num_classes)
+    val = check_record_file(data_dir, val_name, args.num_classes)
+
+    num_workers, rank = _workers(args.kv_store, kv)
+    per_worker = train.num_records // num_workers
+    if args.batch_size > per_worker:
+        where = f" per worker ({num_workers} workers)" if num_workers > 1 else ""
+        raise ConfigError(f"--batch-size {args.batch_size} is larger than the {per_worker} "
+                          f"training images{where} in {train.rec}")
+    if any(v <= 0 for v in args.std_rgb):
+        raise ConfigError(f"--std-rgb values must be > 0, got {args.std_rgb}")
+    data = DataSpec(
+        train=train, val=val, batch_size=args.batch_size,
+        test_batch_size=min(args.test_batch_size, val.num_records),
+        mean_rgb=tuple(args.mean_rgb), std_rgb=tuple(args.std_rgb),
+        train_augment=train_augment, val_augment=val_augment, threads=args.data_threads,
+        top_k=top_k if args.num_classes > top_k else 0)
+
+    if args.lr_steps is not None and args.lr_step_every is not None:
+        raise ConfigError("give either --lr-steps or --lr-step-every, not both")
+    lr_steps = () if args.lr_step_every else check_lr_steps(
+        args.lr_steps if args.lr_steps is not None else default_lr_steps(args.num_epochs),
+        args.num_epochs)
+    optim = OptimSpec(
+        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, wd=args.wd,
+        num_epochs=args.num_epochs, lr_factor=args.lr_factor, lr_steps=lr_steps,
+        lr_step_every=args.lr_step_every or 0)
+
+    if args.load_epoch is not None and not 0 <= args.load_epoch <= args.num_epochs:
+        raise ConfigError(f"--load-epoch {args.load_epoch} is outside 0..{args.num_epochs} "
+                          "(--num-epochs)")
+    prefix = args.model_prefix or os.path.join(
+        "runs", dataset, run_name(args.network, net.config), "model")
+    run = RunSpec(
+        model_prefix=prefix,
+        log_file=args.log_file or (prefix + (f".rank{rank}" if rank else "") + ".log"),
+        checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
+        log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,
+        seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31))
+    return Job(network=net, data=data, optim=optim, run=run, contexts=contexts_for(args.gpus),
+               kv_store=args.kv_store)

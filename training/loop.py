@@ -1,0 +1,219 @@
+"""The training loop: fit a resolved Job (resume, checkpoints, per-epoch validation) and
+evaluate parameters on the validation set."""
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import mxnet as mx
+import numpy as np
+
+import utility
+
+from .checkpoint import Checkpoints, weights_digest
+from .data import train_batches, val_iter
+from .errors import ConfigError, TrainingDiverged
+from .metrics import Stats, format_values
+from .optim import lr_of_epoch, make_initializer, make_lr_scheduler, make_optimizer
+
+LOGGER = logging.getLogger("igc.train")
+
+
+class _LogTo:
+    """Log to stdout and a file for the duration of a run (safe to nest runs in one process)."""
+
+    def __init__(self, path, rank):
+        self.path, self.rank = path, rank
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        node = f"[{self.rank}] " if self.rank else ""
+        formatter = logging.Formatter(f"%(asctime)s {node}%(message)s", "%Y-%m-%d %H:%M:%S")
+        self.handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(self.path)]
+        for handler in self.handlers:
+            handler.setFormatter(formatter)
+            LOGGER.addHandler(handler)
+        LOGGER.setLevel(logging.INFO)
+        LOGGER.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        for handler in self.handlers:
+            LOGGER.removeHandler(handler)
+            handler.close()
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def evaluate(symbol, arg_params, aux_params, job):
+    """Loss and accuracy over the whole validation set, padding of the last batch excluded.
+
+    A fresh inference module each time: MXNet 1.9's MKLDNN inference graph caches the weights it
+    first saw, so a module bound once and given new weights later scores the old ones; and an
+    inference pass through the training executors makes the next updates nondeterministic.
+    A fresh reader too: after a reset, ImageRecordIter skips the records it borrowed to pad the
+    previous pass's last batch (and with round_batch=False it reports no padding)."""
+    batch_size = job.data.test_batch_size
+    module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),
+                           context=list(job.contexts), logger=LOGGER)
+    module.bind(data_shapes=[("data", (batch_size,) + job.network.data_shape)],
+                label_shapes=[("softmax_label", (batch_size,))], for_training=False)
+    module.set_params(arg_params, aux_params)
+    stats = Stats(job.data.top_k)
+    for batch in val_iter(job):
+        module.forward(batch, is_train=False)
+        valid = batch.data[0].shape[0] - batch.pad
+        probs = module.get_outputs()[0].asnumpy()[:valid]
+        stats.update(probs, batch.label[0].asnumpy()[:valid])
+    return stats.values()
+
+
+def fit(job, kv=None):
+    """Train `job`; returns the per-epoch history (list of dicts) of this run."""
+    rank = kv.rank if kv is not None else 0
+    with _LogTo(job.run.log_file, rank):
+        return _fit(job, kv, rank)
+
+
+def _start_point(job, checkpoints):
+    """(begin_epoch, (arg, aux, states) or None) from --load-epoch / --resume."""
+    run = job.run
+    if run.load_epoch is not None:
+        return run.load_epoch, checkpoints.load(run.load_epoch) if run.load_epoch else None
+    if run.resume:
+        epoch, loaded = checkpoints.latest_complete()
+        if epoch is None:
+            LOGGER.info("--resume: no complete checkpoint at %s; starting from epoch 0",
+                        run.model_prefix)
+            return 0, None
+        LOGGER.info("--resume: continuing from %s", checkpoints.params_path(epoch))
+        return epoch, loaded
+    if checkpoints.epochs():
+        LOGGER.warning("checkpoints already exist at %s and will be overwritten "
+                       "(use --resume to continue them)", run.model_prefix)
+    return 0, None
+
+
+def _train_epoch(module, job, epoch, steps, num_workers, rank):
+    """One epoch of updates; logs every job.run.log_iters batches; returns the epoch's Stats."""
+    stats, window = Stats(job.data.top_k), Stats(job.data.top_k)
+    window_tic = time.time()
+    for nbatch, batch in enumerate(train_batches(job, epoch, steps, num_workers, rank), 1):
+        module.forward_backward(batch)
+        module.update()
+        probs = module.get_outputs()[0].asnumpy()
+        labels = batch.label[0].asnumpy()
+        loss = stats.update(probs, labels)
+        window.update(probs, labels)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"training loss is {loss} at epoch {epoch + 1}, batch {nbatch}: the network "
+                "diverged (try a lower --lr); checkpoints so far are kept")
+        if nbatch % job.run.log_iters == 0:
+            speed = window.count / max(time.time() - window_tic, 1e-9)
+            LOGGER.info("Epoch[%d] Batch[%d/%d] speed=%.1f img/s %s", epoch + 1, nbatch, steps,
+                        speed, format_values("train", window.values()))
+            window.reset()
+            window_tic = time.time()
+    return stats
+
+
+def _bind_training_module(job, symbol, loaded):
+    """A Module bound for training, its parameters initialised or taken from `loaded`."""
+    net, batch_size = job.network, job.data.batch_size
+    module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),
+                           context=list(job.contexts), logger=LOGGER)
+    module.bind(data_shapes=[("data", (batch_size,) + net.data_shape)],
+                label_shapes=[("softmax_label", (batch_size,))])
+    arg_params, aux_params, _ = loaded if loaded else (None, None, None)
+    try:
+        module.init_params(make_initializer(), arg_params=arg_params, aux_params=aux_params,
+                           allow_missing=False)
+    except (RuntimeError, AssertionError, mx.base.MXNetError) as err:
+        raise ConfigError(f"checkpoint does not match network {net.name} {net.config}: {err}") \
+            from None
+    return module
+
+
+def _fit(job, kv, rank):
+    net, optim, run = job.network, job.optim, job.run
+    num_workers = kv.num_workers if kv is not None else 1
+    LOGGER.info("configuration: %s", json.dumps(job.describe(), default=str))
+    checkpoints = Checkpoints(run.model_prefix)
+    begin_epoch, loaded = _start_point(job, checkpoints)
+    if begin_epoch >= optim.num_epochs:
+        LOGGER.info("nothing to do: %d of %d epochs already done", begin_epoch, optim.num_epochs)
+        return []
+
+    mx.random.seed(run.seed)
+    np.random.seed(run.seed)
+    symbol = net.symbol()
+    LOGGER.info("network %s %s: %d parameters", net.name, net.config,
+                utility.count_params(symbol, (1,) + tuple(net.data_shape))["total"])
+
+    steps = (job.data.train.num_records // num_workers) // job.data.batch_size
+    module = _bind_training_module(job, symbol, loaded)
+    sync = kv is not None and "dist" in kv.type and "_sync" in kv.type
+    scheduler = make_lr_scheduler(optim.lr, optim.lr_factor, steps, optim.lr_steps,
+                                  optim.lr_step_every)
+    param_names = [n for n in symbol.list_arguments() if n not in ("data", "softmax_label")]
+    optimizer = make_optimizer(
+        optim.optimizer, param_names, learning_rate=optim.lr, momentum=optim.momentum,
+        wd=optim.wd, rescale_grad=1.0 / (job.data.batch_size * (num_workers if sync else 1)),
+        lr_scheduler=scheduler, begin_num_update=begin_epoch * steps)
+    module.init_optimizer(kvstore=kv if kv is not None else job.kv_store, optimizer=optimizer)
+    # Under a dist kvstore the optimizer state lives on the servers and cannot be saved.
+    local_states = kv is None
+    states = loaded[2] if loaded else None
+    if states and local_states:
+        module.load_optimizer_states(states)
+    elif loaded and not states and begin_epoch:
+        LOGGER.warning("no optimizer state saved with epoch %d: momentum restarts from zero",
+                       begin_epoch)
+
+    LOGGER.info("training epochs %d..%d, %d batches of %d per epoch%s", begin_epoch + 1,
+                optim.num_epochs, steps, job.data.batch_size,
+                f" on each of {num_workers} workers" if num_workers > 1 else "")
+    history = []
+    run_start = time.time()
+    for epoch in range(begin_epoch, optim.num_epochs):
+        tic = time.time()
+        stats = _train_epoch(module, job, epoch, steps, num_workers, rank)
+        train_time = time.time() - tic
+        val = evaluate(symbol, *module.get_params(), job)
+        elapsed = time.time() - tic
+        lr = lr_of_epoch(scheduler, optim.lr, epoch, steps)
+        done = epoch + 1 - begin_epoch
+        eta = (time.time() - run_start) / done * (optim.num_epochs - epoch - 1)
+        record = {"epoch": epoch + 1, "lr": lr, "time": elapsed,
+                  **{f"train-{k}": v for k, v in stats.values().items()},
+                  **{f"val-{k}": v for k, v in val.items()}}
+        history.append(record)
+        LOGGER.info("Epoch[%d/%d] %s %s lr=%g speed=%.1f img/s time=%.1fs eta=%s", epoch + 1,
+                    optim.num_epochs, format_values("train", stats.values()),
+                    format_values("val", val), lr, stats.count / max(train_time, 1e-9),
+                    elapsed, _clock(eta))
+        last = epoch + 1 == optim.num_epochs
+        if rank == 0 and ((epoch + 1) % run.checkpoint_epochs == 0 or last):
+            checkpoints.save(epoch + 1, symbol, module, with_states=local_states)
+            LOGGER.info("saved checkpoint %s", checkpoints.params_path(epoch + 1))
+    LOGGER.info("finished %d epochs in %s; weights digest %s", optim.num_epochs,
+                _clock(time.time() - run_start), weights_digest(module))
+    return history
+
+
+def run(parser, build_job, argv):
+    """Entry-point driver: parse, resolve, fit; user mistakes and divergence exit with a one-line
+    message instead of a traceback."""
+    try:
+        job, kv = build_job(argv)
+        return fit(job, kv)
+    except ConfigError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    except TrainingDiverged as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")

@@ -16,10 +16,11 @@ import pytest
 import train_imagenet
 import train_model
 import training
+from training import recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_MEAN = train_model.DATASETS["demo"]["mean_rgb"]
-DEMO_STD = train_model.DATASETS["demo"]["std_rgb"]
+DEMO_MEAN = recipes.CIFAR_DATASETS["demo"]["mean_rgb"]
+DEMO_STD = recipes.CIFAR_DATASETS["demo"]["std_rgb"]
 # Small and quick on a 2-core CPU; the stem has 8 channels.
 SMALL_NET = ["--network", "plain_igc", "--depth", "8", "--primary-partition", "4",
              "--secondary-partition", "2"]

@@ -1,5 +1,6 @@
 """Checkpoints: atomic save, discovery of complete ones, loading, and the weights digest."""
 import hashlib
+import json
 import logging
 import os
 import re
@@ -28,7 +29,9 @@ def _write_atomically(path, write):
 
 class Checkpoints:
     """PREFIX-symbol.json, PREFIX-NNNN.params (as mx.model.save_checkpoint names them, loadable
-    with mx.model.load_checkpoint) and PREFIX-NNNN.states (optimizer state, when it is local).
+    with mx.model.load_checkpoint), PREFIX-NNNN.states (optimizer state, when it is local) and
+    PREFIX-model.json (the network, its classes and validation preprocessing: what scoring and
+    prediction need to use the checkpoint without the training flags).
     Each file is written atomically and the .params last, so an existing .params marks a
     complete checkpoint."""
 
@@ -45,15 +48,38 @@ class Checkpoints:
     def symbol_path(self):
         return f"{self.prefix}-symbol.json"
 
-    def save(self, epoch, symbol, module, with_states):
+    @property
+    def model_info_path(self):
+        return f"{self.prefix}-model.json"
+
+    def save(self, epoch, symbol, module, with_states, model_info=None):
         os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
         _write_atomically(self.symbol_path, symbol.save)
+        if model_info is not None:
+            def write_info(tmp):
+                with open(tmp, "w") as f:
+                    json.dump(model_info, f, indent=1)
+            _write_atomically(self.model_info_path, write_info)
         if with_states:
             _write_atomically(self.states_path(epoch), module.save_optimizer_states)
         arg_params, aux_params = module.get_params()
         blob = {f"arg:{k}": v for k, v in arg_params.items()}
         blob.update({f"aux:{k}": v for k, v in aux_params.items()})
         _write_atomically(self.params_path(epoch), lambda tmp: mx.nd.save(tmp, blob))
+
+    def model_info(self):
+        """The PREFIX-model.json dict, or None when there is none (ConfigError if unreadable)."""
+        path = self.model_info_path
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: unreadable ({err})") from None
+        if not isinstance(info, dict) or "network" not in info:
+            raise ConfigError(f"{path}: not a model description (no 'network')")
+        return info
 
     def epochs(self):
         directory, base = os.path.split(os.path.abspath(self.prefix))

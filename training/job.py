@@ -32,6 +32,7 @@ class NetworkSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
+    dataset: str             # 'cifar10', ..., 'demo' or 'imagenet'
     train: RecordFile
     val: RecordFile
     batch_size: int
@@ -75,6 +76,17 @@ class Job:
     run: RunSpec
     contexts: tuple
     kv_store: str
+
+    def model_info(self):
+        """What a checkpoint of this run is, for scoring and prediction (PREFIX-model.json):
+        the network, its classes and input, and the validation preprocessing it was trained
+        with."""
+        net, data = self.network, self.data
+        return {"network": net.name, "config": net.config, "num_classes": net.num_classes,
+                "data_shape": list(net.data_shape), "dataset": data.dataset,
+                "data_dir": os.path.dirname(os.path.abspath(data.val.rec)),
+                "mean_rgb": list(data.mean_rgb), "std_rgb": list(data.std_rgb),
+                "val_augment": data.val_augment}
 
     def describe(self):
         """The resolved configuration, for the log."""
@@ -195,7 +207,7 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
     if any(v <= 0 for v in args.std_rgb):
         raise ConfigError(f"--std-rgb values must be > 0, got {args.std_rgb}")
     data = DataSpec(
-        train=train, val=val, batch_size=args.batch_size,
+        dataset=dataset, train=train, val=val, batch_size=args.batch_size,
         test_batch_size=min(args.test_batch_size, val.num_records),
         mean_rgb=tuple(args.mean_rgb), std_rgb=tuple(args.std_rgb),
         train_augment=train_augment, val_augment=val_augment, threads=args.data_threads,

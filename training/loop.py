@@ -17,6 +17,7 @@ from .data import train_batches, val_iter
 from .errors import ConfigError, TrainingDiverged
 from .metrics import Stats, format_values
 from .optim import lr_of_epoch, make_initializer, make_lr_scheduler, make_optimizer
+from .scoring import score_batches
 
 LOGGER = logging.getLogger("igc.train")
 
@@ -51,26 +52,11 @@ def _clock(seconds):
 
 
 def evaluate(symbol, arg_params, aux_params, job):
-    """Loss and accuracy over the whole validation set, padding of the last batch excluded.
-
-    A fresh inference module each time: MXNet 1.9's MKLDNN inference graph caches the weights it
-    first saw, so a module bound once and given new weights later scores the old ones; and an
-    inference pass through the training executors makes the next updates nondeterministic.
-    A fresh reader too: after a reset, ImageRecordIter skips the records it borrowed to pad the
-    previous pass's last batch (and with round_batch=False it reports no padding)."""
-    batch_size = job.data.test_batch_size
-    module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),
-                           context=list(job.contexts), logger=LOGGER)
-    module.bind(data_shapes=[("data", (batch_size,) + job.network.data_shape)],
-                label_shapes=[("softmax_label", (batch_size,))], for_training=False)
-    module.set_params(arg_params, aux_params)
-    stats = Stats(job.data.top_k)
-    for batch in val_iter(job):
-        module.forward(batch, is_train=False)
-        valid = batch.data[0].shape[0] - batch.pad
-        probs = module.get_outputs()[0].asnumpy()[:valid]
-        stats.update(probs, batch.label[0].asnumpy()[:valid])
-    return stats.values()
+    """Loss and accuracy over the whole validation set of `job` (see scoring.score_batches)."""
+    values = score_batches(symbol, arg_params, aux_params, val_iter(job), job.network.data_shape,
+                           job.data.test_batch_size, job.contexts, job.data.top_k)
+    values.pop("images")
+    return values
 
 
 def fit(job, kv=None):
@@ -200,7 +186,8 @@ def _fit(job, kv, rank):
                     elapsed, _clock(eta))
         last = epoch + 1 == optim.num_epochs
         if rank == 0 and ((epoch + 1) % run.checkpoint_epochs == 0 or last):
-            checkpoints.save(epoch + 1, symbol, module, with_states=local_states)
+            checkpoints.save(epoch + 1, symbol, module, with_states=local_states,
+                             model_info=job.model_info())
             LOGGER.info("saved checkpoint %s", checkpoints.params_path(epoch + 1))
     LOGGER.info("finished %d epochs in %s; weights digest %s", optim.num_epochs,
                 _clock(time.time() - run_start), weights_digest(module))

@@ -1,0 +1,197 @@
+"""After training: tools/score.py (equal to the validation line training logged, the authors'
+parameter files by name), fine-tuning with --pretrained / --freeze, tools/predict.py."""
+import os
+import re
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+from test_train import make_demo, make_records
+
+import train_model
+from network.released import RELEASED_CHECKPOINTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "tools")
+sys.path.insert(0, TOOLS)
+import score  # noqa: E402
+
+SMALL_NET = ["--network", "plain_igc", "--depth", "8", "--primary-partition", "4",
+             "--secondary-partition", "2"]
+VAL_LINE = re.compile(r"Epoch\[(\d+)/\d+\] .*val-loss=([\d.]+) val-acc=([\d.]+)%")
+
+
+def train_args(data_dir, prefix, *extra):
+    return ["--dataset", "demo", "--data-dir", str(data_dir), "--gpus", "", "--model-prefix",
+            str(prefix), "--rand-seed", "3", "--data-threads", "1", *SMALL_NET, *extra]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    return make_demo(tmp_path_factory.mktemp("demo"), 5000, 500)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tmp_path_factory, ops):
+    """A 4-epoch demo run (about 50% validation accuracy) with a checkpoint per epoch."""
+    prefix = tmp_path_factory.mktemp("run") / "model"
+    train_model.main(train_args(demo_dir, prefix, "--num-epochs", "4", "--batch-size", "32",
+                                "--lr-steps", "3", "--checkpoint-epochs", "1"))
+    return str(prefix)
+
+
+def run_tool(name, *argv):
+    return subprocess.run([sys.executable, os.path.join(TOOLS, name), *argv],
+                          capture_output=True, text=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# Score
+
+
+def test_score_equals_the_validation_line_training_logged(trained, capsys):
+    logged = {int(e): (float(loss), float(acc))
+              for e, loss, acc in VAL_LINE.findall(open(trained + ".log").read())}
+    assert sorted(logged) == [1, 2, 3, 4]
+    for epoch in (2, 4):
+        # A batch size that does not divide the 500 images: the padding must not count.
+        values = score.main(["--model-prefix", trained, "--load-epoch", str(epoch), "--gpus", "",
+                             "--batch-size", "64"])
+        assert values["images"] == 500
+        assert (round(values["loss"], 4), round(values["acc"], 2)) == logged[epoch]
+    assert "500 images, top-1" in capsys.readouterr().out
+
+
+def test_score_top1_top5_and_loss_match_a_numpy_reference(trained, demo_dir, ops):
+    # The reference decodes the PNGs itself, normalises with the recipe's numbers in numpy and
+    # computes the metrics from the probabilities.
+    from training import recipes
+    mean = np.array(recipes.CIFAR_DATASETS["demo"]["mean_rgb"])
+    std = np.array(recipes.CIFAR_DATASETS["demo"]["std_rgb"])
+    reader = mx.recordio.MXIndexedRecordIO(os.path.join(demo_dir, "test.idx"),
+                                           os.path.join(demo_dir, "test.rec"), "r")
+    images, labels = [], []
+    for key in reader.keys:
+        header, image = mx.recordio.unpack_img(reader.read_idx(key))
+        images.append(((image[:, :, ::-1] - mean) / std).transpose(2, 0, 1))
+        labels.append(int(header.label))
+    labels = np.array(labels)
+    symbol, arg_params, aux_params = mx.model.load_checkpoint(trained, 4)
+    exe = symbol.simple_bind(mx.cpu(), grad_req="null", data=(len(images), 3, 32, 32))
+    exe.copy_params_from(arg_params, aux_params)
+    probs = exe.forward(is_train=False, data=mx.nd.array(np.stack(images)))[0].asnumpy()
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    values = score.main(["--model-prefix", trained, "--gpus", ""])  # the latest: epoch 4
+    assert values["acc"] == pytest.approx(100 * np.mean(probs.argmax(1) == labels), abs=0.11)
+    assert values["top5-acc"] == pytest.approx(100 * np.mean((top5 == labels[:, None]).any(1)),
+                                               abs=0.11)
+    loss = -np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)))
+    assert values["loss"] == pytest.approx(loss, rel=1e-3)
+    assert values["acc"] > 30  # really trained: chance is 10 %
+
+
+def released_params(symbol_path, seed=0):
+    """A parameter file as the authors' code wrote it (mx.model.save_checkpoint: arg:/aux:
+    prefixes) for the released graph at `symbol_path`, with random values in its shapes."""
+    symbol = mx.sym.load(symbol_path)
+    arg_shapes, _, aux_shapes = symbol.infer_shape(data=(1, 3, 224, 224))
+    rng = np.random.RandomState(seed)
+    blob = {}
+    for name, shape in zip(symbol.list_arguments(), arg_shapes):
+        if name not in ("data", "softmax_label"):
+            blob[f"arg:{name}"] = mx.nd.array(rng.normal(0, 0.05, shape))
+    for name, shape in zip(symbol.list_auxiliary_states(), aux_shapes):
+        values = rng.uniform(0.5, 1.5, shape) if name.endswith("_var") else rng.normal(0, .1,
+                                                                                      shape)
+        blob[f"aux:{name}"] = mx.nd.array(values)
+    return symbol, blob
+
+
+def network_flags(checkpoint):
+    flags = ["--network", checkpoint.network]
+    for key, value in checkpoint.config.items():
+        flags += ["--" + key.replace("_", "-"), str(value)]
+    return flags
+
+
+@pytest.mark.parametrize("checkpoint", RELEASED_CHECKPOINTS, ids=lambda c: c.symbol_file)
+def test_an_authors_parameter_file_loads_into_our_builder_by_name(checkpoint, released_symbols_dir,
+                                                                 tmp_path, ops):
+    from training.model import resolve_model
+    _, blob = released_params(os.path.join(released_symbols_dir, checkpoint.symbol_file))
+    path = str(tmp_path / "released-0100.params")
+    mx.nd.save(path, blob)
+    model = resolve_model(score.build_parser().parse_args(
+        network_flags(checkpoint) + ["--params", path, "--gpus", "", "--data-dir",
+                                     str(tmp_path)]))
+    loaded = {f"arg:{k}": v for k, v in model.arg_params.items()}
+    loaded.update({f"aux:{k}": v for k, v in model.aux_params.items()})
+    assert sorted(loaded) == sorted(blob)
+    assert model.num_classes == 1000
+
+
+def imagenet_records(directory, count, num_classes=1000):
+    rng = np.random.RandomState(1)
+    labels = [int(v) for v in rng.randint(0, num_classes, count)]
+    make_records(directory, "val", labels, size=(60, 80))
+    return labels
+
+
+def test_score_of_an_authors_file_equals_the_released_graph_with_the_same_weights(
+        released_symbols_dir, tmp_path, ops):
+    checkpoint = next(c for c in RELEASED_CHECKPOINTS if c.config.get("variant") == "igc_l100m2")
+    symbol_path = os.path.join(released_symbols_dir, checkpoint.symbol_file)
+    released, blob = released_params(symbol_path, seed=2)
+    path = str(tmp_path / "released-0100.params")
+    mx.nd.save(path, blob)
+    imagenet_records(tmp_path, 6)
+    ours = score.main(network_flags(checkpoint) + [
+        "--params", path, "--gpus", "", "--data-dir", str(tmp_path), "--batch-size", "4"])
+    # The same weights in the authors' own graph (read by --symbol) score the same.
+    theirs = score.main(["--symbol", symbol_path, "--params", path, "--gpus", "",
+                         "--data-dir", str(tmp_path), "--batch-size", "4"])
+    assert ours["images"] == theirs["images"] == 6
+    for key in ("loss", "acc", "top5-acc"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_parameter_file_with_missing_and_unexpected_names_is_one_line(
+        released_symbols_dir, tmp_path, ops):
+    checkpoint = next(c for c in RELEASED_CHECKPOINTS if c.network == "igcv3")
+    _, blob = released_params(os.path.join(released_symbols_dir, checkpoint.symbol_file))
+    del blob["arg:fc_weight"]
+    blob["arg:head_weight"] = mx.nd.zeros((3,))
+    path = str(tmp_path / "renamed.params")
+    mx.nd.save(path, blob)
+    imagenet_records(tmp_path, 2)
+    result = run_tool("score.py", *network_flags(checkpoint), "--params", path, "--gpus", "",
+                      "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert path in lines[0]
+    assert "1 missing (fc_weight)" in lines[0] and "1 unexpected (head_weight)" in lines[0]
+
+
+BAD_SCORE_INPUTS = [
+    ("no_weights", lambda run: ["--network", "plain_igc"], "give the weights"),
+    ("missing_epoch", lambda run: ["--model-prefix", run, "--load-epoch", "9"],
+     "0009.params not found"),
+    ("not_a_params_file", lambda run: ["--params", run + ".log", "--network", "plain_igc"],
+     "not a readable MXNet parameter file"),
+    ("other_network", lambda run: ["--params", run + "-0004.params", "--network", "resnet"],
+     "does not fit the network"),
+    ("wrong_dataset_kind", lambda run: ["--model-prefix", run, "--dataset", "imagenet"],
+     "is a cifar network"),
+]
+
+
+@pytest.mark.parametrize("kind,argv,message", BAD_SCORE_INPUTS,
+                         ids=[c[0] for c in BAD_SCORE_INPUTS])
+def test_bad_score_inputs_are_one_line_naming_the_problem(kind, argv, message, trained):
+    result = run_tool("score.py", *argv(trained), "--gpus", "")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

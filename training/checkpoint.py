@@ -7,7 +7,7 @@ import re
 
 import mxnet as mx
 
-from .errors import ConfigError
+from .errors import ConfigError, mxnet_reason
 
 LOGGER = logging.getLogger("igc.train")
 
@@ -96,7 +96,7 @@ class Checkpoints:
         try:
             blob = mx.nd.load(path)
         except mx.base.MXNetError as err:
-            raise ConfigError(f"checkpoint {path} is unreadable: {str(err).splitlines()[0]}") \
+            raise ConfigError(f"checkpoint {path} is unreadable: {mxnet_reason(err)}") \
                 from None
         arg_params = {k[4:]: v for k, v in blob.items() if k.startswith("arg:")}
         aux_params = {k[4:]: v for k, v in blob.items() if k.startswith("aux:")}

@@ -118,6 +118,16 @@ def add_common_arguments(parser):
                      help="save every N epochs (and always at the end; default num-epochs/8)")
     run.add_argument("--log-iters", type=positive_int, default=50,
                      help="log speed and metrics every N batches")
+    tune = parser.add_argument_group("fine-tuning")
+    tune.add_argument("--pretrained", metavar="FILE.params",
+                      help="start a fresh run from these weights: every argument and BN state "
+                           "whose name and shape match is loaded, the rest (e.g. a classifier "
+                           "for another number of classes) is initialised as usual")
+    tune.add_argument("--freeze", metavar="REGEX",
+                      help="keep the learnable arguments whose names match REGEX (re.search) "
+                           "fixed, e.g. '^(?!fc)' for all but the classifier. MXNet updates BN "
+                           "running statistics in the backward pass: those of a frozen "
+                           "backbone (no trained layer before them) stay fixed too")
     resume = run.add_mutually_exclusive_group()
     resume.add_argument("--load-epoch", type=int,
                         help="continue from checkpoint PREFIX-NNNN (N epochs done)")

@@ -7,3 +7,12 @@ class ConfigError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The training loss stopped being finite."""
+
+
+def mxnet_reason(err):
+    """The line of an MXNetError that says what went wrong (MXNet puts a traceback first)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("MXNetError:"):
+            return line[len("MXNetError:"):].strip()
+    return lines[-1] if lines else type(err).__name__

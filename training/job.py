@@ -6,6 +6,7 @@ naming the flag or file, before any training.
 """
 import dataclasses
 import os
+import re
 import time
 
 import mxnet as mx
@@ -60,6 +61,8 @@ class OptimSpec:
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     model_prefix: str
+    pretrained: str          # .params file that seeds a fresh run by name and shape (or None)
+    freeze: tuple            # names of the learnable arguments kept fixed
     log_file: str
     checkpoint_epochs: int
     log_iters: int
@@ -177,6 +180,36 @@ def _network_spec(args, dataset_kind, implied):
     return spec
 
 
+def _frozen_names(pattern, net):
+    """The learnable arguments of `net` whose names match --freeze (re.search)."""
+    if pattern is None:
+        return ()
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"--freeze {pattern!r}: not a regular expression ({err})") from None
+    names = [n for n in net.symbol().list_arguments() if n not in ("data", "softmax_label")]
+    frozen = tuple(n for n in names if regex.search(n))
+    if not frozen:
+        raise ConfigError(f"--freeze {pattern!r} matches no argument of network {net.name} "
+                          f"(e.g. {', '.join(names[:3])})")
+    if len(frozen) == len(names):
+        raise ConfigError(f"--freeze {pattern!r} matches every argument of network {net.name}: "
+                          "nothing would train")
+    return frozen
+
+
+def _check_pretrained(path, load_epoch):
+    if path is None:
+        return None
+    if load_epoch:
+        raise ConfigError("--pretrained starts a fresh run; --load-epoch continues one: "
+                          "give one of them")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--pretrained {path}: file not found")
+    return path
+
+
 def _workers(kv_store, kv):
     if kv_store in DIST_KV_STORES:
         return kv.num_workers, kv.rank
@@ -229,7 +262,8 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
     prefix = args.model_prefix or os.path.join(
         "runs", dataset, run_name(args.network, net.config), "model")
     run = RunSpec(
-        model_prefix=prefix,
+        model_prefix=prefix, pretrained=_check_pretrained(args.pretrained, args.load_epoch),
+        freeze=_frozen_names(args.freeze, net),
         log_file=args.log_file or (prefix + (f".rank{rank}" if rank else "") + ".log"),
         checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
         log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,

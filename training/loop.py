@@ -17,6 +17,7 @@ from .data import train_batches, val_iter
 from .errors import ConfigError, TrainingDiverged
 from .metrics import Stats, format_values
 from .optim import lr_of_epoch, make_initializer, make_lr_scheduler, make_optimizer
+from .params import match_params, read_params, split_params
 from .scoring import score_batches
 
 LOGGER = logging.getLogger("igc.train")
@@ -109,17 +110,49 @@ def _train_epoch(module, job, epoch, steps, num_workers, rank):
     return stats
 
 
+def _pretrained_params(job, symbol):
+    """(arg_params, aux_params) of --pretrained that fit `symbol` by name and shape; logs what
+    was loaded, what will be initialised and what in the file is unused."""
+    path = job.run.pretrained
+    match = match_params(symbol, (1,) + tuple(job.network.data_shape),
+                         *split_params(read_params(path, "--pretrained"), symbol))
+    if not match.loaded:
+        raise ConfigError(f"--pretrained {path}: no array fits network {job.network.name} "
+                          f"({match.problems()})")
+    initialised = list(match.missing) + [name for name, _, _ in match.mismatched]
+    LOGGER.info("--pretrained %s: loaded %d arrays: %s", path, len(match.loaded),
+                " ".join(match.loaded))
+    LOGGER.info("--pretrained: initialised %d arrays: %s", len(initialised),
+                " ".join(f"{n} (file {f}, network {g})" for n, f, g in match.mismatched) +
+                (" " if match.mismatched and match.missing else "") + " ".join(match.missing))
+    LOGGER.info("--pretrained: unused in the file %d arrays: %s", len(match.unused),
+                " ".join(match.unused))
+    return match.arg_params, match.aux_params
+
+
 def _bind_training_module(job, symbol, loaded):
-    """A Module bound for training, its parameters initialised or taken from `loaded`."""
+    """A Module bound for training, its parameters initialised or taken from `loaded` (a
+    checkpoint being continued) or, on a fresh start, from --pretrained where they fit."""
     net, batch_size = job.network, job.data.batch_size
     module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),
-                           context=list(job.contexts), logger=LOGGER)
+                           context=list(job.contexts), logger=LOGGER,
+                           fixed_param_names=list(job.run.freeze) or None)
     module.bind(data_shapes=[("data", (batch_size,) + net.data_shape)],
                 label_shapes=[("softmax_label", (batch_size,))])
     arg_params, aux_params, _ = loaded if loaded else (None, None, None)
+    partial = loaded is None and job.run.pretrained is not None
+    if partial:
+        arg_params, aux_params = _pretrained_params(job, symbol)
+    elif loaded and job.run.pretrained:
+        LOGGER.info("--pretrained %s not used: continuing a checkpoint", job.run.pretrained)
+    if job.run.freeze:
+        fresh = [n for n in job.run.freeze if n not in (arg_params or {})]
+        LOGGER.info("--freeze: %d arguments kept fixed%s", len(job.run.freeze),
+                    f"; {len(fresh)} of them freshly initialised: {' '.join(fresh)}"
+                    if fresh else "")
     try:
         module.init_params(make_initializer(), arg_params=arg_params, aux_params=aux_params,
-                           allow_missing=False)
+                           allow_missing=partial)
     except (RuntimeError, AssertionError, mx.base.MXNetError) as err:
         raise ConfigError(f"checkpoint does not match network {net.name} {net.config}: {err}") \
             from None

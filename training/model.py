@@ -19,7 +19,7 @@ from network.released import RELEASED_CHECKPOINTS
 from . import recipes
 from .checkpoint import Checkpoints
 from .cli import _add_network_arguments, default_gpus, gpu_list, positive_int
-from .errors import ConfigError
+from .errors import ConfigError, mxnet_reason
 from .job import contexts_for, network_config
 from .params import load_exact
 
@@ -155,7 +155,7 @@ def _load_symbol(path):
         return mx.sym.load(path)
     except mx.base.MXNetError as err:
         raise ConfigError(f"--symbol {path}: not a loadable MXNet graph "
-                          f"({str(err).splitlines()[0]})") from None
+                          f"({mxnet_reason(err)})") from None
 
 
 def resolve_model(args):
@@ -201,7 +201,7 @@ def resolve_model(args):
         _, out_shapes, _ = symbol.infer_shape(data=data_shape)
     except mx.base.MXNetError as err:
         raise ConfigError(f"the graph does not take input {data_shape}: "
-                          f"{str(err).splitlines()[0]}") from None
+                          f"{mxnet_reason(err)}") from None
     if not out_shapes or len(out_shapes[0]) != 2:
         raise ConfigError(f"the graph does not end in class scores for input {data_shape}")
     num_classes = out_shapes[0][1]

@@ -4,7 +4,7 @@ import dataclasses
 
 import mxnet as mx
 
-from .errors import ConfigError
+from .errors import ConfigError, mxnet_reason
 
 INPUT_NAMES = ("data", "softmax_label")
 
@@ -16,7 +16,7 @@ def read_params(path, flag="--params"):
         blob = mx.nd.load(path)
     except mx.base.MXNetError as err:
         raise ConfigError(f"{flag} {path}: not a readable MXNet parameter file "
-                          f"({str(err).splitlines()[0]})") from None
+                          f"({mxnet_reason(err)})") from None
     except OSError as err:
         raise ConfigError(f"{flag} {path}: {err.strerror or err}") from None
     if not isinstance(blob, dict) or not blob:

@@ -284,3 +284,94 @@ def test_bad_fine_tuning_flags_fail_before_training(kind, extra, message, traine
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
     assert not os.path.exists(f"{prefix}-0001.params")
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict
+
+
+@pytest.mark.parametrize("size,resize,crop", [((50, 70), 40, 32), ((90, 60), 36, 32),
+                                              ((32, 32), None, 32)])
+def test_predict_preprocessing_equals_the_validation_record_reader(size, resize, crop, tmp_path):
+    import cv2
+
+    import training
+    from training import prediction, recipes
+    rng = np.random.RandomState(4)
+    image = rng.randint(0, 256, size + (3,)).astype(np.uint8)
+    make_records(tmp_path, "one", [0], pixels=lambda i: image)
+    path = str(tmp_path / "one.png")
+    cv2.imwrite(path, image[:, :, ::-1])
+    mean, std = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
+    augment = {"resize": resize} if resize else {}
+    record = training.RecordFile(str(tmp_path / "one.rec"), str(tmp_path / "one.idx"), 1, 1)
+    expected = next(iter(training.record_iter(record, 1, (3, crop, crop), mean, std, augment)))
+    pre = recipes.Preprocessing(mean, std, (3, crop, crop), augment)
+    got = prediction.preprocess(prediction.read_image(path), pre)
+    np.testing.assert_allclose(got, expected.data[0].asnumpy()[0], atol=1e-5)
+
+
+def png_files_of(records, directory, count):
+    """The first `count` images of a record set as PNG files, with their labels."""
+    import cv2
+    reader = mx.recordio.MXIndexedRecordIO(records + ".idx", records + ".rec", "r")
+    paths, labels = [], []
+    for key in reader.keys[:count]:
+        header, bgr = mx.recordio.unpack_img(reader.read_idx(key))
+        paths.append(os.path.join(directory, f"{key}.png"))
+        cv2.imwrite(paths[-1], bgr)
+        labels.append(int(header.label))
+    return paths, labels
+
+
+def test_predict_names_the_top5_classes_and_reports_bad_files_in_one_line(trained, demo_dir,
+                                                                       tmp_path):
+    paths, _ = png_files_of(os.path.join(demo_dir, "test"), str(tmp_path), 6)
+    # A larger JPEG copy: any size is accepted (the demo recipe resizes it to 32x32).
+    import cv2
+    big = str(tmp_path / "big.jpg")
+    cv2.imwrite(big, cv2.resize(cv2.imread(paths[0]), (96, 96)))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    result = run_tool("predict.py", "--model-prefix", trained, "--load-epoch", "4",
+                      *paths, str(broken), big, str(tmp_path / "missing.jpg"))
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2, result.stderr
+    assert f"{broken}: not an image" in errors[0] and "missing.jpg: no such file" in errors[1]
+    lines = dict(line.split(": ", 1) for line in result.stdout.strip().splitlines())
+    assert sorted(lines) == sorted(paths + [big])
+
+    # Reference: the checkpoint's probabilities for the same PNGs, normalised in numpy.
+    from training import recipes
+    names = open(os.path.join(demo_dir, "synsets.txt")).read().split()
+    mean = np.array(recipes.CIFAR_DATASETS["demo"]["mean_rgb"])
+    std = np.array(recipes.CIFAR_DATASETS["demo"]["std_rgb"])
+    batch = np.stack([((cv2.imread(p)[:, :, ::-1] - mean) / std).transpose(2, 0, 1)
+                      for p in paths])
+    symbol, arg_params, aux_params = mx.model.load_checkpoint(trained, 4)
+    exe = symbol.simple_bind(mx.cpu(), grad_req="null", data=batch.shape)
+    exe.copy_params_from(arg_params, aux_params)
+    probs = exe.forward(is_train=False, data=mx.nd.array(batch))[0].asnumpy()
+    for path, row in zip(paths, probs):
+        shown = [item.rsplit(" ", 1) for item in lines[path].split(", ")]
+        assert [n for n, _ in shown] == [names[c] for c in np.argsort(-row)[:5]], lines[path]
+        np.testing.assert_allclose([float(p[:-1]) for _, p in shown], 100 * np.sort(row)[::-1][:5],
+                                   atol=0.051)
+
+
+def test_predict_takes_cifar_class_names_from_the_archive(trained, tmp_path):
+    from test_data import cifar10_members, write_cifar_archive
+    members = cifar10_members(np.random.default_rng(0))
+    members["batches.meta"][b"label_names"] = [f"kind{i}".encode() for i in range(10)]
+    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py",
+                                  members)
+    out = tmp_path / "cifar10"
+    subprocess.run([os.path.join(TOOLS, "make_rec.sh"), "cifar10", "--from", archive, "--out",
+                    str(out), "--no-verify"], check=True, capture_output=True, timeout=120)
+    paths, _ = png_files_of(str(out / "test"), str(tmp_path), 2)
+    result = run_tool("predict.py", "--params", trained + "-0004.params", *SMALL_NET,
+                      "--dataset", "cifar10", "--data-dir", str(out), *paths)
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.strip().splitlines():
+        assert re.fullmatch(r"\S+: (kind\d [\d.]+%, ){4}kind\d [\d.]+%", line), line

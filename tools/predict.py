@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Classify images with a trained model: top-5 class names and probabilities per image.
+
+    tools/predict.py --model-prefix runs/demo/model --load-epoch 8 cat.jpg dog.png
+
+JPEG or PNG of any size, with the validation preprocessing of the network's family. Class names
+come from the synsets.txt that tools/make_rec.sh wrote beside the training data (for CIFAR, the
+archive's batches.meta names). A path that is missing or not an image is reported in one line on
+stderr, the other images are still classified, and the exit status is 1.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import training  # noqa: E402
+from training.cli import positive_int  # noqa: E402
+from training.model import add_model_arguments, resolve_model  # noqa: E402
+from training.prediction import predict  # noqa: E402
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Top-5 classes of each image under a trained model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    parser.add_argument("--top", type=positive_int, default=5, help="classes shown per image")
+    add_model_arguments(parser)
+    parser.set_defaults(gpus=())
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        model = resolve_model(args)
+    except training.ConfigError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    results = predict(model, args.images, min(args.top, model.num_classes))
+    for result in results:
+        if result.error:
+            print(f"{parser.prog}: error: {result.error}", file=sys.stderr)
+        else:
+            print(f"{result.path}: " + ", ".join(f"{name} {100 * p:.1f}%"
+                                                 for _, name, p in result.top))
+    if any(r.error for r in results):
+        sys.exit(1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Classify image files with a Model: decode (JPEG, PNG, any size), the validation preprocessing
+the record reader applies (short side resized with bilinear interpolation, centre crop, per-channel
+normalisation), one forward pass per chunk, top-k class names."""
+import dataclasses
+import os
+
+import cv2
+import mxnet as mx
+import numpy as np
+
+CHUNK = 32
+
+
+class ImageError(ValueError):
+    """A path that is not a readable image; the message names it."""
+
+
+def read_image(path):
+    """(H, W, 3) uint8 RGB of an image file; ImageError naming the file otherwise."""
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: no such file")
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ImageError(f"{path}: {err.strerror or err}") from None
+    image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    if image is None:
+        raise ImageError(f"{path}: not an image OpenCV can decode (JPEG, PNG, ...)")
+    return image[:, :, ::-1]
+
+
+def preprocess(image, preprocessing):
+    """(3, H, W) float32 network input from an RGB image, as the validation reader makes it:
+    the short side resized to the reader's `resize` (the crop size when it has none, so that
+    an image of any size is seen whole), a centre crop, then (pixel - mean) / std."""
+    _, height, width = preprocessing.data_shape
+    short = preprocessing.augment.get("resize") or max(height, width)
+    rows, cols = image.shape[:2]
+    # ImageRecordIter's integer arithmetic for the resized size.
+    size = (short, short * rows // cols) if rows > cols else (short * cols // rows, short)
+    if size != (cols, rows):
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    rows, cols = image.shape[:2]
+    top, left = (rows - height) // 2, (cols - width) // 2
+    crop = image[top:top + height, left:left + width].astype(np.float32)
+    crop = (crop - np.asarray(preprocessing.mean_rgb, np.float32)) / np.asarray(
+        preprocessing.std_rgb, np.float32)
+    return crop.transpose(2, 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    path: str
+    top: tuple          # ((label, name, probability), ...) best first
+    error: str = None   # why the file was not classified (then `top` is empty)
+
+
+def predict(model, paths, top_k=5):
+    """A Prediction per path, in order; a bad file gets its error and the others still run."""
+    names = model.class_names() or [str(i) for i in range(model.num_classes)]
+    inputs, results = {}, {}
+    for i, path in enumerate(paths):
+        try:
+            inputs[i] = preprocess(read_image(path), model.preprocessing)
+        except ImageError as err:
+            results[i] = Prediction(path, (), str(err))
+    order = sorted(inputs)
+    executor = None
+    for start in range(0, len(order), CHUNK):
+        chunk = order[start:start + CHUNK]
+        batch = np.stack([inputs[i] for i in chunk])
+        if executor is None or executor.arg_dict["data"].shape[0] != len(chunk):
+            executor = model.symbol.simple_bind(model.contexts[0], grad_req="null",
+                                                data=batch.shape)
+            executor.copy_params_from(model.arg_params, model.aux_params)
+        probs = executor.forward(is_train=False, data=mx.nd.array(batch))[0].asnumpy()
+        for i, row in zip(chunk, probs):
+            best = np.argsort(-row, kind="stable")[:top_k]
+            results[i] = Prediction(paths[i], tuple((int(c), names[c], float(row[c]))
+                                                    for c in best))
+    return [results[i] for i in range(len(paths))]

@@ -7,14 +7,21 @@ IGC_CUDA ?= AUTO
 CUDA_ARCHS ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.requirements.stamp
+TEST_STAMP := $(VENV)/.requirements-test.stamp
 
 .PHONY: venv ops lint test bench demo clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(TEST_STAMP)
 
 $(STAMP): requirements.txt
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+
+# onnx / onnxruntime for the export tests; installed together with the runtime pins so that
+# pip keeps numpy at 1.23.5.
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt -r requirements-test.txt
 	@touch $@
 
 ops: $(STAMP)
@@ -26,7 +33,7 @@ ops: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: venv ops
+test: $(TEST_STAMP) ops
 	$(VPY) -m pytest tests $(PYTEST_ARGS)
 
 bench: venv ops

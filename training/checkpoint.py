@@ -12,7 +12,7 @@ from .errors import ConfigError, mxnet_reason
 LOGGER = logging.getLogger("igc.train")
 
 
-def _write_atomically(path, write):
+def write_atomically(path, write):
     """write(tmp_path) then fsync and rename over `path`: a crash leaves the old file or none."""
     directory, base = os.path.split(os.path.abspath(path))
     tmp = os.path.join(directory, f".{base}.tmp{os.getpid()}")
@@ -54,18 +54,18 @@ class Checkpoints:
 
     def save(self, epoch, symbol, module, with_states, model_info=None):
         os.makedirs(os.path.dirname(os.path.abspath(self.prefix)), exist_ok=True)
-        _write_atomically(self.symbol_path, symbol.save)
+        write_atomically(self.symbol_path, symbol.save)
         if model_info is not None:
             def write_info(tmp):
                 with open(tmp, "w") as f:
                     json.dump(model_info, f, indent=1)
-            _write_atomically(self.model_info_path, write_info)
+            write_atomically(self.model_info_path, write_info)
         if with_states:
-            _write_atomically(self.states_path(epoch), module.save_optimizer_states)
+            write_atomically(self.states_path(epoch), module.save_optimizer_states)
         arg_params, aux_params = module.get_params()
         blob = {f"arg:{k}": v for k, v in arg_params.items()}
         blob.update({f"aux:{k}": v for k, v in aux_params.items()})
-        _write_atomically(self.params_path(epoch), lambda tmp: mx.nd.save(tmp, blob))
+        write_atomically(self.params_path(epoch), lambda tmp: mx.nd.save(tmp, blob))
 
     def model_info(self):
         """The PREFIX-model.json dict, or None when there is none (ConfigError if unreadable)."""

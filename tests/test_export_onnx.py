@@ -1,0 +1,182 @@
+"""ONNX export: every registered network, run in ONNX Runtime, gives MXNet's inference
+probabilities (max abs difference <= 1e-4) with and without BN folding, with a dynamic batch;
+bad targets are one line and leave no file."""
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import network
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from network.onnx_export import to_onnx  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPORT = os.path.join(ROOT, "tools", "export_onnx.py")
+TOLERANCE = 1e-4
+NUM_CLASSES = 10
+
+
+def random_params(symbol, shape, seed):
+    """Weights that keep a random deep net well conditioned (He-scaled convs, BN gamma below 1,
+    random BN statistics so that folding has something to fold), then the classifier scaled
+    so the logits have unit spread: the probabilities are far from one-hot, so a wrong
+    channel anywhere shows in them."""
+    rng = np.random.RandomState(seed)
+    arg_shapes, _, aux_shapes = symbol.infer_shape(data=shape)
+    arg_params, aux_params = {}, {}
+    for name, s in zip(symbol.list_arguments(), arg_shapes):
+        if name in ("data", "softmax_label"):
+            continue
+        if name.endswith("_gamma"):
+            value = rng.uniform(0.3, 0.8, s)
+        elif name.endswith(("_beta", "_bias")):
+            value = rng.normal(0, 0.1, s)
+        else:
+            value = rng.normal(0, np.sqrt(2.0 / np.prod(s[1:])), s)
+        arg_params[name] = mx.nd.array(value)
+    for name, s in zip(symbol.list_auxiliary_states(), aux_shapes):
+        value = rng.uniform(0.5, 2, s) if name.endswith("_var") else rng.normal(0, 0.1, s)
+        aux_params[name] = mx.nd.array(value)
+    data = rng.uniform(-2, 2, shape).astype(np.float32)
+    fc = next(n[:-len("_weight")] for n in arg_params
+              if n.startswith("fc") and n.endswith("_weight"))
+    logits = forward(symbol.get_internals()[fc + "_output"], arg_params, aux_params, data)
+    for key in (fc + "_weight", fc + "_bias"):
+        arg_params[key] = arg_params[key] / float(logits.std())
+    return arg_params, aux_params, data
+
+
+def forward(symbol, arg_params, aux_params, data):
+    """MXNet inference (its own executor, is_train=False)."""
+    exe = symbol.simple_bind(mx.cpu(), grad_req="null", data=data.shape)
+    exe.copy_params_from(arg_params, aux_params, allow_extra_params=True)
+    return exe.forward(is_train=False, data=mx.nd.array(data))[0].asnumpy()
+
+
+def run_onnx(model, data):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["data"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    return session.run(None, {"data": data})[0]
+
+
+def case(name, config=None):
+    kind = network.network_info(name)["dataset_kind"]
+    size = network.network_info(name)["input_size"]
+    # ImageNet nets at 224 with a batch of 1 (seconds); CIFAR ones at batch 2.
+    return name, dict(config or {}), (1 if kind == "imagenet" else 2, 3, size, size)
+
+
+CASES = [case(name) for name in network.list_networks()] + [
+    # The other implementations of the same unit: fused IGCConv and the pure-symbol permutation.
+    case("plain_igc", dict(conv_impl="igc")),
+    case("plain_igc", dict(conv_impl="mxnet", permutation="reshape")),
+    case("resnet_igc", dict(conv_impl="igc", depth=8)),
+    case("igcv3_cifar", dict(permutation="reshape", depth_multiplier=0.5)),
+]
+
+
+@pytest.mark.parametrize("name,config,shape", CASES,
+                         ids=[f"{n}-{'-'.join(map(str, c.values())) or 'default'}"
+                              for n, c, _ in CASES])
+def test_onnx_runtime_gives_mxnet_probabilities_for_every_network(name, config, shape, ops):
+    symbol = network.get_symbol(name, NUM_CLASSES, **config)
+    arg_params, aux_params, data = random_params(symbol, shape, seed=len(name))
+    expected = forward(symbol, arg_params, aux_params, data)
+    assert expected.max() < 0.9  # not one-hot
+    for fold_bn in (False, True):
+        model = to_onnx(symbol, arg_params, aux_params, shape[1:], fold_bn=fold_bn)
+        ops_used = {node.op_type for node in model.graph.node}
+        assert ("BatchNormalization" in ops_used) != fold_bn
+        assert not ops_used & {"Reorder", "IGCConv"}
+        got = run_onnx(model, data)
+        assert np.abs(got - expected).max() <= TOLERANCE, (fold_bn, np.abs(got - expected).max())
+
+
+def test_onnx_batch_dimension_is_dynamic(ops):
+    symbol = network.get_symbol("resnet_igc", NUM_CLASSES, depth=8)
+    arg_params, aux_params, data = random_params(symbol, (5, 3, 32, 32), seed=1)
+    model = to_onnx(symbol, arg_params, aux_params, (3, 32, 32), fold_bn=True)
+    for batch in (1, 5):
+        np.testing.assert_allclose(run_onnx(model, data[:batch]),
+                                   forward(symbol, arg_params, aux_params, data[:batch]),
+                                   atol=TOLERANCE)
+
+
+def test_a_wrong_permutation_in_the_onnx_graph_is_caught_by_the_comparison(ops):
+    # The comparison above can fail: swap g and C/g in one exported permutation.
+    symbol = network.get_symbol("plain_igc", NUM_CLASSES, depth=8, conv_impl="mxnet")
+    arg_params, aux_params, data = random_params(symbol, (2, 3, 32, 32), seed=2)
+    model = to_onnx(symbol, arg_params, aux_params, (3, 32, 32))
+    split = next(t for t in model.graph.initializer if t.name.endswith("reorder1_split_shape"))
+    values = onnx.numpy_helper.to_array(split).copy()
+    values[1], values[2] = values[2], values[1]
+    split.CopyFrom(onnx.numpy_helper.from_array(values, split.name))
+    assert np.abs(run_onnx(model, data) - forward(symbol, arg_params, aux_params, data)).max() \
+        > 100 * TOLERANCE
+
+
+def run_export(*argv):
+    return subprocess.run([sys.executable, EXPORT, *argv], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_export_tool_writes_a_checkpoint_that_onnx_runtime_runs(tmp_path, ops):
+    symbol = network.get_symbol("plain_igc", 10, depth=8, primary_partition=4,
+                                secondary_partition=2)
+    arg_params, aux_params, data = random_params(symbol, (3, 3, 32, 32), seed=3)
+    prefix = str(tmp_path / "model")
+    mx.model.save_checkpoint(prefix, 1, symbol, arg_params, aux_params)
+    out = tmp_path / "model.onnx"
+    result = run_export("--model-prefix", prefix, "--load-epoch", "1", "--network", "plain_igc",
+                        "--depth", "8", "--primary-partition", "4", "--secondary-partition",
+                        "2", "--dataset", "demo", "--fold-bn", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"data": data})[0],
+                               forward(symbol, arg_params, aux_params, data), atol=TOLERANCE)
+    assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []
+
+
+def test_export_without_weights_uses_a_fresh_initialisation(tmp_path, ops):
+    out = tmp_path / "igcv3.onnx"
+    result = run_export("--network", "igcv3_cifar", "--depth-multiplier", "0.5", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "random weights" in result.stdout
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+
+
+@pytest.mark.parametrize("target,message", [
+    ("missing/x.onnx", "does not exist"),
+    ("file.txt/x.onnx", "does not exist"),
+    ("/proc/x.onnx", "cannot write it"),
+])
+def test_an_unwritable_target_is_one_line_and_leaves_no_file(target, message, tmp_path, ops):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    path = target if os.path.isabs(target) else str(tmp_path / target)
+    result = run_export("--network", "plain_igc", "--depth", "8", "-o", path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, \
+        result.stderr
+    assert not os.path.exists(path)
+
+
+def test_a_checkpoint_of_another_network_is_one_line(tmp_path, ops):
+    symbol = network.get_symbol("plain", 10, depth=8)
+    arg_params, aux_params, _ = random_params(symbol, (1, 3, 32, 32), seed=4)
+    prefix = str(tmp_path / "plain")
+    mx.model.save_checkpoint(prefix, 1, symbol, arg_params, aux_params)
+    out = tmp_path / "x.onnx"
+    result = run_export("--params", f"{prefix}-0001.params", "--network", "plain_igc", "-o",
+                        str(out))
+    assert result.returncode == 2 and "does not fit the network" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()

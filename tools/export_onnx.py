@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Export a network (any registered one, with its config flags) to ONNX: input `data`
+(N, 3, H, W) with a dynamic batch N, output `probabilities` (N, classes).
+
+    tools/export_onnx.py --model-prefix runs/demo/model --load-epoch 8 -o demo.onnx
+    tools/export_onnx.py --network igcv3 --fold-bn -o igcv3.onnx    # random weights
+
+Permutations become Reshape/Transpose with explicit sizes and IGCConv a Conv plus that
+permutation (network/onnx_export.py); --fold-bn folds each BatchNorm into the convolution that
+feeds it. The file is written under a temporary name and renamed when complete.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mxnet as mx  # noqa: E402
+
+import training  # noqa: E402
+from network.onnx_export import to_onnx  # noqa: E402
+from training.checkpoint import write_atomically  # noqa: E402
+from training.model import add_model_arguments, resolve_model  # noqa: E402
+from training.optim import make_initializer  # noqa: E402
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        description="Write an ONNX model of a network (randomly initialised without weights).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-o", "--output", required=True, metavar="FILE.onnx",
+                        help="where to write the model")
+    parser.add_argument("--fold-bn", action="store_true",
+                        help="fold every BatchNorm into the convolution before it")
+    parser.add_argument("--rand-seed", type=int, default=0,
+                        help="seed of the random weights when no checkpoint is given")
+    add_model_arguments(parser, weights_required=False)
+    parser.set_defaults(gpus=())
+    return parser
+
+
+def initial_params(symbol, data_shape, seed):
+    """Freshly initialised weights as training starts them (BN statistics 0 and 1)."""
+    mx.random.seed(seed)
+    module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",))
+    module.bind(data_shapes=[("data", (1,) + tuple(data_shape))],
+                label_shapes=[("softmax_label", (1,))], for_training=False)
+    module.init_params(make_initializer())
+    return module.get_params()
+
+
+def check_output(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise training.ConfigError(f"-o {path}: folder {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise training.ConfigError(f"-o {path}: folder {directory} is not writable")
+    if os.path.isdir(path):
+        raise training.ConfigError(f"-o {path}: is a folder")
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_output(args.output)
+        model = resolve_model(args)
+        arg_params, aux_params = (model.arg_params, model.aux_params) if model.params_file \
+            else initial_params(model.symbol, model.data_shape, args.rand_seed)
+        try:
+            proto = to_onnx(model.symbol, arg_params, aux_params, model.data_shape,
+                            fold_bn=args.fold_bn, graph_name=model.network)
+        except ValueError as err:
+            raise training.ConfigError(str(err)) from None
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                f.write(proto.SerializeToString())
+        try:
+            write_atomically(args.output, write)
+        except OSError as err:
+            raise training.ConfigError(f"-o {args.output}: cannot write it "
+                                       f"({err.strerror or err})") from None
+    except training.ConfigError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    weights = model.params_file or f"random weights (seed {args.rand_seed})"
+    print(f"wrote {args.output}: {model.network} from {weights}, input data (N, "
+          f"{', '.join(map(str, model.data_shape))}), output probabilities (N, "
+          f"{model.num_classes}){', BN folded' if args.fold_bn else ''}")
+    return args.output
+
+
+if __name__ == "__main__":
+    main()

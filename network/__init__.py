@@ -2,9 +2,11 @@
 
 Every builder is registered under its `--network` name with an explicit keyword signature;
 `network_defaults(name)` lists the config keys a network accepts, `network_info(name)` its input
-size, dataset kind and family. Run `python -m network NAME` for a per-stage summary.
+size, dataset kind and family; `get_features(name, **config)` the backbone up to the global pool
+with each stage's output. Run `python -m network NAME` for a per-stage summary.
 """
 from . import igcv2, igcv3, plain, resnet  # noqa: F401  (registers the builders)
+from .features import get_features
 from .registry import (
                        config_options,
                        get_plan,
@@ -15,5 +17,5 @@ from .registry import (
                        network_options,
 )
 
-__all__ = ["config_options", "get_plan", "get_symbol", "list_networks", "network_defaults",
-           "network_info", "network_options"]
+__all__ = ["config_options", "get_features", "get_plan", "get_symbol", "list_networks",
+           "network_defaults", "network_info", "network_options"]

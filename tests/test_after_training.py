@@ -271,6 +271,13 @@ BAD_FINE_TUNING = [
 ]
 
 
+@pytest.mark.parametrize("entry_point", ["train_model", "train_imagenet"])
+def test_both_entry_points_take_pretrained_and_freeze(entry_point):
+    parser = __import__(entry_point).build_parser()
+    args = parser.parse_args(["--pretrained", "x.params", "--freeze", "^g0_"])
+    assert (args.pretrained, args.freeze) == ("x.params", "^g0_")
+
+
 @pytest.mark.parametrize("kind,extra,message", BAD_FINE_TUNING,
                          ids=[c[0] for c in BAD_FINE_TUNING])
 def test_bad_fine_tuning_flags_fail_before_training(kind, extra, message, trained, subset_dir,

@@ -4,9 +4,12 @@
 - `job`: `resolve_job` turns parsed flags into a frozen, grouped `Job`, or a `ConfigError`;
 - `data`: record-file checks and the ImageRecordIter readers;
 - `optim`: optimiser, weight-decay rule, lr schedule, initialisation;
-- `checkpoint`: atomic checkpoints, discovery, loading;
+- `checkpoint`: atomic checkpoints (with PREFIX-model.json: what the model is), discovery, loading;
+- `params`: parameter files matched against a graph by name and shape (--pretrained, scoring);
 - `metrics`: running loss and accuracy;
-- `loop`: `fit` (resume, checkpoints, per-epoch validation) and `evaluate`.
+- `scoring`: the one evaluation over a record file (per-epoch validation and tools/score.py);
+- `loop`: `fit` (resume, fine-tuning, checkpoints, per-epoch validation) and `evaluate`;
+- `model`, `prediction`: a trained model for the after-training tools (score, predict, export).
 
 The entry points parse (`cli`), resolve (`job.resolve_job`) and hand the Job to `loop.run`.
 """

@@ -1,4 +1,5 @@
-"""Shared helpers: loading the operator plugin, counting, schedules, callbacks and logging."""
+"""Shared helpers: loading the operator plugin, its plain C entry points, and counting the
+parameters and multiply-adds of any symbol."""
 import json
 import os
 

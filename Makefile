@@ -30,9 +30,9 @@ test: venv ops
 	$(VPY) -m pytest tests $(PYTEST_ARGS)
 
 bench: venv ops
-	$(VPY) tools/bench_reorder.py
-	$(VPY) tools/bench_conv.py
-	$(VPY) tools/bench_train.py
+	$(VPY) benchmarks/reorder.py
+	$(VPY) benchmarks/conv.py
+	$(VPY) benchmarks/permutation_overhead.py
 
 # Makes the demo records, trains a small plain_igc on the CPU (about a minute on 2 cores),
 # prints the per-epoch table and writes curves.png.

@@ -119,13 +119,17 @@ def parent(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     harness.add_threads_flag(parser)
+    parser.add_argument("--quick", action="store_true",
+                        help="3 rounds x 2 steps after 1 warm-up step")
     args = parser.parse_args(argv)
     threads = harness.parse_threads(parser, args.threads)
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), "rounds": 3, "steps": 2, "warmup": 1})
     for key in ("steps", "rounds", "batch_size"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
 
-    payload = {key: value for key, value in vars(args).items() if key != "threads"}
+    payload = {key: value for key, value in vars(args).items() if key not in ("threads", "quick")}
     results = harness.per_thread(__file__, payload, threads)
     harness.print_header(
         f"Permutation overhead: plain_igc depth {args.depth}, L={args.primary_partition}, "

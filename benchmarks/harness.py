@@ -126,11 +126,13 @@ def per_thread(script, payload, threads, extra_env=None):
     return {t: run_child(script, payload, t, extra_env) for t in threads}
 
 
-def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200):
+def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200, pause=0.0):
     """Median seconds per call of each function in the dict `fns`, called in turn each round.
 
     Every function runs `warmup` times first. Then at least `rounds` rounds, and more while the
-    rounds so far took under `min_time` seconds in all (at most `max_rounds`).
+    rounds so far took under `min_time` seconds in all (at most `max_rounds`). `pause` seconds of
+    sleep before each timed call let the previous variant's spinning worker threads (OpenMP's,
+    ONNX Runtime's) go idle, so that they do not steal the cores from the next one.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -140,6 +142,8 @@ def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200):
     done = 0
     while done < rounds or (time.perf_counter() - start < min_time and done < max_rounds):
         for key, fn in fns.items():
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)

@@ -445,6 +445,61 @@ def test_bad_configuration_fails_before_training(kind, data, extra, message, bad
     assert not os.path.exists(f"{prefix}-symbol.json"), "training started"
 
 
+BAD_NUMBERS = [("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--wd", "nan"), ("--wd", "-1"),
+               ("--mean-rgb", "nan,120,110"), ("--std-rgb", "inf,60,60"),
+               ("--std-rgb", "60,0,60"), ("--momentum", "5"), ("--momentum", "-1"),
+               ("--momentum", "nan"), ("--lr-factor", "2"), ("--lr-factor", "inf"),
+               ("--lr-factor", "0")]
+
+
+@pytest.mark.parametrize("entry_point", [train_model, train_imagenet])
+@pytest.mark.parametrize("flag,value", BAD_NUMBERS, ids=[f"{f}={v}" for f, v in BAD_NUMBERS])
+def test_nonfinite_or_out_of_range_numbers_are_refused_at_parse_time(entry_point, flag, value,
+                                                                      capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point.build_parser().parse_args([flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and repr(value) in err, err
+
+
+def test_edge_values_of_the_number_flags_are_accepted():
+    args = train_model.build_parser().parse_args(
+        ["--lr-factor", "1", "--momentum", "0", "--wd", "0", "--mean-rgb=-1,0,1e3"])
+    assert (args.lr_factor, args.momentum, args.wd, args.mean_rgb) == (1.0, 0.0, 0.0,
+                                                                       (-1.0, 0.0, 1000.0))
+
+
+def test_lr_steps_at_or_after_the_last_epoch_are_named_in_a_warning(small_demo_dir, tmp_path,
+                                                                    ops):
+    prefix = tmp_path / "m"
+    train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "2", "--batch-size", "32",
+                              "--lr-steps", "1,2,5"))
+    log = open(f"{prefix}.log").read()
+    assert "--lr-steps 2,5: not before the last epoch (--num-epochs 2)" in log, log
+
+
+def test_another_num_epochs_gets_the_default_schedule_not_the_presets_steps(small_demo_dir,
+                                                                          tmp_path):
+    # The demo preset's steps (6, 7) belong to its 8 epochs.
+    job, _ = train_model.build_job(cpu_args(small_demo_dir, tmp_path / "m", "--num-epochs", "16"))
+    assert job.optim.lr_steps == (8, 12, 14)
+    job, _ = train_model.build_job(cpu_args(small_demo_dir, tmp_path / "m"))
+    assert (job.optim.num_epochs, job.optim.lr_steps) == (8, (6, 7))
+
+
+def test_explicit_lr_steps_win_over_the_recipes_lr_step_every():
+    parse = lambda *argv: training.parse_with_presets(  # noqa: E731
+        train_imagenet.build_parser(), ["--network", "igcv3", "--gpus", "", *argv],
+        train_imagenet.presets)
+    assert (parse().lr_steps, parse().lr_step_every) == (None, 1)
+    args = parse("--lr-steps", "1,2")
+    assert (args.lr_steps, args.lr_step_every) == ((1, 2), None)
+    # Both given explicitly is still a mistake.
+    args = parse("--lr-steps", "1,2", "--lr-step-every", "3")
+    assert (args.lr_steps, args.lr_step_every) == ((1, 2), 3)
+
+
 @pytest.mark.parametrize("entry_point", [train_model, train_imagenet])
 def test_every_network_config_key_has_a_flag_with_its_choices(entry_point):
     import network

@@ -411,6 +411,12 @@ def bad_data(tmp_path):
             os.remove(directory / "test.rec")
         if kind == "empty":
             open(directory / "train.rec", "w").close()
+        if kind == "truncated_idx":
+            # make_rec.sh's record of what it built, then the index cut at a line boundary.
+            (directory / "make_rec.json").write_text(json.dumps(
+                {"dataset": "demo", "counts": {"train": 40, "test": 20}}))
+            lines = (directory / "train.idx").read_text().splitlines(keepends=True)
+            (directory / "train.idx").write_text("".join(lines[:20]))
         return str(directory)
     return make
 
@@ -423,6 +429,8 @@ BAD_CONFIGS = [
     ("missing_file", "missing", [], "test.rec not found"),
     ("empty_file", "empty", [], "train.rec is empty"),
     ("label_out_of_range", "label", [], "label(s) outside 0..9"),
+    ("truncated_idx", "truncated_idx", [],
+     "train.idx lists 20 records but make_rec.json says train has 40"),
     ("batch_too_large", "ok", ["--batch-size", "64"], "--batch-size 64 is larger than the 40"),
     ("dist_without_launcher", "ok", ["--kv-store", "dist_sync"], "tools/launch.py"),
     ("unknown_kv_store", "ok", ["--kv-store", "nccl2"], "--kv-store must be one of"),

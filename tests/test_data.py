@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,6 +18,7 @@ import pytest
 import scipy.io
 
 from tools import demo_images, make_rec
+from tools.recordio import demo as demo_builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tools", "make_rec.sh")
@@ -501,7 +503,7 @@ def test_interrupt_or_full_disk_mid_write_leaves_no_file_under_a_final_name(
             raise failure
         return real_encode(image)
 
-    monkeypatch.setattr(make_rec, "encode_png", encode_then_fail)
+    monkeypatch.setattr(demo_builder, "encode_png", encode_then_fail)
     out = tmp_path / "out"
     got, err = build(["demo", "--out", str(out), "--num-train", "100", "--num-test", "50"], capsys)
     assert got == code and message in err
@@ -693,9 +695,8 @@ def test_imagenet_flat_val_uses_label_file_and_unlabelled_or_corrupt_images_are_
 
 def test_script_in_a_clone_without_venv_creates_it_via_make_and_keeps_relative_paths(tmp_path):
     clone = tmp_path / "clone"
-    (clone / "tools").mkdir(parents=True)
-    for name in ("make_rec.sh", "make_rec.py", "demo_images.py"):
-        (clone / "tools" / name).write_bytes(open(os.path.join(ROOT, "tools", name), "rb").read())
+    shutil.copytree(os.path.join(ROOT, "tools"), clone / "tools",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     os.chmod(clone / "tools" / "make_rec.sh", 0o755)
     # A stand-in for the real `make venv` (a pip install): link the project's venv.
     (clone / "Makefile").write_text(f"venv:\n\tln -s {os.path.join(ROOT, '.venv')} .venv\n")

@@ -47,6 +47,45 @@ def load_ops(path=None):
     return path
 
 
+def plugin_op_devices():
+    """{op name: devices} of the loaded plugin, read from the library itself: the devices ('cpu',
+    'gpu') for which it registers both a forward and a backward function. Loads the plugin."""
+    global _plugin_op_devices
+    path = load_ops()
+    if _plugin_op_devices is None:
+        _plugin_op_devices = _registered_op_devices(path)
+    return _plugin_op_devices
+
+
+_plugin_op_devices = None
+LIB_API_VERSION = 11  # MXNet 1.9's lib_api: the layout _opRegGet fills in
+
+
+def _registered_op_devices(path):
+    """What lib_api's _opRegGet (the function MXNet calls at load time) reports for each op."""
+    import ctypes
+    lib = ctypes.CDLL(path)
+    if lib._opVersion() != LIB_API_VERSION:
+        raise OpsLibraryError(f"{path} uses lib_api version {lib._opVersion()}, not "
+                              f"{LIB_API_VERSION} (MXNet 1.9)")
+    strings = ctypes.POINTER(ctypes.c_char_p)
+    devices = {}
+    for index in range(lib._opRegSize()):
+        name, forward, backward = ctypes.c_char_p(), strings(), strings()
+        counts = [ctypes.c_int() for _ in range(4)]  # is-subgraph-op, forward, backward, state
+        pointers = [ctypes.c_void_p() for _ in range(9)]  # functions we do not call
+        lib._opRegGet(index, ctypes.byref(name), ctypes.byref(counts[0]), ctypes.byref(forward),
+                      ctypes.byref(pointers[0]), ctypes.byref(counts[1]), ctypes.byref(backward),
+                      ctypes.byref(pointers[1]), ctypes.byref(counts[2]),
+                      ctypes.byref(pointers[2]), ctypes.byref(pointers[3]),
+                      ctypes.byref(counts[3]), *(ctypes.byref(p) for p in pointers[4:]))
+        # Each call appends the registration to the op's vectors again: read them as sets.
+        forwards = {forward[i].decode() for i in range(counts[1].value)}
+        backwards = {backward[i].decode() for i in range(counts[2].value)}
+        devices[name.value.decode()] = tuple(sorted(forwards & backwards))
+    return devices
+
+
 DEFAULT_CUDA_KERNELS_LIB = os.path.join(PROJECT_DIR, "build", "libigc_cuda_kernels.so")
 MX_DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2}
 

@@ -1,4 +1,5 @@
 """Shared helpers: loading the operator plugin, counting, schedules, callbacks and logging."""
+import functools
 import json
 import os
 
@@ -44,7 +45,67 @@ def load_ops(path=None):
     except mx.base.MXNetError as err:
         raise OpsLibraryError(f"cannot load IGC operator library {path}: {err}") from err
     _loaded_ops_lib = path
+    _guard_binds()
     return path
+
+
+# lib_api hands a plugin op no write request (MXNet 1.9's CustomFComputeDispatcher drops it), so
+# the kernels always overwrite their outputs: a gradient asked to accumulate (grad_req='add')
+# into a variable that a plugin op reads directly would silently be replaced instead.
+def check_grad_req(symbol, grad_req, with_grad=None):
+    """ValueError if `grad_req` (a string, a list in list_arguments order, or a dict) asks for
+    'add' on an argument that an op of the loaded plugin reads. `with_grad`: the arguments that
+    get a gradient array at all (Symbol.bind's args_grad); None: every argument."""
+    names = symbol.list_arguments()
+    if isinstance(grad_req, str):
+        requests = dict.fromkeys(names, grad_req)
+    elif isinstance(grad_req, (list, tuple)):
+        requests = dict(zip(names, grad_req))
+    elif isinstance(grad_req, dict):
+        requests = grad_req
+    else:
+        return  # MXNet reports the malformed value itself
+    adding = {name for name, req in requests.items()
+              if req == "add" and (with_grad is None or name in with_grad)}
+    if not adding:
+        return
+    plugin_ops = set(plugin_op_devices())
+    nodes = _graph_nodes(symbol)
+    refused = [f"{nodes[entry[0]]['name']!r} (read by {node['op']} {node['name']!r})"
+               for node in nodes if node["op"] in plugin_ops for entry in node["inputs"]
+               if nodes[entry[0]]["name"] in adding]  # argument names: variables only
+    if refused:
+        raise ValueError(
+            f"grad_req 'add' cannot be honoured for {', '.join(refused)}: MXNet's extension API "
+            "gives plugin ops no write request, so the gradient would be overwritten, not "
+            "accumulated; use grad_req 'write' there and sum the gradients yourself, or a "
+            "network built with conv_impl 'mxnet', where no plugin op reads a variable")
+
+
+def _guard_binds():
+    """Symbol.bind and Symbol.simple_bind (hence Module.bind, which calls simple_bind) run
+    check_grad_req first. Gluon's autograd and CachedOp do not pass through them."""
+    symbol_class = mx.symbol.Symbol
+    if getattr(symbol_class.simple_bind, "igc_checks_grad_req", False):
+        return
+    simple_bind, bind = symbol_class.simple_bind, symbol_class.bind
+
+    @functools.wraps(simple_bind)
+    def checked_simple_bind(self, ctx, grad_req="write", *args, **kwargs):
+        check_grad_req(self, grad_req)
+        return simple_bind(self, ctx, grad_req, *args, **kwargs)
+
+    @functools.wraps(bind)
+    def checked_bind(self, ctx, args, args_grad=None, grad_req="write", *rest, **kwargs):
+        if isinstance(args_grad, dict):
+            with_grad = {name for name, array in args_grad.items() if array is not None}
+        else:
+            with_grad = set() if args_grad is None else None
+        check_grad_req(self, grad_req, with_grad)
+        return bind(self, ctx, args, args_grad, grad_req, *rest, **kwargs)
+
+    checked_simple_bind.igc_checks_grad_req = True
+    symbol_class.simple_bind, symbol_class.bind = checked_simple_bind, checked_bind
 
 
 def plugin_op_devices():

@@ -1,9 +1,11 @@
-"""Shared helpers: loading the operator plugin, counting, schedules, callbacks and logging."""
+"""Shared helpers: loading the operator plugin, counting, schedules, callbacks and logging.
+
+MXNet is imported where it is used, so the plain C entry points (`reorder_entry_point`) also
+serve a machine with PyTorch and no MXNet, e.g. a Hopper GPU that mxnet-cu112 cannot drive."""
 import functools
 import json
 import os
 
-import mxnet as mx
 import numpy as np
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -40,6 +42,7 @@ def load_ops(path=None):
         hint = (f"${OPS_LIB_ENV} points to it" if os.environ.get(OPS_LIB_ENV)
                 else f"run `make ops` in {PROJECT_DIR} to build it, or set ${OPS_LIB_ENV}")
         raise OpsLibraryError(f"IGC operator library not found at {path} ({hint})")
+    import mxnet as mx
     try:
         mx.library.load(path, verbose=False)
     except mx.base.MXNetError as err:
@@ -85,6 +88,7 @@ def check_grad_req(symbol, grad_req, with_grad=None):
 def _guard_binds():
     """Symbol.bind and Symbol.simple_bind (hence Module.bind, which calls simple_bind) run
     check_grad_req first. Gluon's autograd and CachedOp do not pass through them."""
+    import mxnet as mx
     symbol_class = mx.symbol.Symbol
     if getattr(symbol_class.simple_bind, "igc_checks_grad_req", False):
         return

@@ -9,6 +9,7 @@ import os
 import re
 
 import mxnet as mx
+import numpy as np
 import pytest
 from test_train import make_records
 
@@ -154,3 +155,35 @@ def test_conv_impl_igc_with_a_gpu_is_a_one_line_config_error(ops, one_gpu, recor
     assert len(err.splitlines()) == 1, err
     assert "--network plain_igc: conv_impl 'igc': IGCConv has no gpu kernel" in err
     assert not os.path.exists(tmp_path / "m-symbol.json")
+
+
+def test_a_graph_for_the_gpu_runs_there_like_the_cpu_graph(ops):
+    """Where mxnet-cu112 sees a GPU (sm_50-86): outputs and gradients of plain_igc built for and
+    bound on the GPU (Convolution + Reorder) match the CPU graph (IGCConv) on the same weights."""
+    if mx.context.num_gpus() == 0:
+        pytest.skip("no GPU for MXNet (mxnet-cu112 sees none: it runs on sm_50-86)")
+    config = dict(depth=8, primary_partition=4, secondary_partition=2)
+    rng = np.random.RandomState(0)
+    symbols = {device: network.get_symbol("plain_igc", 10, device=device, **config)
+               for device in ("cpu", "gpu")}
+    assert "IGCConv" in ops_of(symbols["cpu"]) and "IGCConv" not in ops_of(symbols["gpu"])
+    shapes = dict(data=(4, 3, 32, 32), softmax_label=(4,))
+    arg_shapes, _, _ = symbols["cpu"].infer_shape(**shapes)
+    values = {name: (np.array([1, 3, 5, 7]) if name == "softmax_label" else
+                     rng.uniform(0.5, 1.5, shape) if name.endswith("gamma") else
+                     rng.uniform(-0.5, 0.5, shape)).astype("float32")
+              for name, shape in zip(symbols["cpu"].list_arguments(), arg_shapes)}
+    results = {}
+    for device, ctx in (("cpu", mx.cpu()), ("gpu", mx.gpu(0))):
+        exe = symbols[device].simple_bind(ctx, grad_req="write", **shapes)
+        for name, value in values.items():
+            exe.arg_dict[name][:] = value
+        out = exe.forward(is_train=True)[0].asnumpy()
+        exe.backward()
+        results[device] = out, {k: v.asnumpy() for k, v in exe.grad_dict.items()}
+    np.testing.assert_allclose(results["gpu"][0], results["cpu"][0], rtol=1e-3, atol=1e-5)
+    for name, want in results["cpu"][1].items():
+        if name != "softmax_label":
+            np.testing.assert_allclose(results["gpu"][1][name], want, rtol=1e-2,
+                                       atol=1e-3 * max(float(np.abs(want).max()), 1e-6),
+                                       err_msg=f"gradient of {name}")

@@ -18,7 +18,7 @@ $(error CUDA=$(CUDA): only CUDA=112 (mxnet-cu112) or CUDA=none (CPU mxnet) is su
 endif
 PIP := $(VPY) -m pip --disable-pip-version-check
 
-.PHONY: venv ops lint test bench demo clean cuda-venv-check
+.PHONY: venv ops lint test bench demo clean cuda-venv-check gpu-check
 
 venv: $(STAMP)
 
@@ -41,7 +41,8 @@ $(VENV)/.requirements-cu112.stamp: requirements.txt requirements-cu112.txt tools
 
 ops: $(STAMP)
 	@cmake -S . -B $(BUILD) -DPython3_EXECUTABLE=$(abspath $(VPY)) -DIGC_CUDA=$(IGC_CUDA) \
-		$(if $(CUDA_ARCHS),-DCMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHS)") >$(BUILD).configure.log 2>&1 \
+		-DIGC_PLUGIN=ON $(if $(CUDA_ARCHS),-DCMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHS)") \
+		>$(BUILD).configure.log 2>&1 \
 		|| { cat $(BUILD).configure.log; exit 1; }
 	@cmake --build $(BUILD) -j 2 -- --no-print-directory
 
@@ -69,6 +70,12 @@ demo: venv ops
 # needs resolves inside the venv, except the driver's libcuda.so.1. Needs no GPU.
 cuda-venv-check: $(STAMP)
 	$(VPY) tools/cuda_venv.py check
+
+# On a machine with an NVIDIA GPU: build the CUDA kernels, run the CUDA tests and the Reorder
+# bandwidth benchmark against a device copy, print one table. Needs no venv (PyTorch alone will
+# do); exits 2 at once where there is no GPU.
+gpu-check:
+	VENV=$(VENV) tools/gpu_check.sh
 
 clean:
 	rm -rf $(BUILD) $(BUILD).configure.log

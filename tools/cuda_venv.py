@@ -13,11 +13,14 @@ builtins) resolve the same way. Run with the venv's Python; it never imports mxn
 on a machine without the NVIDIA driver (libcuda.so.1).
 """
 import argparse
+import collections
 import glob
 import importlib.metadata
 import importlib.util
+import mmap
 import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -99,6 +102,34 @@ def ldd(path):
     return rows
 
 
+FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
+
+
+def gpu_code(path):
+    """{'sm': [XY, ...], 'ptx': [XY, ...]}: the GPU code embedded in a CUDA binary, read from its
+    fatbin headers (what `cuobjdump --list-elf/--list-ptx` lists; the layout is NVIDIA's,
+    undocumented: magic, version 1, header size 16, size; then entries of kind 1 = PTX,
+    2 = machine code, with the sm number 28 bytes into each entry's header)."""
+    found = collections.defaultdict(set)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos = data.find(FATBIN_MAGIC)
+        while pos != -1:
+            version, header_size, size = struct.unpack_from("<HHQ", data, pos + 4)
+            if version != 1 or header_size != 16:
+                pos = data.find(FATBIN_MAGIC, pos + 4)
+                continue
+            entry, end = pos + header_size, pos + header_size + size
+            while entry < end:
+                kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
+                (arch,) = struct.unpack_from("<I", data, entry + 28)
+                found[{1: "ptx", 2: "sm"}.get(kind, "other")].add(arch)
+                if entry_header == 0:
+                    break
+                entry += entry_header + payload
+            pos = data.find(FATBIN_MAGIC, end)
+    return {kind: sorted(archs) for kind, archs in found.items()}
+
+
 def check():
     """Print where each library of libmxnet.so (and of every CUDA library it may load by name)
     resolves; True when the CUDA ones are all inside the venv and only libcuda.so.1 is missing."""
@@ -135,6 +166,10 @@ def check():
         print(f"  {name:<{width}}  {status:<24}  {shown}")
     for problem in problems:
         print(f"FAIL {problem}", file=sys.stderr)
+    code = gpu_code(libmxnet)
+    print(f"GPU code in libmxnet.so: machine code for "
+          f"{', '.join(f'sm_{a}' for a in code.get('sm', [])) or 'none'}; PTX for "
+          f"{', '.join(f'compute_{a}' for a in code.get('ptx', [])) or 'none'}")
     venv_count = sum(status == "venv" for status, _ in seen.values())
     if not problems:
         print(f"OK: {venv_count} libraries resolve inside {prefix}; the rest are the system's "

@@ -49,6 +49,9 @@ def presets(first):
     except ValueError:
         family = None  # resolve_job reports the unknown name
     preset = dict(recipes.imagenet_recipe(family), num_classes=count_synsets(data_dir(first)))
+    if first.lr_steps is not None:
+        # An explicit --lr-steps replaces the recipe's every-N-epochs schedule.
+        preset.pop("lr_step_every", None)
     if preset["optimizer"] == "sgd":
         preset["batch_size"] = recipes.IGCV3_BATCH_PER_DEVICE * max(1, len(first.gpus))
     return preset

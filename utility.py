@@ -1,4 +1,5 @@
-"""Shared helpers: loading the operator plugin, counting, schedules, callbacks and logging.
+"""Shared helpers: loading the operator plugin, its plain C entry points, and counting the
+parameters and multiply-adds of any symbol.
 
 MXNet is imported where it is used, so the plain C entry points (`reorder_entry_point`) also
 serve a machine with PyTorch and no MXNet, e.g. a Hopper GPU that mxnet-cu112 cannot drive."""

@@ -106,6 +106,11 @@ def check_config(name, config):
     if unknown:
         raise ValueError(f"network {name!r} does not accept config key(s) {unknown}; "
                          f"accepted keys: {sorted(accepted)}")
+    defaults = entry.defaults()
+    for key, option in builder_options(entry.builder).items():
+        value = config.get(key, defaults[key])
+        if option.choices is not None and value is not None and value not in option.choices:
+            raise ValueError(f"{key} must be one of {list(option.choices)}, got {value!r}")
     return entry
 
 

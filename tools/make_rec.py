@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import errno
 import hashlib
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -322,20 +323,26 @@ def read_tar_members(archive, wanted):
 class _PlainDataUnpickler(pickle.Unpickler):
     """Admits only what CIFAR's pickles hold (numpy arrays, dtypes, plain containers): loading
     an untrusted pickle must never be able to call arbitrary functions. _codecs.encode is how
-    Python 3 writes bytes at protocol 2, i.e. in a re-packed archive."""
+    Python 3 writes bytes at protocol 2, i.e. in a re-packed archive. numpy >= 2 names its
+    array rebuilders numpy._core.*, numpy < 2 numpy.core.*: both are admitted and resolved in
+    whichever this numpy has (_frombuffer is what numpy writes at protocol 5)."""
 
-    ALLOWED = {
-        ("_codecs", "encode"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
+    ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype")} | {
+        (f"{package}.{module}", name)
+        for package in ("numpy.core", "numpy._core")
+        for module, name in (
+            ("multiarray", "_reconstruct"),
+            ("multiarray", "scalar"),
+            ("numeric", "_frombuffer"),
+        )
     }
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        if module.startswith("numpy."):
+            package = "numpy._core" if importlib.util.find_spec("numpy._core") else "numpy.core"
+            module = package + "." + module.rsplit(".", 1)[1]
         return super().find_class(module, name)
 
 

@@ -1,6 +1,7 @@
 """Record files: label checks before training, and the ImageRecordIter readers of a run."""
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import struct
@@ -13,6 +14,7 @@ import numpy as np
 from .errors import ConfigError
 
 _RECORDIO_MAGIC = 0xced7230a
+MAKE_REC_INFO = "make_rec.json"
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 # MXNet logs this at every reader it creates; no environment switch silences it.
 _READER_CHATTER = re.compile(
@@ -61,6 +63,18 @@ def read_labels(rec_path, idx_path):
     return labels
 
 
+def built_counts(data_dir):
+    """{split: records} from the make_rec.json that tools/make_rec.sh writes beside the
+    records ({} when there is none, e.g. records made by other tools)."""
+    try:
+        with open(os.path.join(data_dir, MAKE_REC_INFO)) as f:
+            counts = json.load(f).get("counts", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in counts.items() if isinstance(v, int)} \
+        if isinstance(counts, dict) else {}
+
+
 def check_record_file(data_dir, name, num_classes, flag="--data-dir"):
     """A record set `name`.rec/.idx in `data_dir` that exists, is not empty, and whose labels
     are integers in [0, num_classes)."""
@@ -75,6 +89,11 @@ def check_record_file(data_dir, name, num_classes, flag="--data-dir"):
     labels = read_labels(rec, idx)
     if labels.size == 0:
         raise ConfigError(f"{flag}: {idx} lists no records")
+    built = built_counts(data_dir).get(name)
+    if built is not None and built != labels.size:
+        raise ConfigError(f"{idx} lists {labels.size} records but {MAKE_REC_INFO} says {name} "
+                          f"has {built}: the index is cut short or from another build "
+                          "(rebuild with tools/make_rec.sh ... --force)")
     bad = (labels != np.round(labels)) | (labels < 0) | (labels >= num_classes)
     if bad.any():
         first = labels[bad][0]

@@ -116,10 +116,28 @@ def default_lr_steps(num_epochs):
                          if 0 < s < num_epochs}))
 
 
-def check_lr_steps(steps, num_epochs):
+def check_lr_steps(steps):
+    """Increasing positive epochs. Steps at or after --num-epochs are kept (the run may be
+    continued with --resume up to them); the loop warns about them."""
     if any(s < 1 for s in steps) or list(steps) != sorted(set(steps)):
         raise ConfigError(f"--lr-steps must be increasing positive epochs, got {list(steps)}")
-    return tuple(s for s in steps if s < num_epochs)
+    return tuple(steps)
+
+
+def check_writable(path, flag):
+    """`path` can be created (its nearest existing folder is a writable folder) or, when it
+    exists, overwritten: found now, not after an epoch of training."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag}: {path} is not writable")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{flag}: cannot create {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot write under {folder} (permission denied or a "
+                          "read-only file system)")
 
 
 def network_config(args, implied=None):
@@ -206,8 +224,7 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
     if args.lr_steps is not None and args.lr_step_every is not None:
         raise ConfigError("give either --lr-steps or --lr-step-every, not both")
     lr_steps = () if args.lr_step_every else check_lr_steps(
-        args.lr_steps if args.lr_steps is not None else default_lr_steps(args.num_epochs),
-        args.num_epochs)
+        args.lr_steps if args.lr_steps is not None else default_lr_steps(args.num_epochs))
     optim = OptimSpec(
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, wd=args.wd,
         num_epochs=args.num_epochs, lr_factor=args.lr_factor, lr_steps=lr_steps,
@@ -218,9 +235,12 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
                           "(--num-epochs)")
     prefix = args.model_prefix or os.path.join(
         "runs", dataset, run_name(args.network, net.config), "model")
+    log_file = args.log_file or (prefix + (f".rank{rank}" if rank else "") + ".log")
+    check_writable(prefix + "-symbol.json", "--model-prefix")
+    check_writable(log_file, "--log-file" if args.log_file else "--model-prefix")
     run = RunSpec(
         model_prefix=prefix,
-        log_file=args.log_file or (prefix + (f".rank{rank}" if rank else "") + ".log"),
+        log_file=log_file,
         checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
         log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,
         seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31))

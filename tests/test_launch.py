@@ -78,7 +78,8 @@ def test_hostfile_places_servers_and_workers_over_ssh(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("# cluster\nnode-a\nnode-b  # second\n")
     proc, _ = launch(["-n", "2", "-s", "2", "-H", str(hosts), "--scheduler-host", "10.0.0.1",
-                      "--port", "9999", "--dry-run", "--", "python", "train_model.py"], timeout=30)
+                      "--port", "9999", "--dry-run", "--", "python", "train_model.py", "--kv-store",
+                      "dist_sync"], timeout=30)
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split(": ", 1) for line in proc.stdout.strip().splitlines())
     assert lines.keys() == {"scheduler (here)", "server 0 (node-a)", "server 1 (node-b)",

@@ -605,3 +605,112 @@ def test_gpus_flag_defaults_to_available_gpus_and_empty_means_cpu():
     assert parser.parse_args(["--gpus", ""]).gpus == ()
     assert parser.parse_args(["--gpus", "0,2"]).gpus == (0, 2)
     assert training.contexts_for(()) == (mx.cpu(),)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet recipes: the authors' values reach the reader
+
+# Written from the authors' scripts, independently of training/recipes.py:
+# hellozting/InterleavedGroupConvolutions train_imagenet.py get_iterator (aug_type=1) and
+# homles11/IGCV3 train_imagenet.py + common/data.py get_rec_iter (augmentation level 2).
+AUTHORS_READERS = {
+    "resnet_igc_imgnet_d18": dict(
+        mean=(123.370, 112.757, 99.406), std=(68.998, 66.093, 68.292),
+        train=dict(rand_crop=True, rand_mirror=True, min_random_scale=0.533,
+                   max_random_scale=1.0, min_img_size=256, max_aspect_ratio=0.25, random_h=36,
+                   random_s=50, random_l=50, inter_method=9, fill_value=112),
+        val=dict(rand_crop=False, rand_mirror=False, min_random_scale=0.533,
+                 max_random_scale=0.533, min_img_size=256, inter_method=9)),
+    "igcv3": dict(
+        mean=(123.68, 116.779, 103.939), std=(1.0, 1.0, 1.0),
+        train=dict(rand_crop=True, rand_mirror=True, min_random_scale=0.533,
+                   max_random_scale=1.0, random_h=36, random_s=50, random_l=50,
+                   fill_value=127),
+        val=dict(rand_crop=False, rand_mirror=False, min_random_scale=0.533,
+                 max_random_scale=0.534)),
+}
+READER_BOOKKEEPING = {"path_imgrec", "path_imgidx", "data_shape", "batch_size", "label_width",
+                      "shuffle", "seed", "seed_aug", "num_parts", "part_index",
+                      "preprocess_threads"}
+
+
+def image_record_iter_parameters():
+    """The keyword names MXNet's ImageRecordIter documents (it ignores any other silently)."""
+    doc = mx.io.ImageRecordIter.__doc__
+    doc = doc.decode() if isinstance(doc, bytes) else doc
+    return set(re.findall(r"^(\w+) : ", doc, re.M))
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    data = tmp_path_factory.mktemp("imagenet")
+    make_records(data, "train", [i % 10 for i in range(8)], size=(48, 64))
+    make_records(data, "val", [i % 10 for i in range(4)], size=(48, 64))
+    (data / "synsets.txt").write_text("".join(f"n{i:08d}\n" for i in range(10)))
+    return str(data)
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_READERS))
+def test_imagenet_readers_receive_the_authors_values(name, tiny_imagenet, tmp_path, monkeypatch,
+                                                     ops):
+    known = image_record_iter_parameters()
+    assert {"random_h", "inter_method", "std_r", "fill_value"} <= known  # the parse works
+    calls = []
+    monkeypatch.setattr(mx.io, "ImageRecordIter", lambda **kw: calls.append(kw) or [])
+    extra = ["--width-multiplier", "0.25"] if name == "igcv3" else []
+    job, _ = train_imagenet.build_job(["--network", name, *extra, "--data-dir", tiny_imagenet,
+                                       "--gpus", "", "--batch-size", "4", "--model-prefix",
+                                       str(tmp_path / "m")])
+    list(training.data.train_batches(job, 0, 1))
+    training.data.val_iter(job)
+    train, val = calls
+    authors = AUTHORS_READERS[name]
+    normalise = dict(zip(("mean_r", "mean_g", "mean_b"), authors["mean"]),
+                     **dict(zip(("std_r", "std_g", "std_b"), authors["std"])))
+    for kwargs, split in ((train, "train"), (val, "val")):
+        assert set(kwargs) <= known, set(kwargs) - known
+        reading = {k: v for k, v in kwargs.items() if k not in READER_BOOKKEEPING}
+        fill = {} if split == "train" else {"fill_value": reading.get("fill_value")}
+        assert reading == dict(authors[split], **normalise, **fill), split
+        assert kwargs["data_shape"] == (3, 224, 224)
+    # Scoring and prediction read validation images the same way.
+    pre = recipes.validation_preprocessing(name, "imagenet")
+    assert pre.augment == authors["val"]
+    assert (pre.mean_rgb, pre.std_rgb) == (authors["mean"], authors["std"])
+
+
+def test_igcv3_reader_subtracts_the_mean_and_divides_by_nothing(tmp_path):
+    # The released IGCV3 weights expect mean-subtracted pixels: flat images come out as
+    # pixel - mean exactly.
+    values = [(10, 200, 90), (250, 0, 128)]
+    make_records(tmp_path, "val", [0, 1], size=(256, 256),
+                 pixels=lambda i: np.broadcast_to(np.array(values[i], np.uint8), (256, 256, 3)))
+    record = training.RecordFile(str(tmp_path / "val.rec"), str(tmp_path / "val.idx"), 2, 2)
+    pre = recipes.validation_preprocessing("igcv3", "imagenet")
+    batch = next(iter(training.record_iter(record, 2, pre.data_shape, pre.mean_rgb, pre.std_rgb,
+                                           pre.augment)))
+    expected = np.array(values, np.float64) - np.array([123.68, 116.779, 103.939])
+    np.testing.assert_allclose(batch.data[0].asnumpy().mean(axis=(2, 3)), expected, atol=1e-3)
+    np.testing.assert_allclose(batch.data[0].asnumpy().std(axis=(2, 3)), 0, atol=1e-3)
+
+
+def test_augment_flag_keeps_the_projects_other_augmentations_as_choices():
+    actions = {a.dest: a for a in train_imagenet.build_parser()._actions}
+    assert set(actions["augment"].choices) == {"igcv1", "igcv3", "resized-crop", "scale", "none"}
+    known = image_record_iter_parameters()
+    for kind in actions["augment"].choices:
+        assert set(recipes.imagenet_augmentation(kind)) <= known, kind
+
+
+def test_imagenet_schedules_are_the_authors(tiny_imagenet):
+    parse = lambda name: training.parse_with_presets(  # noqa: E731
+        train_imagenet.build_parser(), ["--network", name, "--gpus", ""], train_imagenet.presets)
+    igcv1, igcv3 = parse("resnet_igc_imgnet_d18"), parse("igcv3")
+    # IGCV1 train_imagenet.py defaults: 120 epochs, lr 0.1 x0.1 every 30, batch 256, Nesterov.
+    assert (igcv1.num_epochs, igcv1.lr, igcv1.lr_factor, igcv1.lr_step_every, igcv1.batch_size,
+            igcv1.optimizer, igcv1.momentum, igcv1.wd) == (120, 0.1, 0.1, 30, 256, "nag", 0.9,
+                                                           1e-4)
+    # IGCV3: 480 epochs, lr 0.045 x0.98 every epoch, wd 4e-5, 96 per device, SGD.
+    assert (igcv3.num_epochs, igcv3.lr, igcv3.lr_factor, igcv3.lr_step_every, igcv3.batch_size,
+            igcv3.optimizer, igcv3.wd) == (480, 0.045, 0.98, 1, 96, "sgd", 4e-5)
+    assert (igcv1.augment, igcv3.augment) == ("igcv1", "igcv3")

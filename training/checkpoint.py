@@ -4,7 +4,7 @@ import errno
 import hashlib
 import logging
 import os
-import pickle
+import pickletools
 import re
 
 import mxnet as mx
@@ -133,10 +133,15 @@ class Checkpoints:
         if not os.path.isfile(states):
             return arg_params, aux_params, None
         try:
-            # What Module.load_optimizer_states will do with it; a cut file fails here.
+            # Module.load_optimizer_states unpickles it: walk the opcodes (nothing is built, no
+            # device memory taken) to find a cut or damaged file now.
             with open(states, "rb") as f:
-                pickle.loads(f.read())
-        except Exception as err:  # noqa: BLE001 - any unpickling failure means a broken file
+                last = None
+                for last, _, _ in pickletools.genops(f):
+                    pass
+            if last is None or last.name != "STOP":
+                raise ValueError("no STOP opcode")
+        except Exception as err:  # noqa: BLE001 - whatever a damaged pickle raises
             raise ConfigError(f"optimizer state {states} is unreadable ({type(err).__name__}: "
                               f"{err})") from None
         return arg_params, aux_params, states

@@ -125,18 +125,21 @@ def record_iter(record, batch_size, data_shape, mean, std, augment, *, threads=1
                 seed=0, num_parts=1, part_index=0):
     """An ImageRecordIter that really normalises: (pixel - mean) / std per channel through
     mean_*/std_* (the authors' scale_*/fill_value_* keywords were silently ignored by MXNet),
-    with padding filled by the mean grey so padded pixels are about 0 after normalisation.
+    with padding filled by the mean grey (unless `augment` names its fill_value) so padded
+    pixels are about 0 after normalisation.
     num_parts/part_index: this worker's share, split by record count (the .idx is used).
     `seed` drives the shuffle and, through seed_aug, the crops and flips (left unset, MXNet
     seeds them with a constant, so every reader would repeat the same augmentation draws)."""
+    keywords = dict(
+        path_imgrec=record.rec, path_imgidx=record.idx, data_shape=data_shape,
+        batch_size=batch_size, label_width=1, shuffle=shuffle, seed=seed, seed_aug=seed,
+        num_parts=num_parts, part_index=part_index, preprocess_threads=threads,
+        mean_r=mean[0], mean_g=mean[1], mean_b=mean[2],
+        std_r=std[0], std_g=std[1], std_b=std[2],
+        fill_value=int(round(sum(mean) / 3)))
+    keywords.update(augment)  # a recipe's own fill_value wins over the mean grey
     with _without_reader_chatter():
-        return mx.io.ImageRecordIter(
-            path_imgrec=record.rec, path_imgidx=record.idx, data_shape=data_shape,
-            batch_size=batch_size, label_width=1, shuffle=shuffle, seed=seed, seed_aug=seed,
-            num_parts=num_parts, part_index=part_index, preprocess_threads=threads,
-            mean_r=mean[0], mean_g=mean[1], mean_b=mean[2],
-            std_r=std[0], std_g=std[1], std_b=std[2],
-            fill_value=int(round(sum(mean) / 3)), **augment)
+        return mx.io.ImageRecordIter(**keywords)
 
 
 def val_iter(job):

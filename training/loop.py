@@ -103,9 +103,9 @@ def _tidy_prefix(checkpoints, begin_epoch):
         LOGGER.info("removed %s, left by a run that was killed while saving", path)
     folder = checkpoints.move_aside_after(begin_epoch)
     if folder:
-        LOGGER.warning("checkpoints after epoch %d at %s belong to an earlier run (use --resume "
-                       "to continue it): moved them to %s", begin_epoch, checkpoints.prefix,
-                       folder)
+        LOGGER.warning("checkpoints after epoch %d at %s are not continued by this run (an "
+                       "earlier run's, or damaged): moved them to %s", begin_epoch,
+                       checkpoints.prefix, folder)
 
 
 def _train_epoch(module, job, epoch, steps, num_workers, rank):

@@ -25,9 +25,10 @@ class NetworkSpec:
     config: dict             # the config keys that were given (the rest take the defaults)
     num_classes: int
     data_shape: tuple        # (3, H, W) of one image
+    device: str = "cpu"      # what the graph is built for: the device type of the job's contexts
 
     def symbol(self):
-        return network.get_symbol(self.name, self.num_classes, **self.config)
+        return network.get_symbol(self.name, self.num_classes, device=self.device, **self.config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +167,7 @@ def run_name(network_name, config):
     return "_".join(parts)
 
 
-def _network_spec(args, dataset_kind, implied):
+def _network_spec(args, dataset_kind, implied, device):
     config = network_config(args, implied)
     info = network.network_info(args.network)
     if info["dataset_kind"] != dataset_kind:
@@ -174,7 +175,7 @@ def _network_spec(args, dataset_kind, implied):
         raise ConfigError(f"--network {args.network!r} is an {info['dataset_kind']} network; "
                           f"train it with {script}")
     size = info["input_size"]
-    spec = NetworkSpec(args.network, config, args.num_classes, (3, size, size))
+    spec = NetworkSpec(args.network, config, args.num_classes, (3, size, size), device)
     try:
         # Building once here turns an invalid depth or partition into a message before any I/O.
         spec.symbol()
@@ -195,7 +196,8 @@ def _workers(kv_store, kv):
 def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augment, val_augment,
                 top_k, kv=None, implied=None):
     """Check the whole configuration and resolve it into a Job; raises ConfigError."""
-    net = _network_spec(args, dataset_kind, implied)
+    contexts = contexts_for(args.gpus)
+    net = _network_spec(args, dataset_kind, implied, contexts[0].device_type)
 
     data_dir = args.data_dir or os.path.join(utility.PROJECT_DIR, "data", dataset)
     if not os.path.isdir(data_dir):
@@ -242,5 +244,5 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
         checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
         log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,
         seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31))
-    return Job(network=net, data=data, optim=optim, run=run, contexts=contexts_for(args.gpus),
+    return Job(network=net, data=data, optim=optim, run=run, contexts=contexts,
                kv_store=args.kv_store)

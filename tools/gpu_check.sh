@@ -18,8 +18,7 @@
 #                  and the benchmark (default: $VENV/bin/python if it has one, else python3).
 #   CUDA_ARCHS     what to build for (default: the GPU's own sm_XY). The build is build/, as
 #                  for `make ops`, since the tests look for the libraries there.
-#   REORDER_BENCH  the Reorder benchmark, run with --cuda (default benchmarks/reorder.py where
-#                  it exists, else tools/bench_reorder.py).
+#   REORDER_BENCH  the Reorder benchmark, run with --cuda (default benchmarks/reorder.py).
 #   LOG_DIR        each step's full output (default build/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,10 +26,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 BUILD=build
 LOG_DIR=${LOG_DIR:-$BUILD/gpu-check}
-if [ -z "${REORDER_BENCH:-}" ]; then
-  REORDER_BENCH=tools/bench_reorder.py
-  [ -f benchmarks/reorder.py ] && REORDER_BENCH=benchmarks/reorder.py
-fi
+REORDER_BENCH=${REORDER_BENCH:-benchmarks/reorder.py}
 
 die() { echo "gpu_check: $*" >&2; exit 2; }
 

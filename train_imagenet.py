@@ -22,9 +22,13 @@ def build_parser():
         description="Train an IGC network on ImageNet (top-1 and top-5 accuracy).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--augment", choices=recipes.IMAGENET_AUGMENTS,
-                        help="resized-crop: random area 8-100%%, aspect 3/4-4/3 (IGCV1); scale: "
-                             "random scale 0.533-1.0 of the stored image, then a random crop "
-                             "(IGCV3); both mirror. Default: the network family's recipe")
+                        help="training augmentation. igcv1: the IGCV1 authors' (random scale "
+                             "0.533-1.0 of the stored short side 480, aspect 0.75-1.25, colour "
+                             "jitter h36 s50 l50, random 224 crop, mirror); igcv3: the IGCV3 "
+                             "authors' (the same without the aspect change); resized-crop: "
+                             "random area 8-100%%, aspect 3/4-4/3, mirror; scale: random scale "
+                             "0.533-1.0 + crop + mirror, no jitter; none: centre crop. "
+                             "Default: the network family's recipe")
     training.add_common_arguments(parser)
     parser.set_defaults(network="resnet_igc_imgnet_d18")
     return parser
@@ -49,6 +53,9 @@ def presets(first):
     except ValueError:
         family = None  # resolve_job reports the unknown name
     preset = dict(recipes.imagenet_recipe(family), num_classes=count_synsets(data_dir(first)))
+    if first.lr_steps is not None:
+        # An explicit --lr-steps replaces the recipe's every-N-epochs schedule.
+        preset.pop("lr_step_every", None)
     if preset["optimizer"] == "sgd":
         preset["batch_size"] = recipes.IGCV3_BATCH_PER_DEVICE * max(1, len(first.gpus))
     return preset
@@ -67,7 +74,8 @@ def build_job(argv):
     job = training.resolve_job(
         args, dataset="imagenet", dataset_kind="imagenet", train_name="train", val_name="val",
         train_augment=recipes.imagenet_augmentation(args.augment),
-        val_augment=recipes.imagenet_val_augmentation(), top_k=5, kv=kv,
+        val_augment=recipes.validation_preprocessing(args.network, "imagenet").augment,
+        top_k=5, kv=kv,
         implied=implied_config(args.network))
     return job, kv
 

@@ -26,7 +26,12 @@ def build_parser():
 
 
 def presets(first):
-    return recipes.CIFAR_DATASETS[first.dataset]
+    preset = dict(recipes.CIFAR_DATASETS[first.dataset])
+    # A preset's lr steps belong to its epoch count: another --num-epochs gets the default
+    # schedule of that count, unless --lr-steps is given too.
+    if first.num_epochs is not None and first.num_epochs != preset["num_epochs"]:
+        preset.pop("lr_steps", None)
+    return preset
 
 
 def build_job(argv):

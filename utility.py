@@ -1,8 +1,12 @@
-"""Shared helpers: loading the operator plugin, counting, schedules, callbacks and logging."""
+"""Shared helpers: loading the operator plugin, its plain C entry points, and counting the
+parameters and multiply-adds of any symbol.
+
+MXNet is imported where it is used, so the plain C entry points (`reorder_entry_point`) also
+serve a machine with PyTorch and no MXNet, e.g. a Hopper GPU that mxnet-cu112 cannot drive."""
+import functools
 import json
 import os
 
-import mxnet as mx
 import numpy as np
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -39,12 +43,113 @@ def load_ops(path=None):
         hint = (f"${OPS_LIB_ENV} points to it" if os.environ.get(OPS_LIB_ENV)
                 else f"run `make ops` in {PROJECT_DIR} to build it, or set ${OPS_LIB_ENV}")
         raise OpsLibraryError(f"IGC operator library not found at {path} ({hint})")
+    import mxnet as mx
     try:
         mx.library.load(path, verbose=False)
     except mx.base.MXNetError as err:
         raise OpsLibraryError(f"cannot load IGC operator library {path}: {err}") from err
     _loaded_ops_lib = path
+    _guard_binds()
     return path
+
+
+# lib_api hands a plugin op no write request (MXNet 1.9's CustomFComputeDispatcher drops it), so
+# the kernels always overwrite their outputs: a gradient asked to accumulate (grad_req='add')
+# into a variable that a plugin op reads directly would silently be replaced instead.
+def check_grad_req(symbol, grad_req, with_grad=None):
+    """ValueError if `grad_req` (a string, a list in list_arguments order, or a dict) asks for
+    'add' on an argument that an op of the loaded plugin reads. `with_grad`: the arguments that
+    get a gradient array at all (Symbol.bind's args_grad); None: every argument."""
+    names = symbol.list_arguments()
+    if isinstance(grad_req, str):
+        requests = dict.fromkeys(names, grad_req)
+    elif isinstance(grad_req, (list, tuple)):
+        requests = dict(zip(names, grad_req))
+    elif isinstance(grad_req, dict):
+        requests = grad_req
+    else:
+        return  # MXNet reports the malformed value itself
+    adding = {name for name, req in requests.items()
+              if req == "add" and (with_grad is None or name in with_grad)}
+    if not adding:
+        return
+    plugin_ops = set(plugin_op_devices())
+    nodes = _graph_nodes(symbol)
+    refused = [f"{nodes[entry[0]]['name']!r} (read by {node['op']} {node['name']!r})"
+               for node in nodes if node["op"] in plugin_ops for entry in node["inputs"]
+               if nodes[entry[0]]["name"] in adding]  # argument names: variables only
+    if refused:
+        raise ValueError(
+            f"grad_req 'add' cannot be honoured for {', '.join(refused)}: MXNet's extension API "
+            "gives plugin ops no write request, so the gradient would be overwritten, not "
+            "accumulated; use grad_req 'write' there and sum the gradients yourself, or a "
+            "network built with conv_impl 'mxnet', where no plugin op reads a variable")
+
+
+def _guard_binds():
+    """Symbol.bind and Symbol.simple_bind (hence Module.bind, which calls simple_bind) run
+    check_grad_req first. Gluon's autograd and CachedOp do not pass through them."""
+    import mxnet as mx
+    symbol_class = mx.symbol.Symbol
+    if getattr(symbol_class.simple_bind, "igc_checks_grad_req", False):
+        return
+    simple_bind, bind = symbol_class.simple_bind, symbol_class.bind
+
+    @functools.wraps(simple_bind)
+    def checked_simple_bind(self, ctx, grad_req="write", *args, **kwargs):
+        check_grad_req(self, grad_req)
+        return simple_bind(self, ctx, grad_req, *args, **kwargs)
+
+    @functools.wraps(bind)
+    def checked_bind(self, ctx, args, args_grad=None, grad_req="write", *rest, **kwargs):
+        if isinstance(args_grad, dict):
+            with_grad = {name for name, array in args_grad.items() if array is not None}
+        else:
+            with_grad = set() if args_grad is None else None
+        check_grad_req(self, grad_req, with_grad)
+        return bind(self, ctx, args, args_grad, grad_req, *rest, **kwargs)
+
+    checked_simple_bind.igc_checks_grad_req = True
+    symbol_class.simple_bind, symbol_class.bind = checked_simple_bind, checked_bind
+
+
+def plugin_op_devices():
+    """{op name: devices} of the loaded plugin, read from the library itself: the devices ('cpu',
+    'gpu') for which it registers both a forward and a backward function. Loads the plugin."""
+    global _plugin_op_devices
+    path = load_ops()
+    if _plugin_op_devices is None:
+        _plugin_op_devices = _registered_op_devices(path)
+    return _plugin_op_devices
+
+
+_plugin_op_devices = None
+LIB_API_VERSION = 11  # MXNet 1.9's lib_api: the layout _opRegGet fills in
+
+
+def _registered_op_devices(path):
+    """What lib_api's _opRegGet (the function MXNet calls at load time) reports for each op."""
+    import ctypes
+    lib = ctypes.CDLL(path)
+    if lib._opVersion() != LIB_API_VERSION:
+        raise OpsLibraryError(f"{path} uses lib_api version {lib._opVersion()}, not "
+                              f"{LIB_API_VERSION} (MXNet 1.9)")
+    strings = ctypes.POINTER(ctypes.c_char_p)
+    devices = {}
+    for index in range(lib._opRegSize()):
+        name, forward, backward = ctypes.c_char_p(), strings(), strings()
+        counts = [ctypes.c_int() for _ in range(4)]  # is-subgraph-op, forward, backward, state
+        pointers = [ctypes.c_void_p() for _ in range(9)]  # functions we do not call
+        lib._opRegGet(index, ctypes.byref(name), ctypes.byref(counts[0]), ctypes.byref(forward),
+                      ctypes.byref(pointers[0]), ctypes.byref(counts[1]), ctypes.byref(backward),
+                      ctypes.byref(pointers[1]), ctypes.byref(counts[2]),
+                      ctypes.byref(pointers[2]), ctypes.byref(pointers[3]),
+                      ctypes.byref(counts[3]), *(ctypes.byref(p) for p in pointers[4:]))
+        # Each call appends the registration to the op's vectors again: read them as sets.
+        forwards = {forward[i].decode() for i in range(counts[1].value)}
+        backwards = {backward[i].decode() for i in range(counts[2].value)}
+        devices[name.value.decode()] = tuple(sorted(forwards & backwards))
+    return devices
 
 
 DEFAULT_CUDA_KERNELS_LIB = os.path.join(PROJECT_DIR, "build", "libigc_cuda_kernels.so")

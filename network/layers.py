@@ -3,6 +3,8 @@
 Names are a public API (released checkpoints load by name): callers pass the exact names from
 SPEC.md's templates and these helpers never invent argument names of their own.
 """
+import json
+
 import mxnet as mx
 
 PERMUTATIONS = ("reorder", "reshape")
@@ -12,6 +14,8 @@ CONV_IMPLS = ("auto", "mxnet", "igc")
 # at 2 channels per group, even at 16, slower at 32; 1x1 (followed by BN) 1.06-1.30x at 4-24,
 # slower at 100. Wider groups stay on Convolution.
 IGC_CONV_MAX_GROUP_WIDTH = {3: 8, 1: 24}
+DEVICES = ("cpu", "gpu")
+PLUGIN_OPS = ("Reorder", "IGCConv")
 
 
 def check_choice(key, value, choices):
@@ -54,6 +58,45 @@ def _native_op(op_name):
     if not hasattr(mx.sym, op_name):
         raise RuntimeError(f"the loaded IGC operator plugin has no {op_name} op")
     return getattr(mx.sym, op_name)
+
+
+def runs_on(op_name, device):
+    """Whether `op_name` has kernels (forward and backward) for `device`: the one place that
+    decides which ops a graph built for a device may hold. Every stock MXNet op runs on both
+    (mxnet-cu112 has GPU kernels for all that the builders use); a plugin op runs where the
+    plugin registers it, read from the library: IGCConv on the CPU only, Reorder on the GPU too
+    when the plugin was built with nvcc."""
+    check_choice("device", device, DEVICES)
+    if op_name not in PLUGIN_OPS:
+        return True
+    import utility
+    try:
+        return device in utility.plugin_op_devices().get(op_name, ())
+    except utility.OpsLibraryError:
+        return False
+
+
+def conv_impl_for(conv_impl, device):
+    """The conv_impl a graph for `device` is built with. IGCConv is the one op that conv_impl
+    can choose and a device can lack: there 'auto' takes Convolution + Reorder (the same weight
+    names and shapes, so checkpoints interchange) and 'igc' is an error."""
+    check_choice("conv_impl", conv_impl, CONV_IMPLS)
+    if conv_impl == "mxnet" or device == "cpu" or runs_on("IGCConv", device):
+        return conv_impl  # the plugin has CPU kernels for every op
+    if conv_impl == "igc":
+        raise ValueError(f"conv_impl 'igc': IGCConv has no {device} kernel (CPU only); "
+                         "'auto' or 'mxnet' build the same weights with Convolution + Reorder")
+    return "mxnet"
+
+
+def check_runs_on(symbol, device):
+    """ValueError naming the ops of `symbol` that have no kernel for `device`."""
+    ops = {node["op"] for node in json.loads(symbol.tojson())["nodes"]}
+    missing = sorted(op for op in ops if op != "null" and not runs_on(op, device))
+    if missing:
+        raise ValueError(f"the graph needs {', '.join(missing)} on the {device}, and the loaded "
+                         f"IGC plugin has no {device} kernel for it (rebuild it with `make ops "
+                         "IGC_CUDA=ON` where nvcc is on PATH, or use permutation 'reshape')")
 
 
 def permute(data, groups, name, permutation):

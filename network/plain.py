@@ -8,9 +8,6 @@ BN momentum 0.99 as in the authors' code.
 import mxnet as mx
 
 from .layers import (
-    CONV_IMPLS,
-    PERMUTATIONS,
-    check_choice,
     check_positive_int,
     classifier,
     conv_bn_act,
@@ -47,10 +44,6 @@ def plain_igc_plan(depth, primary_partition, secondary_partition):
     return rows
 
 
-def _check_common(permutation, conv_impl):
-    check_choice("permutation", permutation, PERMUTATIONS)
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
-
 
 def _stem(width):
     return conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", width, 3,
@@ -62,7 +55,6 @@ def _stem(width):
 def plain(num_classes, depth: Depth = 20, width: Width = 16,
           permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
-    _check_common(permutation, conv_impl)
     plan = plain_plan(depth, width)
     data = _stem(plan[0]["width"])
     for row in plan[1:]:
@@ -78,7 +70,6 @@ def plain(num_classes, depth: Depth = 20, width: Width = 16,
 def plain_igc(num_classes, depth: Depth = 20, primary_partition: PrimaryPartition = 24,
               secondary_partition: SecondaryPartition = 2, permutation: Permutation = "reorder",
               conv_impl: ConvImpl = "auto"):
-    _check_common(permutation, conv_impl)
     plan = plain_igc_plan(depth, primary_partition, secondary_partition)
     data = _stem(plan[0]["width"])
     for row in plan[1:]:

@@ -7,6 +7,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from .layers import DEVICES, check_choice, check_runs_on, conv_impl_for
 from .options import builder_options
 
 INPUT_SIZES = {"cifar": 32, "imagenet": 224}
@@ -105,15 +106,27 @@ def check_config(name, config):
     if unknown:
         raise ValueError(f"network {name!r} does not accept config key(s) {unknown}; "
                          f"accepted keys: {sorted(accepted)}")
+    defaults = entry.defaults()
+    for key, option in builder_options(entry.builder).items():
+        value = config.get(key, defaults[key])
+        if option.choices is not None and value is not None and value not in option.choices:
+            raise ValueError(f"{key} must be one of {list(option.choices)}, got {value!r}")
     return entry
 
 
-def get_symbol(name, num_classes, **config):
-    """Build network `name` ending in SoftmaxOutput 'softmax' (label variable 'softmax_label')."""
+def get_symbol(name, num_classes, *, device="cpu", **config):
+    """Build network `name` ending in SoftmaxOutput 'softmax' (label variable 'softmax_label'),
+    for binding on `device` ('cpu' or 'gpu'): only ops with kernels there (layers.runs_on)."""
     entry = check_config(name, config)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return entry.builder(num_classes, **config)
+    check_choice("device", device, DEVICES)
+    if "conv_impl" in entry.defaults():
+        config["conv_impl"] = conv_impl_for(config.get("conv_impl", entry.defaults()["conv_impl"]),
+                                            device)
+    symbol = entry.builder(num_classes, **config)
+    check_runs_on(symbol, device)
+    return symbol
 
 
 def get_plan(name, **config):

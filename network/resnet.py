@@ -19,10 +19,7 @@ from typing import Annotated
 import mxnet as mx
 
 from .layers import (
-    CONV_IMPLS,
-    PERMUTATIONS,
     activation,
-    check_choice,
     check_divides,
     check_positive_int,
     classifier,
@@ -134,10 +131,6 @@ def resnet_igc_imgnet_plan(variant, primary_partition, secondary_partition):
     return rows
 
 
-def _check_common(permutation, conv_impl):
-    check_choice("permutation", permutation, PERMUTATIONS)
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
-
 
 def _add_relu(shortcut, body, name):
     return activation(mx.sym.elemwise_add(shortcut, body, name=f"{name}_add"), f"{name}_relu",
@@ -182,7 +175,6 @@ def _check_igc_row(row, kin):
 def resnet(num_classes, depth: Depth = 20, width: Width = 16,
            permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
-    _check_common(permutation, conv_impl)
     plan = resnet_plan(depth, width)
     kin = plan[0]["width"]
     data = conv_bn_act(mx.sym.var("data"), "g0", "g0_bn", "g0_relu", kin, 3)
@@ -199,7 +191,6 @@ def resnet(num_classes, depth: Depth = 20, width: Width = 16,
 def resnet_igc(num_classes, depth: Depth = 20, primary_partition: PrimaryPartition = 24,
                secondary_partition: SecondaryPartition = 2, permutation: Permutation = "reorder",
                conv_impl: ConvImpl = "auto"):
-    _check_common(permutation, conv_impl)
     plan = resnet_igc_plan(depth, primary_partition, secondary_partition)
     L = primary_partition
     kin = plan[0]["width"]
@@ -226,7 +217,6 @@ def _imagenet_stem(conv_name, width):
 def resnet_imgnet_d18(num_classes, width: Width = 64, permutation: Permutation = "reorder",
                       conv_impl: ConvImpl = "auto"):
     """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
-    _check_common(permutation, conv_impl)
     plan = resnet_imgnet_plan(width)
     kin = plan[0]["width"]
     data = _imagenet_stem("g0", kin)
@@ -247,7 +237,6 @@ def resnet_igc_imgnet_d18(num_classes, variant: Variant = None,
                           permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
     """variant: 'igc_l4m32', 'igc_l16m16' or 'igc_l100m2' (default when nothing is given), or
     pick one by its stage-1 (primary_partition, secondary_partition) as the authors' CLI does."""
-    _check_common(permutation, conv_impl)
     plan = resnet_igc_imgnet_plan(variant, primary_partition, secondary_partition)
     kin = plan[0]["width"]
     data = _imagenet_stem("g0_conv", kin)

@@ -6,7 +6,9 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import subprocess
+import sys
 import tarfile
 
 import cv2
@@ -16,6 +18,7 @@ import pytest
 import scipy.io
 
 from tools import demo_images, make_rec
+from tools.recordio import demo as demo_builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tools", "make_rec.sh")
@@ -318,6 +321,87 @@ def test_pickle_that_calls_a_function_is_refused_and_never_runs(tmp_path, capsys
     assert output_files(out) == []
 
 
+class _Numpy2Array:
+    """Pickles as numpy >= 2 pickles an array: its rebuilders live in numpy._core (at protocol 2
+    `_reconstruct` + the array state, at protocol 5 `_frombuffer` over the raw buffer)."""
+
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(array)
+
+    def __reduce_ex__(self, protocol):
+        a = self.array
+        if protocol >= 5:
+            return _numpy2_frombuffer, (pickle.PickleBuffer(a), a.dtype, a.shape, "C")
+        return _numpy2_reconstruct, (np.ndarray, (0,), b"b"), (1, a.shape, a.dtype, False,
+                                                                 a.tobytes())
+
+
+def _numpy2_reconstruct(*args):
+    raise AssertionError("only named in the pickle, never called here")
+
+
+def _numpy2_frombuffer(*args):
+    raise AssertionError("only named in the pickle, never called here")
+
+
+@pytest.fixture
+def numpy2_names(monkeypatch):
+    """numpy._core.multiarray._reconstruct and numpy._core.numeric._frombuffer, as numpy 2
+    names them, so that pickle writes exactly those globals (this numpy is 1.x)."""
+    import types
+    for module, function in (("numpy._core.multiarray", _numpy2_reconstruct),
+                             ("numpy._core.numeric", _numpy2_frombuffer)):
+        fake = types.ModuleType(module)
+        name = "_reconstruct" if function is _numpy2_reconstruct else "_frombuffer"
+        setattr(fake, name, function)
+        function.__module__, function.__qualname__ = module, name
+        monkeypatch.setitem(sys.modules, module, fake)
+    yield
+    for function in (_numpy2_reconstruct, _numpy2_frombuffer):
+        function.__module__ = __name__
+
+
+def write_numpy2_cifar_archive(path, members, protocol):
+    """Returns the pickled bytes of each member."""
+    pickled = {}
+    with tarfile.open(path, "w:gz") as tar:
+        add_member(tar, "cifar-10-batches-py", type=tarfile.DIRTYPE, mode=0o755)
+        for name, obj in members.items():
+            if b"data" in obj:
+                obj = {**obj, b"data": _Numpy2Array(obj[b"data"])}
+            pickled[name] = pickle.dumps(obj, protocol=protocol)
+            add_member(tar, f"cifar-10-batches-py/{name}", pickled[name])
+    return pickled
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_archive_pickled_by_numpy2_is_read(tmp_path, numpy2_names, protocol):
+    members = cifar10_members(np.random.default_rng(7))
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    last = write_numpy2_cifar_archive(archive, members, protocol)["data_batch_1"]
+    expected_global = b"_frombuffer" if protocol == 5 else b"_reconstruct"
+    assert b"numpy._core." in last and expected_global in last and b"numpy.core" not in last
+    # The script runs in a fresh process: no fake numpy._core there.
+    out = tmp_path / "out"
+    result = run_script("cifar10", "--from", archive, "--out", out, "--no-verify")
+    assert result.returncode == 0, result.stderr
+    batches = [members[f"data_batch_{i}"] for i in range(1, 6)]
+    source = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+    data, labels = iter_split(out / "train", len(source))
+    np.testing.assert_array_equal(data, source.transpose(0, 2, 3, 1).astype(np.float32))
+    np.testing.assert_array_equal(labels, np.concatenate([b[b"labels"] for b in batches]))
+
+
+@pytest.mark.parametrize("module,name", [("numpy._core.multiarray", "_get_ndarray_c_version"),
+                                         ("numpy._core.numeric", "fromfunction"),
+                                         ("numpy.testing", "run_module_suite")])
+def test_other_numpy_globals_are_still_refused(module, name):
+    # GLOBAL opcode by hand: "c<module>\n<name>\n", then an empty tuple and REDUCE.
+    data = b"\x80\x02c" + module.encode() + b"\n" + name.encode() + b"\n)R."
+    with pytest.raises(make_rec.DataError, match=f"global {module}.{name} is not allowed"):
+        make_rec.load_plain_pickle(data, "x")
+
+
 @pytest.mark.parametrize(
     "member, fields, message",
     [
@@ -419,7 +503,7 @@ def test_interrupt_or_full_disk_mid_write_leaves_no_file_under_a_final_name(
             raise failure
         return real_encode(image)
 
-    monkeypatch.setattr(make_rec, "encode_png", encode_then_fail)
+    monkeypatch.setattr(demo_builder, "encode_png", encode_then_fail)
     out = tmp_path / "out"
     got, err = build(["demo", "--out", str(out), "--num-train", "100", "--num-test", "50"], capsys)
     assert got == code and message in err
@@ -611,9 +695,8 @@ def test_imagenet_flat_val_uses_label_file_and_unlabelled_or_corrupt_images_are_
 
 def test_script_in_a_clone_without_venv_creates_it_via_make_and_keeps_relative_paths(tmp_path):
     clone = tmp_path / "clone"
-    (clone / "tools").mkdir(parents=True)
-    for name in ("make_rec.sh", "make_rec.py", "demo_images.py"):
-        (clone / "tools" / name).write_bytes(open(os.path.join(ROOT, "tools", name), "rb").read())
+    shutil.copytree(os.path.join(ROOT, "tools"), clone / "tools",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     os.chmod(clone / "tools" / "make_rec.sh", 0o755)
     # A stand-in for the real `make venv` (a pip install): link the project's venv.
     (clone / "Makefile").write_text(f"venv:\n\tln -s {os.path.join(ROOT, '.venv')} .venv\n")

@@ -241,3 +241,39 @@ def test_checkpoints_interchange_between_conv_impls(ops, tmp_path, saved_with, l
         mod.forward(mx.io.DataBatch([data]), is_train=False)
         outputs[impl] = mod.get_outputs()[0].asnumpy()
     assert_close(outputs[loaded_with], outputs[saved_with], "float32", "predictions")
+
+
+ZERO_BATCH_ATTRS = dict(num_filter=4, num_group=2, kernel=(3, 3), pad=(1, 1))
+
+
+def test_zero_size_batch_is_a_clear_error_and_the_process_stays_healthy(ops):
+    empty = mx.nd.array(np.zeros((0, 4, 5, 5), np.float32))
+    weight, bias = mx.nd.ones((4, 2, 3, 3)), mx.nd.zeros(4)
+    for _ in range(2):
+        with pytest.raises(mx.base.MXNetError) as err:
+            mx.nd.IGCConv(empty, weight, bias, **ZERO_BATCH_ATTRS).wait_to_read()
+        message = str(err.value)
+        assert "IGCConv: input 'data' has shape (?, 4, 5, 5) with an axis of unknown size" \
+            in message and "size 0" in message, message
+    # The next call is correct: each output is the sum over its group's 2 channels x 3x3 window.
+    x = np.ones((1, 4, 5, 5), np.float32)
+    out = mx.nd.IGCConv(mx.nd.array(x), weight, bias, **ZERO_BATCH_ATTRS).asnumpy()
+    np.testing.assert_allclose(out[0, :, 2, 2], 18.0)
+    np.testing.assert_allclose(out[0, :, 0, 0], 8.0)
+
+
+def test_zero_size_batch_under_numpy_shapes_gives_empty_output_and_zero_weight_gradient(ops):
+    with mx.util.np_shape(True):
+        empty = mx.nd.array(np.zeros((0, 4, 5, 5), np.float32))
+        weight, bias = mx.nd.ones((4, 2, 3, 3)), mx.nd.ones(4)
+        for array in (empty, weight, bias):
+            array.attach_grad()
+        weight.grad[:] = 7
+        bias.grad[:] = 7
+        with mx.autograd.record():
+            y = mx.nd.IGCConv(empty, weight, bias, **ZERO_BATCH_ATTRS)
+        y.backward(mx.nd.array(np.zeros((0, 4, 5, 5), np.float32)))
+        assert y.asnumpy().shape == (0, 4, 5, 5)
+        # A sum over no samples: gradients written as 0 (grad_req 'write').
+        np.testing.assert_array_equal(weight.grad.asnumpy(), 0)
+        np.testing.assert_array_equal(bias.grad.asnumpy(), 0)

@@ -78,7 +78,8 @@ def test_hostfile_places_servers_and_workers_over_ssh(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("# cluster\nnode-a\nnode-b  # second\n")
     proc, _ = launch(["-n", "2", "-s", "2", "-H", str(hosts), "--scheduler-host", "10.0.0.1",
-                      "--port", "9999", "--dry-run", "--", "python", "train_model.py"], timeout=30)
+                      "--port", "9999", "--dry-run", "--", "python", "train_model.py", "--kv-store",
+                      "dist_sync"], timeout=30)
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split(": ", 1) for line in proc.stdout.strip().splitlines())
     assert lines.keys() == {"scheduler (here)", "server 0 (node-a)", "server 1 (node-b)",
@@ -90,3 +91,18 @@ def test_hostfile_places_servers_and_workers_over_ssh(tmp_path):
             assert f"ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new {host} " in line
             assert f"DMLC_NODE_HOST={host}" in line
     assert "train_model.py" in lines["worker 1 (node-b)"]
+
+
+def test_training_with_a_non_dist_kv_store_is_refused_before_anything_starts(tmp_path):
+    marker = tmp_path / "started"
+    for kv in (["--kv-store", "device"], ["--kv-store=local"], []):
+        # The "training" would leave a marker: nothing may start.
+        command = [sys.executable, "-c", f"open({str(marker)!r}, 'w')", "train_model.py", *kv]
+        proc, _ = launch(["-n", "2", "-s", "1", "--timeout", "30", "--", *command], timeout=60)
+        assert proc.returncode == 2, (kv, proc.stderr)
+        assert "each worker would train on its own" in proc.stderr, proc.stderr
+        assert "--kv-store dist_sync" in proc.stderr
+        assert not marker.exists()
+    proc, _ = launch(["--dry-run", "-n", "1", "-s", "1", "--", sys.executable, "train_model.py",
+                      "--kv-store", "dist_sync"], timeout=60)
+    assert proc.returncode == 0, proc.stderr

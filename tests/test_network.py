@@ -201,3 +201,32 @@ def test_one_partition_names_the_released_imagenet_variant(partitions, variant):
 def test_one_partition_that_matches_no_released_variant_is_an_error():
     with pytest.raises(ValueError, match=r"\(7, None\) matches no released variant"):
         network.get_symbol("resnet_igc_imgnet_d18", 1000, primary_partition=7)
+
+
+BAD_CLI = [(["igcv3", "--permutation", "nope"], "argument --permutation: invalid choice: 'nope'"),
+           (["mobilenetv2", "--t1-expansion", "maybe"],
+            "argument --t1-expansion: expected true or false, got 'maybe'"),
+           (["igcv3", "--width-multiplier", "nan"], "argument --width-multiplier: "),
+           (["plain_igc", "--num-classes", "0"], "argument --num-classes: "),
+           (["no_such_net"], "unknown network 'no_such_net'")]
+
+
+@pytest.mark.parametrize("argv,message", BAD_CLI, ids=[" ".join(a) for a, _ in BAD_CLI])
+def test_python_m_network_refuses_bad_values_naming_the_flag(argv, message, capsys):
+    from network import __main__ as network_cli
+    with pytest.raises(SystemExit) as exit_info:
+        network_cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+
+
+def test_python_m_network_uses_the_given_num_classes(capsys):
+    from network import __main__ as network_cli
+    assert network_cli.main(["plain_igc", "--num-classes", "3", "--depth", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "3 classes" in out
+    # The classifier row: 3 outputs.
+    (row,) = [line for line in out.splitlines() if line.startswith("classifier")]
+    assert row.split()[1] == "3"

@@ -281,3 +281,27 @@ def test_reorder_cpu_entry_point_matches_reference(shape, g, dtype):
     np.testing.assert_array_equal(out, reference.reorder(x, g))
     assert kernel(x.ctypes.data, out.ctypes.data, shape[0], shape[1], inner, 5, 0) == -1
     assert kernel(x.ctypes.data, out.ctypes.data, shape[0], shape[1], inner, g, 4) == -1
+
+
+def test_reorder_zero_size_batch_is_a_clear_error_and_the_process_stays_healthy(ops):
+    # MXNet's default shape mode reads an axis of size 0 as "unknown".
+    empty = mx.nd.array(np.zeros((0, 4, 3, 3), np.float32))
+    for _ in range(2):
+        with pytest.raises(mx.base.MXNetError) as err:
+            mx.nd.Reorder(empty, branch_factor=2).wait_to_read()
+        message = str(err.value)
+        assert "Reorder: input 'data' has shape (?, 4, 3, 3) with an axis of unknown size" \
+            in message and "size 0" in message, message
+    x = np.arange(24.0).reshape(2, 12)
+    np.testing.assert_array_equal(mx.nd.Reorder(mx.nd.array(x), branch_factor=3).asnumpy(),
+                                  reference.reorder(x, 3))
+
+
+def test_reorder_zero_size_batch_under_numpy_shapes_is_empty_both_ways(ops):
+    with mx.util.np_shape(True):
+        empty = mx.nd.array(np.zeros((0, 4, 3, 3), np.float32))
+        empty.attach_grad()
+        with mx.autograd.record():
+            y = mx.nd.Reorder(empty, branch_factor=2)
+        y.backward(mx.nd.array(np.zeros((0, 4, 3, 3), np.float32)))
+        assert y.asnumpy().shape == (0, 4, 3, 3) and empty.grad.asnumpy().shape == (0, 4, 3, 3)

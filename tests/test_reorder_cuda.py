@@ -1,14 +1,18 @@
-"""The CUDA Reorder kernel through its plain C entry point.
+"""The CUDA Reorder kernel through its plain C entry point, and through MXNet.
 
 The prebuilt mxnet-cu112 runs only on sm_50-86 GPUs, so the kernel is checked from PyTorch,
-bit-exactly against torch.nn.functional.channel_shuffle. Without a CUDA device (CI) only the
-entry point's argument checks run.
+bit-exactly against torch.nn.functional.channel_shuffle, on any GPU; where mxnet-cu112 sees a
+GPU, the Reorder op on mx.gpu() is checked against the numpy reference too. Without a CUDA
+device (CI) only the entry point's argument checks run. Nothing here imports MXNet unless it is
+installed, so the file runs on a machine with PyTorch alone (tools/gpu_check.sh).
 """
 import ctypes
 import os
 
+import numpy as np
 import pytest
 
+import reference
 import utility
 
 if not os.path.isfile(utility.DEFAULT_CUDA_KERNELS_LIB):
@@ -80,3 +84,28 @@ def test_cuda_reorder_handles_unaligned_pointers(torch, kernel):
     out = run_kernel(torch, kernel, x, 3)
     torch.cuda.synchronize()
     assert torch.equal(out, torch.nn.functional.channel_shuffle(x, 3))
+
+
+@pytest.fixture(scope="module")
+def mx():
+    mx = pytest.importorskip("mxnet")
+    if mx.context.num_gpus() == 0:
+        pytest.skip("no GPU for MXNet (mxnet-cu112 sees none: it runs on sm_50-86)")
+    utility.load_ops()
+    return mx
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("shape,g", SHAPES)
+def test_mxnet_reorder_on_the_gpu_equals_the_numpy_reference(mx, shape, g, dtype):
+    rng = np.random.RandomState(0)
+    x = rng.uniform(-1, 1, shape).astype(dtype)
+    head = rng.uniform(-1, 1, shape).astype(dtype)
+    data = mx.nd.array(x, ctx=mx.gpu(0), dtype=dtype)
+    data.attach_grad()
+    with mx.autograd.record():
+        out = mx.nd.Reorder(data, branch_factor=g)
+    out.backward(mx.nd.array(head, ctx=mx.gpu(0), dtype=dtype))
+    assert out.context == mx.gpu(0)
+    assert np.array_equal(out.asnumpy(), reference.reorder(x, g))
+    assert np.array_equal(data.grad.asnumpy(), reference.reorder(head, shape[1] // g))

@@ -1,6 +1,7 @@
 """train_model.py / train_imagenet.py: real short runs, resume, crash safety, bad configurations,
 data normalisation, the weight-decay rule and the schedule, each against an independent
 reference (numpy arithmetic, the recipe's numbers, pixels written by the test)."""
+import json
 import os
 import re
 import signal
@@ -235,6 +236,165 @@ def test_diverging_loss_stops_with_epoch_and_batch(small_demo_dir, tmp_path, cap
     assert "Traceback" not in err
 
 
+def _can_mount_tmpfs():
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+needs_tmpfs = pytest.mark.skipif(not _can_mount_tmpfs(),
+                                 reason="needs `unshare -rm` to mount a private tmpfs")
+
+FULL_DISK_DRIVER = textwrap.dedent("""
+    import errno, json, os, sys, threading, time
+    sys.path.insert(0, {root!r})
+    import mxnet as mx
+    import train_model
+
+    prefix, room = {prefix!r}, {room!r}
+
+    def fill_disk_after_first_checkpoint():
+        # As another program filling the disk while epoch 2 trains.
+        while not os.path.exists(prefix + "-0001.params"):
+            time.sleep(0.05)
+        with open(os.path.join(os.path.dirname(prefix), "filler"), "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+            f.truncate(max(0, f.tell() - room))
+
+    threading.Thread(target=fill_disk_after_first_checkpoint, daemon=True).start()
+    try:
+        train_model.main({argv!r})
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    try:
+        mx.model.load_checkpoint(prefix, 1)
+        loads = True
+    except Exception:
+        loads = False
+    json.dump(dict(code=code, loads=loads, files=sorted(os.listdir(os.path.dirname(prefix)))),
+              open({result!r}, "w"))
+""")
+
+
+@needs_tmpfs
+@pytest.mark.parametrize("room", [0, 20480], ids=["no_room", "room_for_the_symbol_only"])
+def test_full_disk_at_a_checkpoint_keeps_the_previous_one_and_says_so(small_demo_dir, tmp_path,
+                                                                      room, ops):
+    disk, result = tmp_path / "disk", tmp_path / "result.json"
+    disk.mkdir()
+    prefix = str(disk / "m")
+    # The log lives off the small disk: only the checkpoint writes meet the full disk.
+    argv = cpu_args(small_demo_dir, prefix, "--num-epochs", "2", "--batch-size", "32",
+                    "--checkpoint-epochs", "1", "--log-file", str(tmp_path / "m.log"))
+    driver = tmp_path / "driver.py"
+    driver.write_text(FULL_DISK_DRIVER.format(root=ROOT, prefix=prefix, room=room, argv=argv,
+                                              result=str(result)))
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=256k tmpfs "$1" && exec "$2" "$3"',
+         "sh", str(disk), sys.executable, str(driver)],
+        capture_output=True, text=True, timeout=300)
+    outcome = json.loads(result.read_text())
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert outcome["code"] == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert errors == [f"driver.py: error: cannot write checkpoint {prefix}-0002.params: the "
+                      f"disk holding {disk} is full; the last complete checkpoint, "
+                      f"{prefix}-0001.params, is intact"], proc.stderr
+    assert outcome["loads"], "the earlier checkpoint no longer loads"
+    assert not [f for f in outcome["files"] if f.startswith(("m-0002", ".m-"))], outcome
+
+
+@needs_tmpfs
+def test_read_only_model_prefix_fails_before_training(small_demo_dir, tmp_path):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    argv = cpu_args(small_demo_dir, disk / "run" / "m", "--num-epochs", "1", "--batch-size", "32")
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"',
+         "sh", str(disk), sys.executable, os.path.join(ROOT, "train_model.py"), *argv],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--model-prefix: cannot write under {disk}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "Epoch[" not in proc.stdout
+
+
+@pytest.mark.parametrize("flag", ["--model-prefix", "--log-file"])
+def test_model_prefix_or_log_under_a_file_fails_before_training(small_demo_dir, tmp_path,
+                                                                 capsys, flag):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    target = blocker / "m"
+    extra = ["--log-file", str(tmp_path / "m.log")] if flag == "--model-prefix" else \
+        ["--log-file", str(target) + ".log"]
+    prefix = target if flag == "--model-prefix" else tmp_path / "m"
+    with pytest.raises(SystemExit) as exit_info:
+        train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "1", *extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: cannot create" in err and f"{blocker} is not a directory" in err, err
+    assert "Traceback" not in err
+
+
+def test_truncated_states_falls_back_to_the_previous_checkpoint(small_demo_dir, tmp_path, ops):
+    prefix = tmp_path / "m"
+    common = ["--batch-size", "32", "--checkpoint-epochs", "1"]
+    train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "2", *common))
+    states = f"{prefix}-0002.states"
+    with open(states, "r+b") as f:
+        f.truncate(os.path.getsize(states) // 2)
+    history = train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "3", "--resume",
+                                        *common))
+    assert [h["epoch"] for h in history] == [2, 3]
+    log = open(f"{prefix}.log").read()
+    assert f"optimizer state {states} is unreadable" in log
+    assert f"continuing from {prefix}-0001.params" in log
+
+
+def test_fresh_start_moves_a_later_runs_checkpoints_aside(small_demo_dir, tmp_path, ops):
+    prefix = tmp_path / "m"
+    common = ["--batch-size", "32", "--checkpoint-epochs", "1"]
+    train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "3", *common))
+    # A new run under the same prefix, without --resume, stops after one epoch ...
+    fresh = train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "1",
+                                      "--rand-seed", "9", *common))
+    assert [h["epoch"] for h in fresh] == [1]
+    # ... and --resume continues it, not the first run's epoch 3.
+    resumed = train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "2", "--resume",
+                                        *common))
+    assert [h["epoch"] for h in resumed] == [2]
+    (stale,) = [p for p in os.listdir(tmp_path) if p.startswith("m.stale-")]
+    assert sorted(os.listdir(tmp_path / stale)) == [f"m-000{e}.{kind}" for e in (1, 2, 3)
+                                                    for kind in ("params", "states")]
+    assert f"moved them to {tmp_path / stale}" in open(f"{prefix}.log").read()
+
+
+def test_temporaries_of_dead_runs_are_removed_and_live_ones_kept(small_demo_dir, tmp_path, ops):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    left = tmp_path / f".m-0004.params.tmp{dead.pid}"
+    live = tmp_path / f".m-symbol.json.tmp{alive.pid}"
+    other = tmp_path / f".other-0001.params.tmp{dead.pid}"
+    for path in (left, live, other):
+        path.write_bytes(b"partial")
+    try:
+        train_model.main(cpu_args(small_demo_dir, tmp_path / "m", "--num-epochs", "1",
+                                  "--batch-size", "32"))
+    finally:
+        alive.kill()
+        alive.wait()
+    assert not left.exists()
+    assert live.exists() and other.exists()
+    assert f"removed {left}" in open(tmp_path / "m.log").read()
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad configurations fail before training, naming the flag or file
 
@@ -251,6 +411,12 @@ def bad_data(tmp_path):
             os.remove(directory / "test.rec")
         if kind == "empty":
             open(directory / "train.rec", "w").close()
+        if kind == "truncated_idx":
+            # make_rec.sh's record of what it built, then the index cut at a line boundary.
+            (directory / "make_rec.json").write_text(json.dumps(
+                {"dataset": "demo", "counts": {"train": 40, "test": 20}}))
+            lines = (directory / "train.idx").read_text().splitlines(keepends=True)
+            (directory / "train.idx").write_text("".join(lines[:20]))
         return str(directory)
     return make
 
@@ -263,6 +429,8 @@ BAD_CONFIGS = [
     ("missing_file", "missing", [], "test.rec not found"),
     ("empty_file", "empty", [], "train.rec is empty"),
     ("label_out_of_range", "label", [], "label(s) outside 0..9"),
+    ("truncated_idx", "truncated_idx", [],
+     "train.idx lists 20 records but make_rec.json says train has 40"),
     ("batch_too_large", "ok", ["--batch-size", "64"], "--batch-size 64 is larger than the 40"),
     ("dist_without_launcher", "ok", ["--kv-store", "dist_sync"], "tools/launch.py"),
     ("unknown_kv_store", "ok", ["--kv-store", "nccl2"], "--kv-store must be one of"),
@@ -283,6 +451,61 @@ def test_bad_configuration_fails_before_training(kind, data, extra, message, bad
     assert message in err, err
     assert "Traceback" not in err
     assert not os.path.exists(f"{prefix}-symbol.json"), "training started"
+
+
+BAD_NUMBERS = [("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--wd", "nan"), ("--wd", "-1"),
+               ("--mean-rgb", "nan,120,110"), ("--std-rgb", "inf,60,60"),
+               ("--std-rgb", "60,0,60"), ("--momentum", "5"), ("--momentum", "-1"),
+               ("--momentum", "nan"), ("--lr-factor", "2"), ("--lr-factor", "inf"),
+               ("--lr-factor", "0")]
+
+
+@pytest.mark.parametrize("entry_point", [train_model, train_imagenet])
+@pytest.mark.parametrize("flag,value", BAD_NUMBERS, ids=[f"{f}={v}" for f, v in BAD_NUMBERS])
+def test_nonfinite_or_out_of_range_numbers_are_refused_at_parse_time(entry_point, flag, value,
+                                                                      capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point.build_parser().parse_args([flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and repr(value) in err, err
+
+
+def test_edge_values_of_the_number_flags_are_accepted():
+    args = train_model.build_parser().parse_args(
+        ["--lr-factor", "1", "--momentum", "0", "--wd", "0", "--mean-rgb=-1,0,1e3"])
+    assert (args.lr_factor, args.momentum, args.wd, args.mean_rgb) == (1.0, 0.0, 0.0,
+                                                                       (-1.0, 0.0, 1000.0))
+
+
+def test_lr_steps_at_or_after_the_last_epoch_are_named_in_a_warning(small_demo_dir, tmp_path,
+                                                                    ops):
+    prefix = tmp_path / "m"
+    train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "2", "--batch-size", "32",
+                              "--lr-steps", "1,2,5"))
+    log = open(f"{prefix}.log").read()
+    assert "--lr-steps 2,5: not before the last epoch (--num-epochs 2)" in log, log
+
+
+def test_another_num_epochs_gets_the_default_schedule_not_the_presets_steps(small_demo_dir,
+                                                                          tmp_path):
+    # The demo preset's steps (6, 7) belong to its 8 epochs.
+    job, _ = train_model.build_job(cpu_args(small_demo_dir, tmp_path / "m", "--num-epochs", "16"))
+    assert job.optim.lr_steps == (8, 12, 14)
+    job, _ = train_model.build_job(cpu_args(small_demo_dir, tmp_path / "m"))
+    assert (job.optim.num_epochs, job.optim.lr_steps) == (8, (6, 7))
+
+
+def test_explicit_lr_steps_win_over_the_recipes_lr_step_every():
+    parse = lambda *argv: training.parse_with_presets(  # noqa: E731
+        train_imagenet.build_parser(), ["--network", "igcv3", "--gpus", "", *argv],
+        train_imagenet.presets)
+    assert (parse().lr_steps, parse().lr_step_every) == (None, 1)
+    args = parse("--lr-steps", "1,2")
+    assert (args.lr_steps, args.lr_step_every) == ((1, 2), None)
+    # Both given explicitly is still a mistake.
+    args = parse("--lr-steps", "1,2", "--lr-step-every", "3")
+    assert (args.lr_steps, args.lr_step_every) == ((1, 2), 3)
 
 
 @pytest.mark.parametrize("entry_point", [train_model, train_imagenet])
@@ -382,3 +605,112 @@ def test_gpus_flag_defaults_to_available_gpus_and_empty_means_cpu():
     assert parser.parse_args(["--gpus", ""]).gpus == ()
     assert parser.parse_args(["--gpus", "0,2"]).gpus == (0, 2)
     assert training.contexts_for(()) == (mx.cpu(),)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet recipes: the authors' values reach the reader
+
+# Written from the authors' scripts, independently of training/recipes.py:
+# hellozting/InterleavedGroupConvolutions train_imagenet.py get_iterator (aug_type=1) and
+# homles11/IGCV3 train_imagenet.py + common/data.py get_rec_iter (augmentation level 2).
+AUTHORS_READERS = {
+    "resnet_igc_imgnet_d18": dict(
+        mean=(123.370, 112.757, 99.406), std=(68.998, 66.093, 68.292),
+        train=dict(rand_crop=True, rand_mirror=True, min_random_scale=0.533,
+                   max_random_scale=1.0, min_img_size=256, max_aspect_ratio=0.25, random_h=36,
+                   random_s=50, random_l=50, inter_method=9, fill_value=112),
+        val=dict(rand_crop=False, rand_mirror=False, min_random_scale=0.533,
+                 max_random_scale=0.533, min_img_size=256, inter_method=9)),
+    "igcv3": dict(
+        mean=(123.68, 116.779, 103.939), std=(1.0, 1.0, 1.0),
+        train=dict(rand_crop=True, rand_mirror=True, min_random_scale=0.533,
+                   max_random_scale=1.0, random_h=36, random_s=50, random_l=50,
+                   fill_value=127),
+        val=dict(rand_crop=False, rand_mirror=False, min_random_scale=0.533,
+                 max_random_scale=0.534)),
+}
+READER_BOOKKEEPING = {"path_imgrec", "path_imgidx", "data_shape", "batch_size", "label_width",
+                      "shuffle", "seed", "seed_aug", "num_parts", "part_index",
+                      "preprocess_threads"}
+
+
+def image_record_iter_parameters():
+    """The keyword names MXNet's ImageRecordIter documents (it ignores any other silently)."""
+    doc = mx.io.ImageRecordIter.__doc__
+    doc = doc.decode() if isinstance(doc, bytes) else doc
+    return set(re.findall(r"^(\w+) : ", doc, re.M))
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    data = tmp_path_factory.mktemp("imagenet")
+    make_records(data, "train", [i % 10 for i in range(8)], size=(48, 64))
+    make_records(data, "val", [i % 10 for i in range(4)], size=(48, 64))
+    (data / "synsets.txt").write_text("".join(f"n{i:08d}\n" for i in range(10)))
+    return str(data)
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_READERS))
+def test_imagenet_readers_receive_the_authors_values(name, tiny_imagenet, tmp_path, monkeypatch,
+                                                     ops):
+    known = image_record_iter_parameters()
+    assert {"random_h", "inter_method", "std_r", "fill_value"} <= known  # the parse works
+    calls = []
+    monkeypatch.setattr(mx.io, "ImageRecordIter", lambda **kw: calls.append(kw) or [])
+    extra = ["--width-multiplier", "0.25"] if name == "igcv3" else []
+    job, _ = train_imagenet.build_job(["--network", name, *extra, "--data-dir", tiny_imagenet,
+                                       "--gpus", "", "--batch-size", "4", "--model-prefix",
+                                       str(tmp_path / "m")])
+    list(training.data.train_batches(job, 0, 1))
+    training.data.val_iter(job)
+    train, val = calls
+    authors = AUTHORS_READERS[name]
+    normalise = dict(zip(("mean_r", "mean_g", "mean_b"), authors["mean"]),
+                     **dict(zip(("std_r", "std_g", "std_b"), authors["std"])))
+    for kwargs, split in ((train, "train"), (val, "val")):
+        assert set(kwargs) <= known, set(kwargs) - known
+        reading = {k: v for k, v in kwargs.items() if k not in READER_BOOKKEEPING}
+        fill = {} if split == "train" else {"fill_value": reading.get("fill_value")}
+        assert reading == dict(authors[split], **normalise, **fill), split
+        assert kwargs["data_shape"] == (3, 224, 224)
+    # Scoring and prediction read validation images the same way.
+    pre = recipes.validation_preprocessing(name, "imagenet")
+    assert pre.augment == authors["val"]
+    assert (pre.mean_rgb, pre.std_rgb) == (authors["mean"], authors["std"])
+
+
+def test_igcv3_reader_subtracts_the_mean_and_divides_by_nothing(tmp_path):
+    # The released IGCV3 weights expect mean-subtracted pixels: flat images come out as
+    # pixel - mean exactly.
+    values = [(10, 200, 90), (250, 0, 128)]
+    make_records(tmp_path, "val", [0, 1], size=(256, 256),
+                 pixels=lambda i: np.broadcast_to(np.array(values[i], np.uint8), (256, 256, 3)))
+    record = training.RecordFile(str(tmp_path / "val.rec"), str(tmp_path / "val.idx"), 2, 2)
+    pre = recipes.validation_preprocessing("igcv3", "imagenet")
+    batch = next(iter(training.record_iter(record, 2, pre.data_shape, pre.mean_rgb, pre.std_rgb,
+                                           pre.augment)))
+    expected = np.array(values, np.float64) - np.array([123.68, 116.779, 103.939])
+    np.testing.assert_allclose(batch.data[0].asnumpy().mean(axis=(2, 3)), expected, atol=1e-3)
+    np.testing.assert_allclose(batch.data[0].asnumpy().std(axis=(2, 3)), 0, atol=1e-3)
+
+
+def test_augment_flag_keeps_the_projects_other_augmentations_as_choices():
+    actions = {a.dest: a for a in train_imagenet.build_parser()._actions}
+    assert set(actions["augment"].choices) == {"igcv1", "igcv3", "resized-crop", "scale", "none"}
+    known = image_record_iter_parameters()
+    for kind in actions["augment"].choices:
+        assert set(recipes.imagenet_augmentation(kind)) <= known, kind
+
+
+def test_imagenet_schedules_are_the_authors(tiny_imagenet):
+    parse = lambda name: training.parse_with_presets(  # noqa: E731
+        train_imagenet.build_parser(), ["--network", name, "--gpus", ""], train_imagenet.presets)
+    igcv1, igcv3 = parse("resnet_igc_imgnet_d18"), parse("igcv3")
+    # IGCV1 train_imagenet.py defaults: 120 epochs, lr 0.1 x0.1 every 30, batch 256, Nesterov.
+    assert (igcv1.num_epochs, igcv1.lr, igcv1.lr_factor, igcv1.lr_step_every, igcv1.batch_size,
+            igcv1.optimizer, igcv1.momentum, igcv1.wd) == (120, 0.1, 0.1, 30, 256, "nag", 0.9,
+                                                           1e-4)
+    # IGCV3: 480 epochs, lr 0.045 x0.98 every epoch, wd 4e-5, 96 per device, SGD.
+    assert (igcv3.num_epochs, igcv3.lr, igcv3.lr_factor, igcv3.lr_step_every, igcv3.batch_size,
+            igcv3.optimizer, igcv3.wd) == (480, 0.045, 0.98, 1, 96, "sgd", 4e-5)
+    assert (igcv1.augment, igcv3.augment) == ("igcv1", "igcv3")

@@ -71,3 +71,40 @@ def test_plot_log_rejects_a_log_without_epoch_lines(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "no per-epoch lines" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+
+
+def write_log(tmp_path):
+    path = tmp_path / "model.log"
+    path.write_text(LOG)
+    return str(path)
+
+
+def test_plot_log_into_a_folder_writes_curves_png_there(tmp_path, capsys):
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    assert plot_log.main([write_log(tmp_path), "-q", "-o", str(folder)]) == 0
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in folder.iterdir()] == ["curves.png"]
+    assert f"wrote {folder / 'curves.png'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,needle", [("curves", "no extension"),
+                                         ("curves.xyz", "format '.xyz'")])
+def test_plot_log_refuses_an_output_name_without_a_known_format(tmp_path, capsys, name, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        plot_log.main([write_log(tmp_path), "-q", "-o", str(tmp_path / name)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and ".png" in err and ".pdf" in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.log"]
+
+
+def test_plot_log_refuses_an_unwritable_output_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        plot_log.main([write_log(tmp_path), "-q", "-o", str(blocker / "c.png")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"-o {blocker / 'c.png'}: cannot write there" in err, err

@@ -19,7 +19,7 @@ import mxnet as mx  # noqa: E402
 
 import training  # noqa: E402
 from network.onnx_export import to_onnx  # noqa: E402
-from training.checkpoint import write_atomically  # noqa: E402
+from training.checkpoint import write_bytes_atomically  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
 from training.optim import make_initializer  # noqa: E402
 
@@ -72,11 +72,8 @@ def main(argv=None):
                             fold_bn=args.fold_bn, graph_name=model.network)
         except ValueError as err:
             raise training.ConfigError(str(err)) from None
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                f.write(proto.SerializeToString())
         try:
-            write_atomically(args.output, write)
+            write_bytes_atomically(args.output, proto.SerializeToString())
         except OSError as err:
             raise training.ConfigError(f"-o {args.output}: cannot write it "
                                        f"({err.strerror or err})") from None

@@ -29,6 +29,29 @@ EXIT_TIMEOUT = 124
 SHUTDOWN_GRACE_S = 20.0
 
 
+DIST_KV_STORES = ("dist_sync", "dist_device_sync", "dist_async")
+TRAINING_SCRIPTS = ("train_model.py", "train_imagenet.py")
+
+
+def kv_store_problem(command):
+    """Why `command` would not train as one distributed job (None when it would): every worker
+    of a non-dist kvstore trains alone, into the same checkpoints and log."""
+    value = None
+    for i, arg in enumerate(command):
+        if arg == "--kv-store" and i + 1 < len(command):
+            value = command[i + 1]
+        elif arg.startswith("--kv-store="):
+            value = arg.split("=", 1)[1]
+    trains = any(os.path.basename(arg) in TRAINING_SCRIPTS for arg in command)
+    if value is None and not trains:
+        return None
+    if value in DIST_KV_STORES:
+        return None
+    given = f"--kv-store {value}" if value else "no --kv-store (the default is 'device')"
+    return (f"the worker command has {given}: each worker would train on its own into the "
+            f"same checkpoints; give --kv-store {' / '.join(DIST_KV_STORES)}")
+
+
 def free_port(host=LOOPBACK):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -166,6 +189,9 @@ def main(argv=None):
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no worker command given (put it after --)")
+    problem = kv_store_problem(command)
+    if problem:
+        parser.error(problem)
     if args.num_workers < 1 or args.num_servers < 1:
         parser.error("-n and -s must be at least 1")
     if args.timeout <= 0:

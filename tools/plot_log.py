@@ -59,6 +59,37 @@ def table(records):
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
+DEFAULT_FIGURE = "curves.png"
+
+
+def figure_formats():
+    """The file extensions matplotlib can write (png, pdf, svg, ...)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def output_path(out):
+    """Where -o OUT writes: OUT itself, or OUT/curves.png for a folder; ValueError (naming the
+    problem) for an unknown format or a place that cannot be written."""
+    if os.path.isdir(out) or out.endswith(os.sep):
+        out = os.path.join(out, DEFAULT_FIGURE)
+    ext = os.path.splitext(out)[1].lstrip(".").lower()
+    formats = figure_formats()
+    if ext not in formats:
+        what = f"format '.{ext}'" if ext else "no extension"
+        raise ValueError(f"-o {out}: {what}; give a file name ending in one of "
+                         f"{', '.join('.' + f for f in formats)}, or a folder")
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK) or \
+            (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise ValueError(f"-o {out}: cannot write there ({folder} is not a writable folder)")
+    return out
+
+
 def plot(runs, out):
     import matplotlib
     matplotlib.use("Agg")
@@ -95,9 +126,15 @@ def plot(runs, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", nargs="+", metavar="LOG", help="training log file(s)")
-    parser.add_argument("-o", "--output", help="write the figure here (e.g. curves.png)")
+    parser.add_argument("-o", "--output", help="write the figure to this file (its extension "
+                        "picks the format: .png, .pdf, .svg, ...) or into this folder as "
+                        f"{DEFAULT_FIGURE}")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not print the tables")
     args = parser.parse_args(argv)
+    try:
+        output = output_path(args.output) if args.output else None
+    except ValueError as err:
+        parser.error(str(err))
     runs = []
     for path in args.logs:
         if not os.path.isfile(path):
@@ -109,9 +146,12 @@ def main(argv=None):
     if not args.quiet:
         for label, records in runs:
             print(f"{label}\n{table(records)}\n")
-    if args.output:
-        plot(runs, args.output)
-        print(f"wrote {args.output}")
+    if output:
+        try:
+            plot(runs, output)
+        except OSError as err:
+            parser.exit(1, f"{parser.prog}: error: -o {output}: {err.strerror or err}\n")
+        print(f"wrote {output}")
     return 0
 
 

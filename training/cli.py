@@ -4,6 +4,7 @@ The network config flags are not listed here: each comes from the registry's ann
 builder keyword (`network.config_options()`), with its parser, choices and help text.
 """
 import argparse
+import math
 import sys
 
 import mxnet as mx
@@ -34,29 +35,56 @@ def epoch_list(text):
         raise argparse.ArgumentTypeError(f"expected a comma list of epochs, got {text!r}") from None
 
 
-def rgb(text):
-    """--mean-rgb / --std-rgb: three comma-separated numbers."""
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
-    return values
-
-
-def _positive(kind):
+def _rgb(check, what):
     def convert(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-        return value
-    convert.__name__ = f"positive {kind.__name__}"
+        try:
+            values = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise argparse.ArgumentTypeError(
+                f"expected three comma-separated numbers, got {text!r}")
+        if not all(math.isfinite(v) and check(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected three {what} numbers, got {text!r}")
+        return values
     return convert
 
 
-positive_int = _positive(int)
-positive_float = _positive(float)
+rgb = _rgb(lambda v: True, "finite")                     # --mean-rgb
+positive_rgb = _rgb(lambda v: v > 0, "finite positive")  # --std-rgb
+
+
+def _in_range(kind, low, high, low_open=False, high_open=False):
+    """A number in [low, high] (an open end excluded); nan and inf are refused."""
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high or \
+                (low_open and value == low) or (high_open and value == high):
+            bounds = ("(" if low_open else "[") + f"{low:g}, " + \
+                (f"{high:g}" if math.isfinite(high) else "inf") + (")" if high_open else "]")
+            raise argparse.ArgumentTypeError(f"must be a finite number in {bounds}, "
+                                             f"got {text!r}")
+        return value
+    return convert
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+positive_float = _in_range(float, 0, math.inf, low_open=True, high_open=True)
+non_negative_float = _in_range(float, 0, math.inf, high_open=True)
+fraction = _in_range(float, 0, 1, high_open=True)            # --momentum
+factor = _in_range(float, 0, 1, low_open=True)               # --lr-factor
 
 
 def default_gpus():
@@ -81,7 +109,7 @@ def add_common_arguments(parser):
     data.add_argument("--data-dir", help="directory with the record files (default data/<dataset>)")
     data.add_argument("--num-classes", type=positive_int, help="number of classes")
     data.add_argument("--mean-rgb", type=rgb, help="per-channel mean subtracted, 'R,G,B'")
-    data.add_argument("--std-rgb", type=rgb, help="per-channel std divided by, 'R,G,B'")
+    data.add_argument("--std-rgb", type=positive_rgb, help="per-channel std divided by, 'R,G,B'")
     data.add_argument("--data-threads", type=positive_int, default=4,
                       help="decoding/augmentation threads of each record reader")
 
@@ -93,15 +121,16 @@ def add_common_arguments(parser):
     train.add_argument("--test-batch-size", type=positive_int, help="validation batch size")
     train.add_argument("--num-epochs", type=positive_int, help="number of training epochs")
     train.add_argument("--lr", type=positive_float, help="initial learning rate")
-    train.add_argument("--lr-factor", type=positive_float,
-                       help="learning-rate multiplier at each step")
+    train.add_argument("--lr-factor", type=factor,
+                       help="learning-rate multiplier at each step, in (0, 1]")
     train.add_argument("--lr-steps", type=epoch_list,
                        help="epochs after which the lr is multiplied by --lr-factor, "
                             "e.g. 200,300,350 (default: 1/2, 3/4, 7/8 of the epochs)")
     train.add_argument("--lr-step-every", type=positive_int,
                        help="multiply the lr by --lr-factor every N epochs (instead of --lr-steps)")
-    train.add_argument("--wd", type=float, help="weight decay (on every weight, bias, gamma, beta)")
-    train.add_argument("--momentum", type=float, help="momentum")
+    train.add_argument("--wd", type=non_negative_float,
+                       help="weight decay (on every weight, bias, gamma, beta), >= 0")
+    train.add_argument("--momentum", type=fraction, help="momentum, in [0, 1)")
     train.add_argument("--optimizer", choices=("nag", "sgd"), help="nag = Nesterov SGD")
     train.add_argument("--kv-store", default="device",
                        help="MXNet kvstore: local, device, or dist_sync / dist_device_sync / "

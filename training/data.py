@@ -1,6 +1,7 @@
 """Record files: label checks before training, and the ImageRecordIter readers of a run."""
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import struct
@@ -13,6 +14,7 @@ import numpy as np
 from .errors import ConfigError
 
 _RECORDIO_MAGIC = 0xced7230a
+MAKE_REC_INFO = "make_rec.json"
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 # MXNet logs this at every reader it creates; no environment switch silences it.
 _READER_CHATTER = re.compile(
@@ -61,6 +63,18 @@ def read_labels(rec_path, idx_path):
     return labels
 
 
+def built_counts(data_dir):
+    """{split: records} from the make_rec.json that tools/make_rec.sh writes beside the
+    records ({} when there is none, e.g. records made by other tools)."""
+    try:
+        with open(os.path.join(data_dir, MAKE_REC_INFO)) as f:
+            counts = json.load(f).get("counts", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in counts.items() if isinstance(v, int)} \
+        if isinstance(counts, dict) else {}
+
+
 def check_record_file(data_dir, name, num_classes, flag="--data-dir"):
     """A record set `name`.rec/.idx in `data_dir` that exists, is not empty, and whose labels
     are integers in [0, num_classes)."""
@@ -75,6 +89,11 @@ def check_record_file(data_dir, name, num_classes, flag="--data-dir"):
     labels = read_labels(rec, idx)
     if labels.size == 0:
         raise ConfigError(f"{flag}: {idx} lists no records")
+    built = built_counts(data_dir).get(name)
+    if built is not None and built != labels.size:
+        raise ConfigError(f"{idx} lists {labels.size} records but {MAKE_REC_INFO} says {name} "
+                          f"has {built}: the index is cut short or from another build "
+                          "(rebuild with tools/make_rec.sh ... --force)")
     bad = (labels != np.round(labels)) | (labels < 0) | (labels >= num_classes)
     if bad.any():
         first = labels[bad][0]
@@ -106,18 +125,21 @@ def record_iter(record, batch_size, data_shape, mean, std, augment, *, threads=1
                 seed=0, num_parts=1, part_index=0):
     """An ImageRecordIter that really normalises: (pixel - mean) / std per channel through
     mean_*/std_* (the authors' scale_*/fill_value_* keywords were silently ignored by MXNet),
-    with padding filled by the mean grey so padded pixels are about 0 after normalisation.
+    with padding filled by the mean grey (unless `augment` names its fill_value) so padded
+    pixels are about 0 after normalisation.
     num_parts/part_index: this worker's share, split by record count (the .idx is used).
     `seed` drives the shuffle and, through seed_aug, the crops and flips (left unset, MXNet
     seeds them with a constant, so every reader would repeat the same augmentation draws)."""
+    keywords = dict(
+        path_imgrec=record.rec, path_imgidx=record.idx, data_shape=data_shape,
+        batch_size=batch_size, label_width=1, shuffle=shuffle, seed=seed, seed_aug=seed,
+        num_parts=num_parts, part_index=part_index, preprocess_threads=threads,
+        mean_r=mean[0], mean_g=mean[1], mean_b=mean[2],
+        std_r=std[0], std_g=std[1], std_b=std[2],
+        fill_value=int(round(sum(mean) / 3)))
+    keywords.update(augment)  # a recipe's own fill_value wins over the mean grey
     with _without_reader_chatter():
-        return mx.io.ImageRecordIter(
-            path_imgrec=record.rec, path_imgidx=record.idx, data_shape=data_shape,
-            batch_size=batch_size, label_width=1, shuffle=shuffle, seed=seed, seed_aug=seed,
-            num_parts=num_parts, part_index=part_index, preprocess_threads=threads,
-            mean_r=mean[0], mean_g=mean[1], mean_b=mean[2],
-            std_r=std[0], std_g=std[1], std_b=std[2],
-            fill_value=int(round(sum(mean) / 3)), **augment)
+        return mx.io.ImageRecordIter(**keywords)
 
 
 def val_iter(job):

@@ -1,4 +1,5 @@
-"""The two ways a run stops on its own: a user mistake found before training, or divergence."""
+"""The ways a run stops on its own: a user mistake found before training, divergence, or a
+checkpoint that could not be written."""
 
 
 class ConfigError(ValueError):
@@ -7,6 +8,10 @@ class ConfigError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The training loss stopped being finite."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written in full; the message names the intact checkpoint."""
 
 
 def mxnet_reason(err):

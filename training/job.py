@@ -26,9 +26,10 @@ class NetworkSpec:
     config: dict             # the config keys that were given (the rest take the defaults)
     num_classes: int
     data_shape: tuple        # (3, H, W) of one image
+    device: str = "cpu"      # what the graph is built for: the device type of the job's contexts
 
     def symbol(self):
-        return network.get_symbol(self.name, self.num_classes, **self.config)
+        return network.get_symbol(self.name, self.num_classes, device=self.device, **self.config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +131,28 @@ def default_lr_steps(num_epochs):
                          if 0 < s < num_epochs}))
 
 
-def check_lr_steps(steps, num_epochs):
+def check_lr_steps(steps):
+    """Increasing positive epochs. Steps at or after --num-epochs are kept (the run may be
+    continued with --resume up to them); the loop warns about them."""
     if any(s < 1 for s in steps) or list(steps) != sorted(set(steps)):
         raise ConfigError(f"--lr-steps must be increasing positive epochs, got {list(steps)}")
-    return tuple(s for s in steps if s < num_epochs)
+    return tuple(steps)
+
+
+def check_writable(path, flag):
+    """`path` can be created (its nearest existing folder is a writable folder) or, when it
+    exists, overwritten: found now, not after an epoch of training."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigError(f"{flag}: {path} is not writable")
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{flag}: cannot create {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: cannot write under {folder} (permission denied or a "
+                          "read-only file system)")
 
 
 def network_config(args, implied=None):
@@ -163,7 +182,7 @@ def run_name(network_name, config):
     return "_".join(parts)
 
 
-def _network_spec(args, dataset_kind, implied):
+def _network_spec(args, dataset_kind, implied, device):
     config = network_config(args, implied)
     info = network.network_info(args.network)
     if info["dataset_kind"] != dataset_kind:
@@ -171,7 +190,7 @@ def _network_spec(args, dataset_kind, implied):
         raise ConfigError(f"--network {args.network!r} is an {info['dataset_kind']} network; "
                           f"train it with {script}")
     size = info["input_size"]
-    spec = NetworkSpec(args.network, config, args.num_classes, (3, size, size))
+    spec = NetworkSpec(args.network, config, args.num_classes, (3, size, size), device)
     try:
         # Building once here turns an invalid depth or partition into a message before any I/O.
         spec.symbol()
@@ -222,7 +241,8 @@ def _workers(kv_store, kv):
 def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augment, val_augment,
                 top_k, kv=None, implied=None):
     """Check the whole configuration and resolve it into a Job; raises ConfigError."""
-    net = _network_spec(args, dataset_kind, implied)
+    contexts = contexts_for(args.gpus)
+    net = _network_spec(args, dataset_kind, implied, contexts[0].device_type)
 
     data_dir = args.data_dir or os.path.join(utility.PROJECT_DIR, "data", dataset)
     if not os.path.isdir(data_dir):
@@ -249,8 +269,7 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
     if args.lr_steps is not None and args.lr_step_every is not None:
         raise ConfigError("give either --lr-steps or --lr-step-every, not both")
     lr_steps = () if args.lr_step_every else check_lr_steps(
-        args.lr_steps if args.lr_steps is not None else default_lr_steps(args.num_epochs),
-        args.num_epochs)
+        args.lr_steps if args.lr_steps is not None else default_lr_steps(args.num_epochs))
     optim = OptimSpec(
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, wd=args.wd,
         num_epochs=args.num_epochs, lr_factor=args.lr_factor, lr_steps=lr_steps,
@@ -261,12 +280,14 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
                           "(--num-epochs)")
     prefix = args.model_prefix or os.path.join(
         "runs", dataset, run_name(args.network, net.config), "model")
+    log_file = args.log_file or (prefix + (f".rank{rank}" if rank else "") + ".log")
+    check_writable(prefix + "-symbol.json", "--model-prefix")
+    check_writable(log_file, "--log-file" if args.log_file else "--model-prefix")
     run = RunSpec(
         model_prefix=prefix, pretrained=_check_pretrained(args.pretrained, args.load_epoch),
-        freeze=_frozen_names(args.freeze, net),
-        log_file=args.log_file or (prefix + (f".rank{rank}" if rank else "") + ".log"),
+        freeze=_frozen_names(args.freeze, net), log_file=log_file,
         checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
         log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,
         seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31))
-    return Job(network=net, data=data, optim=optim, run=run, contexts=contexts_for(args.gpus),
+    return Job(network=net, data=data, optim=optim, run=run, contexts=contexts,
                kv_store=args.kv_store)

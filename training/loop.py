@@ -14,7 +14,7 @@ import utility
 
 from .checkpoint import Checkpoints, weights_digest
 from .data import train_batches, val_iter
-from .errors import ConfigError, TrainingDiverged
+from .errors import CheckpointWriteError, ConfigError, TrainingDiverged
 from .metrics import Stats, format_values
 from .optim import lr_of_epoch, make_initializer, make_lr_scheduler, make_optimizer
 from .params import match_params, read_params, split_params
@@ -80,10 +80,19 @@ def _start_point(job, checkpoints):
             return 0, None
         LOGGER.info("--resume: continuing from %s", checkpoints.params_path(epoch))
         return epoch, loaded
-    if checkpoints.epochs():
-        LOGGER.warning("checkpoints already exist at %s and will be overwritten "
-                       "(use --resume to continue them)", run.model_prefix)
     return 0, None
+
+
+def _tidy_prefix(checkpoints, begin_epoch):
+    """Before a run writes under its prefix: drop the temporaries of killed runs, and move a
+    later run's checkpoints aside, so that a --resume after this run continues this run."""
+    for path in checkpoints.remove_dead_temporaries():
+        LOGGER.info("removed %s, left by a run that was killed while saving", path)
+    folder = checkpoints.move_aside_after(begin_epoch)
+    if folder:
+        LOGGER.warning("checkpoints after epoch %d at %s are not continued by this run (an "
+                       "earlier run's, or damaged): moved them to %s", begin_epoch,
+                       checkpoints.prefix, folder)
 
 
 def _train_epoch(module, job, epoch, steps, num_workers, rank):
@@ -168,6 +177,13 @@ def _fit(job, kv, rank):
     if begin_epoch >= optim.num_epochs:
         LOGGER.info("nothing to do: %d of %d epochs already done", begin_epoch, optim.num_epochs)
         return []
+    if rank == 0:
+        _tidy_prefix(checkpoints, begin_epoch)
+    late = [s for s in optim.lr_steps if s >= optim.num_epochs]
+    if late:
+        LOGGER.warning("--lr-steps %s: not before the last epoch (--num-epochs %d), so they "
+                       "apply only when this run is continued further with --resume",
+                       ",".join(map(str, late)), optim.num_epochs)
 
     mx.random.seed(run.seed)
     np.random.seed(run.seed)
@@ -235,5 +251,5 @@ def run(parser, build_job, argv):
         return fit(job, kv)
     except ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    except TrainingDiverged as err:
+    except (TrainingDiverged, CheckpointWriteError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")

@@ -83,6 +83,39 @@ inline std::string shape_string(const std::vector<unsigned int>& shape) {
   return s.str();
 }
 
+// MXNet hands an axis of unknown size to lib_api as (unsigned)-1. Under its default (legacy)
+// shape mode an axis of size 0, as in a batch of 0 images, is read as unknown, and an output
+// shape copied from it would be allocated as 4294967295 elements along that axis.
+constexpr unsigned int kUnknownDim = static_cast<unsigned int>(-1);
+
+inline bool check_known_shape(const char* op, const char* input,
+                              const std::vector<unsigned int>& shape) {
+  for (unsigned int d : shape) {
+    if (d != kUnknownDim) continue;
+    std::ostringstream s;
+    s << "(";
+    for (size_t i = 0; i < shape.size(); ++i) {
+      s << (i ? ", " : "");
+      if (shape[i] == kUnknownDim) s << "?"; else s << shape[i];
+    }
+    s << (shape.size() == 1 ? ",)" : ")");
+    IGC_ERROR << op << ": input '" << input << "' has shape " << s.str()
+              << " with an axis of unknown size; in MXNet's default shape mode an axis of "
+              << "size 0 (e.g. a batch of 0 images) reads as unknown: give every axis a size "
+              << ">= 1, or turn on NumPy shape semantics (mx.util.set_np_shape(True)) for "
+              << "zero-size arrays";
+    return false;
+  }
+  return true;
+}
+
+inline bool is_empty(const std::vector<int64_t>& shape) {
+  for (int64_t d : shape) {
+    if (d == 0) return true;
+  }
+  return false;
+}
+
 }  // namespace igc
 
 #endif  // IGC_OPERATOR_OP_COMMON_H_

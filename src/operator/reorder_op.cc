@@ -67,6 +67,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<std::vector<unsigned i
                  << igc::shape_string(shape);
     return MX_FAIL;
   }
+  if (!igc::check_known_shape(kOp, "data", shape)) return MX_FAIL;
   if (shape[1] % groups != 0) {
     IGC_ERROR << kOp << ": attribute 'branch_factor'=" << groups
                  << " does not divide the channel count " << shape[1] << " of input shape "
@@ -98,6 +99,7 @@ MXReturnValue run(const Attrs& attrs, const MXTensor& in, MXTensor* out, bool in
                  << " does not divide the channel count " << g.channels;
     return MX_FAIL;
   }
+  if (igc::is_empty(in.shape)) return MX_SUCCESS;  // zero-size arrays (NumPy shape mode)
   if (inverse) groups = g.channels / groups;
   const int64_t elem_bytes = igc::dtype_bytes(in.dtype);
   if (elem_bytes == 0) {

@@ -1,7 +1,7 @@
 """Inference of IGCV3 and MobileNetV2 (224x224): the project vs PyTorch vs ONNX Runtime.
 
-Per network, batch size and thread count, interleaved in one process (harness.py: a process per
-thread count, medians of interleaved rounds):
+Per network, batch size and thread count, interleaved in one process (harness.py: medians of
+interleaved rounds; a process per network and thread count):
 - MXNet: the project's graph as a `Module` bound for inference (for_training=False);
 - MXNet optimized: the same on `network.optimize_for_inference(symbol, arg_params, aux_params)`
   when the network package has it;
@@ -132,23 +132,24 @@ def parent(argv=None):
     if rounds < 1 or warmup < 0:
         parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
 
-    results = {t: harness.run_child(__file__, dict(threads=t, rounds=rounds, warmup=warmup,
-                                                   batches=batches, networks=networks), t)
-               for t in threads}
+    results = {(name, t): harness.run_child(
+        __file__, dict(threads=t, rounds=rounds, warmup=warmup, batches=batches,
+                       networks=[name]), t) for name in networks for t in threads}
     harness.print_header(f"Inference, {SIZE}x{SIZE}, median of {rounds} interleaved rounds",
                          "mxnet", "torch", "onnxruntime")
-    first = results[threads[0]]
+    first = next(iter(results.values()))
     variants = list(first["rows"][0][2])
     headers = ["network", "batch", "threads"] + [f"{v} ms" for v in variants]
     headers += [f"ORT/{v}" for v in variants if v != "ONNX Runtime"]
     rows = []
-    for i, (name, batch, _) in enumerate(first["rows"]):
-        for t in threads:
-            seconds = results[t]["rows"][i][2]
-            ort_s = seconds["ONNX Runtime"]
-            rows.append([name, batch, t] + [f"{seconds[v] * 1e3:.1f}" for v in variants] +
-                        [harness.ratio(ort_s, seconds[v]) for v in variants
-                         if v != "ONNX Runtime"])
+    for name in networks:
+        for i, batch in enumerate(batches):
+            for t in threads:
+                seconds = results[name, t]["rows"][i][2]
+                ort_s = seconds["ONNX Runtime"]
+                rows.append([name, batch, t] + [f"{seconds[v] * 1e3:.1f}" for v in variants] +
+                            [harness.ratio(ort_s, seconds[v]) for v in variants
+                             if v != "ONNX Runtime"])
     harness.print_table(headers, rows)
     print("ORT/X > 1: X is faster than ONNX Runtime. ONNX Runtime runs the graph exported from the "
           "PyTorch peer.")

@@ -120,11 +120,11 @@ def parent(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     harness.add_threads_flag(parser)
     parser.add_argument("--quick", action="store_true",
-                        help="3 rounds x 2 steps after 1 warm-up step")
+                        help="3 rounds x 1 step after 1 warm-up step")
     args = parser.parse_args(argv)
     threads = harness.parse_threads(parser, args.threads)
     if args.quick:
-        args = argparse.Namespace(**{**vars(args), "rounds": 3, "steps": 2, "warmup": 1})
+        args = argparse.Namespace(**{**vars(args), "rounds": 3, "steps": 1, "warmup": 1})
     for key in ("steps", "rounds", "batch_size"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")

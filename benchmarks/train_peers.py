@@ -4,8 +4,10 @@ A step is forward + backward + SGD update (momentum 0.9, weight decay 1e-4) of o
 batch (64 images, 32x32, 10 classes; no data loading): the project as an MXNet `Module` with the
 builders' defaults (conv_impl='auto', the native Reorder), PyTorch as the peer in benchmarks/peers
 (train mode, cross-entropy loss). Before any timing each peer is checked to have exactly the MXNet
-graph's parameter count. Per family the two run in turn (harness.py: a process per thread count,
-medians of interleaved rounds); ratio = PyTorch ms / project ms, above 1 = the project is faster.
+graph's parameter count. Per family the two run in turn (harness.py: medians of interleaved
+rounds), in a process of their own per thread count (one per family, so that MXNet's memory pool
+does not carry one network's buffers into the next); ratio = PyTorch ms / project ms, above 1 =
+the project is faster.
 
     python benchmarks/train_peers.py                       # 1 and 2 threads, 5 rounds
     python benchmarks/train_peers.py --quick               # 3 rounds, one warm-up step
@@ -75,23 +77,19 @@ def torch_step(name, config):
 
 
 def measure(payload):
-    """Runs in the child: [(label, params, project s, PyTorch s)] per family."""
+    """Runs in the child: (params, project seconds, PyTorch seconds) of one family."""
     import torch
 
     import peers
     import utility
     torch.set_num_threads(payload["threads"])
     utility.load_ops()
-    rows = []
-    for label, name, config in FAMILIES:
-        if label not in payload["families"]:
-            continue
-        params = peers.mxnet_param_count(name, CLASSES, **config)
-        fns = {"project": mxnet_step(name, config), "pytorch": torch_step(name, config)}
-        t = harness.interleaved_medians(fns, rounds=payload["rounds"], warmup=payload["warmup"],
-                                        pause=0.05)
-        rows.append((label, params, t["project"], t["pytorch"]))
-    return rows
+    _, name, config = FAMILIES[payload["family"]]
+    params = peers.mxnet_param_count(name, CLASSES, **config)
+    fns = {"project": mxnet_step(name, config), "pytorch": torch_step(name, config)}
+    t = harness.interleaved_medians(fns, rounds=payload["rounds"], warmup=payload["warmup"],
+                                    pause=0.05)
+    return params, t["project"], t["pytorch"]
 
 
 def parent(argv=None):
@@ -104,27 +102,26 @@ def parent(argv=None):
                         help="comma-separated network names (default: all four)")
     args = parser.parse_args(argv)
     threads = harness.parse_threads(parser, args.threads)
-    names = {name: label for label, name, _ in FAMILIES}
+    index = {name: i for i, (_, name, _) in enumerate(FAMILIES)}
     wanted = args.families.split(",")
-    unknown = [n for n in wanted if n not in names]
+    unknown = [n for n in wanted if n not in index]
     if unknown:
-        parser.error(f"--families: unknown {unknown}; valid: {', '.join(names)}")
+        parser.error(f"--families: unknown {unknown}; valid: {', '.join(index)}")
     rounds, warmup = (3, 1) if args.quick else (args.rounds, args.warmup)
     if rounds < 1 or warmup < 0:
         parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
 
-    results = {t: harness.run_child(__file__, dict(threads=t, rounds=rounds, warmup=warmup,
-                                                   families=[names[n] for n in wanted]), t)
-               for t in threads}
+    rows = []
+    for name in wanted:
+        label = FAMILIES[index[name]][0]
+        for t in threads:
+            params, ours, peer = harness.run_child(
+                __file__, dict(threads=t, rounds=rounds, warmup=warmup, family=index[name]), t)
+            rows.append([label, f"{params:,}", t, f"{ours * 1e3:.0f}", f"{peer * 1e3:.0f}",
+                         harness.ratio(peer, ours)])
     harness.print_header(f"Training step (fwd + bwd + SGD), batch {BATCH}, {SIZE}x{SIZE}, "
                          f"synthetic data; median of {rounds} interleaved rounds",
                          "mxnet", "torch")
-    rows = []
-    for i, (label, params, _, _) in enumerate(results[threads[0]]):
-        for t in threads:
-            _, _, ours, peer = results[t][i]
-            rows.append([label, f"{params:,}", t, f"{ours * 1e3:.0f}", f"{peer * 1e3:.0f}",
-                         harness.ratio(peer, ours)])
     harness.print_table(["network", "params", "threads", "project ms", "PyTorch ms",
                          "PyTorch/project"], rows)
     print("PyTorch/project > 1: the project's step is faster. Parameter counts are checked equal.")

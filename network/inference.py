@@ -42,7 +42,8 @@ class _Graph:
         return self.nodes[entry[0]]["name"]
 
     def readers_of(self, entry, ignore=("BatchNormMoments",)):
-        readers = [r for r in self.readers.get(tuple(entry), []) if self.nodes[r]["op"] not in ignore]
+        readers = [r for r in self.readers.get(tuple(entry), [])
+                   if self.nodes[r]["op"] not in ignore]
         return readers + (["head"] if tuple(entry) in self.heads else [])
 
 

@@ -8,8 +8,9 @@ In inference a BatchNorm is a per-channel affine map with the moving statistics,
 - one that cannot fold becomes MXNet's BatchNorm(use_global_stats=True) over the same
   parameters.
 The result computes the training graph's inference outputs (up to float rounding) and loads
-the same parameter names, plus a `{conv}_bias` per folded convolution. Graphs with nothing to
-fold come back equivalent (rebuilt node by node).
+the same parameter names, plus a `{conv}_bias` per folded convolution; an IGCConv without
+permutation becomes the equivalent Convolution. Graphs with nothing to rewrite come back
+equivalent (rebuilt node by node).
 """
 import json
 
@@ -90,6 +91,15 @@ def _stored_filter_order(attrs, filters):
     return (f % per_group) * groups + f // per_group
 
 
+def _conv(op, inputs, name, attrs):
+    """A convolution node; an IGCConv without permutation becomes MXNet's Convolution (same
+    attributes and weight layout): IGCConv's edge is in training (forward + backward), while in
+    inference oneDNN's kernels measured faster (igcv3 batch 1: 19.8 vs 23.5 ms, 1 thread)."""
+    if op == "IGCConv" and not _is_true(attrs.get("interleave", "False")):
+        op, attrs = "Convolution", {k: v for k, v in attrs.items() if k != "interleave"}
+    return getattr(mx.sym, op)(*inputs, name=name, **attrs)
+
+
 def optimize_for_inference(symbol, arg_params, aux_params):
     """(symbol, arg_params, aux_params) for inference; see the module docstring."""
     graph = _Graph(symbol)
@@ -129,7 +139,7 @@ def optimize_for_inference(symbol, arg_params, aux_params):
             attrs["no_bias"] = "False"
             inputs = [entry(node["inputs"][0]), mx.sym.var(weight_name),
                       mx.sym.var(f"{name}_bias")]
-            built[i] = [getattr(mx.sym, op)(*inputs, name=name, **attrs)]
+            built[i] = [_conv(op, inputs, name, attrs)]
         elif i in sites:
             site = sites[i]
             x = entry(site["x"])
@@ -145,6 +155,8 @@ def optimize_for_inference(symbol, arg_params, aux_params):
                 act_op, act_attrs = _ACT[site["act"]]
                 out = getattr(mx.sym, act_op)(out, name=name, **act_attrs)
             built[i] = [out]
+        elif op == "IGCConv":
+            built[i] = [_conv(op, [entry(e) for e in node["inputs"]], name, attrs)]
         else:
             inputs = [entry(e) for e in node["inputs"]]
             sym = getattr(mx.sym, op)(*inputs, name=name, **attrs)

@@ -10,7 +10,17 @@ CONV_IMPLS = ("auto", "mxnet", "igc")
 # conv_impl='auto' fuses a group conv + permutation into IGCConv where IGCConv was measured
 # faster than MXNet's oneDNN Convolution + Reorder (fwd+bwd, 1 thread, batch 8-64): 3x3 about 3x
 # at 2 channels per group, even at 16, slower at 32; 1x1 (followed by BN) 1.06-1.30x at 4-24,
-# slower at 100. Wider groups stay on Convolution.
+# slower at 100. Wider groups stay on Convolution. The same limits pick IGCConv (no permutation)
+# for IGCV3's 1x1 group convs (layers.group_conv): there its plain-NCHW output also feeds the
+# plugin's BatchNorm without a layout conversion.
+# BatchNorm: under conv_impl='auto' (with the native permutation) and 'igc' every BatchNorm is the
+# plugin's (layers.batchnorm(native=True)). oneDNN's BatchNorm runs its reference kernel whenever
+# the layout its producer picked has no fast kernel (aBcd4b from 12-channel groups on AVX-512,
+# 8b data with a 16b gradient, acdB16b from pooling), which no graph can rule out; on plain NCHW
+# its fast path is missing too (ncsp_bnorm). Measured (docs/performance.md, AMD EPYC Zen 4, 1
+# thread, 64x144x32x32 + ReLU6): plugin 11 ms forward / 20 ms backward, oneDNN on plain NCHW
+# 78 / 82 ms; igcv3_cifar training step batch 64: 2.37 s (AVX-512) / 2.25 s (AVX2) vs 11.9 s /
+# 3.37 s with MXNet's ops, PyTorch 2.13 3.14 s.
 IGC_CONV_MAX_GROUP_WIDTH = {3: 8, 1: 24}
 
 

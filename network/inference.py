@@ -9,8 +9,11 @@ In inference a BatchNorm is a per-channel affine map with the moving statistics,
   parameters.
 The result computes the training graph's inference outputs (up to float rounding) and loads
 the same parameter names, plus a `{conv}_bias` per folded convolution; an IGCConv without
-permutation becomes the equivalent Convolution. Graphs with nothing to rewrite come back
-equivalent (rebuilt node by node).
+permutation becomes the equivalent Convolution. IGCV3's Reorder (expansion conv -> Reorder ->
+depthwise conv -> ReLU6 -> 1x1 group conv) vanishes: the expansion runs as g*g groups over its
+input repeated g times, so that each linear group's channels are contiguous, and the order inside
+the groups moves into the depthwise and linear weights (`_remove_interleaves`). Graphs with
+nothing to rewrite come back equivalent (rebuilt node by node).
 """
 import json
 
@@ -163,6 +166,104 @@ def optimize_for_inference(symbol, arg_params, aux_params):
             built[i] = [sym[k] for k in range(len(sym.list_outputs()))]
     heads = [entry(h) for h in graph.heads]
     out = heads[0] if len(heads) == 1 else mx.sym.Group(heads)
+    out = _remove_interleaves(out, new_args)
     keep_args, keep_aux = set(out.list_arguments()), set(out.list_auxiliary_states())
     return (out, {k: v for k, v in new_args.items() if k in keep_args},
             {k: v for k, v in new_aux.items() if k in keep_aux})
+
+
+def _interleave_sites(graph):
+    """IGCV3's expansion conv (g groups) -> Reorder(g) -> depthwise conv -> per-channel
+    activation -> 1x1 conv with g groups, each read only by the next: {Reorder id: node ids}."""
+    def only_reader(i, op):
+        readers = graph.readers_of((i, 0))
+        if len(readers) == 1 and readers[0] != "head" and graph.nodes[readers[0]]["op"] == op:
+            return readers[0]
+        return None
+
+    sites = {}
+    for r, node in enumerate(graph.nodes):
+        if node["op"] != "Reorder":
+            continue
+        g = int(node["attrs"]["branch_factor"])
+        e = node["inputs"][0][0]
+        exp = graph.nodes[e]
+        d = only_reader(r, "Convolution")
+        a = d is not None and only_reader(d, "clip")
+        lin = a and only_reader(a, "Convolution")
+        if not lin or exp["op"] != "Convolution" or graph.readers_of((e, 0)) != [r]:
+            continue
+        channels = int(exp["attrs"]["num_filter"])
+        k = channels // g
+        if (int(exp["attrs"].get("num_group", "1")) == g and k % g == 0
+                and int(graph.nodes[d]["attrs"].get("num_group", "1")) == channels
+                and int(graph.nodes[lin]["attrs"].get("num_group", "1")) == g
+                and graph.nodes[lin]["attrs"]["kernel"].replace(" ", "") == "(1,1)"):
+            sites[r] = dict(exp=e, dw=d, act=a, lin=lin, g=g, k=k)
+    return sites
+
+
+def _interleave_orders(g, k):
+    """For the rewritten expansion's channel q: the expansion filter e(q) it computes, the
+    position p(q) it had after Reorder(g), and the linear conv's in-group input index it had."""
+    h, i, j = np.meshgrid(np.arange(g), np.arange(g), np.arange(k // g), indexing="ij")
+    filters = (i * k + h * (k // g) + j).ravel()
+    positions = ((h * (k // g) + j) * g + i).ravel()
+    in_group = (g * j + i).ravel()[:k]  # the same in every linear group
+    return filters, positions, in_group
+
+
+def _remove_interleaves(symbol, args):
+    """Removes IGCV3's Reorder: the channels each linear group reads are made contiguous by
+    running the expansion as g*g groups over the input repeated g times (group h*g + i computes
+    the filters of expansion group i that linear group h reads), and the order inside each group
+    moves into the depthwise and linear weights. Updates `args` in place."""
+    graph = _Graph(symbol)
+    sites = _interleave_sites(graph)
+    if not sites:
+        return symbol
+    params = _to_numpy(args)
+    by_node = {}
+    for r, site in sites.items():
+        filters, positions, in_group = _interleave_orders(site["g"], site["k"])
+        by_node[site["exp"]] = ("exp", site, filters)
+        by_node[site["dw"]] = ("dw", site, positions)
+        by_node[site["lin"]] = ("lin", site, in_group)
+    built = {}
+
+    def entry(e):
+        return built[e[0]][e[1]]
+
+    def names(node):
+        return [graph.name(e) for e in node["inputs"][1:]]
+
+    for i, node in enumerate(graph.nodes):
+        op, name, attrs = node["op"], node["name"], dict(node.get("attrs", {}))
+        if op == "null":
+            built[i] = [mx.sym.var(name)]
+            continue
+        if i in sites:
+            built[i] = [entry(node["inputs"][0])]  # the permutation is gone
+            continue
+        inputs = [entry(e) for e in node["inputs"]]
+        if i in by_node:
+            role, site, order = by_node[i]
+            g = site["g"]
+            if role == "lin":
+                weight = params[names(node)[0]]
+                per_group = weight.shape[0] // g
+                new = np.empty_like(weight)
+                for h in range(g):
+                    rows = slice(h * per_group, (h + 1) * per_group)
+                    new[rows][:, :] = weight[rows][:, order]
+                args[names(node)[0]] = mx.nd.array(new, dtype=new.dtype)
+            else:
+                for param in names(node):
+                    args[param] = mx.nd.array(params[param][order], dtype=params[param].dtype)
+            if role == "exp":
+                inputs[0] = mx.sym.concat(*([inputs[0]] * g), dim=1, name=f"{name}_repeat")
+                attrs["num_group"] = str(g * g)
+        sym = getattr(mx.sym, op)(*inputs, name=name, **attrs)
+        built[i] = [sym[k] for k in range(len(sym.list_outputs()))]
+    heads = [entry(h) for h in graph.heads]
+    return heads[0] if len(heads) == 1 else mx.sym.Group(heads)

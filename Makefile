@@ -7,8 +7,16 @@ IGC_CUDA ?= AUTO
 CUDA_ARCHS ?=
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.requirements.stamp
+# The benchmark environment: the runtime pins plus CPU torch, onnx, onnxruntime (never in
+# requirements.txt). It loads the same build/libigc_ops.so.
+BENCH_VENV ?= .venv-bench
+BPY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.requirements.stamp
+# `make bench` runs each benchmark in its --quick mode (under 15 minutes on 2 cores);
+# `make bench FULL=1` runs the full settings.
+QUICK := $(if $(FULL),,--quick)
 
-.PHONY: venv ops lint test bench demo clean
+.PHONY: venv bench-venv ops lint test bench demo clean
 
 venv: $(STAMP)
 
@@ -29,10 +37,22 @@ lint: $(STAMP)
 test: venv ops
 	$(VPY) -m pytest tests $(PYTEST_ARGS)
 
-bench: venv ops
-	$(VPY) tools/bench_reorder.py
-	$(VPY) tools/bench_conv.py
-	$(VPY) tools/bench_train.py
+bench-venv: $(BENCH_STAMP)
+
+$(BENCH_STAMP): benchmarks/requirements.txt
+	@test -x $(BPY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BPY) -m pip install --disable-pip-version-check -q -r benchmarks/requirements.txt
+	$(BPY) -c "import numpy, mxnet, torch, onnx, onnxruntime; \
+		assert numpy.__version__ == '1.23.5', 'numpy ' + numpy.__version__"
+	@touch $@
+
+bench: venv ops bench-venv
+	$(BPY) -m pytest -q tests/test_bench_harness.py tests/test_peers.py
+	$(BPY) benchmarks/reorder.py $(QUICK)
+	$(BPY) benchmarks/conv.py $(QUICK)
+	$(BPY) benchmarks/permutation_overhead.py $(QUICK)
+	$(BPY) benchmarks/train_peers.py $(QUICK)
+	$(BPY) benchmarks/inference_peers.py $(QUICK)
 
 # Makes the demo records, trains a small plain_igc on the CPU (about a minute on 2 cores),
 # prints the per-epoch table and writes curves.png.

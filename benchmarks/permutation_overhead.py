@@ -1,6 +1,7 @@
 """Training speed of plain_igc with each channel permutation, measured in one run.
 
-    .venv/bin/python tools/bench_train.py            # plain_igc d38 L24 M2, batch 64, CPU
+    python benchmarks/permutation_overhead.py           # plain_igc d38 L24 M2, batch 64, CPU
+    python benchmarks/permutation_overhead.py --threads 1 --rounds 3 --steps 2
 
 Variants: the native `Reorder` op, the pure-symbol reshape -> swapaxes -> reshape, Reorder with
 branch_factor=1 (a copy through the same plugin boundary, which also makes MXNet convert oneDNN's
@@ -10,21 +11,19 @@ fused IGCConv permutation switched off (interleave=False), the floor.
 `none` computes a different function but costs exactly the convolutions, BN and the rest, so
 (step - floor step) / step is the share of a training step spent permuting. A step is forward +
 backward + Nesterov update on synthetic data (no data loading). Variants run interleaved in
-rounds and each reports its median round, so drift on a shared machine hits them alike.
+rounds and each reports its median round, so drift on a shared machine hits them alike; each
+thread count runs in its own process (harness.py).
 """
 import argparse
 import json
-import os
-import statistics
 import sys
-import time
 
 import mxnet as mx
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import network  # noqa: E402
-import utility  # noqa: E402
+import harness
+import network
+import utility
 
 
 def without_permutations(symbol):
@@ -62,8 +61,8 @@ def with_identity_permutations(symbol):
 
 
 def variants(args):
-    config = dict(depth=args.depth, primary_partition=args.primary_partition,
-                  secondary_partition=args.secondary_partition, conv_impl=args.conv_impl)
+    config = dict(depth=args["depth"], primary_partition=args["primary_partition"],
+                  secondary_partition=args["secondary_partition"], conv_impl=args["conv_impl"])
     reorder = network.get_symbol("plain_igc", 10, permutation="reorder", **config)
     return {"Reorder": reorder,
             "reshape-swapaxes-reshape": network.get_symbol("plain_igc", 10,
@@ -85,16 +84,28 @@ def make_trainer(symbol, batch_size, ctx):
                             [mx.nd.array(rng.randint(0, 10, batch_size), ctx=ctx)])
 
     def steps(n):
-        tic = time.perf_counter()
         for _ in range(n):
             module.forward_backward(batch)
             module.update()
         mx.nd.waitall()
-        return (time.perf_counter() - tic) / n
     return steps
 
 
-def main(argv=None):
+def measure(args):
+    """Runs in the child process: {variant: median seconds per step}."""
+    utility.load_ops()
+    ctx = mx.cpu()
+    trainers = {name: make_trainer(sym, args["batch_size"], ctx)
+                for name, sym in variants(args).items()}
+    for steps in trainers.values():
+        steps(args["warmup"])
+    rounds = harness.interleaved_medians(
+        {name: (lambda steps=steps: steps(args["steps"])) for name, steps in trainers.items()},
+        rounds=args["rounds"], warmup=0)
+    return {name: seconds / args["steps"] for name, seconds in rounds.items()}
+
+
+def parent(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=38)
     parser.add_argument("--primary-partition", type=int, default=24)
@@ -107,32 +118,33 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="training steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
+    harness.add_threads_flag(parser)
+    parser.add_argument("--quick", action="store_true",
+                        help="3 rounds x 1 step after 1 warm-up step")
     args = parser.parse_args(argv)
+    threads = harness.parse_threads(parser, args.threads)
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), "rounds": 3, "steps": 1, "warmup": 1})
+    for key in ("steps", "rounds", "batch_size"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
 
-    utility.load_ops()
-    ctx = mx.cpu()
-    symbols = variants(args)
-    trainers = {name: make_trainer(sym, args.batch_size, ctx) for name, sym in symbols.items()}
-    for steps in trainers.values():
-        steps(args.warmup)
-    times = {name: [] for name in trainers}
-    for _ in range(args.rounds):
-        for name, steps in trainers.items():
-            times[name].append(steps(args.steps))
-    step = {name: statistics.median(t) for name, t in times.items()}
-    floor = step["none (floor)"]
-
-    print(f"plain_igc depth {args.depth}, L={args.primary_partition}, "
-          f"M={args.secondary_partition}, conv_impl {args.conv_impl}, batch {args.batch_size}, CPU "
-          f"({os.cpu_count()} cores), {args.rounds} rounds x {args.steps} steps, median round")
-    print(f"{'permutation':<26} {'images/s':>9} {'step ms':>8} {'overhead':>9}")
-    for name, seconds in step.items():
-        overhead = 100.0 * (seconds - floor) / seconds
-        print(f"{name:<26} {args.batch_size / seconds:>9.1f} {1000 * seconds:>8.1f} "
-              f"{overhead:>8.1f}%")
+    payload = {key: value for key, value in vars(args).items() if key not in ("threads", "quick")}
+    results = harness.per_thread(__file__, payload, threads)
+    harness.print_header(
+        f"Permutation overhead: plain_igc depth {args.depth}, L={args.primary_partition}, "
+        f"M={args.secondary_partition}, conv_impl {args.conv_impl}, batch {args.batch_size}, "
+        f"{args.rounds} rounds x {args.steps} steps, median round", "mxnet")
+    rows = []
+    for t, step in results.items():
+        floor = step["none (floor)"]
+        for name, seconds in step.items():
+            rows.append([name, t, f"{args.batch_size / seconds:.1f}", f"{1000 * seconds:.1f}",
+                         f"{100.0 * (seconds - floor) / seconds:.1f}%"])
+    harness.print_table(["permutation", "threads", "images/s", "step ms", "overhead"], rows)
     print("overhead = (step - floor step) / step; the target for Reorder is <= 3%")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(parent, measure))

@@ -9,26 +9,21 @@ speedup (mxnet / igc). Cases:
 - depthwise: IGCV3's 3x3 depthwise conv at ImageNet shapes, batch 32, forward (inference);
 - step: one training step (forward, backward, SGD update) of plain_igc d38 L24M2 and
   resnet_igc d20 L24M2, batch 64, 32x32; IGCV3 inference, batch 32, 224x224.
-Each thread count runs in its own process (OMP_NUM_THREADS is read at start-up). Then, as
-evidence of where the time goes, the oneDNN primitives that take the most time in one step of
-each network variant (DNNL_VERBOSE=1, 1 thread).
+Each thread count runs in its own process (harness.py). Then, as evidence of where the time
+goes, the oneDNN primitives that take the most time in one step of each network variant
+(DNNL_VERBOSE=1, 1 thread).
 
-    python tools/bench_conv.py                    # everything, 1 and 2 threads (~4 minutes)
-    python tools/bench_conv.py --quick            # primary and depthwise cases only
-    python tools/bench_conv.py --threads 1 --reps 5 --no-verbose
+    python benchmarks/conv.py                     # everything, 1 and 2 threads (~4 minutes)
+    python benchmarks/conv.py --quick             # primary and depthwise cases only
+    python benchmarks/conv.py --threads 1 --reps 5 --no-verbose
 """
 import argparse
 import collections
-import json
-import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import harness
 
 # (input shape, num_filter, groups, stride): the primary convs of plain_igc d38 L24M2.
 PRIMARY = [
@@ -59,20 +54,6 @@ IMPLS = ("mxnet", "igc")
 # Targets from the issue (speedup of 'igc' over 'mxnet').
 TARGETS = {"primary fwd+bwd": 4.0, "plain_igc d38 L24M2 train step": 2.5, "igcv3 inference": 1.0,
            "igcv3 inference (same graph)": 1.0}
-
-
-def interleaved_medians(fns, reps):
-    """Median seconds of each fn in `fns` (a dict), calling them in turn `reps` times after one
-    warm-up call each, so that load from elsewhere affects every variant alike."""
-    for fn in fns.values():
-        fn()
-    times = {key: [] for key in fns}
-    for _ in range(reps):
-        for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
-    return {key: float(np.median(v)) for key, v in times.items()}
 
 
 def primary_symbol(mx, impl, num_filter, groups, stride, interleave=True):
@@ -132,8 +113,15 @@ def network_timer(mx, sym, batch, size, train):
     return step
 
 
+def child(payload):
+    """Runs in the child process: `measure` rows, or the `dnnl_profile` log on stdout."""
+    if payload["what"] == "profile":
+        return dnnl_profile(payload["network_index"], payload["impl"])
+    return measure(payload["quick"], payload["reps"])
+
+
 def measure(quick, reps):
-    """Runs in the child process: rows of (case, mxnet seconds, igc seconds)."""
+    """Rows of (case, mxnet seconds, igc seconds)."""
     import mxnet as mx
 
     import utility
@@ -144,13 +132,13 @@ def measure(quick, reps):
         for train, what in ((False, "fwd"), (True, "fwd+bwd")):
             fns = {impl: op_timers(mx, primary_symbol(mx, impl, num_filter, groups, stride),
                                    shape, train) for impl in IMPLS}
-            t = interleaved_medians(fns, max(reps, 5))
+            t = harness.interleaved_medians(fns, max(reps, 5))
             rows.append((f"{label} {what}", t["mxnet"], t["igc"]))
     for shape, stride in DEPTHWISE:
         channels = shape[1]
         fns = {impl: op_timers(mx, primary_symbol(mx, impl, channels, channels, stride, False),
                                shape, False) for impl in IMPLS}
-        t = interleaved_medians(fns, max(reps, 5))
+        t = harness.interleaved_medians(fns, max(reps, 5))
         rows.append((f"depthwise {channels} {shape[2]}x{shape[3]} /{stride} fwd", t["mxnet"],
                      t["igc"]))
     if not quick:
@@ -160,7 +148,7 @@ def measure(quick, reps):
                 label += " (same graph)"  # the builder has no IGCConv for this network
             fns = {impl: network_timer(mx, sym, batch, size, train)
                    for impl, sym in symbols.items()}
-            t = interleaved_medians(fns, reps)
+            t = harness.interleaved_medians(fns, reps)
             rows.append((label, t["mxnet"], t["igc"]))
     return rows
 
@@ -200,58 +188,37 @@ def top_primitives(log, count=6):
     return ranked[:count], sum(v[0] for v in totals.values())
 
 
-def run_child(args_list, threads, extra_env=None):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MXNET_SUBGRAPH_VERBOSE="0")
-    env.update(extra_env or {})
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)] + args_list, env=env,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"benchmark child failed ({' '.join(args_list)}):\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-def main(argv=None):
+def parent(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                        help="OpenMP thread counts, one process each (default: 1 2)")
+    harness.add_threads_flag(parser)
     parser.add_argument("--reps", type=int, default=3,
-                        help="timed repetitions of each variant (at least 5 for single ops)")
+                        help="timed rounds of each variant (at least 5 for single ops)")
     parser.add_argument("--quick", action="store_true", help="single ops only, no networks")
     parser.add_argument("--no-verbose", action="store_true",
                         help="skip the DNNL_VERBOSE profile of the network steps")
-    parser.add_argument("--child", choices=["measure", "profile"], help=argparse.SUPPRESS)
-    parser.add_argument("--network-index", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if any(t < 1 for t in args.threads):
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    threads = harness.parse_threads(parser, args.threads)
     if args.reps < 1:
         parser.error(f"--reps must be >= 1, got {args.reps}")
-    if args.child == "measure":
-        print(json.dumps(measure(args.quick, args.reps)))
-        return
-    if args.child == "profile":
-        dnnl_profile(args.network_index, args.impl)
-        return
 
-    child_args = ["--child", "measure", "--reps", str(args.reps)] + (["--quick"] if args.quick
-                                                                    else [])
-    results = {t: json.loads(run_child(child_args, t).strip().splitlines()[-1])
-               for t in args.threads}
-    print(f"{'case':<46} {'threads':>7} {'mxnet ms':>10} {'igc ms':>9} {'speedup':>8}")
-    for i, (label, _, _) in enumerate(results[args.threads[0]]):
-        for t in args.threads:
+    results = harness.per_thread(__file__, dict(what="measure", quick=args.quick, reps=args.reps),
+                                 threads)
+    harness.print_header("IGCConv vs Convolution + Reorder (conv_impl igc vs mxnet)", "mxnet")
+    rows = []
+    for i, (label, _, _) in enumerate(results[threads[0]]):
+        for t in threads:
             _, mx_s, igc_s = results[t][i]
-            print(f"{label:<46} {t:>7} {mx_s * 1e3:>10.2f} {igc_s * 1e3:>9.2f} "
-                  f"{mx_s / igc_s:>7.2f}x")
+            rows.append([label, t, f"{mx_s * 1e3:.2f}", f"{igc_s * 1e3:.2f}",
+                         harness.ratio(mx_s, igc_s)])
+    harness.print_table(["case", "threads", "mxnet ms", "igc ms", "speedup"], rows)
     print_targets(results)
     if not args.quick and not args.no_verbose:
         print("\nTop oneDNN primitives in one step (DNNL_VERBOSE=1, 1 thread; "
               "IGCConv/Reorder are not oneDNN ops and do not appear):")
         for index, (label, *_rest) in enumerate(NETWORKS):
             for impl in IMPLS:
-                log = run_child(["--child", "profile", "--network-index", str(index), "--impl",
-                                 impl], 1, {"DNNL_VERBOSE": "1"})
+                log = harness.child_output(__file__, dict(what="profile", network_index=index,
+                                                          impl=impl), 1, {"DNNL_VERBOSE": "1"})
                 ranked, total = top_primitives(log)
                 print(f"  {label}, conv_impl={impl}: oneDNN total {total:.0f} ms")
                 for (kind, impl_name, prop), (ms, calls) in ranked:
@@ -286,4 +253,4 @@ def print_targets(results):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main(parent, child))

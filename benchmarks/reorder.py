@@ -3,24 +3,19 @@
 
 Prints one table: shape, g, threads, method, GB/s (bytes read + written by the permutations
 only) and the ratio to a memcpy of the same bytes (np.copyto into a preallocated array)
-measured in the same run. Each thread count runs in its own process (OMP_NUM_THREADS is read
-at start-up).
+measured in the same run, the methods of a shape interleaved (harness.py: one process per
+thread count, medians).
 
-    python tools/bench_reorder.py                 # all shapes, 1 and 2 threads
-    python tools/bench_reorder.py --threads 1 --quick
-    python tools/bench_reorder.py --cuda          # CUDA kernel via PyTorch vs a device copy
+    python benchmarks/reorder.py                  # all shapes, 1 and 2 threads
+    python benchmarks/reorder.py --threads 1 --quick
+    python benchmarks/reorder.py --cuda           # CUDA kernel via PyTorch vs a device copy
 """
 import argparse
-import json
-import os
-import subprocess
 import sys
-import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import harness
 
 SHAPES = [  # (N, C, H, W), g
     ((64, 48, 32, 32), 24),
@@ -38,21 +33,9 @@ KERNEL_TARGET = 0.9
 EXECUTOR_SPEEDUP_TARGET = 2.0
 
 
-def median_seconds(fn, min_time, min_reps=5, max_reps=200):
-    fn()
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < min_time and
-                                    len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def measure_cpu(shapes, min_time):
+def measure_cpu(payload):
     """Runs in the child process; returns rows of (shape, g, method, seconds, bytes)."""
+    shapes, min_time = payload["shapes"], payload["min_time"]
     import mxnet as mx
 
     import utility
@@ -128,19 +111,11 @@ def measure_cpu(shapes, min_time):
             ("reshape chain, in graph (make_loss), fwd+bwd", in_graph(chain), 4),
             ("Reorder, in graph (make_loss), fwd+bwd", in_graph(op), 4),
         ]
-        for name, fn, passes in methods:
-            rows.append((list(shape), g, name, median_seconds(fn, min_time), passes * nbytes))
+        seconds = harness.interleaved_medians({name: fn for name, fn, _ in methods}, warmup=2,
+                                              min_time=min_time * len(methods))
+        for name, _, passes in methods:
+            rows.append((list(shape), g, name, seconds[name], passes * nbytes))
     return rows
-
-
-def run_threads(threads, shapes, min_time):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MXNET_CPU_WORKER_NTHREADS="1")
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(shapes),
-           "--min-time", str(min_time)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"benchmark child with {threads} thread(s) failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def print_cpu_table(results):
@@ -198,47 +173,45 @@ def bench_cuda(shapes, min_time):
             code = utility.MX_DTYPE_CODES[str(dtype).replace("torch.", "")]
             inner = x[0, 0].numel()
 
-            def timed(fn):
+            def synced(fn):
                 def run():
                     fn()
                     torch.cuda.synchronize()
-                return median_seconds(run, min_time)
-            t_copy = timed(lambda: out.copy_(x))
-            t_op = timed(lambda: kernel(x.data_ptr(), out.data_ptr(), shape[0], shape[1], inner,
-                                        g, code, stream))
+                return run
             flat = x.view(shape[0], shape[1], -1)
-            t_torch = timed(lambda: torch.nn.functional.channel_shuffle(flat, g))
+            t = harness.interleaved_medians({
+                "copy": synced(lambda: out.copy_(x)),
+                "op": synced(lambda: kernel(x.data_ptr(), out.data_ptr(), shape[0], shape[1],
+                                            inner, g, code, stream)),
+                "torch": synced(lambda: torch.nn.functional.channel_shuffle(flat, g))},
+                warmup=2, min_time=3 * min_time)
+            t_copy, t_op, t_torch = t["copy"], t["op"], t["torch"]
             nbytes = 2 * x.numel() * x.element_size()
             copy, op, tshuf = (nbytes / t / 1e9 for t in (t_copy, t_op, t_torch))
             print(f"{'x'.join(map(str, shape)):<20} {g:>4} {str(dtype)[6:]:<8} {copy:14.1f} "
                   f"{op:13.1f} {op / copy:7.2f} {tshuf:19.1f} {tshuf / copy:7.2f}")
 
 
-def main(argv=None):
+def parent(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", default="1,2",
-                        help="comma-separated OMP_NUM_THREADS values (default: 1,2)")
+    harness.add_threads_flag(parser)
     parser.add_argument("--quick", action="store_true", help="only the three CIFAR shapes")
     parser.add_argument("--min-time", type=float, default=0.3,
                         help="seconds of repetitions per measurement (default: 0.3)")
     parser.add_argument("--cuda", action="store_true",
                         help="benchmark the CUDA kernel from PyTorch instead of the CPU op")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
-    if args.child:
-        print(json.dumps(measure_cpu(json.loads(args.child), args.min_time)))
-        return
     shapes = [[list(s), g] for s, g in (QUICK_SHAPES if args.quick else SHAPES)]
     if args.cuda:
         bench_cuda([(tuple(s), g) for s, g in shapes], args.min_time)
         return
-    try:
-        threads = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        parser.error(f"--threads must be comma-separated integers, got '{args.threads}'")
-    print_cpu_table([(t, run_threads(t, shapes, args.min_time)) for t in threads])
+    threads = harness.parse_threads(parser, args.threads)
+    # One engine worker: the methods run one at a time, each with the OpenMP threads.
+    results = harness.per_thread(__file__, dict(shapes=shapes, min_time=args.min_time), threads,
+                                 {"MXNET_CPU_WORKER_NTHREADS": "1"})
+    harness.print_header("Channel permutation (Reorder) throughput", "mxnet")
+    print_cpu_table(list(results.items()))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main(parent, measure_cpu))

@@ -1,0 +1,202 @@
+"""The harness every benchmark here shares: a child process per thread count, interleaved rounds
+with medians, the CPU line and the printed table.
+
+A benchmark script calls `harness.main(parent, measure)` at the bottom. The parent parses its flags
+and calls `per_thread(__file__, payload, threads)`, which starts the same script once per thread
+count with OMP_NUM_THREADS set (OpenMP reads it at start-up, so it cannot change in a running
+process) and MXNet's subgraph chatter off; in the child, `measure(payload)` returns something
+JSON can carry, which comes back as that thread count's result. Variants are timed with
+`interleaved_medians` (A, B, C, A, B, C, ...), so that load from other processes on a shared
+machine hits every variant alike, and each reports its median.
+"""
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+CHILD_FLAG = "--harness-child"
+RESULT_PREFIX = "HARNESS-RESULT "
+
+
+def _cpuinfo():
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    first = text.split("\n\n", 1)[0]
+    return dict((k.strip(), v.strip()) for k, _, v in
+                (line.partition(":") for line in first.splitlines()) if k.strip())
+
+
+def _lscpu():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        return {}
+    return dict((k.strip(), v.strip()) for k, _, v in
+                (line.partition(":") for line in out.splitlines()) if k.strip())
+
+
+def cpu_isa(flags):
+    """'avx512 (avx512f avx512bw ...)', 'avx2' or 'below avx2' from the CPU flag list."""
+    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+    if avx512:
+        return f"avx512 ({' '.join(avx512)})"
+    return "avx2" if "avx2" in flags else "below avx2 (no avx2 flag)"
+
+
+def cpu_line():
+    """One line: CPU model (with family/model), logical cores, ISA, and DNNL_MAX_CPU_ISA if set."""
+    info = _cpuinfo() or {}
+    lscpu = {} if info else _lscpu()
+    model = info.get("model name") or lscpu.get("Model name") or platform.processor() or "unknown"
+    family = info.get("cpu family") or lscpu.get("CPU family")
+    number = info.get("model") or lscpu.get("Model")
+    if family and number:
+        model += f" (family {family} model {number})"
+    flags = (info.get("flags") or lscpu.get("Flags") or "").split()
+    line = f"CPU: {model}, {os.cpu_count()} logical cores, ISA {cpu_isa(flags)}"
+    cap = os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap:
+        line += f"; DNNL_MAX_CPU_ISA={cap} (oneDNN limited to it)"
+    return line
+
+
+def versions(*modules):
+    """'mxnet 1.9.1, torch 2.13.0+cpu' for the importable ones among `modules` (names)."""
+    found = []
+    for name in modules:
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        found.append(f"{name} {getattr(module, '__version__', '?')}")
+    return ", ".join(found)
+
+
+def print_header(title, *modules):
+    print(title)
+    print(cpu_line())
+    if modules:
+        print(versions(*modules))
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print()
+
+
+def child_env(threads, extra_env=None):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MXNET_SUBGRAPH_VERBOSE="0")
+    env.update(extra_env or {})
+    return env
+
+
+def _child(script, payload, threads, extra_env):
+    cmd = [sys.executable, os.path.abspath(script), CHILD_FLAG, json.dumps(payload)]
+    proc = subprocess.run(cmd, env=child_env(threads, extra_env), capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark child {os.path.basename(script)} ({threads} thread(s)) failed:\n"
+                 f"{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def run_child(script, payload, threads, extra_env=None):
+    """`measure(payload)` of `script`, run in a fresh process with `threads` OpenMP threads."""
+    for line in reversed(_child(script, payload, threads, extra_env).splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    sys.exit(f"benchmark child {os.path.basename(script)} printed no result")
+
+
+def child_output(script, payload, threads, extra_env=None):
+    """Everything the child printed (for logs the child itself cannot read, e.g. DNNL_VERBOSE)."""
+    return _child(script, payload, threads, extra_env)
+
+
+def per_thread(script, payload, threads, extra_env=None):
+    """{threads: result} over the thread counts, one child process each."""
+    return {t: run_child(script, payload, t, extra_env) for t in threads}
+
+
+def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200, pause=0.0):
+    """Median seconds per call of each function in the dict `fns`, called in turn each round.
+
+    Every function runs `warmup` times first. Then at least `rounds` rounds, and more while the
+    rounds so far took under `min_time` seconds in all (at most `max_rounds`). `pause` seconds of
+    sleep before each timed call let the previous variant's spinning worker threads (OpenMP's,
+    ONNX Runtime's) go idle, so that they do not steal the cores from the next one.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {key: [] for key in fns}
+    start = time.perf_counter()
+    done = 0
+    while done < rounds or (time.perf_counter() - start < min_time and done < max_rounds):
+        for key, fn in fns.items():
+            if pause:
+                time.sleep(pause)
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+        done += 1
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
+def ratio(numerator, denominator):
+    return f"{numerator / denominator:.2f}x" if denominator else "-"
+
+
+_NUMBER = re.compile(r"^[-+]?[\d,.]+x?%?$")
+
+
+def print_table(headers, rows):
+    """Columns sized to their contents; numbers (and '1.23x' ratios) right-aligned."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    right = [bool(rows) and all(_NUMBER.match(r[i]) or r[i] == "-" for r in rows)
+             for i in range(len(headers))]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if r else c.ljust(w)
+                         for c, w, r in zip(cells, widths, right)).rstrip()
+    print(line([str(h) for h in headers]))
+    print("-" * len(line([str(h) for h in headers])))
+    for row in rows:
+        print(line(row))
+
+
+def add_threads_flag(parser, default="1,2"):
+    parser.add_argument("--threads", default=default,
+                        help=f"comma-separated OpenMP thread counts, one process each "
+                             f"(default: {default})")
+
+
+def parse_threads(parser, text):
+    """'1,2' -> [1, 2], or a parser error naming the flag."""
+    try:
+        threads = [int(t) for t in text.split(",")]
+    except ValueError:
+        parser.error(f"--threads must be comma-separated integers, got {text!r}")
+    if not threads or any(t < 1 for t in threads):
+        parser.error(f"--threads must be positive, got {text!r}")
+    return threads
+
+
+def main(parent, measure):
+    """Entry point of a benchmark script: `measure(payload)` in a child, else `parent()`."""
+    if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
+        result = measure(json.loads(sys.argv[2]))
+        sys.stdout.flush()
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
+    return parent()

@@ -1,0 +1,162 @@
+"""Inference of IGCV3 and MobileNetV2 (224x224): the project vs PyTorch vs ONNX Runtime.
+
+Per network, batch size and thread count, interleaved in one process (harness.py: medians of
+interleaved rounds; a process per network and thread count):
+- MXNet: the project's graph as a `Module` bound for inference (for_training=False);
+- MXNet optimized: the same on `network.optimize_for_inference(symbol, arg_params, aux_params)`
+  when the network package has it;
+- PyTorch: the peer in benchmarks/peers, eval mode under no_grad (checked to have exactly the
+  MXNet graph's parameter count before timing);
+- ONNX Runtime: the peer exported with torch.onnx.export (dynamic batch), all graph
+  optimizations, intra-op threads = the thread count.
+Ratios are ONNX Runtime ms / MXNet ms (above 1 = MXNet is faster) and ONNX Runtime / PyTorch.
+
+    python benchmarks/inference_peers.py                 # batch 1 and 16, 1 and 2 threads
+    python benchmarks/inference_peers.py --quick         # 3 rounds
+    python benchmarks/inference_peers.py --threads 1 --batches 1 --networks igcv3
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+import harness
+
+NETWORKS = ("igcv3", "mobilenetv2")
+SIZE, CLASSES = 224, 1000
+
+
+def inference_module(mx, symbol, batch):
+    """`symbol` bound for inference; a graph without SoftmaxOutput's label binds without one."""
+    labels = ["softmax_label"] if "softmax_label" in symbol.list_arguments() else []
+    module = mx.mod.Module(symbol, context=mx.cpu(), label_names=labels)
+    module.bind(data_shapes=[("data", (batch, 3, SIZE, SIZE))],
+                label_shapes=[(name, (batch,)) for name in labels] or None, for_training=False)
+    return module
+
+
+def mxnet_forward(mx, symbol, arg_params, aux_params, batch, data):
+    module = inference_module(mx, symbol, batch)
+    module.set_params(arg_params, aux_params, allow_missing=False)
+    batch_data = mx.io.DataBatch([mx.nd.array(data)])
+
+    def forward():
+        module.forward(batch_data, is_train=False)
+        module.get_outputs()[0].wait_to_read()
+    return forward
+
+
+def mxnet_params(mx, symbol, batch):
+    """Xavier-initialised arg/aux params of `symbol` (random weights: only speed is measured)."""
+    module = inference_module(mx, symbol, batch)
+    mx.random.seed(0)
+    module.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+    return module.get_params()
+
+
+def measure(payload):
+    """Runs in the child: rows of (network, batch, {variant: seconds}) and a note."""
+    import mxnet as mx
+    import onnxruntime as ort
+    import torch
+
+    import network
+    import peers
+    import utility
+    threads = payload["threads"]
+    torch.set_num_threads(threads)
+    utility.load_ops()
+    optimize = getattr(network, "optimize_for_inference", None)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in payload["networks"]:
+            symbol = network.get_symbol(name, CLASSES)
+            model = peers.build(name, CLASSES).eval()
+            peers.check_param_count(name, model, CLASSES)
+            onnx_path = os.path.join(tmp, f"{name}.onnx")
+            torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), onnx_path,
+                              input_names=["data"], output_names=["logits"],
+                              dynamic_axes={"data": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+            for batch in payload["batches"]:
+                data = np.random.RandomState(0).uniform(-1, 1, (batch, 3, SIZE, SIZE)).astype(
+                    np.float32)
+                arg_params, aux_params = mxnet_params(mx, symbol, batch)
+                fns = {"MXNet": mxnet_forward(mx, symbol, arg_params, aux_params, batch, data)}
+                if optimize is not None:
+                    fns["MXNet optimized"] = mxnet_forward(
+                        mx, *optimize(symbol, arg_params, aux_params), batch, data)
+                x = torch.from_numpy(data)
+
+                def torch_forward():
+                    with torch.no_grad():
+                        model(x)
+                fns["PyTorch"] = torch_forward
+                fns["ONNX Runtime"] = lambda: session.run(None, {"data": data})
+                t = harness.interleaved_medians(fns, rounds=payload["rounds"],
+                                                warmup=payload["warmup"], pause=0.05)
+                rows.append((name, batch, t))
+    note = None if optimize else ("network.optimize_for_inference is absent: no "
+                                  "'MXNet optimized' column")
+    return {"rows": rows, "note": note}
+
+
+def parent(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.add_threads_flag(parser)
+    parser.add_argument("--batches", default="1,16", help="comma-separated (default: 1,16)")
+    parser.add_argument("--networks", default=",".join(NETWORKS),
+                        help=f"comma-separated, of {', '.join(NETWORKS)}")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default: 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up calls (default: 2)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds after 1 warm-up call")
+    args = parser.parse_args(argv)
+    threads = harness.parse_threads(parser, args.threads)
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        parser.error(f"--batches must be comma-separated integers, got {args.batches!r}")
+    if any(b < 1 for b in batches):
+        parser.error(f"--batches must be positive, got {args.batches!r}")
+    networks = args.networks.split(",")
+    if any(n not in NETWORKS for n in networks):
+        parser.error(f"--networks must be among {', '.join(NETWORKS)}, got {args.networks!r}")
+    rounds, warmup = (3, 1) if args.quick else (args.rounds, args.warmup)
+    if rounds < 1 or warmup < 0:
+        parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
+
+    results = {(name, t): harness.run_child(
+        __file__, dict(threads=t, rounds=rounds, warmup=warmup, batches=batches,
+                       networks=[name]), t) for name in networks for t in threads}
+    harness.print_header(f"Inference, {SIZE}x{SIZE}, median of {rounds} interleaved rounds",
+                         "mxnet", "torch", "onnxruntime")
+    first = next(iter(results.values()))
+    variants = list(first["rows"][0][2])
+    headers = ["network", "batch", "threads"] + [f"{v} ms" for v in variants]
+    headers += [f"ORT/{v}" for v in variants if v != "ONNX Runtime"]
+    rows = []
+    for name in networks:
+        for i, batch in enumerate(batches):
+            for t in threads:
+                seconds = results[name, t]["rows"][i][2]
+                ort_s = seconds["ONNX Runtime"]
+                rows.append([name, batch, t] + [f"{seconds[v] * 1e3:.1f}" for v in variants] +
+                            [harness.ratio(ort_s, seconds[v]) for v in variants
+                             if v != "ONNX Runtime"])
+    harness.print_table(headers, rows)
+    print("ORT/X > 1: X is faster than ONNX Runtime. ONNX Runtime runs the graph exported from the "
+          "PyTorch peer.")
+    if first["note"]:
+        print(f"note: {first['note']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(harness.main(parent, measure))

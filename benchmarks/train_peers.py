@@ -1,0 +1,132 @@
+"""Training step of the project's networks vs their PyTorch peers, interleaved in one run.
+
+A step is forward + backward + SGD update (momentum 0.9, weight decay 1e-4) of one synthetic
+batch (64 images, 32x32, 10 classes; no data loading): the project as an MXNet `Module` with the
+builders' defaults (conv_impl='auto', the native Reorder), PyTorch as the peer in benchmarks/peers
+(train mode, cross-entropy loss). Before any timing each peer is checked to have exactly the MXNet
+graph's parameter count. Per family the two run in turn (harness.py: medians of interleaved
+rounds), in a process of their own per thread count (one per family, so that MXNet's memory pool
+does not carry one network's buffers into the next); ratio = PyTorch ms / project ms, above 1 =
+the project is faster.
+
+    python benchmarks/train_peers.py                       # 1 and 2 threads, 5 rounds
+    python benchmarks/train_peers.py --quick               # 3 rounds, one warm-up step
+    python benchmarks/train_peers.py --threads 1 --families igcv3_cifar
+"""
+import argparse
+import sys
+
+import numpy as np
+
+import harness
+
+# label, network name, config.
+FAMILIES = [
+    ("plain_igc d38 L24M2", "plain_igc", dict(depth=38, primary_partition=24,
+                                              secondary_partition=2)),
+    ("resnet_igc d38 L24M2", "resnet_igc", dict(depth=38, primary_partition=24,
+                                                secondary_partition=2)),
+    ("igcv3_cifar 1.0", "igcv3_cifar", dict(depth_multiplier=1.0)),
+    ("mobilenetv2_cifar", "mobilenetv2_cifar", dict()),
+]
+BATCH, SIZE, CLASSES = 64, 32, 10
+LR, MOMENTUM, WD = 0.01, 0.9, 1e-4
+
+
+def mxnet_step(name, config):
+    import mxnet as mx
+
+    import network
+    symbol = network.get_symbol(name, CLASSES, **config)
+    module = mx.mod.Module(symbol, context=mx.cpu())
+    module.bind(data_shapes=[("data", (BATCH, 3, SIZE, SIZE))],
+                label_shapes=[("softmax_label", (BATCH,))])
+    mx.random.seed(0)
+    module.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+    module.init_optimizer(optimizer="sgd", optimizer_params=dict(learning_rate=LR,
+                                                                  momentum=MOMENTUM, wd=WD))
+    rng = np.random.RandomState(0)
+    batch = mx.io.DataBatch([mx.nd.array(rng.uniform(-1, 1, (BATCH, 3, SIZE, SIZE)))],
+                            [mx.nd.array(rng.randint(0, CLASSES, BATCH))])
+
+    def step():
+        module.forward_backward(batch)
+        module.update()
+        mx.nd.waitall()
+    return step
+
+
+def torch_step(name, config):
+    import torch
+
+    import peers
+    model = peers.build(name, CLASSES, **config)
+    peers.check_param_count(name, model, CLASSES, **config)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((BATCH, 3, SIZE, SIZE), generator=gen) * 2 - 1
+    y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    return step
+
+
+def measure(payload):
+    """Runs in the child: (params, project seconds, PyTorch seconds) of one family."""
+    import torch
+
+    import peers
+    import utility
+    torch.set_num_threads(payload["threads"])
+    utility.load_ops()
+    _, name, config = FAMILIES[payload["family"]]
+    params = peers.mxnet_param_count(name, CLASSES, **config)
+    fns = {"project": mxnet_step(name, config), "pytorch": torch_step(name, config)}
+    t = harness.interleaved_medians(fns, rounds=payload["rounds"], warmup=payload["warmup"],
+                                    pause=0.05)
+    return params, t["project"], t["pytorch"]
+
+
+def parent(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.add_threads_flag(parser)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps (default: 2)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds after 1 warm-up step")
+    parser.add_argument("--families", default=",".join(name for _, name, _ in FAMILIES),
+                        help="comma-separated network names (default: all four)")
+    args = parser.parse_args(argv)
+    threads = harness.parse_threads(parser, args.threads)
+    index = {name: i for i, (_, name, _) in enumerate(FAMILIES)}
+    wanted = args.families.split(",")
+    unknown = [n for n in wanted if n not in index]
+    if unknown:
+        parser.error(f"--families: unknown {unknown}; valid: {', '.join(index)}")
+    rounds, warmup = (3, 1) if args.quick else (args.rounds, args.warmup)
+    if rounds < 1 or warmup < 0:
+        parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
+
+    rows = []
+    for name in wanted:
+        label = FAMILIES[index[name]][0]
+        for t in threads:
+            params, ours, peer = harness.run_child(
+                __file__, dict(threads=t, rounds=rounds, warmup=warmup, family=index[name]), t)
+            rows.append([label, f"{params:,}", t, f"{ours * 1e3:.0f}", f"{peer * 1e3:.0f}",
+                         harness.ratio(peer, ours)])
+    harness.print_header(f"Training step (fwd + bwd + SGD), batch {BATCH}, {SIZE}x{SIZE}, "
+                         f"synthetic data; median of {rounds} interleaved rounds",
+                         "mxnet", "torch")
+    harness.print_table(["network", "params", "threads", "project ms", "PyTorch ms",
+                         "PyTorch/project"], rows)
+    print("PyTorch/project > 1: the project's step is faster. Parameter counts are checked equal.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(harness.main(parent, measure))

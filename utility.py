@@ -115,7 +115,8 @@ def _guard_binds():
 
 def plugin_op_devices():
     """{op name: devices} of the loaded plugin, read from the library itself: the devices ('cpu',
-    'gpu') for which it registers both a forward and a backward function. Loads the plugin."""
+    'gpu') for which it registers both a forward and a backward function (only a forward, for an
+    op that registers no backward at all). Loads the plugin."""
     global _plugin_op_devices
     path = load_ops()
     if _plugin_op_devices is None:
@@ -148,7 +149,10 @@ def _registered_op_devices(path):
         # Each call appends the registration to the op's vectors again: read them as sets.
         forwards = {forward[i].decode() for i in range(counts[1].value)}
         backwards = {backward[i].decode() for i in range(counts[2].value)}
-        devices[name.value.decode()] = tuple(sorted(forwards & backwards))
+        # An op with no backward anywhere is forward-only (BatchNormMoments, read through
+        # BlockGrad): its forward devices are where it runs.
+        devices[name.value.decode()] = tuple(sorted(forwards & backwards if backwards
+                                                    else forwards))
     return devices
 
 

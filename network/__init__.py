@@ -3,10 +3,12 @@
 Every builder is registered under its `--network` name with an explicit keyword signature;
 `network_defaults(name)` lists the config keys a network accepts, `network_info(name)` its input
 size, dataset kind and family; `get_features(name, **config)` the backbone up to the global pool
-with each stage's output. Run `python -m network NAME` for a per-stage summary.
+with each stage's output; `optimize_for_inference` rewrites a trained graph for inference.
+Run `python -m network NAME` for a per-stage summary.
 """
 from . import igcv2, igcv3, plain, resnet  # noqa: F401  (registers the builders)
 from .features import get_features
+from .inference import optimize_for_inference
 from .registry import (
                        config_options,
                        get_plan,
@@ -18,4 +20,4 @@ from .registry import (
 )
 
 __all__ = ["config_options", "get_features", "get_plan", "get_symbol", "list_networks",
-           "network_defaults", "network_info", "network_options"]
+           "network_defaults", "network_info", "network_options", "optimize_for_inference"]

@@ -35,6 +35,7 @@ from .layers import (
     group_conv_permute,
     igc_batchnorm_relu,
     round_width,
+    use_native_ops,
 )
 from .options import ConvImpl, Permutation, WidthMultiplier
 from .registry import register_network
@@ -79,7 +80,7 @@ def igcv2_unit(data, name, kin, kout, stride, groups, permutation, conv_impl):
     data = group_conv_permute(data, f"{name}_conv2", f"{name}_reorder2", kout, 1, 1, groups,
                               permutation, conv_impl)
     data = conv(data, f"{name}_conv3", kout, 1, num_group=kout // groups)
-    return igc_batchnorm_relu(data, name)
+    return igc_batchnorm_relu(data, name, native_bn=use_native_ops(conv_impl, permutation))
 
 
 def _build(num_classes, plan, permutation, conv_impl):
@@ -87,7 +88,7 @@ def _build(num_classes, plan, permutation, conv_impl):
     check_choice("conv_impl", conv_impl, CONV_IMPLS)
     stem, *stages = plan
     data = conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", stem["width"], 3,
-                       stem["stride"])
+                       stem["stride"], native_bn=use_native_ops(conv_impl, permutation))
     kin = stem["width"]
     for row in stages:
         for b in range(1, row["blocks"] + 1):

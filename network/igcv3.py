@@ -23,10 +23,11 @@ from .layers import (
     batchnorm,
     check_choice,
     check_multiplier,
-    conv,
     conv_bn_act,
+    group_conv,
     permute,
     round_width,
+    use_native_ops,
 )
 from .options import ConvImpl, DepthMultiplier, Permutation, T1Expansion, WidthMultiplier
 from .registry import register_network
@@ -96,42 +97,46 @@ def _check_t1(t1_expansion):
         raise ValueError(f"t1_expansion must be True or False, got {t1_expansion!r}")
 
 
-def _block(data, name, kin, kout, t, stride, groups, t1_expansion, permutation):
+def _block(data, name, kin, kout, t, stride, groups, t1_expansion, permutation, conv_impl):
     hidden = kin * t
+    native = use_native_ops(conv_impl, permutation)
     out = data
     if t != 1 or t1_expansion:
-        out = conv(out, f"{name}-exp-conv2d", hidden, 1, num_group=groups)
-        out = batchnorm(out, f"{name}-exp-batchnorm", eps=BN_EPS)
+        out = group_conv(out, f"{name}-exp-conv2d", hidden, 1, 1, groups, conv_impl, permutation)
+        out = batchnorm(out, f"{name}-exp-batchnorm", eps=BN_EPS, native=native)
         if groups > 1:
             out = permute(out, groups, f"{name}-permute", permutation)
     out = conv_bn_act(out, f"{name}-depthwise-conv2d", f"{name}-depthwise-batchnorm",
                       f"{name}-depthwise-relu6", hidden, 3, stride, num_group=hidden,
-                      act="relu6", eps=BN_EPS)
-    out = conv_bn_act(out, f"{name}-linear-conv2d", f"{name}-linear-batchnorm", None, kout, 1,
-                      num_group=groups, eps=BN_EPS)
+                      act="relu6", eps=BN_EPS, native_bn=native)
+    out = group_conv(out, f"{name}-linear-conv2d", kout, 1, 1, groups, conv_impl, permutation)
+    out = batchnorm(out, f"{name}-linear-batchnorm", eps=BN_EPS, native=native)
     if stride == 1 and kin == kout:
         out = mx.sym.elemwise_add(data, out, name=f"{name}-shortcut")
     return out
 
 
 def build_inverted_residual(num_classes, plan, t1_expansion, permutation, conv_impl):
-    """The graph for `plan`; conv_impl is validated only: these nets have no IGCV1 unit (the
-    permutation follows a BatchNorm, so it cannot fuse into the convolution before it)."""
+    """The graph for `plan`. conv_impl (see layers.group_conv and layers.use_native_ops) picks
+    MXNet's Convolution/BatchNorm or the plugin's IGCConv/BatchNorm kernels; the permutation
+    follows a BatchNorm, so it cannot fuse into the convolution before it."""
     check_choice("permutation", permutation, PERMUTATIONS)
     check_choice("conv_impl", conv_impl, CONV_IMPLS)
+    native = use_native_ops(conv_impl, permutation)
     stem, *stages, head = plan
     data = conv_bn_act(mx.sym.var("data"), "first-3x3-conv-conv2d", "first-3x3-conv-batchnorm",
                        "first-3x3-conv-relu6", stem["width"], 3, stem["stride"], act="relu6",
-                       eps=BN_EPS)
+                       eps=BN_EPS, native_bn=native)
     kin = stem["width"]
     for row in stages:
         for j in range(row["blocks"]):
             data = _block(data, f"{row['stage']}-block{j}", kin, row["width"], row["t"],
                           row["stride"] if j == 0 else 1, row["groups"], t1_expansion,
-                          permutation)
+                          permutation, conv_impl)
             kin = row["width"]
     data = conv_bn_act(data, "last-1x1-conv-conv2d", "last-1x1-conv-batchnorm",
-                       "last-1x1-conv-relu6", head["width"], 1, act="relu6", eps=BN_EPS)
+                       "last-1x1-conv-relu6", head["width"], 1, act="relu6", eps=BN_EPS,
+                       native_bn=native)
     data = mx.sym.Pooling(data, kernel=(1, 1), pool_type="avg", global_pool=True,
                           name="global_pool")
     data = mx.sym.Flatten(data, name="flatten")

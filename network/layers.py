@@ -12,10 +12,20 @@ CONV_IMPLS = ("auto", "mxnet", "igc")
 # conv_impl='auto' fuses a group conv + permutation into IGCConv where IGCConv was measured
 # faster than MXNet's oneDNN Convolution + Reorder (fwd+bwd, 1 thread, batch 8-64): 3x3 about 3x
 # at 2 channels per group, even at 16, slower at 32; 1x1 (followed by BN) 1.06-1.30x at 4-24,
-# slower at 100. Wider groups stay on Convolution.
+# slower at 100. Wider groups stay on Convolution. The same limits pick IGCConv (no permutation)
+# for IGCV3's 1x1 group convs (layers.group_conv): there its plain-NCHW output also feeds the
+# plugin's BatchNorm without a layout conversion.
+# BatchNorm: under conv_impl='auto' (with the native permutation) and 'igc' every BatchNorm is the
+# plugin's (layers.batchnorm(native=True)). oneDNN's BatchNorm runs its reference kernel whenever
+# the layout its producer picked has no fast kernel (aBcd4b from 12-channel groups on AVX-512,
+# 8b data with a 16b gradient, acdB16b from pooling), which no graph can rule out; on plain NCHW
+# its fast path is missing too (ncsp_bnorm). Measured (docs/performance.md, AMD EPYC Zen 4, 1
+# thread, 64x144x32x32 + ReLU6): plugin 11 ms forward / 20 ms backward, oneDNN on plain NCHW
+# 78 / 82 ms; igcv3_cifar training step batch 64: 2.37 s (AVX-512) / 2.25 s (AVX2) vs 11.9 s /
+# 3.37 s with MXNet's ops, PyTorch 2.13 3.14 s.
 IGC_CONV_MAX_GROUP_WIDTH = {3: 8, 1: 24}
 DEVICES = ("cpu", "gpu")
-PLUGIN_OPS = ("Reorder", "IGCConv")
+PLUGIN_OPS = ("Reorder", "IGCConv", "BatchNormMoments", "BatchNormApply")
 
 
 def check_choice(key, value, choices):
@@ -145,8 +155,53 @@ def group_conv_permute(data, name, perm_name, num_filter, kernel, stride, groups
                                  no_bias=True, interleave=True, name=name)
 
 
-def batchnorm(data, name, momentum=0.9, eps=2e-5):
-    return mx.sym.BatchNorm(data, fix_gamma=False, momentum=momentum, eps=eps, name=name)
+def use_native_ops(conv_impl, permutation):
+    """Whether the plugin's BatchNorm kernels replace MXNet's: 'igc' always, 'auto' when the
+    graph needs the plugin anyway (the native permutation); 'mxnet' never."""
+    check_choice("conv_impl", conv_impl, CONV_IMPLS)
+    return conv_impl == "igc" or (conv_impl == "auto" and permutation == "reorder")
+
+
+def group_conv(data, name, num_filter, kernel, stride, groups, conv_impl, permutation):
+    """A group convolution `name` with no permutation after it: IGCConv (interleave=False, same
+    weight name and shape) where use_native_ops says so and the groups are narrow enough
+    (IGC_CONV_MAX_GROUP_WIDTH), else MXNet's Convolution."""
+    narrow = num_filter // groups <= IGC_CONV_MAX_GROUP_WIDTH.get(kernel, 0)
+    if groups == 1 or not (use_native_ops(conv_impl, permutation) and narrow):
+        return conv(data, name, num_filter, kernel, stride, num_group=groups)
+    pad = kernel // 2
+    return _native_op("IGCConv")(data, mx.sym.var(f"{name}_weight"), num_filter=num_filter,
+                                 kernel=(kernel, kernel), stride=(stride, stride), pad=(pad, pad),
+                                 num_group=groups, no_bias=True, interleave=False, name=name)
+
+
+def batchnorm(data, name, momentum=0.9, eps=2e-5, act=None, act_name=None, native=False):
+    """BatchNorm `name` (fix_gamma=False) [-> activation `act_name`].
+
+    native=False: MXNet's BatchNorm (oneDNN on the CPU) then `activation`. native=True: the
+    plugin's plain-NCHW kernels with the activation fused, around a BatchNorm node `name` that
+    MXNet runs on a (2, C, 1, 1) summary of the batch, so that the running statistics, their
+    names (`name`_gamma, _beta, _moving_mean, _moving_var) and the train/inference switch stay
+    MXNet's: BatchNormMoments(data) -> [mean - std, mean + std] -> BatchNorm(output_mean_var)
+    -> (mean, 1/sqrt(var + eps)) -> BatchNormApply(data, gamma, beta, mean, invstd, act).
+    The same function, without oneDNN's BatchNorm, whose reference kernel runs whenever its
+    input arrives in a blocked layout it has no fast kernel for (see NATIVE_BATCHNORM).
+    """
+    if not native:
+        data = mx.sym.BatchNorm(data, fix_gamma=False, momentum=momentum, eps=eps, name=name)
+        return data if act is None else activation(data, act_name, act)
+    if act not in (None, "relu", "relu6"):
+        raise ValueError(f"unknown activation {act!r}")
+    gamma, beta = mx.sym.var(f"{name}_gamma"), mx.sym.var(f"{name}_beta")
+    moments = _native_op("BatchNormMoments")(data, name=f"{name}_moments")
+    # The statistics carry no gradient: BatchNormApply's backward is the full BatchNorm one.
+    moments = mx.sym.BlockGrad(moments, name=f"{name}_moments_stop")
+    stats = mx.sym.BatchNorm(moments, gamma=gamma, beta=beta,
+                             moving_mean=mx.sym.var(f"{name}_moving_mean"),
+                             moving_var=mx.sym.var(f"{name}_moving_var"), fix_gamma=False,
+                             momentum=momentum, eps=eps, output_mean_var=True, name=name)
+    return _native_op("BatchNormApply")(data, gamma, beta, stats[1], stats[2], act=act or "none",
+                                        name=act_name or f"{name}_apply")
 
 
 def activation(data, name, act):
@@ -158,11 +213,11 @@ def activation(data, name, act):
 
 
 def conv_bn_act(data, conv_name, bn_name, act_name, num_filter, kernel, stride=1, num_group=1,
-                act="relu", momentum=0.9, eps=2e-5):
+                act="relu", momentum=0.9, eps=2e-5, native_bn=False):
     """Conv -> BN [-> activation]; act_name=None leaves the activation out."""
     data = conv(data, conv_name, num_filter, kernel, stride, num_group)
-    data = batchnorm(data, bn_name, momentum, eps)
-    return data if act_name is None else activation(data, act_name, act)
+    return batchnorm(data, bn_name, momentum, eps, None if act_name is None else act, act_name,
+                     native_bn)
 
 
 def igc_unit(data, name, num_filter, kernel, stride, primary, secondary, relu, permutation,
@@ -174,13 +229,14 @@ def igc_unit(data, name, num_filter, kernel, stride, primary, secondary, relu, p
                               stride, primary, permutation, conv_impl)
     data = group_conv_permute(data, f"{name}_conv2", f"{name}_reorder2", num_filter, 1, 1,
                               secondary, permutation, conv_impl)
-    return igc_batchnorm_relu(data, name, relu, momentum, eps)
+    return igc_batchnorm_relu(data, name, relu, momentum, eps,
+                              use_native_ops(conv_impl, permutation))
 
 
-def igc_batchnorm_relu(data, name, relu=True, momentum=0.9, eps=2e-5):
+def igc_batchnorm_relu(data, name, relu=True, momentum=0.9, eps=2e-5, native_bn=False):
     """The single BN [+ ReLU] closing an IGC unit: `{name}_bn`, `{name}_relu`."""
-    data = batchnorm(data, f"{name}_bn", momentum, eps)
-    return activation(data, f"{name}_relu", "relu") if relu else data
+    return batchnorm(data, f"{name}_bn", momentum, eps, "relu" if relu else None,
+                     f"{name}_relu" if relu else None, native_bn)
 
 
 def classifier(data, num_classes, fc_name="fc_score"):

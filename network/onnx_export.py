@@ -19,6 +19,7 @@ import numpy as np
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "data", "probabilities"
 _ADD_OPS = ("elemwise_add", "_Plus", "_plus", "broadcast_add", "_add")
+_NATIVE_BATCHNORM = ("BatchNormMoments", "BatchNormApply")
 _ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softrelu": "Softplus"}
 
 
@@ -296,6 +297,8 @@ def _convert(emitter, graph, index, inputs, fold, folded_bn):
         return emitter.node("Gemm", gemm, name, transB=1)
     if op in ("SoftmaxOutput", "softmax", "SoftmaxActivation"):
         return emitter.node("Softmax", [inputs[0]], name, axis=1)
+    if op in ("Concat", "concat"):  # optimize_for_inference's repeated IGCV3 expansion input
+        return emitter.node("Concat", inputs, name, axis=int(attrs.get("dim", "1")))
     if op == "Dropout":
         return inputs[0]
     raise ValueError(f"ONNX export: no converter for op {op} (node {name})")
@@ -304,6 +307,14 @@ def _convert(emitter, graph, index, inputs, fold, folded_bn):
 def to_onnx(symbol, arg_params, aux_params, data_shape, fold_bn=False, graph_name="igc"):
     """An onnx.ModelProto of `symbol` (ending in SoftmaxOutput) with the given weights, for
     input (N,) + data_shape; ValueError for an op without a converter."""
+    ops = {node["op"] for node in json.loads(symbol.tojson())["nodes"]}
+    if ops & set(_NATIVE_BATCHNORM):
+        # The plugin's BatchNorm (BatchNormMoments -> BatchNorm -> BatchNormApply) has no ONNX
+        # counterpart: in inference it is the affine map that optimize_for_inference turns
+        # into a stock BatchNorm (or, with fold_bn, folds into the convolution before it).
+        from .inference import optimize_for_inference
+        symbol, arg_params, aux_params = optimize_for_inference(symbol, arg_params, aux_params,
+                                                                fold_batchnorm=fold_bn)
     graph = _Graph(symbol, (1,) + tuple(data_shape))
     if len(graph.heads) != 1:
         raise ValueError(f"ONNX export: the graph has {len(graph.heads)} outputs, expected 1")

@@ -12,6 +12,7 @@ from .layers import (
     classifier,
     conv_bn_act,
     igc_unit,
+    use_native_ops,
 )
 from .options import ConvImpl, Depth, Permutation, PrimaryPartition, SecondaryPartition, Width
 from .registry import register_network
@@ -45,23 +46,25 @@ def plain_igc_plan(depth, primary_partition, secondary_partition):
 
 
 
-def _stem(width):
+def _stem(width, native_bn):
     return conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", width, 3,
-                       momentum=BN_MOMENTUM)
+                       momentum=BN_MOMENTUM, native_bn=native_bn)
 
 
 @register_network("plain", plan=plain_plan, dataset_kind="cifar", family="plain",
                   description="plain CIFAR net of 3x3 conv-BN-ReLU layers, widths W/2W/4W")
 def plain(num_classes, depth: Depth = 20, width: Width = 16,
           permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
-    """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
+    """This net has no IGC unit: `permutation` is accepted for a uniform CLI, `conv_impl` picks
+    MXNet's or the plugin's BatchNorm (layers.use_native_ops)."""
     plan = plain_plan(depth, width)
-    data = _stem(plan[0]["width"])
+    data = _stem(plan[0]["width"], use_native_ops(conv_impl, permutation))
     for row in plan[1:]:
         for b in range(1, row["blocks"] + 1):
             name = f"{row['stage']}_b{b}"
             data = conv_bn_act(data, f"{name}_conv", f"{name}_bn", f"{name}_relu", row["width"],
-                               3, row["stride"] if b == 1 else 1, momentum=BN_MOMENTUM)
+                               3, row["stride"] if b == 1 else 1, momentum=BN_MOMENTUM,
+                               native_bn=use_native_ops(conv_impl, permutation))
     return classifier(data, num_classes)
 
 
@@ -71,7 +74,7 @@ def plain_igc(num_classes, depth: Depth = 20, primary_partition: PrimaryPartitio
               secondary_partition: SecondaryPartition = 2, permutation: Permutation = "reorder",
               conv_impl: ConvImpl = "auto"):
     plan = plain_igc_plan(depth, primary_partition, secondary_partition)
-    data = _stem(plan[0]["width"])
+    data = _stem(plan[0]["width"], use_native_ops(conv_impl, permutation))
     for row in plan[1:]:
         for b in range(1, row["blocks"] + 1):
             data = igc_unit(data, f"{row['stage']}_b{b}", row["width"], 3,

@@ -25,6 +25,7 @@ from .layers import (
     classifier,
     conv_bn_act,
     igc_unit,
+    use_native_ops,
 )
 from .options import (
     ConvImpl,
@@ -137,14 +138,16 @@ def _add_relu(shortcut, body, name):
                       "relu")
 
 
-def _plain_block(data, name, kin, kout, stride):
+def _plain_block(data, name, kin, kout, stride, native_bn):
     """Two 3x3 conv-BN units; ResNet-18 baseline names (`g1_b1_conv1`, `g1_b1_conv1_bn`)."""
     shortcut = data
     if kin != kout or stride != 1:
-        shortcut = conv_bn_act(data, f"{name}_proj", f"{name}_proj_bn", None, kout, 1, stride)
+        shortcut = conv_bn_act(data, f"{name}_proj", f"{name}_proj_bn", None, kout, 1, stride,
+                               native_bn=native_bn)
     body = conv_bn_act(data, f"{name}_conv1", f"{name}_conv1_bn", f"{name}_conv1_relu", kout, 3,
-                       stride)
-    body = conv_bn_act(body, f"{name}_conv2", f"{name}_conv2_bn", None, kout, 3)
+                       stride, native_bn=native_bn)
+    body = conv_bn_act(body, f"{name}_conv2", f"{name}_conv2_bn", None, kout, 3,
+                       native_bn=native_bn)
     return _add_relu(shortcut, body, name)
 
 
@@ -155,7 +158,8 @@ def _igc_block(data, name, kin, kout, stride, L, M_first, M_second, permutation,
         for what, total in (("input width", kin), ("output width", kout)):
             check_divides(f"{name} projection groups (primary partition) vs {what}", L, total)
         shortcut = conv_bn_act(data, f"{name}_proj_conv", f"{name}_proj_bn", None, kout, 1,
-                               stride, num_group=L)
+                               stride, num_group=L,
+                               native_bn=use_native_ops(conv_impl, permutation))
     body = igc_unit(data, f"{name}_conv1", kout, 3, stride, L, M_first, relu=True,
                     permutation=permutation, conv_impl=conv_impl)
     body = igc_unit(body, f"{name}_conv2", kout, 3, 1, L, M_second, relu=False,
@@ -174,14 +178,16 @@ def _check_igc_row(row, kin):
                   description="CIFAR ResNet of basic blocks, widths W/2W/4W")
 def resnet(num_classes, depth: Depth = 20, width: Width = 16,
            permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
-    """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
+    """This net has no IGC unit: `permutation` is accepted for a uniform CLI, `conv_impl` picks
+    MXNet's or the plugin's BatchNorm (layers.use_native_ops)."""
     plan = resnet_plan(depth, width)
     kin = plan[0]["width"]
-    data = conv_bn_act(mx.sym.var("data"), "g0", "g0_bn", "g0_relu", kin, 3)
+    native_bn = use_native_ops(conv_impl, permutation)
+    data = conv_bn_act(mx.sym.var("data"), "g0", "g0_bn", "g0_relu", kin, 3, native_bn=native_bn)
     for row in plan[1:]:
         for b in range(1, row["blocks"] + 1):
             data = _plain_block(data, f"{row['stage']}_b{b}", kin, row["width"],
-                                row["stride"] if b == 1 else 1)
+                                row["stride"] if b == 1 else 1, native_bn)
             kin = row["width"]
     return classifier(data, num_classes)
 
@@ -194,7 +200,8 @@ def resnet_igc(num_classes, depth: Depth = 20, primary_partition: PrimaryPartiti
     plan = resnet_igc_plan(depth, primary_partition, secondary_partition)
     L = primary_partition
     kin = plan[0]["width"]
-    data = conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", kin, 3)
+    data = conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", kin, 3,
+                       native_bn=use_native_ops(conv_impl, permutation))
     for row in plan[1:]:
         for b in range(1, row["blocks"] + 1):
             kout = row["width"]
@@ -205,8 +212,9 @@ def resnet_igc(num_classes, depth: Depth = 20, primary_partition: PrimaryPartiti
     return classifier(data, num_classes)
 
 
-def _imagenet_stem(conv_name, width):
-    data = conv_bn_act(mx.sym.var("data"), conv_name, "g0_bn", "g0_relu", width, 7, 2)
+def _imagenet_stem(conv_name, width, native_bn):
+    data = conv_bn_act(mx.sym.var("data"), conv_name, "g0_bn", "g0_relu", width, 7, 2,
+                       native_bn=native_bn)
     return mx.sym.Pooling(data, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="max",
                           name="g0_pool")
 
@@ -216,14 +224,16 @@ def _imagenet_stem(conv_name, width):
                   description="ResNet-18 (released C=64 and C=69 baselines via width)")
 def resnet_imgnet_d18(num_classes, width: Width = 64, permutation: Permutation = "reorder",
                       conv_impl: ConvImpl = "auto"):
-    """`permutation` and `conv_impl` are accepted for a uniform CLI; this net has no IGC unit."""
+    """This net has no IGC unit: `permutation` is accepted for a uniform CLI, `conv_impl` picks
+    MXNet's or the plugin's BatchNorm (layers.use_native_ops)."""
     plan = resnet_imgnet_plan(width)
     kin = plan[0]["width"]
-    data = _imagenet_stem("g0", kin)
+    native_bn = use_native_ops(conv_impl, permutation)
+    data = _imagenet_stem("g0", kin, native_bn)
     for row in plan[1:]:
         for b in range(1, row["blocks"] + 1):
             data = _plain_block(data, f"{row['stage']}_b{b}", kin, row["width"],
-                                row["stride"] if b == 1 else 1)
+                                row["stride"] if b == 1 else 1, native_bn)
             kin = row["width"]
     return classifier(data, num_classes)
 
@@ -239,7 +249,7 @@ def resnet_igc_imgnet_d18(num_classes, variant: Variant = None,
     pick one by its stage-1 (primary_partition, secondary_partition) as the authors' CLI does."""
     plan = resnet_igc_imgnet_plan(variant, primary_partition, secondary_partition)
     kin = plan[0]["width"]
-    data = _imagenet_stem("g0_conv", kin)
+    data = _imagenet_stem("g0_conv", kin, use_native_ops(conv_impl, permutation))
     for row in plan[1:]:
         _check_igc_row(row, kin)
         for b in range(1, row["blocks"] + 1):

@@ -45,3 +45,27 @@ def igc_unit_kernel(w1, L, w2, M):
     mix = permutation_matrix(channels, M) @ block_diagonal(w2, M)[:, :, 0, 0] @ \
         permutation_matrix(channels, L)
     return np.einsum("oc,cikl->oikl", mix, block_diagonal(w1, L))
+
+
+def batchnorm_training(x, gamma, beta, eps, act=None):
+    """BatchNorm over axis 1 with the batch's statistics (biased variance), then the activation
+    ('relu', 'relu6' = clip to [0, 6], or None): (out, batch mean, batch variance)."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    out = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+    out = out * gamma.reshape(shape) + beta.reshape(shape)
+    return activate(out, act), mean, var
+
+
+def batchnorm_inference(x, gamma, beta, moving_mean, moving_var, eps, act=None):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale = gamma / np.sqrt(moving_var + eps)
+    out = x * scale.reshape(shape) + (beta - moving_mean * scale).reshape(shape)
+    return activate(out, act)
+
+
+def activate(x, act):
+    if act is None:
+        return x
+    return np.clip(x, 0, 6) if act == "relu6" else np.maximum(x, 0)

@@ -48,7 +48,9 @@ def checkpoint(tmp_path):
 
 
 def symbol_block(params_file, dtype="float32"):
-    features = network.get_features("plain_igc", **SMALL)
+    # The plugin's BatchNorm is float32-only: a float64 backbone takes MXNet's ops throughout.
+    config = dict(SMALL, conv_impl="mxnet") if dtype == "float64" else SMALL
+    features = network.get_features("plain_igc", **config)
     block = mx.gluon.SymbolBlock(list(features.values()), mx.sym.var("data"))
     # The checkpoint also holds the classifier: ignore_extra drops it.
     block.collect_params().load(params_file, ctx=mx.cpu(), ignore_extra=True)

@@ -8,6 +8,8 @@ import cv2
 import mxnet as mx
 import numpy as np
 
+import network
+
 CHUNK = 32
 
 
@@ -66,13 +68,14 @@ def predict(model, paths, top_k=5):
             results[i] = Prediction(path, (), str(err))
     order = sorted(inputs)
     executor = None
+    symbol, arg_params, aux_params = network.optimize_for_inference(
+        model.symbol, model.arg_params, model.aux_params)
     for start in range(0, len(order), CHUNK):
         chunk = order[start:start + CHUNK]
         batch = np.stack([inputs[i] for i in chunk])
         if executor is None or executor.arg_dict["data"].shape[0] != len(chunk):
-            executor = model.symbol.simple_bind(model.contexts[0], grad_req="null",
-                                                data=batch.shape)
-            executor.copy_params_from(model.arg_params, model.aux_params)
+            executor = symbol.simple_bind(model.contexts[0], grad_req="null", data=batch.shape)
+            executor.copy_params_from(arg_params, aux_params)
         probs = executor.forward(is_train=False, data=mx.nd.array(batch))[0].asnumpy()
         for i, row in zip(chunk, probs):
             best = np.argsort(-row, kind="stable")[:top_k]

@@ -4,6 +4,8 @@ import logging
 
 import mxnet as mx
 
+import network
+
 from .data import check_record_file, record_iter
 from .metrics import Stats
 
@@ -22,6 +24,10 @@ def score_batches(symbol, arg_params, aux_params, batches, data_shape, batch_siz
     inference pass through the training executors makes the next updates nondeterministic.
     A fresh reader too: after a reset, ImageRecordIter skips the records it borrowed to pad the
     previous pass's last batch (and with round_batch=False it reports no padding)."""
+    # Inference runs the rewritten graph (BatchNorm folded, IGCV3's permutation gone): the same
+    # function, and what a deployed model runs.
+    symbol, arg_params, aux_params = network.optimize_for_inference(symbol, arg_params,
+                                                                    aux_params)
     module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),
                            context=list(contexts), logger=LOGGER)
     module.bind(data_shapes=[("data", (batch_size,) + tuple(data_shape))],

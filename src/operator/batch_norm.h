@@ -1,0 +1,36 @@
+// Training-mode batch normalisation on plain NCHW data, split so that MXNet's own BatchNorm keeps
+// the running statistics and the train/inference switch (which lib_api ops never see):
+//   `BatchNormMoments`: per channel c the batch mean m_c and biased standard deviation s_c,
+//     stored as a (2, C, 1, 1) tensor [m - s, m + s], whose own batch mean is m and biased
+//     variance s^2. MXNet's BatchNorm run on that tensor (output_mean_var=True) returns
+//     (m, 1/sqrt(s^2 + eps)) in training and (moving mean, 1/sqrt(moving var + eps)) in
+//     inference, and updates the moving statistics exactly as it would on the full batch.
+//   `BatchNormApply`: y = act(gamma * (x - mean) * invstd + beta), act = none, relu or relu6
+//     (clip to [0, 6]); its backward is the batch-statistics gradient of BatchNorm (+ act).
+// Nothing here knows about MXNet. Kernels are multi-threaded over channels with OpenMP.
+#ifndef IGC_OPERATOR_BATCH_NORM_H_
+#define IGC_OPERATOR_BATCH_NORM_H_
+
+#include <cstdint>
+
+namespace igc {
+
+enum BnActivation { kBnNone = 0, kBnRelu = 1, kBnRelu6 = 2 };
+
+// x: (outer, channels, inner) -> summary: [m - s] (channels values) then [m + s].
+void bn_moments_cpu(int dtype, const void* x, int64_t outer, int64_t channels, int64_t inner,
+                    void* summary);
+
+void bn_apply_forward_cpu(int dtype, const void* x, const void* gamma, const void* beta,
+                          const void* mean, const void* invstd, void* y, int64_t outer,
+                          int64_t channels, int64_t inner, int act);
+
+// Writes (never accumulates) data_grad, gamma_grad and beta_grad.
+void bn_apply_backward_cpu(int dtype, const void* y_grad, const void* x, const void* gamma,
+                           const void* beta, const void* mean, const void* invstd,
+                           void* data_grad, void* gamma_grad, void* beta_grad, int64_t outer,
+                           int64_t channels, int64_t inner, int act);
+
+}  // namespace igc
+
+#endif  // IGC_OPERATOR_BATCH_NORM_H_

@@ -1,0 +1,102 @@
+"""The plugin's BatchNorm (BatchNormMoments -> MXNet BatchNorm on the summary -> BatchNormApply,
+built by network.layers.batchnorm(native=True)) against numpy and against MXNet's BatchNorm
+(+ clip / ReLU): outputs in training and inference, every gradient, the moving statistics."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+import reference
+from network import layers
+
+MOMENTUM, EPS = 0.9, 1e-5
+
+
+def _bind(native, act, shape, dtype):
+    data = mx.sym.var("data")
+    out = layers.batchnorm(data, "bn", MOMENTUM, EPS, act, "act" if act else None, native)
+    loss = mx.sym.MakeLoss(mx.sym.sum(out * mx.sym.var("head")))
+    exe = loss.simple_bind(mx.cpu(), data=shape, head=shape, type_dict={"data": dtype})
+    return exe, mx.sym.Group([out])
+
+
+def _run(native, act, shape, dtype, x, head, gamma, beta, moving_mean, moving_var):
+    exe, out = _bind(native, act, shape, dtype)
+    exe.arg_dict["data"][:] = x
+    exe.arg_dict["head"][:] = head
+    exe.arg_dict["bn_gamma"][:] = gamma
+    exe.arg_dict["bn_beta"][:] = beta
+    exe.aux_dict["bn_moving_mean"][:] = moving_mean
+    exe.aux_dict["bn_moving_var"][:] = moving_var
+    exe.forward(is_train=True)
+    exe.backward()
+    infer = out.bind(mx.cpu(), {"data": mx.nd.array(x, dtype=dtype),
+                                "bn_gamma": mx.nd.array(gamma, dtype=dtype),
+                                "bn_beta": mx.nd.array(beta, dtype=dtype)},
+                     aux_states={"bn_moving_mean": mx.nd.array(moving_mean, dtype=dtype),
+                                 "bn_moving_var": mx.nd.array(moving_var, dtype=dtype)})
+    return {"dx": exe.grad_dict["data"].asnumpy(), "dgamma": exe.grad_dict["bn_gamma"].asnumpy(),
+            "dbeta": exe.grad_dict["bn_beta"].asnumpy(),
+            "moving_mean": exe.aux_dict["bn_moving_mean"].asnumpy(),
+            "moving_var": exe.aux_dict["bn_moving_var"].asnumpy(),
+            "inference": infer.forward(is_train=False)[0].asnumpy()}
+
+
+# float32 only: MXNet's float64 BatchNorm refuses to leave its normalised output unused.
+CASES = [((4, 6, 5, 7), None, "float32"), ((3, 5, 4, 9), "relu", "float32"),
+         ((8, 16, 8, 8), "relu6", "float32"), ((2, 3, 11), "relu6", "float32")]
+
+
+@pytest.mark.parametrize("shape,act,dtype", CASES)
+def test_native_batchnorm_equals_mxnet_batchnorm_and_numpy(ops, shape, act, dtype):
+    rng = np.random.default_rng(1)
+    c = shape[1]
+    # An offset mean and wide per-channel scales; relu6 then clips on both sides.
+    x = (rng.standard_normal(shape) * rng.uniform(0.5, 4, (1, c) + (1,) * (len(shape) - 2))
+         + rng.uniform(-3, 3, (1, c) + (1,) * (len(shape) - 2)))
+    head = rng.standard_normal(shape)
+    gamma, beta = rng.uniform(0.5, 3, c), rng.uniform(-1, 4, c)
+    moving_mean, moving_var = rng.uniform(-1, 1, c), rng.uniform(0.5, 2, c)
+    args = (x, head, gamma, beta, moving_mean, moving_var)
+    ours = _run(True, act, shape, dtype, *args)
+    theirs = _run(False, act, shape, dtype, *args)
+    tol = 2e-5
+    for key, value in theirs.items():
+        scale = max(np.abs(value).max(), 1.0)
+        np.testing.assert_allclose(ours[key], value, rtol=0, atol=tol * scale, err_msg=key)
+    # numpy: the batch statistics feed the moving averages, inference uses the moving ones.
+    _, mean, var = reference.batchnorm_training(x, gamma, beta, EPS, act)
+    np.testing.assert_allclose(ours["moving_mean"], MOMENTUM * moving_mean + (1 - MOMENTUM) * mean,
+                               rtol=1e-5)
+    np.testing.assert_allclose(ours["moving_var"], MOMENTUM * moving_var + (1 - MOMENTUM) * var,
+                               rtol=1e-5)
+    np.testing.assert_allclose(
+        ours["inference"],
+        reference.batchnorm_inference(x, gamma, beta, moving_mean, moving_var, EPS, act),
+        rtol=1e-5, atol=1e-5)
+
+
+def test_native_batchnorm_training_output_equals_numpy_with_a_large_mean(ops):
+    # |mean| / std = 1e3: the moments are summed around a shift, not as E[x^2] - E[x]^2.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 3, 6, 6)) * 0.5 + 500.0
+    gamma, beta = np.array([1.0, 2.0, 0.5]), np.array([0.0, 1.0, -1.0])
+    out = layers.batchnorm(mx.sym.var("data"), "bn", MOMENTUM, EPS, native=True)
+    exe = out.simple_bind(mx.cpu(), data=x.shape)
+    exe.arg_dict["data"][:] = x
+    exe.arg_dict["bn_gamma"][:] = gamma
+    exe.arg_dict["bn_beta"][:] = beta
+    got = exe.forward(is_train=True)[0].asnumpy()
+    want, _, _ = reference.batchnorm_training(x, gamma, beta, EPS)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+
+
+def test_native_batchnorm_rejects_bad_attributes_and_shapes(ops):
+    data, gamma = mx.sym.var("data"), mx.sym.var("gamma")
+    with pytest.raises(mx.base.MXNetError, match="BatchNormApply: attribute 'act'"):
+        mx.sym.BatchNormApply(data, gamma, gamma, gamma, gamma, act="tanh")
+    apply = mx.sym.BatchNormApply(data, mx.sym.var("g"), mx.sym.var("b"), mx.sym.var("m"),
+                                  mx.sym.var("v"))
+    with pytest.raises(mx.base.MXNetError, match="input 'gamma' has shape"):
+        apply.infer_shape(data=(2, 3, 4, 4), g=(4,))
+    with pytest.raises(mx.base.MXNetError, match="BatchNormMoments: data must have rank >= 2"):
+        mx.sym.BatchNormMoments(data).infer_shape(data=(5,))

@@ -25,3 +25,16 @@ def released_symbols_dir():
     if not os.path.isdir(RELEASED_SYMBOLS_DIR):
         pytest.skip(f"authors' released graphs not found at {RELEASED_SYMBOLS_DIR}")
     return RELEASED_SYMBOLS_DIR
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """The demo set at its full size (5,000 + 1,000 images)."""
+    from records import make_demo
+    return make_demo(tmp_path_factory.mktemp("demo"), 5000, 1000)
+
+
+@pytest.fixture(scope="module")
+def small_demo_dir(tmp_path_factory):
+    from records import make_demo
+    return make_demo(tmp_path_factory.mktemp("small_demo"), 320, 100)

@@ -8,10 +8,10 @@ import sys
 import mxnet as mx
 import numpy as np
 import pytest
-from test_train import make_demo, make_records
 
 import train_model
 from network.released import RELEASED_CHECKPOINTS
+from records import make_demo, make_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
@@ -368,7 +368,7 @@ def test_predict_names_the_top5_classes_and_reports_bad_files_in_one_line(traine
 
 
 def test_predict_takes_cifar_class_names_from_the_archive(trained, tmp_path):
-    from test_data import cifar10_members, write_cifar_archive
+    from upstream import cifar10_members, write_cifar_archive
     members = cifar10_members(np.random.default_rng(0))
     members["batches.meta"][b"label_names"] = [f"kind{i}".encode() for i in range(10)]
     archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", "cifar-10-batches-py",

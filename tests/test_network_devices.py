@@ -11,12 +11,12 @@ import re
 import mxnet as mx
 import numpy as np
 import pytest
-from test_train import make_records
 
 import network
 import train_model
 import utility
 from network import layers
+from records import make_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_NET = ["--network", "plain_igc", "--depth", "8", "--primary-partition", "4",

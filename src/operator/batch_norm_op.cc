@@ -13,16 +13,7 @@
 #include "batch_norm.h"
 #include "op_common.h"
 
-using mxnet::ext::MXReturnValue;
-using mxnet::ext::MXTensor;
-using mxnet::ext::OpResource;
-using mxnet::ext::MX_FAIL;
-using mxnet::ext::MX_SUCCESS;
-
 namespace {
-
-using Attrs = std::unordered_map<std::string, std::string>;
-using Shape = std::vector<unsigned int>;
 
 const char kMoments[] = "BatchNormMoments";
 const char kApply[] = "BatchNormApply";

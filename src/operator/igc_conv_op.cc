@@ -12,16 +12,7 @@
 #include "igc_conv.h"
 #include "op_common.h"
 
-using mxnet::ext::MXReturnValue;
-using mxnet::ext::MXTensor;
-using mxnet::ext::OpResource;
-using mxnet::ext::MX_FAIL;
-using mxnet::ext::MX_SUCCESS;
-
 namespace {
-
-using Attrs = std::unordered_map<std::string, std::string>;
-using Shape = std::vector<unsigned int>;
 
 const char kOp[] = "IGCConv";
 

@@ -17,6 +17,16 @@
 
 #include "reorder.h"
 
+// What every registration file (only they include this header) takes from lib_api, and the
+// attribute and shape types they use.
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+using Attrs = std::unordered_map<std::string, std::string>;
+using Shape = std::vector<unsigned int>;
+
 namespace igc {
 
 // Starts a new error message, dropping those of earlier failed calls (see plugin.cc).

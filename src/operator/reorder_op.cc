@@ -11,15 +11,8 @@
 #include "reorder.h"
 
 using mxnet::ext::MXContext;
-using mxnet::ext::MXReturnValue;
-using mxnet::ext::MXTensor;
-using mxnet::ext::OpResource;
-using mxnet::ext::MX_FAIL;
-using mxnet::ext::MX_SUCCESS;
 
 namespace {
-
-using Attrs = std::unordered_map<std::string, std::string>;
 
 const char kOp[] = "Reorder";
 

@@ -92,7 +92,7 @@ def default_gpus():
     return ",".join(str(i) for i in range(mx.context.num_gpus()))
 
 
-def _add_network_arguments(parser):
+def add_network_arguments(parser):
     net = parser.add_argument_group("network (a flag left out takes the network's default)")
     net.add_argument("--network", help="network name (see `python -m network --list`)")
     for key, option in network.config_options().items():
@@ -103,7 +103,7 @@ def _add_network_arguments(parser):
 def add_common_arguments(parser):
     """The flags both entry points share, in argparse groups. Defaults that depend on the
     dataset or network (epochs, lr, batch, mean/std...) are set by the entry point's presets."""
-    _add_network_arguments(parser)
+    add_network_arguments(parser)
 
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", help="directory with the record files (default data/<dataset>)")

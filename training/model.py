@@ -18,7 +18,7 @@ from network.released import RELEASED_CHECKPOINTS
 
 from . import recipes
 from .checkpoint import Checkpoints
-from .cli import _add_network_arguments, default_gpus, gpu_list, positive_int
+from .cli import add_network_arguments, default_gpus, gpu_list, positive_int
 from .errors import ConfigError, mxnet_reason
 from .job import contexts_for, network_config
 from .params import load_exact
@@ -57,7 +57,7 @@ class Model:
 
 def add_model_arguments(parser, weights_required=True):
     """The model flags shared by the after-training tools."""
-    _add_network_arguments(parser)
+    add_network_arguments(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--symbol", help="a saved graph (PREFIX-symbol.json, e.g. the authors' "
                                         "released one) instead of building --network")

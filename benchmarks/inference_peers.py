@@ -57,7 +57,7 @@ def mxnet_params(mx, symbol, batch):
 
 
 def measure(payload):
-    """Runs in the child: rows of (network, batch, {variant: seconds}) and a note."""
+    """Runs in the child: rows of (network, batch, {variant: seconds})."""
     import mxnet as mx
     import onnxruntime as ort
     import torch
@@ -68,7 +68,6 @@ def measure(payload):
     threads = payload["threads"]
     torch.set_num_threads(threads)
     utility.load_ops()
-    optimize = getattr(network, "optimize_for_inference", None)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in payload["networks"]:
@@ -90,9 +89,9 @@ def measure(payload):
                     np.float32)
                 arg_params, aux_params = mxnet_params(mx, symbol, batch)
                 fns = {"MXNet": mxnet_forward(mx, symbol, arg_params, aux_params, batch, data)}
-                if optimize is not None:
-                    fns["MXNet optimized"] = mxnet_forward(
-                        mx, *optimize(symbol, arg_params, aux_params), batch, data)
+                fns["MXNet optimized"] = mxnet_forward(
+                    mx, *network.optimize_for_inference(symbol, arg_params, aux_params), batch,
+                    data)
                 x = torch.from_numpy(data)
 
                 def torch_forward():
@@ -103,9 +102,7 @@ def measure(payload):
                 t = harness.interleaved_medians(fns, rounds=payload["rounds"],
                                                 warmup=payload["warmup"], pause=0.05)
                 rows.append((name, batch, t))
-    note = None if optimize else ("network.optimize_for_inference is absent: no "
-                                  "'MXNet optimized' column")
-    return {"rows": rows, "note": note}
+    return {"rows": rows}
 
 
 def parent(argv=None):
@@ -153,8 +150,6 @@ def parent(argv=None):
     harness.print_table(headers, rows)
     print("ORT/X > 1: X is faster than ONNX Runtime. ONNX Runtime runs the graph exported from the "
           "PyTorch peer.")
-    if first["note"]:
-        print(f"note: {first['note']}")
     return 0
 
 

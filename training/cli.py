@@ -10,6 +10,7 @@ import sys
 import mxnet as mx
 
 import network
+from network.options import positive_int  # noqa: F401  (also the entry points')
 
 
 def gpu_list(text):
@@ -69,16 +70,6 @@ def _in_range(kind, low, high, low_open=False, high_open=False):
                                              f"got {text!r}")
         return value
     return convert
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
-    return value
 
 
 positive_float = _in_range(float, 0, math.inf, low_open=True, high_open=True)

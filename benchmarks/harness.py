@@ -130,9 +130,12 @@ def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200, p
     """Median seconds per call of each function in the dict `fns`, called in turn each round.
 
     Every function runs `warmup` times first. Then at least `rounds` rounds, and more while the
-    rounds so far took under `min_time` seconds in all (at most `max_rounds`). `pause` seconds of
-    sleep before each timed call let the previous variant's spinning worker threads (OpenMP's,
-    ONNX Runtime's) go idle, so that they do not steal the cores from the next one.
+    rounds so far took under `min_time` seconds in all (at most `max_rounds`). Round r starts at
+    the r-th variant (the order rotates), so that each variant follows each other one equally
+    often: a variant finds the caches as the one before it left them (a large graph run before
+    a small one costs the small one about 2 ms at batch 1). `pause` seconds of sleep before each
+    timed call let the previous variant's spinning worker threads (OpenMP's, ONNX Runtime's) go
+    idle, so that they do not steal the cores from the next one.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -141,7 +144,9 @@ def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200, p
     start = time.perf_counter()
     done = 0
     while done < rounds or (time.perf_counter() - start < min_time and done < max_rounds):
-        for key, fn in fns.items():
+        keys = list(fns)
+        for key in keys[done % len(keys):] + keys[:done % len(keys)]:
+            fn = fns[key]
             if pause:
                 time.sleep(pause)
             t0 = time.perf_counter()

@@ -14,41 +14,26 @@ depthwise conv -> ReLU6 -> 1x1 group conv) vanishes: the expansion runs as g*g g
 input repeated g times, so that each linear group's channels are contiguous, and the order inside
 the groups moves into the depthwise and linear weights (`_remove_interleaves`). Graphs with
 nothing to rewrite come back equivalent (rebuilt node by node).
+
+On the CPU (device='cpu', fuse_blocks=True, float32 weights) every folded IGCV3 / MobileNetV2
+block (expansion conv -> [Reorder] -> depthwise conv -> ReLU6 -> linear conv [-> identity add])
+becomes first one `IGCBlock` of the plugin over the same weights (`_fuse_blocks`): its kernel
+keeps the expanded tensor in cache-sized bands and reads the permutation as an index table, so
+it needs neither the repeated input nor oneDNN's layout conversions. `fuse_blocks=False` (the
+ONNX exporter's choice) or a GPU keeps stock MXNet ops only.
 """
-import json
 
 import mxnet as mx
 import numpy as np
 
+from .block_fusion import fuse_blocks as _fuse_blocks
+from .graph_json import Graph as _Graph
+from .graph_json import is_true as _is_true
+from .graph_json import to_numpy as _to_numpy
+from .layers import DEVICES, check_choice, runs_on
+
 _CONVS = ("Convolution", "IGCConv")
 _ACT = {"relu": ("Activation", {"act_type": "relu"}), "relu6": ("clip", {"a_min": 0, "a_max": 6})}
-
-
-def _is_true(value):
-    return str(value).lower() in ("true", "1")
-
-
-def _to_numpy(params):
-    return {k: (v.asnumpy() if hasattr(v, "asnumpy") else np.asarray(v)) for k, v in params.items()}
-
-
-class _Graph:
-    def __init__(self, symbol):
-        graph = json.loads(symbol.tojson())
-        self.nodes = graph["nodes"]
-        self.heads = [tuple(h[:2]) for h in graph["heads"]]
-        self.readers = {}  # (node, output) -> ids of the nodes that read it
-        for i, node in enumerate(self.nodes):
-            for entry in node["inputs"]:
-                self.readers.setdefault(tuple(entry[:2]), []).append(i)
-
-    def name(self, entry):
-        return self.nodes[entry[0]]["name"]
-
-    def readers_of(self, entry, ignore=("BatchNormMoments",)):
-        readers = [r for r in self.readers.get(tuple(entry), [])
-                   if self.nodes[r]["op"] not in ignore]
-        return readers + (["head"] if tuple(entry) in self.heads else [])
 
 
 def _batchnorm_sites(graph):
@@ -103,9 +88,13 @@ def _conv(op, inputs, name, attrs):
     return getattr(mx.sym, op)(*inputs, name=name, **attrs)
 
 
-def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True):
-    """(symbol, arg_params, aux_params) for inference; see the module docstring.
-    fold_batchnorm=False keeps every BatchNorm (as MXNet's, use_global_stats=True) unfolded."""
+def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True,
+                           fuse_blocks=True, device="cpu"):
+    """(symbol, arg_params, aux_params) for inference on `device` ('cpu' or 'gpu'); see the
+    module docstring. fold_batchnorm=False keeps every BatchNorm (as MXNet's,
+    use_global_stats=True) unfolded; fuse_blocks=False (or a GPU) keeps the folded blocks as
+    stock ops instead of the plugin's IGCBlock."""
+    check_choice("device", device, DEVICES)
     graph = _Graph(symbol)
     params = _to_numpy({**arg_params, **aux_params})
     new_args, new_aux = dict(arg_params), dict(aux_params)
@@ -168,6 +157,8 @@ def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True):
             built[i] = [sym[k] for k in range(len(sym.list_outputs()))]
     heads = [entry(h) for h in graph.heads]
     out = heads[0] if len(heads) == 1 else mx.sym.Group(heads)
+    if fold_batchnorm and fuse_blocks and runs_on("IGCBlock", device):
+        out = _fuse_blocks(out, new_args)
     out = _remove_interleaves(out, new_args)
     keep_args, keep_aux = set(out.list_arguments()), set(out.list_auxiliary_states())
     return (out, {k: v for k, v in new_args.items() if k in keep_args},

@@ -25,7 +25,7 @@ CONV_IMPLS = ("auto", "mxnet", "igc")
 # 3.37 s with MXNet's ops, PyTorch 2.13 3.14 s.
 IGC_CONV_MAX_GROUP_WIDTH = {3: 8, 1: 24}
 DEVICES = ("cpu", "gpu")
-PLUGIN_OPS = ("Reorder", "IGCConv", "BatchNormMoments", "BatchNormApply")
+PLUGIN_OPS = ("Reorder", "IGCConv", "BatchNormMoments", "BatchNormApply", "IGCBlock")
 
 
 def check_choice(key, value, choices):

@@ -314,7 +314,8 @@ def to_onnx(symbol, arg_params, aux_params, data_shape, fold_bn=False, graph_nam
         # into a stock BatchNorm (or, with fold_bn, folds into the convolution before it).
         from .inference import optimize_for_inference
         symbol, arg_params, aux_params = optimize_for_inference(symbol, arg_params, aux_params,
-                                                                fold_batchnorm=fold_bn)
+                                                                fold_batchnorm=fold_bn,
+                                                                fuse_blocks=False)
     graph = _Graph(symbol, (1,) + tuple(data_shape))
     if len(graph.heads) != 1:
         raise ValueError(f"ONNX export: the graph has {len(graph.heads)} outputs, expected 1")

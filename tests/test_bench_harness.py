@@ -40,10 +40,11 @@ def test_failing_child_exits_with_its_stderr(tmp_path):
 
 def test_variants_are_called_in_interleaved_rounds():
     calls = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in "ab"}
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     seconds = harness.interleaved_medians(fns, rounds=3, warmup=1)
-    assert calls == ["a", "b"] * 4
-    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    # one warm-up round, then rounds whose order rotates: each variant follows each other once
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())
 
 
 @pytest.mark.parametrize("flags, isa", [

@@ -50,8 +50,9 @@ def _logits(symbol):
     return symbol.get_internals()[fc + "_output"]
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "stock-ops"])
 @pytest.mark.parametrize("name", network.list_networks())
-def test_optimized_graph_gives_the_training_graphs_inference_outputs(ops, name):
+def test_optimized_graph_gives_the_training_graphs_inference_outputs(ops, name, fuse):
     size = 32 if network.network_info(name)["dataset_kind"] == "cifar" else IMAGENET_SIZE
     shape = (BATCH, 3, size, size)
     symbol = _logits(network.get_symbol(name, 10))
@@ -59,7 +60,8 @@ def test_optimized_graph_gives_the_training_graphs_inference_outputs(ops, name):
     args, aux = _random_params(symbol, shape, rng)
     data = mx.nd.array(rng.standard_normal(shape))
     want = _predict(symbol, args, aux, data)
-    opt_symbol, opt_args, opt_aux = network.optimize_for_inference(symbol, args, aux)
+    opt_symbol, opt_args, opt_aux = network.optimize_for_inference(symbol, args, aux,
+                                                                   fuse_blocks=fuse)
     got = _predict(opt_symbol, opt_args, opt_aux, data)
     scale = np.abs(want).max()
     assert scale > 1e-3
@@ -68,6 +70,8 @@ def test_optimized_graph_gives_the_training_graphs_inference_outputs(ops, name):
     ops_after = {n["op"] for n in json.loads(opt_symbol.tojson())["nodes"]}
     assert not ops_after & {"BatchNormMoments", "BatchNormApply"}
     if network.network_info(name)["family"] == "igcv3":
-        assert "Reorder" not in ops_after  # the interleave became grouped-conv order
+        # the interleave became an IGCBlock's index table, or grouped-conv order
+        assert "Reorder" not in ops_after
+        assert ("IGCBlock" in ops_after) == fuse
     assert ops_after <= ops_before | {"BatchNorm", "clip", "Activation", "Convolution",
-                                        "Concat"}
+                                        "Concat"} | ({"IGCBlock"} if fuse else set())

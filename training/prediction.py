@@ -69,7 +69,8 @@ def predict(model, paths, top_k=5):
     order = sorted(inputs)
     executor = None
     symbol, arg_params, aux_params = network.optimize_for_inference(
-        model.symbol, model.arg_params, model.aux_params)
+        model.symbol, model.arg_params, model.aux_params,
+        device=model.contexts[0].device_type)
     for start in range(0, len(order), CHUNK):
         chunk = order[start:start + CHUNK]
         batch = np.stack([inputs[i] for i in chunk])

@@ -26,8 +26,8 @@ def score_batches(symbol, arg_params, aux_params, batches, data_shape, batch_siz
     previous pass's last batch (and with round_batch=False it reports no padding)."""
     # Inference runs the rewritten graph (BatchNorm folded, IGCV3's permutation gone): the same
     # function, and what a deployed model runs.
-    symbol, arg_params, aux_params = network.optimize_for_inference(symbol, arg_params,
-                                                                    aux_params)
+    symbol, arg_params, aux_params = network.optimize_for_inference(
+        symbol, arg_params, aux_params, device=contexts[0].device_type)
     module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),
                            context=list(contexts), logger=LOGGER)
     module.bind(data_shapes=[("data", (batch_size,) + tuple(data_shape))],

@@ -1,0 +1,122 @@
+"""IGCBlock fusion of folded IGCV3 / MobileNetV2 blocks (see network.inference and
+src/operator/igc_block.h)."""
+import mxnet as mx
+import numpy as np
+
+from .graph_json import Graph, is_true
+
+
+def _attr_pair(attrs, key, default):
+    text = attrs.get(key, default).replace(" ", "").strip("()[]")
+    return tuple(int(v) for v in text.split(",") if v)
+
+
+def _fusable_conv(node, kernel, stride=(1,)):
+    """A float32 NCHW Convolution with a bias, the given square kernel, padding kernel // 2 and
+    one of the given strides: its stride, else None."""
+    attrs = node.get("attrs", {})
+    if node["op"] != "Convolution" or is_true(attrs.get("no_bias", "False")):
+        return None
+    if attrs.get("layout", "NCHW") not in ("NCHW", "None"):
+        return None
+    pad, dilate = _attr_pair(attrs, "pad", "(0,0)"), _attr_pair(attrs, "dilate", "(1,1)")
+    strides = _attr_pair(attrs, "stride", "(1,1)")
+    if (_attr_pair(attrs, "kernel", "()") != (kernel, kernel) or pad != (kernel // 2,) * 2
+            or dilate not in ((1, 1), ()) or len(set(strides)) != 1 or strides[0] not in stride):
+        return None
+    return strides[0]
+
+
+def _block_sites(graph, args):
+    """Folded IGCV3 / MobileNetV2 blocks: 1x1 expansion conv (g groups) -> [Reorder(g)] ->
+    3x3 depthwise conv -> clip(0, 6) -> 1x1 linear conv (g groups) -> [elemwise_add with the
+    block input], each node read only by the next and every weight float32:
+    {output node id: site}."""
+    def only_reader(i, ops):
+        readers = graph.readers_of((i, 0))
+        if len(readers) == 1 and readers[0] != "head" and graph.nodes[readers[0]]["op"] in ops:
+            return readers[0]
+        return None
+
+    def weights(node):
+        return [graph.name(e) for e in node["inputs"][1:]]
+
+    sites = {}
+    for e, exp in enumerate(graph.nodes):
+        if _fusable_conv(exp, 1) is None:
+            continue
+        g = int(exp["attrs"].get("num_group", "1"))
+        reorder = only_reader(e, ("Reorder",))
+        interleave = reorder is not None and g > 1
+        if reorder is not None and int(graph.nodes[reorder]["attrs"]["branch_factor"]) != g:
+            continue
+        dw = only_reader(reorder if reorder is not None else e, ("Convolution",))
+        if dw is None:
+            continue
+        channels = int(exp["attrs"]["num_filter"])
+        stride = _fusable_conv(graph.nodes[dw], 3, stride=(1, 2))
+        if stride is None or int(graph.nodes[dw]["attrs"].get("num_group", "1")) != channels:
+            continue
+        act = only_reader(dw, ("clip",))
+        if act is None or [float(graph.nodes[act]["attrs"].get(k, "nan"))
+                           for k in ("a_min", "a_max")] != [0.0, 6.0]:
+            continue
+        lin = only_reader(act, ("Convolution",))
+        if (lin is None or _fusable_conv(graph.nodes[lin], 1) is None
+                or int(graph.nodes[lin]["attrs"].get("num_group", "1")) != g):
+            continue
+        params = weights(exp) + weights(graph.nodes[dw]) + weights(graph.nodes[lin])
+        if any(np.dtype(getattr(args.get(p), "dtype", None) or np.float64) != np.float32
+               for p in params):
+            continue
+        data = tuple(exp["inputs"][0][:2])
+        out, residual = lin, False
+        add = only_reader(lin, ("elemwise_add", "_plus", "_Plus"))
+        if add is not None and data in [tuple(x[:2]) for x in graph.nodes[add]["inputs"]]:
+            out, residual = add, True
+        filters = int(graph.nodes[lin]["attrs"]["num_filter"])
+        sites[out] = dict(data=data, params=params, expanded=channels, num_filter=filters,
+                          num_group=g, stride=stride, interleave=interleave, residual=residual,
+                          name=_block_name(exp["name"], graph.nodes[lin]["name"]))
+    return sites
+
+
+def _block_name(first, last):
+    prefix = first[:next((i for i, (a, b) in enumerate(zip(first, last)) if a != b),
+                         min(len(first), len(last)))].rstrip("-_")
+    return f"{prefix or first}-fused"
+
+
+def fuse_blocks(symbol, args):
+    """Each site of `_block_sites` becomes one IGCBlock over the same weights (see
+    src/operator/igc_block.h): the expanded tensor then lives only in cache-sized bands, and the
+    permutation is an index table."""
+    graph = Graph(symbol)
+    sites = _block_sites(graph, args)
+    if not sites:
+        return symbol
+    block_op = getattr(mx.sym, "IGCBlock")
+    built = {}
+
+    def entry(e):
+        return built[e[0]][e[1]]
+
+    for i, node in enumerate(graph.nodes):
+        op, name, attrs = node["op"], node["name"], dict(node.get("attrs", {}))
+        if op == "null":
+            built[i] = [mx.sym.var(name)]
+        elif i in sites:
+            site = sites[i]
+            # The weights carry their shapes: MXNet 1.9 sizes the buffer of input shapes it
+            # hands a plugin op by the sum of their ranks, counting an unknown shape as -1.
+            weights = [mx.sym.var(p, shape=tuple(args[p].shape)) for p in site["params"]]
+            built[i] = [block_op(entry(site["data"]), *weights,
+                                 expanded=site["expanded"], num_filter=site["num_filter"],
+                                 num_group=site["num_group"], stride=site["stride"],
+                                 interleave=site["interleave"], residual=site["residual"],
+                                 name=site["name"])]
+        else:
+            sym = getattr(mx.sym, op)(*[entry(e) for e in node["inputs"]], name=name, **attrs)
+            built[i] = [sym[k] for k in range(len(sym.list_outputs()))]
+    heads = [entry(h) for h in graph.heads]
+    return heads[0] if len(heads) == 1 else mx.sym.Group(heads)

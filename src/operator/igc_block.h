@@ -1,0 +1,39 @@
+// `IGCBlock`: the inference forward of one inverted-residual block of IGCV3 / MobileNetV2 with
+// its BatchNorms folded into the convolutions, in one pass over plain NCHW float32 data:
+//   e = W_exp * x + b_exp                 1x1 conv, `groups` groups, E filters (no activation)
+//   e = Reorder(groups)(e)                only when `interleave` (IGCV3's permutation)
+//   d = relu6(depthwise3x3(e) + b_dw)     stride 1 or 2, zero padding 1
+//   y = W_lin * d + b_lin (+ x)           1x1 conv, `groups` groups; the identity when `residual`
+// Bands of output rows are computed at a time, so the E-channel tensors e and d live only in
+// per-thread buffers that fit in the cache; the permutation is an index table (no data moves).
+// Nothing here knows about MXNet.
+#ifndef IGC_OPERATOR_IGC_BLOCK_H_
+#define IGC_OPERATOR_IGC_BLOCK_H_
+
+#include <cstdint>
+
+namespace igc {
+
+struct BlockGeometry {
+  int64_t batch, in_channels, height, width;  // x: (batch, in_channels, height, width)
+  int64_t expanded, out_channels, groups, stride;
+  bool interleave, residual;
+
+  int64_t out_height() const { return (height - 1) / stride + 1; }
+  int64_t out_width() const { return (width - 1) / stride + 1; }
+};
+
+// Empty when the geometry is valid, else what is wrong with it.
+const char* block_geometry_error(const BlockGeometry& g);
+
+// Bytes of workspace for block_forward_cpu on the threads it will use.
+int64_t block_workspace_bytes(const BlockGeometry& g);
+
+// Weights in MXNet's layouts: w_exp (E, C/g), w_dw (E, 9), w_lin (C_out, E/g); biases per filter.
+void block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_exp,
+                       const float* b_exp, const float* w_dw, const float* b_dw,
+                       const float* w_lin, const float* b_lin, float* y, void* workspace);
+
+}  // namespace igc
+
+#endif  // IGC_OPERATOR_IGC_BLOCK_H_

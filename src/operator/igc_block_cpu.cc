@@ -1,0 +1,559 @@
+// CPU kernel of IGCBlock (see igc_block.h). Per image and band of output rows:
+//   1. the expansion conv over the band's input rows (with its 1- or 2-row halo; rows shared with
+//      the previous band are moved, not recomputed) into the buffer `e`, one plane per filter in
+//      the expansion's own order;
+//   2. the depthwise conv + bias + ReLU6 of each plane into the buffer `d` (the permutation only
+//      picks which depthwise filter a plane gets);
+//   3. the linear conv over `d` (the permutation picks which planes each group reads) + bias
+//      (+ the block input) straight into the output.
+// Both 1x1 convs are GEMMs over pixel rows: a 6 x 16 AVX2+FMA register block (chosen at run time;
+// portable C++ otherwise). Threads take images, or bands of one image when there are fewer
+// images than threads.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "igc_block.h"
+
+namespace igc {
+namespace {
+
+#define IGC_AVX2 __attribute__((target("avx2,fma")))
+
+// The e + d buffers of one thread stay about this size (well inside a 1 MB L2 cache).
+constexpr int64_t kBandBytes = 384 * 1024;
+// Below this many multiply-adds in all, a call runs on the calling thread.
+constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
+constexpr int kRows = 6, kCols = 16;  // register block of the GEMM
+constexpr int64_t kPanelBytes = 192 * 1024;  // B panel (K x columns) kept in cache per pass
+// Zeroed floats before and after the expansion buffer: the depthwise kernel reads (and masks
+// off) up to 16 floats beyond a plane's rows.
+constexpr int64_t kGuard = 32;
+
+inline int64_t align_floats(int64_t n) { return (n + 15) / 16 * 16; }
+
+// c[m][n] = bias[m] + sum_k a[m * lda + k] * b[k][n] (+ r[m][n]), 0 <= m < M, 0 <= n < N.
+struct Gemm {
+  int64_t M, N, K;
+  const float* a;
+  int64_t lda;
+  const float* const* b;
+  float* c;
+  int64_t ldc;
+  const float* bias;
+  const float* r;  // nullptr: no residual
+  int64_t ldr;
+};
+
+// Columns per pass over the weights: about kPanelBytes of B, split evenly over the passes (a
+// multiple of `step`), so that no pass is a thin remainder (49 = 48 + 1 would run the weights
+// twice for one column).
+inline int64_t panel_columns(int64_t K, int64_t N, int64_t step) {
+  const int64_t most = std::max<int64_t>(kPanelBytes / (4 * std::max<int64_t>(K, 1)), step);
+  const int64_t passes = (N + most - 1) / most;
+  const int64_t even = (N + passes - 1) / passes;
+  return (even + step - 1) / step * step;
+}
+
+void gemm_portable(const Gemm& g) {
+  for (int64_t m = 0; m < g.M; ++m) {
+    float* c = g.c + m * g.ldc;
+    for (int64_t n = 0; n < g.N; ++n) c[n] = g.bias[m];
+    const float* a = g.a + m * g.lda;
+    for (int64_t k = 0; k < g.K; ++k) {
+      const float w = a[k];
+      const float* b = g.b[k];
+      for (int64_t n = 0; n < g.N; ++n) c[n] += w * b[n];
+    }
+    if (g.r) {
+      const float* r = g.r + m * g.ldr;
+      for (int64_t n = 0; n < g.N; ++n) c[n] += r[n];
+    }
+  }
+}
+
+IGC_AVX2 inline __m256i tail_mask(int64_t count) {
+  const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
+}
+
+// kRows x 16 block at (m0, n0): MR rows (MR <= kRows), all 16 columns unless kTail (then the
+// masks say which columns exist).
+template <int MR, bool kTail>
+IGC_AVX2 inline void block_avx2(const Gemm& g, int64_t m0, int64_t n0, __m256i mask0,
+                                __m256i mask1) {
+  __m256 acc0[MR], acc1[MR];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm256_set1_ps(g.bias[m0 + i]);
+  const float* a = g.a + m0 * g.lda;
+  for (int64_t k = 0; k < g.K; ++k) {
+    if ((k & 15) == 0) {  // the next block's weight rows: at batch 1 they come from memory
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(a + (MR + i) * g.lda + k), _MM_HINT_T0);
+      }
+    }
+    const float* b = g.b[k] + n0;
+    const __m256 b0 = kTail ? _mm256_maskload_ps(b, mask0) : _mm256_loadu_ps(b);
+    const __m256 b1 = kTail ? _mm256_maskload_ps(b + 8, mask1) : _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m256 w = _mm256_broadcast_ss(a + i * g.lda + k);
+      acc0[i] = _mm256_fmadd_ps(w, b0, acc0[i]);
+      acc1[i] = _mm256_fmadd_ps(w, b1, acc1[i]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    float* c = g.c + (m0 + i) * g.ldc + n0;
+    if (g.r) {
+      const float* r = g.r + (m0 + i) * g.ldr + n0;
+      acc0[i] = _mm256_add_ps(acc0[i], kTail ? _mm256_maskload_ps(r, mask0) : _mm256_loadu_ps(r));
+      acc1[i] = _mm256_add_ps(acc1[i],
+                              kTail ? _mm256_maskload_ps(r + 8, mask1) : _mm256_loadu_ps(r + 8));
+    }
+    if (kTail) {
+      _mm256_maskstore_ps(c, mask0, acc0[i]);
+      _mm256_maskstore_ps(c + 8, mask1, acc1[i]);
+    } else {
+      _mm256_storeu_ps(c, acc0[i]);
+      _mm256_storeu_ps(c + 8, acc1[i]);
+    }
+  }
+}
+
+template <bool kTail>
+IGC_AVX2 inline void rows_avx2(const Gemm& g, int64_t m0, int64_t rows, int64_t n0,
+                               __m256i mask0, __m256i mask1) {
+  switch (rows) {
+    case 6: block_avx2<6, kTail>(g, m0, n0, mask0, mask1); break;
+    case 5: block_avx2<5, kTail>(g, m0, n0, mask0, mask1); break;
+    case 4: block_avx2<4, kTail>(g, m0, n0, mask0, mask1); break;
+    case 3: block_avx2<3, kTail>(g, m0, n0, mask0, mask1); break;
+    case 2: block_avx2<2, kTail>(g, m0, n0, mask0, mask1); break;
+    default: block_avx2<1, kTail>(g, m0, n0, mask0, mask1); break;
+  }
+}
+
+IGC_AVX2 void gemm_avx2(const Gemm& g) {
+  const int64_t panel = panel_columns(g.K, g.N, kCols);
+  const __m256i all = _mm256_set1_epi32(-1);
+  for (int64_t p0 = 0; p0 < g.N; p0 += panel) {
+    const int64_t p1 = std::min(g.N, p0 + panel);
+    for (int64_t m0 = 0; m0 < g.M; m0 += kRows) {
+      const int64_t rows = std::min<int64_t>(kRows, g.M - m0);
+      int64_t n0 = p0;
+      for (; n0 + kCols <= p1; n0 += kCols) rows_avx2<false>(g, m0, rows, n0, all, all);
+      if (n0 < p1 && p1 >= kCols) {
+        // The last 16 columns again: the same values, and masked stores are slow on some CPUs.
+        rows_avx2<false>(g, m0, rows, p1 - kCols, all, all);
+      } else if (n0 < p1) {
+        const int64_t left = p1 - n0;
+        rows_avx2<true>(g, m0, rows, n0, tail_mask(left), tail_mask(left - 8));
+      }
+    }
+  }
+}
+
+// AVX-512F: 8 x 32 register blocks; masked loads and stores are cheap here, so tails use them.
+#define IGC_AVX512 __attribute__((target("avx512f,avx2,fma")))
+constexpr int kRows512 = 8, kCols512 = 32;
+
+IGC_AVX512 inline __mmask16 mask16(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0)
+                                                      : __mmask16((1u << count) - 1);
+}
+
+template <int MR>
+IGC_AVX512 inline void block_avx512(const Gemm& g, int64_t m0, int64_t n0, __mmask16 k0,
+                                    __mmask16 k1) {
+  __m512 acc0[MR], acc1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_set1_ps(g.bias[m0 + i]);
+  const float* a = g.a + m0 * g.lda;
+  for (int64_t k = 0; k < g.K; ++k) {
+    if ((k & 15) == 0) {  // the next block's weight rows: at batch 1 they come from memory
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(a + (MR + i) * g.lda + k), _MM_HINT_T0);
+      }
+    }
+    const float* b = g.b[k] + n0;
+    const __m512 b0 = _mm512_maskz_loadu_ps(k0, b);
+    const __m512 b1 = _mm512_maskz_loadu_ps(k1, b + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 w = _mm512_set1_ps(a[i * g.lda + k]);
+      acc0[i] = _mm512_fmadd_ps(w, b0, acc0[i]);
+      acc1[i] = _mm512_fmadd_ps(w, b1, acc1[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    float* c = g.c + (m0 + i) * g.ldc + n0;
+    if (g.r) {
+      const float* r = g.r + (m0 + i) * g.ldr + n0;
+      acc0[i] = _mm512_add_ps(acc0[i], _mm512_maskz_loadu_ps(k0, r));
+      acc1[i] = _mm512_add_ps(acc1[i], _mm512_maskz_loadu_ps(k1, r + 16));
+    }
+    _mm512_mask_storeu_ps(c, k0, acc0[i]);
+    _mm512_mask_storeu_ps(c + 16, k1, acc1[i]);
+  }
+}
+
+IGC_AVX512 void gemm_avx512(const Gemm& g) {
+  const int64_t panel = panel_columns(g.K, g.N, kCols512);
+  for (int64_t p0 = 0; p0 < g.N; p0 += panel) {
+    const int64_t p1 = std::min(g.N, p0 + panel);
+    for (int64_t m0 = 0; m0 < g.M; m0 += kRows512) {
+      const int64_t rows = std::min<int64_t>(kRows512, g.M - m0);
+      for (int64_t n0 = p0; n0 < p1; n0 += kCols512) {
+        const __mmask16 k0 = mask16(p1 - n0), k1 = mask16(p1 - n0 - 16);
+        switch (rows) {
+          case 8: block_avx512<8>(g, m0, n0, k0, k1); break;
+          case 7: block_avx512<7>(g, m0, n0, k0, k1); break;
+          case 6: block_avx512<6>(g, m0, n0, k0, k1); break;
+          case 5: block_avx512<5>(g, m0, n0, k0, k1); break;
+          case 4: block_avx512<4>(g, m0, n0, k0, k1); break;
+          case 3: block_avx512<3>(g, m0, n0, k0, k1); break;
+          case 2: block_avx512<2>(g, m0, n0, k0, k1); break;
+          default: block_avx512<1>(g, m0, n0, k0, k1); break;
+        }
+      }
+    }
+  }
+}
+
+// Depthwise 3x3 (zero padding 1, stride S) of one plane over `rows` output rows: `e` holds the
+// (rows - 1) * S + 3 input rows (width W; the padding rows are zeros), `d` gets rows x Wout.
+// The interior columns run without bounds checks (vectorised by the compiler); the edges check.
+template <int S>
+inline void depthwise_plane(const float* e, int64_t W, int64_t Wout, int64_t rows,
+                            const float* w, float bias, float* d) {
+  // Output columns whose 3 taps all lie inside the row.
+  const int64_t inner_begin = 1, inner_end = std::max<int64_t>(1, (W - 2) / S + 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* r0 = e + r * S * W;
+    const float* r1 = r0 + W;
+    const float* r2 = r1 + W;
+    float* out = d + r * Wout;
+    auto edge = [&](int64_t ox) {
+      float acc = bias;
+      for (int kx = 0; kx < 3; ++kx) {
+        const int64_t ix = ox * S - 1 + kx;
+        if (ix < 0 || ix >= W) continue;
+        acc += w[kx] * r0[ix] + w[3 + kx] * r1[ix] + w[6 + kx] * r2[ix];
+      }
+      out[ox] = std::min(std::max(acc, 0.0f), 6.0f);
+    };
+    edge(0);
+    const int64_t end = std::min(inner_end, Wout);
+#pragma omp simd
+    for (int64_t ox = inner_begin; ox < end; ++ox) {
+      const int64_t ix = ox * S - 1;
+      const float acc = bias + w[0] * r0[ix] + w[1] * r0[ix + 1] + w[2] * r0[ix + 2] +
+                        w[3] * r1[ix] + w[4] * r1[ix + 1] + w[5] * r1[ix + 2] +
+                        w[6] * r2[ix] + w[7] * r2[ix + 1] + w[8] * r2[ix + 2];
+      out[ox] = std::min(std::max(acc, 0.0f), 6.0f);
+    }
+    for (int64_t ox = std::max<int64_t>(end, 1); ox < Wout; ++ox) edge(ox);
+  }
+}
+
+void depthwise_portable(int stride, const float* e, int64_t W, int64_t Wout, int64_t rows,
+                        const float* w, float bias, float* d, const float*) {
+  if (stride == 1) depthwise_plane<1>(e, W, Wout, rows, w, bias, d);
+  else depthwise_plane<2>(e, W, Wout, rows, w, bias, d);
+}
+
+IGC_AVX2 inline __m256 clamp6(__m256 v) {
+  return _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
+}
+
+IGC_AVX2 inline __m256 load8(const float* p, bool tail, __m256i mask) {
+  return tail ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);
+}
+
+// Even and odd elements of p[0..16): evens = p[0], p[2], ..., odds = p[1], p[3], ...
+IGC_AVX2 inline void deinterleave(const float* p, bool tail, __m256i mask0, __m256i mask1,
+                                  __m256* evens, __m256* odds) {
+  const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  const __m256 a = _mm256_permutevar8x32_ps(load8(p, tail, mask0), order);
+  const __m256 b = _mm256_permutevar8x32_ps(load8(p + 8, tail, mask1), order);
+  *evens = _mm256_permute2f128_ps(a, b, 0x20);
+  *odds = _mm256_permute2f128_ps(a, b, 0x31);
+}
+
+// 8 outputs at q: the three column taps summed separately; the left (kx = 0) and right (kx = 2)
+// sums are and-ed with the edge masks (all bits zero where the tap lies in the padding), which
+// also drops whatever non-finite values the neighbouring memory holds.
+IGC_AVX2 inline __m256 dw_combine(__m256 left, __m256 middle, __m256 right,
+                                  const float* masks_left, const float* masks_right, bool tail,
+                                  __m256i mask) {
+  left = _mm256_and_ps(left, load8(masks_left, tail, mask));
+  right = _mm256_and_ps(right, load8(masks_right, tail, mask));
+  return clamp6(_mm256_add_ps(_mm256_add_ps(left, middle), right));
+}
+
+// Stride 1: the band's rows x W outputs are one run; output q reads e[q + ky * W + kx - 1].
+IGC_AVX2 inline void dw_s1_at(const float* e, int64_t W, const __m256* w, __m256 bias,
+                              const float* masks, int64_t count, int64_t q, bool tail,
+                              __m256i mask, float* d) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = bias, s2 = _mm256_setzero_ps();
+#pragma GCC unroll 3
+  for (int ky = 0; ky < 3; ++ky) {
+    const float* p = e + q + ky * W - 1;
+    s0 = _mm256_fmadd_ps(w[ky * 3], load8(p, tail, mask), s0);
+    s1 = _mm256_fmadd_ps(w[ky * 3 + 1], load8(p + 1, tail, mask), s1);
+    s2 = _mm256_fmadd_ps(w[ky * 3 + 2], load8(p + 2, tail, mask), s2);
+  }
+  const __m256 out = dw_combine(s0, s1, s2, masks + q, masks + count + q, tail, mask);
+  if (tail) _mm256_maskstore_ps(d + q, mask, out);
+  else _mm256_storeu_ps(d + q, out);
+}
+
+// Stride 2, outputs [x, x + 8) of one row: taps at 2x - 1, 2x, 2x + 1.
+IGC_AVX2 inline void dw_s2_at(const float* e, int64_t W, const __m256* w, __m256 bias,
+                              const float* masks, int64_t Wout, int64_t x, int64_t n,
+                              float* d) {
+  const bool tail = n < 8;
+  const __m256i all = _mm256_set1_epi32(-1);
+  const __m256i m0 = tail ? tail_mask(2 * n) : all, m1 = tail ? tail_mask(2 * n - 8) : all;
+  const __m256i m2 = tail ? tail_mask(2 * n - 1) : all, m3 = tail ? tail_mask(2 * n - 9) : all;
+  __m256 s0 = _mm256_setzero_ps(), s1 = bias, s2 = _mm256_setzero_ps();
+#pragma GCC unroll 3
+  for (int ky = 0; ky < 3; ++ky) {
+    const float* p = e + ky * W + 2 * x - 1;
+    __m256 t0, t1, t2, unused;
+    deinterleave(p, tail, m0, m1, &t0, &t1);
+    deinterleave(p + 2, tail, m2, m3, &t2, &unused);
+    s0 = _mm256_fmadd_ps(w[ky * 3], t0, s0);
+    s1 = _mm256_fmadd_ps(w[ky * 3 + 1], t1, s1);
+    s2 = _mm256_fmadd_ps(w[ky * 3 + 2], t2, s2);
+  }
+  const __m256i mask = tail ? tail_mask(n) : all;
+  const __m256 out = dw_combine(s0, s1, s2, masks + x, masks + Wout + x, tail, mask);
+  if (tail) _mm256_maskstore_ps(d + x, mask, out);
+  else _mm256_storeu_ps(d + x, out);
+}
+
+// `masks`: see edge_masks. Reads up to 16 floats before and after the plane's rows in use.
+IGC_AVX2 void depthwise_avx2(int stride, const float* e, int64_t W, int64_t Wout, int64_t rows,
+                             const float* w, float bias, float* d, const float* masks) {
+  __m256 wv[9];
+  for (int i = 0; i < 9; ++i) wv[i] = _mm256_set1_ps(w[i]);
+  const __m256 bv = _mm256_set1_ps(bias);
+  const __m256i all = _mm256_set1_epi32(-1);
+  if (stride == 1) {
+    const int64_t count = rows * W;
+    int64_t q = 0;
+    for (; q + 8 <= count; q += 8) dw_s1_at(e, W, wv, bv, masks, count, q, false, all, d);
+    if (q < count && count >= 8) {  // the last 8 again: the same values, no masked store
+      dw_s1_at(e, W, wv, bv, masks, count, count - 8, false, all, d);
+    } else if (q < count) {
+      dw_s1_at(e, W, wv, bv, masks, count, q, true, tail_mask(count - q), d);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = e + 2 * r * W;
+    float* out = d + r * Wout;
+    int64_t x = 0;
+    for (; x + 8 <= Wout; x += 8) dw_s2_at(row, W, wv, bv, masks, Wout, x, 8, out);
+    if (x < Wout && Wout >= 8) {
+      dw_s2_at(row, W, wv, bv, masks, Wout, Wout - 8, 8, out);
+    } else if (x < Wout) {
+      dw_s2_at(row, W, wv, bv, masks, Wout, x, Wout - x, out);
+    }
+  }
+}
+
+// Edge masks of the AVX2 depthwise kernel (float bit patterns, all ones = keep): stride 1, per
+// output q of a band of `rows` rows: left[q] = (q % W != 0), right[q] = (q % W != W - 1); stride
+// 2, per output column x: left[x] = (x != 0), right[x] = (2x + 1 < W).
+void edge_masks(int64_t stride, int64_t W, int64_t Wout, int64_t rows, float* masks) {
+  const int64_t count = stride == 1 ? rows * W : Wout;
+  int32_t* bits = reinterpret_cast<int32_t*>(masks);
+  for (int64_t q = 0; q < count; ++q) {
+    const bool left = stride == 1 ? q % W != 0 : q != 0;
+    const bool right = stride == 1 ? q % W != W - 1 : 2 * q + 1 < W;
+    bits[q] = left ? -1 : 0;
+    bits[count + q] = right ? -1 : 0;
+  }
+}
+
+struct Kernels {
+  void (*gemm)(const Gemm&);
+  void (*depthwise)(int, const float*, int64_t, int64_t, int64_t, const float*, float, float*,
+                    const float*);
+};
+
+Kernels pick_kernels() {
+  const char* baseline = std::getenv("IGC_CONV_BASELINE");
+  const bool forced = baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0;
+  if (!forced && __builtin_cpu_supports("avx512f") && !std::getenv("IGC_BLOCK_AVX2")) {
+    return {gemm_avx512, depthwise_avx2};
+  }
+  if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    return {gemm_avx2, depthwise_avx2};
+  }
+  return {gemm_portable, depthwise_portable};
+}
+
+// How a call is cut into work: bands of `band_rows` output rows; each work item is one image's
+// output rows [chunk j of `chunks`).
+struct Plan {
+  int64_t band_rows, e_rows, e_plane, d_plane, masks, table, per_thread_floats;
+  int64_t chunks, items;
+  int threads;
+};
+
+Plan make_plan(const BlockGeometry& g) {
+  Plan p{};
+  const int64_t Hout = g.out_height(), Wout = g.out_width();
+  const int64_t row_bytes = 4 * g.expanded * (g.stride * g.width + Wout);
+  p.band_rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(row_bytes, 1), 1, Hout);
+  p.e_rows = (p.band_rows - 1) * g.stride + 3;
+  p.e_plane = p.e_rows * g.width;
+  p.d_plane = p.band_rows * Wout;
+  p.table = std::max(g.in_channels, g.expanded) / g.groups;
+  p.masks = 2 * p.band_rows * std::max(g.width, Wout);
+  // [guard][e][guard][d][masks][pointer table (8 bytes per pointer)]
+  p.per_thread_floats = 2 * kGuard + align_floats(g.expanded * p.e_plane) +
+                        align_floats(g.expanded * p.d_plane) + align_floats(p.masks) +
+                        align_floats(2 * p.table);
+  const int64_t macs = g.batch * (g.height * g.width * g.expanded * (g.in_channels / g.groups) +
+                                  Hout * Wout * g.expanded * (9 + g.out_channels / g.groups));
+  const int64_t max_threads = macs < kMinParallelMacs ? 1 : std::max(1, omp_get_max_threads());
+  p.chunks = g.batch >= max_threads ? 1
+             : std::min<int64_t>(Hout, (max_threads + g.batch - 1) / g.batch);
+  p.items = g.batch * p.chunks;
+  p.threads = static_cast<int>(std::min<int64_t>(max_threads, p.items));
+  return p;
+}
+
+// One image's output rows [row_begin, row_end).
+void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_t image,
+              int64_t row_begin, int64_t row_end, const float* x, const float* w_exp,
+              const float* b_exp, const float* w_dw, const float* b_dw, const float* w_lin,
+              const float* b_lin, float* y, float* ws) {
+  const int64_t H = g.height, W = g.width, S = g.stride, E = g.expanded;
+  const int64_t Hout = g.out_height(), Wout = g.out_width();
+  const int64_t G = g.groups, in_per_group = g.in_channels / G, k = E / G;
+  const int64_t out_per_group = g.out_channels / G;
+  std::memset(ws, 0, sizeof(float) * kGuard);
+  float* e = ws + kGuard;
+  std::memset(e + align_floats(E * p.e_plane), 0, sizeof(float) * kGuard);
+  float* d = e + align_floats(E * p.e_plane) + kGuard;
+  float* masks = d + align_floats(E * p.d_plane);
+  const float** table = reinterpret_cast<const float**>(masks + align_floats(p.masks));
+  int64_t mask_rows = 0;  // band height the masks were made for
+  const float* x_image = x + image * g.in_channels * H * W;
+  float* y_image = y + image * g.out_channels * Hout * Wout;
+  // Expansion filter (the plane of `e`) that the permutation puts at position `pos`.
+  auto plane_at = [&](int64_t pos) { return g.interleave ? (pos % G) * k + pos / G : pos; };
+  // Position of expansion filter `f` after the permutation (its depthwise filter).
+  auto position_of = [&](int64_t f) { return g.interleave ? (f % k) * G + f / k : f; };
+
+  int64_t have_first = 0, have_count = 0;  // input rows held in e: [have_first, +have_count)
+  for (int64_t o0 = row_begin; o0 < row_end; o0 += p.band_rows) {
+    const int64_t rows = std::min(p.band_rows, row_end - o0);
+    const int64_t first = o0 * S - 1, count = (rows - 1) * S + 3;
+    int64_t reuse = 0;
+    if (have_count > 0 && first >= have_first && first < have_first + have_count) {
+      reuse = std::min(have_first + have_count - first, count);
+      if (first != have_first) {
+        for (int64_t f = 0; f < E; ++f) {
+          float* plane = e + f * p.e_plane;
+          std::memmove(plane, plane + (first - have_first) * W, sizeof(float) * reuse * W);
+        }
+      }
+    }
+    const int64_t from = first + reuse, to = first + count;
+    const int64_t lo = std::clamp<int64_t>(from, 0, H), hi = std::clamp<int64_t>(to, 0, H);
+    for (int64_t f = 0; f < E; ++f) {  // padding rows (above and below the image) are zeros
+      float* plane = e + f * p.e_plane;
+      if (from < lo) std::memset(plane + (from - first) * W, 0, sizeof(float) * (lo - from) * W);
+      const int64_t zero_from = std::max(hi, from);
+      if (zero_from < to) {
+        std::memset(plane + (zero_from - first) * W, 0, sizeof(float) * (to - zero_from) * W);
+      }
+    }
+    if (lo < hi) {
+      for (int64_t grp = 0; grp < G; ++grp) {
+        for (int64_t c = 0; c < in_per_group; ++c) {
+          table[c] = x_image + ((grp * in_per_group + c) * H + lo) * W;
+        }
+        kern.gemm(Gemm{k, (hi - lo) * W, in_per_group, w_exp + grp * k * in_per_group,
+                       in_per_group, table, e + grp * k * p.e_plane + (lo - first) * W,
+                       p.e_plane, b_exp + grp * k, nullptr, 0});
+      }
+    }
+    have_first = first;
+    have_count = count;
+
+    if (rows != mask_rows) {
+      edge_masks(S, W, Wout, rows, masks);
+      mask_rows = rows;
+    }
+    for (int64_t f = 0; f < E; ++f) {
+      const int64_t pos = position_of(f);
+      kern.depthwise(static_cast<int>(S), e + f * p.e_plane, W, Wout, rows, w_dw + pos * 9,
+                     b_dw[pos], d + f * p.d_plane, masks);
+    }
+
+    for (int64_t grp = 0; grp < G; ++grp) {
+      for (int64_t c = 0; c < k; ++c) table[c] = d + plane_at(grp * k + c) * p.d_plane;
+      const int64_t first_out = grp * out_per_group;
+      kern.gemm(Gemm{out_per_group, rows * Wout, k, w_lin + first_out * k, k, table,
+                     y_image + (first_out * Hout + o0) * Wout, Hout * Wout, b_lin + first_out,
+                     g.residual ? x_image + (first_out * H + o0) * W : nullptr, H * W});
+    }
+  }
+}
+
+}  // namespace
+
+const char* block_geometry_error(const BlockGeometry& g) {
+  if (g.batch < 1 || g.in_channels < 1 || g.height < 1 || g.width < 1 || g.expanded < 1 ||
+      g.out_channels < 1) {
+    return "every size must be >= 1";
+  }
+  if (g.groups < 1 || g.in_channels % g.groups || g.expanded % g.groups ||
+      g.out_channels % g.groups) {
+    return "groups must divide the input, expanded and output channels";
+  }
+  if (g.stride != 1 && g.stride != 2) return "stride must be 1 or 2";
+  if (g.residual && (g.stride != 1 || g.in_channels != g.out_channels)) {
+    return "residual needs stride 1 and as many output channels as input channels";
+  }
+  return "";
+}
+
+int64_t block_workspace_bytes(const BlockGeometry& g) {
+  const Plan p = make_plan(g);
+  return 4 * p.per_thread_floats * p.threads + 64;
+}
+
+void block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_exp,
+                       const float* b_exp, const float* w_dw, const float* b_dw,
+                       const float* w_lin, const float* b_lin, float* y, void* workspace) {
+  const Kernels kern = pick_kernels();  // IGC_CONV_BASELINE is read on every call (tests)
+  const Plan p = make_plan(g);
+  const int64_t Hout = g.out_height();
+  float* ws = reinterpret_cast<float*>(
+      (reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
+#pragma omp parallel for schedule(static) num_threads(p.threads)
+  for (int64_t item = 0; item < p.items; ++item) {
+    const int64_t image = item / p.chunks, chunk = item % p.chunks;
+    const int64_t begin = chunk * Hout / p.chunks, end = (chunk + 1) * Hout / p.chunks;
+    if (begin == end) continue;
+    run_item(g, p, kern, image, begin, end, x, w_exp, b_exp, w_dw, b_dw, w_lin, b_lin, y,
+             ws + omp_get_thread_num() * p.per_thread_floats);
+  }
+}
+
+}  // namespace igc

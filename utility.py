@@ -53,6 +53,32 @@ def load_ops(path=None):
     return path
 
 
+# glibc's malloc gives memory back to the OS: allocations above its mmap threshold are unmapped
+# on free, and the top of the heap is trimmed. MXNet and oneDNN allocate and free buffers of
+# tens of MB in every training step, so each step faulted in about 180,000 fresh pages
+# (igcv3_cifar, batch 64: 0.34 s of system time in a 2.1 s step). Kept memory is reused instead.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+KEEP_MEMORY_ENV = "IGC_KEEP_FREED_MEMORY"
+
+
+def keep_freed_memory():
+    """Make glibc's malloc keep freed memory for reuse (one arena, no mmap'ed chunks, no heap
+    trimming), so that big buffers allocated again do not page-fault. Process-wide: the
+    process's resident size stays at its peak. Called by the training package and the
+    benchmarks; $IGC_KEEP_FREED_MEMORY=0 turns it off. True when applied (glibc only)."""
+    if os.environ.get(KEEP_MEMORY_ENV, "1") == "0":
+        return False
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc
+    return all(mallopt(option, value) == 1 for option, value in (
+        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 1)))
+
+
 # lib_api hands a plugin op no write request (MXNet 1.9's CustomFComputeDispatcher drops it), so
 # the kernels always overwrite their outputs: a gradient asked to accumulate (grad_req='add')
 # into a variable that a plugin op reads directly would silently be replaced instead.

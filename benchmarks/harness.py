@@ -200,6 +200,11 @@ def parse_threads(parser, text):
 def main(parent, measure):
     """Entry point of a benchmark script: `measure(payload)` in a child, else `parent()`."""
     if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
+        # As in the project's training and tools (training/__init__.py): freed memory is kept
+        # for reuse. Process-wide, so the PyTorch / ONNX Runtime peers in the same child get it
+        # too.
+        import utility
+        utility.keep_freed_memory()
         result = measure(json.loads(sys.argv[2]))
         sys.stdout.flush()
         print(RESULT_PREFIX + json.dumps(result), flush=True)

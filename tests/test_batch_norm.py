@@ -100,3 +100,4 @@ def test_native_batchnorm_rejects_bad_attributes_and_shapes(ops):
         apply.infer_shape(data=(2, 3, 4, 4), g=(4,))
     with pytest.raises(mx.base.MXNetError, match="BatchNormMoments: data must have rank >= 2"):
         mx.sym.BatchNormMoments(data).infer_shape(data=(5,))
+

@@ -19,6 +19,12 @@ import os
 # the project's log (the per-reader line is filtered in `data`).
 os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
 
+import utility  # noqa: E402
+
+# Freed buffers stay in the process for the next step instead of page-faulting in again
+# (utility.keep_freed_memory; $IGC_KEEP_FREED_MEMORY=0 turns it off).
+utility.keep_freed_memory()
+
 from .checkpoint import Checkpoints, weights_digest  # noqa: E402
 from .cli import add_common_arguments, parse_with_presets  # noqa: E402
 from .data import RecordFile, check_record_file, record_iter  # noqa: E402

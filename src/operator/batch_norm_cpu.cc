@@ -1,6 +1,6 @@
 // CPU kernels of BatchNormMoments / BatchNormApply (see batch_norm.h). Each channel is a set of
-// `outer` contiguous rows of `inner` elements; threads take whole channels, so every reduction
-// is private and the backward's second pass finds the channel's data still in cache.
+// `outer` rows of `inner` elements; threads take blocks of whole channels, so every reduction is
+// private (and in a fixed order).
 #include <omp.h>
 
 #include <algorithm>
@@ -42,7 +42,14 @@ IGC_INLINE T pass_mask(T v) {
 // Rows are summed in float over chunks of this many elements (vectorised), chunks in double.
 constexpr int64_t kChunk = 512;
 
-// Per-channel work; `c` is one channel of an (outer, channels, inner) tensor.
+// Work on a block of channels [c0, c1) of an (outer, channels, inner) tensor: per image the
+// block's rows are one contiguous run of memory, which streams several times faster than one
+// `inner`-long row per channel at a time (a 32x32 plane is one 4 KB page: the hardware
+// prefetchers stop at its end). Every per-channel sum still runs over images, then chunks, in
+// the same order whatever the block and thread count, so results do not depend on them.
+constexpr int64_t kRunElements = 16384;  // aimed-for run per image and block
+constexpr int64_t kMaxBlock = 256;
+
 template <typename T>
 struct Channel {
   int64_t outer, channels, inner;
@@ -51,89 +58,120 @@ struct Channel {
   }
 };
 
+// Sums (a, b) of f(i) over one row, in float per chunk and double over chunks.
+template <typename T, typename F>
+IGC_INLINE void row_sums(int64_t inner, F f, double* s1, double* s2) {
+  for (int64_t i0 = 0; i0 < inner; i0 += kChunk) {
+    const int64_t end = std::min(inner, i0 + kChunk);
+    T a = 0, b = 0;
+#pragma omp simd reduction(+ : a, b)
+    for (int64_t i = i0; i < end; ++i) {
+      T u, v;
+      f(i, &u, &v);
+      a += u;
+      b += v;
+    }
+    *s1 += a;
+    *s2 += b;
+  }
+}
+
 template <typename T>
-IGC_INLINE void moments_channel(const Channel<T>& ch, const T* x, int64_t c, T* summary) {
+IGC_INLINE void moments_block(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1,
+                              T* summary) {
   const double count = static_cast<double>(ch.outer * ch.inner);
   // Sums of x - shift, shift = the channel's first value: no cancellation when |mean| >> std.
-  const T shift = x[c * ch.inner];
-  double s1 = 0, s2 = 0;
+  double s1[kMaxBlock] = {}, s2[kMaxBlock] = {};
   for (int64_t n = 0; n < ch.outer; ++n) {
-    const T* row = ch.row(x, n, c);
-    for (int64_t i0 = 0; i0 < ch.inner; i0 += kChunk) {
-      const int64_t end = std::min(ch.inner, i0 + kChunk);
-      T a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-      for (int64_t i = i0; i < end; ++i) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const T* row = ch.row(x, n, c);
+      const T shift = x[c * ch.inner];
+      row_sums<T>(ch.inner, [&](int64_t i, T* u, T* v) {
         const T d = row[i] - shift;
-        a += d;
-        b += d * d;
-      }
-      s1 += a;
-      s2 += b;
+        *u = d;
+        *v = d * d;
+      }, &s1[c - c0], &s2[c - c0]);
     }
   }
-  const double mean_shifted = s1 / count;
-  const double var = std::fmax(s2 / count - mean_shifted * mean_shifted, 0.0);
-  const double sd = std::sqrt(var), mean = shift + mean_shifted;
-  summary[c] = static_cast<T>(mean - sd);
-  summary[ch.channels + c] = static_cast<T>(mean + sd);
+  for (int64_t c = c0; c < c1; ++c) {
+    const double mean_shifted = s1[c - c0] / count;
+    const double var = std::fmax(s2[c - c0] / count - mean_shifted * mean_shifted, 0.0);
+    const double sd = std::sqrt(var), mean = x[c * ch.inner] + mean_shifted;
+    summary[c] = static_cast<T>(mean - sd);
+    summary[ch.channels + c] = static_cast<T>(mean + sd);
+  }
 }
 
 template <typename T, int kAct>
-IGC_INLINE void forward_channel(const Channel<T>& ch, const T* x, T scale, T shift, int64_t c,
-                                T* y) {
+IGC_INLINE void forward_block(const Channel<T>& ch, const T* x, const T* gamma, const T* beta,
+                              const T* mean, const T* invstd, int64_t c0, int64_t c1, T* y) {
   for (int64_t n = 0; n < ch.outer; ++n) {
-    const T* src = ch.row(x, n, c);
-    T* dst = y + (src - x);
+    for (int64_t c = c0; c < c1; ++c) {
+      const T scale = gamma[c] * invstd[c], shift = beta[c] - mean[c] * scale;
+      const T* src = ch.row(x, n, c);
+      T* dst = y + (src - x);
 #pragma omp simd
-    for (int64_t i = 0; i < ch.inner; ++i) dst[i] = activate<T, kAct>(src[i] * scale + shift);
+      for (int64_t i = 0; i < ch.inner; ++i) dst[i] = activate<T, kAct>(src[i] * scale + shift);
+    }
   }
 }
 
 // dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy masked by the activation;
-// dbeta = sum(g), dgamma = sum(g * xhat).
+// dbeta = sum(g), dgamma = sum(g * xhat). Two passes over the block: the sums, then dx.
 template <typename T, int kAct>
-IGC_INLINE void backward_channel(const Channel<T>& ch, const T* dy, const T* x, T gamma, T beta,
-                                 T m, T is, int64_t c, T* dx, T* dgamma, T* dbeta) {
-  const T scale = gamma * is, shift = beta - m * scale;
-  double sg = 0, sgx = 0;
+IGC_INLINE void backward_block(const Channel<T>& ch, const T* dy, const T* x, const T* gamma,
+                               const T* beta, const T* mean, const T* invstd, int64_t c0,
+                               int64_t c1, T* dx, T* dgamma, T* dbeta) {
+  double sg[kMaxBlock] = {}, sgx[kMaxBlock] = {};
   for (int64_t n = 0; n < ch.outer; ++n) {
-    const T* xr = ch.row(x, n, c);
-    const T* gr = dy + (xr - x);
-    for (int64_t i0 = 0; i0 < ch.inner; i0 += kChunk) {
-      const int64_t end = std::min(ch.inner, i0 + kChunk);
-      T a = 0, b = 0;
-#pragma omp simd reduction(+ : a, b)
-      for (int64_t i = i0; i < end; ++i) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const T scale = gamma[c] * invstd[c], shift = beta[c] - mean[c] * scale, m = mean[c];
+      const T* xr = ch.row(x, n, c);
+      const T* gr = dy + (xr - x);
+      row_sums<T>(ch.inner, [&](int64_t i, T* u, T* v) {
         const T g = gr[i] * pass_mask<T, kAct>(xr[i] * scale + shift);
-        a += g;
-        b += g * (xr[i] - m);
-      }
-      sg += a;
-      sgx += b;
+        *u = g;
+        *v = g * (xr[i] - m);
+      }, &sg[c - c0], &sgx[c - c0]);
     }
   }
   const T count = static_cast<T>(ch.outer * ch.inner);
-  const T sum_g = static_cast<T>(sg), sum_gxhat = static_cast<T>(sgx) * is;
-  dbeta[c] = sum_g;
-  dgamma[c] = sum_gxhat;
-  const T mean_g = sum_g / count, k = sum_gxhat / count * is;
+  T mean_g[kMaxBlock], k[kMaxBlock];
+  for (int64_t c = c0; c < c1; ++c) {
+    const T sum_g = static_cast<T>(sg[c - c0]), sum_gxhat = static_cast<T>(sgx[c - c0]) * invstd[c];
+    dbeta[c] = sum_g;
+    dgamma[c] = sum_gxhat;
+    mean_g[c - c0] = sum_g / count;
+    k[c - c0] = sum_gxhat / count * invstd[c];
+  }
   for (int64_t n = 0; n < ch.outer; ++n) {
-    const T* xr = ch.row(x, n, c);
-    const T* gr = dy + (xr - x);
-    T* out = dx + (xr - x);
+    for (int64_t c = c0; c < c1; ++c) {
+      const T scale = gamma[c] * invstd[c], shift = beta[c] - mean[c] * scale, m = mean[c];
+      const T mg = mean_g[c - c0], kc = k[c - c0];
+      const T* xr = ch.row(x, n, c);
+      const T* gr = dy + (xr - x);
+      T* out = dx + (xr - x);
 #pragma omp simd
-    for (int64_t i = 0; i < ch.inner; ++i) {
-      const T g = gr[i] * pass_mask<T, kAct>(xr[i] * scale + shift);
-      out[i] = scale * (g - mean_g - (xr[i] - m) * k);
+      for (int64_t i = 0; i < ch.inner; ++i) {
+        const T g = gr[i] * pass_mask<T, kAct>(xr[i] * scale + shift);
+        out[i] = scale * (g - mg - (xr[i] - m) * kc);
+      }
     }
   }
 }
 
-// Each per-channel kernel compiled twice, for AVX2+FMA (picked at run time when the CPU has
-// them, unless IGC_CONV_BASELINE=1 asks for the baseline as for IGCConv) and for SSE2; the
-// OpenMP loops call them through a pointer (an outlined parallel region would not inherit a
-// target attribute).
+// Channels per block: runs of about kRunElements, but at least 4 blocks per thread where the
+// channels allow (the blocks are dealt out dynamically).
+int64_t block_channels(int64_t channels, int64_t inner, int threads) {
+  int64_t b = std::max<int64_t>(1, kRunElements / std::max<int64_t>(inner, 1));
+  b = std::min(b, std::max<int64_t>(1, channels / (4 * threads)));
+  return std::min({b, channels, kMaxBlock});
+}
+
+// Each block kernel compiled twice, for AVX2+FMA (picked at run time when the CPU has them,
+// unless IGC_CONV_BASELINE=1 asks for the baseline as for IGCConv) and for SSE2; the OpenMP
+// loops call them through a pointer (an outlined parallel region would not inherit a target
+// attribute).
 bool use_avx2() {
   const char* baseline = std::getenv("IGC_CONV_BASELINE");
   if (baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0) return false;
@@ -141,54 +179,68 @@ bool use_avx2() {
 }
 
 template <typename T>
-void moments_channel_sse2(const Channel<T>& ch, const T* x, int64_t c, T* summary) {
-  moments_channel(ch, x, c, summary);
+void moments_sse2(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1, T* summary) {
+  moments_block(ch, x, c0, c1, summary);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void moments_channel_avx2(const Channel<T>& ch, const T* x,
-                                                              int64_t c, T* summary) {
-  moments_channel(ch, x, c, summary);
+__attribute__((target("avx2,fma"))) void moments_avx2(const Channel<T>& ch, const T* x,
+                                                      int64_t c0, int64_t c1, T* summary) {
+  moments_block(ch, x, c0, c1, summary);
 }
 template <typename T, int kAct>
-void forward_channel_sse2(const Channel<T>& ch, const T* x, T scale, T shift, int64_t c, T* y) {
-  forward_channel<T, kAct>(ch, x, scale, shift, c, y);
+void forward_sse2(const Channel<T>& ch, const T* x, const T* gamma, const T* beta, const T* mean,
+                  const T* invstd, int64_t c0, int64_t c1, T* y) {
+  forward_block<T, kAct>(ch, x, gamma, beta, mean, invstd, c0, c1, y);
 }
 template <typename T, int kAct>
-__attribute__((target("avx2,fma"))) void forward_channel_avx2(const Channel<T>& ch, const T* x,
-                                                              T scale, T shift, int64_t c, T* y) {
-  forward_channel<T, kAct>(ch, x, scale, shift, c, y);
+__attribute__((target("avx2,fma"))) void forward_avx2(const Channel<T>& ch, const T* x,
+                                                      const T* gamma, const T* beta,
+                                                      const T* mean, const T* invstd, int64_t c0,
+                                                      int64_t c1, T* y) {
+  forward_block<T, kAct>(ch, x, gamma, beta, mean, invstd, c0, c1, y);
 }
 template <typename T, int kAct>
-void backward_channel_sse2(const Channel<T>& ch, const T* dy, const T* x, T gamma, T beta, T m,
-                           T is, int64_t c, T* dx, T* dgamma, T* dbeta) {
-  backward_channel<T, kAct>(ch, dy, x, gamma, beta, m, is, c, dx, dgamma, dbeta);
+void backward_sse2(const Channel<T>& ch, const T* dy, const T* x, const T* gamma, const T* beta,
+                   const T* mean, const T* invstd, int64_t c0, int64_t c1, T* dx, T* dgamma,
+                   T* dbeta) {
+  backward_block<T, kAct>(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta);
 }
 template <typename T, int kAct>
-__attribute__((target("avx2,fma"))) void backward_channel_avx2(const Channel<T>& ch, const T* dy,
-                                                               const T* x, T gamma, T beta, T m,
-                                                               T is, int64_t c, T* dx, T* dgamma,
-                                                               T* dbeta) {
-  backward_channel<T, kAct>(ch, dy, x, gamma, beta, m, is, c, dx, dgamma, dbeta);
+__attribute__((target("avx2,fma"))) void backward_avx2(const Channel<T>& ch, const T* dy,
+                                                       const T* x, const T* gamma,
+                                                       const T* beta, const T* mean,
+                                                       const T* invstd, int64_t c0, int64_t c1,
+                                                       T* dx, T* dgamma, T* dbeta) {
+  backward_block<T, kAct>(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta);
+}
+
+// Runs body(c0, c1) over the channel blocks on the threads the size calls for.
+template <typename F>
+void for_blocks(int64_t outer, int64_t channels, int64_t inner, F body) {
+  const int threads = bn_threads(outer, channels, inner);
+  const int64_t b = block_channels(channels, inner, threads);
+  const int64_t blocks = (channels + b - 1) / b;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t j = 0; j < blocks; ++j) body(j * b, std::min(channels, (j + 1) * b));
 }
 
 template <typename T>
 void moments(const T* x, int64_t outer, int64_t channels, int64_t inner, T* summary) {
   const Channel<T> ch{outer, channels, inner};
-  auto* run = use_avx2() ? moments_channel_avx2<T> : moments_channel_sse2<T>;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(bn_threads(outer, channels, inner))
-  for (int64_t c = 0; c < channels; ++c) run(ch, x, c, summary);
+  auto* run = use_avx2() ? moments_avx2<T> : moments_sse2<T>;
+  for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
+    run(ch, x, c0, c1, summary);
+  });
 }
 
 template <typename T, int kAct>
 void apply_forward(const T* x, const T* gamma, const T* beta, const T* mean, const T* invstd, T* y,
                    int64_t outer, int64_t channels, int64_t inner) {
   const Channel<T> ch{outer, channels, inner};
-  auto* run = use_avx2() ? forward_channel_avx2<T, kAct> : forward_channel_sse2<T, kAct>;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(bn_threads(outer, channels, inner))
-  for (int64_t c = 0; c < channels; ++c) {
-    const T scale = gamma[c] * invstd[c];
-    run(ch, x, scale, beta[c] - mean[c] * scale, c, y);
-  }
+  auto* run = use_avx2() ? forward_avx2<T, kAct> : forward_sse2<T, kAct>;
+  for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
+    run(ch, x, gamma, beta, mean, invstd, c0, c1, y);
+  });
 }
 
 template <typename T, int kAct>
@@ -196,11 +248,10 @@ void apply_backward(const T* dy, const T* x, const T* gamma, const T* beta, cons
                     const T* invstd, T* dx, T* dgamma, T* dbeta, int64_t outer, int64_t channels,
                     int64_t inner) {
   const Channel<T> ch{outer, channels, inner};
-  auto* run = use_avx2() ? backward_channel_avx2<T, kAct> : backward_channel_sse2<T, kAct>;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(bn_threads(outer, channels, inner))
-  for (int64_t c = 0; c < channels; ++c) {
-    run(ch, dy, x, gamma[c], beta[c], mean[c], invstd[c], c, dx, dgamma, dbeta);
-  }
+  auto* run = use_avx2() ? backward_avx2<T, kAct> : backward_sse2<T, kAct>;
+  for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
+    run(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta);
+  });
 }
 
 template <typename T>

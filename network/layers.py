@@ -75,7 +75,8 @@ def runs_on(op_name, device):
     decides which ops a graph built for a device may hold. Every stock MXNet op runs on both
     (mxnet-cu112 has GPU kernels for all that the builders use); a plugin op runs where the
     plugin registers it, read from the library: IGCConv on the CPU only, Reorder on the GPU too
-    when the plugin was built with nvcc."""
+    when the plugin was built with nvcc; a forward-only op (BatchNormMoments, the inference op
+    IGCBlock) where its forward is registered."""
     check_choice("device", device, DEVICES)
     if op_name not in PLUGIN_OPS:
         return True

@@ -91,12 +91,16 @@ def test_block_equals_its_stock_ops(ops, case):
     check_case(case)
 
 
-@pytest.mark.parametrize("kernels", ["IGC_BLOCK_AVX2", "IGC_CONV_BASELINE"])
+@pytest.mark.parametrize("variable, value", [("IGC_BLOCK_AVX2", "1"),
+                                              ("DNNL_MAX_CPU_ISA", "AVX2"),
+                                              ("IGC_CONV_BASELINE", "1")])
 @pytest.mark.parametrize("case", CASES[:6] + CASES[9:10], ids=case_id)
-def test_the_avx2_and_portable_kernels_equal_the_stock_ops(ops, case, kernels, monkeypatch):
-    """Where AVX-512 exists the default GEMM is the AVX-512 one: IGC_BLOCK_AVX2=1 picks the
-    AVX2+FMA kernels, IGC_CONV_BASELINE=1 the portable C++ ones (both read on every call)."""
-    monkeypatch.setenv(kernels, "1")
+def test_the_avx2_and_portable_kernels_equal_the_stock_ops(ops, case, variable, value,
+                                                           monkeypatch):
+    """Where AVX-512 exists the default GEMM is the AVX-512 one: IGC_BLOCK_AVX2=1 or a oneDNN cap
+    below AVX-512 picks the AVX2+FMA kernels, IGC_CONV_BASELINE=1 the portable C++ ones (all
+    read on every call)."""
+    monkeypatch.setenv(variable, value)
     check_case(case)
 
 

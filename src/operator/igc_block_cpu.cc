@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <strings.h>
 
 #include "igc_block.h"
 
@@ -391,10 +392,19 @@ struct Kernels {
                     const float*);
 };
 
+// AVX-512 unless IGC_BLOCK_AVX2 is set or DNNL_MAX_CPU_ISA caps oneDNN below AVX-512 (then the
+// plugin runs as it would on an AVX2 machine too).
+bool allow_avx512() {
+  if (!__builtin_cpu_supports("avx512f") || std::getenv("IGC_BLOCK_AVX2")) return false;
+  const char* cap = std::getenv("DNNL_MAX_CPU_ISA");
+  return !cap || cap[0] == '\0' || strncasecmp(cap, "avx512", 6) == 0 ||
+         strncasecmp(cap, "amx", 3) == 0 || strcasecmp(cap, "all") == 0;
+}
+
 Kernels pick_kernels() {
   const char* baseline = std::getenv("IGC_CONV_BASELINE");
   const bool forced = baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0;
-  if (!forced && __builtin_cpu_supports("avx512f") && !std::getenv("IGC_BLOCK_AVX2")) {
+  if (!forced && allow_avx512()) {
     return {gemm_avx512, depthwise_avx2};
   }
   if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {

@@ -27,46 +27,17 @@ struct Params {
   bool interleave = false, residual = false;
 };
 
-bool parse_count(const Attrs& attrs, const char* name, bool required, int64_t* value) {
-  const auto it = attrs.find(name);
-  if (it == attrs.end()) {
-    if (required) IGC_ERROR << kOp << ": required attribute '" << name << "' is missing";
-    return !required;
-  }
-  if (!igc::parse_int(it->second, value) || *value < 1 || *value > INT_MAX) {
-    IGC_ERROR << kOp << ": attribute '" << name << "' must be an integer >= 1, got '"
-              << it->second << "'";
-    return false;
-  }
-  return true;
-}
-
-bool parse_flag(const Attrs& attrs, const char* name, bool* value) {
-  const auto it = attrs.find(name);
-  if (it == attrs.end()) return true;
-  const std::string& s = it->second;
-  if (s == "True" || s == "true" || s == "1") {
-    *value = true;
-  } else if (s == "False" || s == "false" || s == "0") {
-    *value = false;
-  } else {
-    IGC_ERROR << kOp << ": attribute '" << name << "' must be True or False, got '" << s << "'";
-    return false;
-  }
-  return true;
-}
-
 bool parse_params(const Attrs& attrs, Params* p) {
   if (!igc::check_known_attrs(kOp, attrs, {"expanded", "num_filter", "num_group", "stride",
                                            "interleave", "residual"})) {
     return false;
   }
-  if (!parse_count(attrs, "expanded", true, &p->expanded) ||
-      !parse_count(attrs, "num_filter", true, &p->num_filter) ||
-      !parse_count(attrs, "num_group", false, &p->num_group) ||
-      !parse_count(attrs, "stride", false, &p->stride) ||
-      !parse_flag(attrs, "interleave", &p->interleave) ||
-      !parse_flag(attrs, "residual", &p->residual)) {
+  if (!igc::parse_count_attr(kOp, attrs, "expanded", true, &p->expanded) ||
+      !igc::parse_count_attr(kOp, attrs, "num_filter", true, &p->num_filter) ||
+      !igc::parse_count_attr(kOp, attrs, "num_group", false, &p->num_group) ||
+      !igc::parse_count_attr(kOp, attrs, "stride", false, &p->stride) ||
+      !igc::parse_bool_attr(kOp, attrs, "interleave", &p->interleave) ||
+      !igc::parse_bool_attr(kOp, attrs, "residual", &p->residual)) {
     return false;
   }
   if (p->stride > 2) {

@@ -65,32 +65,11 @@ bool parse_pair(const Attrs& attrs, const char* name, bool required, int64_t min
 }
 
 bool parse_scalar(const Attrs& attrs, const char* name, bool required, int64_t* value) {
-  const auto it = attrs.find(name);
-  if (it == attrs.end()) {
-    if (required) IGC_ERROR << kOp << ": required attribute '" << name << "' is missing";
-    return !required;
-  }
-  if (!igc::parse_int(it->second, value) || *value < 1) {
-    IGC_ERROR << kOp << ": attribute '" << name << "' must be an integer >= 1, got '"
-              << it->second << "'";
-    return false;
-  }
-  return true;
+  return igc::parse_count_attr(kOp, attrs, name, required, value);
 }
 
 bool parse_bool(const Attrs& attrs, const char* name, bool* value) {
-  const auto it = attrs.find(name);
-  if (it == attrs.end()) return true;
-  const std::string& s = it->second;
-  if (s == "True" || s == "true" || s == "1") {
-    *value = true;
-  } else if (s == "False" || s == "false" || s == "0") {
-    *value = false;
-  } else {
-    IGC_ERROR << kOp << ": attribute '" << name << "' must be True or False, got '" << s << "'";
-    return false;
-  }
-  return true;
+  return igc::parse_bool_attr(kOp, attrs, name, value);
 }
 
 bool parse_params(const Attrs& attrs, Params* p) {

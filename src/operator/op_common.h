@@ -46,6 +46,40 @@ inline bool parse_int(const std::string& text, int64_t* value) {
   return true;
 }
 
+// Optional integer attribute >= 1 (at most INT_MAX); a missing one is an error when `required`
+// and leaves *value otherwise.
+inline bool parse_count_attr(const char* op, const Attrs& attrs, const char* name, bool required,
+                             int64_t* value) {
+  const auto it = attrs.find(name);
+  if (it == attrs.end()) {
+    if (required) IGC_ERROR << op << ": required attribute '" << name << "' is missing";
+    return !required;
+  }
+  if (!parse_int(it->second, value) || *value < 1 || *value > 2147483647) {
+    IGC_ERROR << op << ": attribute '" << name << "' must be an integer >= 1, got '"
+              << it->second << "'";
+    return false;
+  }
+  return true;
+}
+
+// Optional boolean attribute ("True"/"true"/"1", "False"/"false"/"0"); a missing one leaves
+// *value.
+inline bool parse_bool_attr(const char* op, const Attrs& attrs, const char* name, bool* value) {
+  const auto it = attrs.find(name);
+  if (it == attrs.end()) return true;
+  const std::string& s = it->second;
+  if (s == "True" || s == "true" || s == "1") {
+    *value = true;
+  } else if (s == "False" || s == "false" || s == "0") {
+    *value = false;
+  } else {
+    IGC_ERROR << op << ": attribute '" << name << "' must be True or False, got '" << s << "'";
+    return false;
+  }
+  return true;
+}
+
 // Rejects misspelled attributes instead of silently ignoring them. MXNet's own keys
 // ("__...__") pass through.
 inline bool check_known_attrs(const char* op, const std::unordered_map<std::string, std::string>& attrs,

@@ -94,11 +94,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
   Params p;
   if (!parse_params(attrs, &p)) return MX_FAIL;
   const Shape& data = in_shapes->at(0);
-  if (data.size() != 4) {
-    IGC_ERROR << kOp << ": data must be (N, C, H, W), got shape " << igc::shape_string(data);
-    return MX_FAIL;
-  }
-  if (!igc::check_known_shape(kOp, "data", data)) return MX_FAIL;
+  if (!igc::check_nchw_data(kOp, data)) return MX_FAIL;
   const unsigned int C = data[1], E = p.expanded, F = p.num_filter, G = p.num_group;
   if (C % G) {
     IGC_ERROR << kOp << ": num_group=" << G << " does not divide the " << C << " input channels";

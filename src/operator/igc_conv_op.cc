@@ -157,11 +157,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
   Params p;
   if (!parse_params(attrs, &p)) return MX_FAIL;
   const Shape& data = in_shapes->at(0);
-  if (data.size() != 4) {
-    IGC_ERROR << kOp << ": data must be NCHW (rank 4), got shape " << igc::shape_string(data);
-    return MX_FAIL;
-  }
-  if (!igc::check_known_shape(kOp, "data", data)) return MX_FAIL;
+  if (!igc::check_nchw_data(kOp, data)) return MX_FAIL;
   const int64_t channels = data[1];
   if (channels % p.num_group != 0) {
     IGC_ERROR << kOp << ": attribute 'num_group'=" << p.num_group

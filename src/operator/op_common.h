@@ -153,6 +153,15 @@ inline bool check_known_shape(const char* op, const char* input,
   return true;
 }
 
+// `data` of a 2-D convolution-like op: rank 4 (N, C, H, W), every axis known.
+inline bool check_nchw_data(const char* op, const std::vector<unsigned int>& data) {
+  if (data.size() != 4) {
+    IGC_ERROR << op << ": data must be NCHW (rank 4), got shape " << shape_string(data);
+    return false;
+  }
+  return check_known_shape(op, "data", data);
+}
+
 inline bool is_empty(const std::vector<int64_t>& shape) {
   for (int64_t d : shape) {
     if (d == 0) return true;

@@ -12,7 +12,7 @@ def _attr_pair(attrs, key, default):
 
 
 def _fusable_conv(node, kernel, stride=(1,)):
-    """A float32 NCHW Convolution with a bias, the given square kernel, padding kernel // 2 and
+    """For an NCHW Convolution with a bias, the given square kernel, padding kernel // 2 and
     one of the given strides: its stride, else None."""
     attrs = node.get("attrs", {})
     if node["op"] != "Convolution" or is_true(attrs.get("no_bias", "False")):
@@ -96,27 +96,17 @@ def fuse_blocks(symbol, args):
     if not sites:
         return symbol
     block_op = getattr(mx.sym, "IGCBlock")
-    built = {}
 
-    def entry(e):
-        return built[e[0]][e[1]]
+    def fused(i, node, entry):
+        if i not in sites:
+            return None
+        site = sites[i]
+        # The weights carry their shapes: MXNet 1.9 sizes the buffer of input shapes it hands a
+        # plugin op by the sum of their ranks, counting an unknown shape as -1.
+        weights = [mx.sym.var(p, shape=tuple(args[p].shape)) for p in site["params"]]
+        return [block_op(entry(site["data"]), *weights, expanded=site["expanded"],
+                         num_filter=site["num_filter"], num_group=site["num_group"],
+                         stride=site["stride"], interleave=site["interleave"],
+                         residual=site["residual"], name=site["name"])]
 
-    for i, node in enumerate(graph.nodes):
-        op, name, attrs = node["op"], node["name"], dict(node.get("attrs", {}))
-        if op == "null":
-            built[i] = [mx.sym.var(name)]
-        elif i in sites:
-            site = sites[i]
-            # The weights carry their shapes: MXNet 1.9 sizes the buffer of input shapes it
-            # hands a plugin op by the sum of their ranks, counting an unknown shape as -1.
-            weights = [mx.sym.var(p, shape=tuple(args[p].shape)) for p in site["params"]]
-            built[i] = [block_op(entry(site["data"]), *weights,
-                                 expanded=site["expanded"], num_filter=site["num_filter"],
-                                 num_group=site["num_group"], stride=site["stride"],
-                                 interleave=site["interleave"], residual=site["residual"],
-                                 name=site["name"])]
-        else:
-            sym = getattr(mx.sym, op)(*[entry(e) for e in node["inputs"]], name=name, **attrs)
-            built[i] = [sym[k] for k in range(len(sym.list_outputs()))]
-    heads = [entry(h) for h in graph.heads]
-    return heads[0] if len(heads) == 1 else mx.sym.Group(heads)
+    return graph.rebuild(fused)

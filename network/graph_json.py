@@ -1,6 +1,7 @@
 """The JSON view of an MXNet symbol that the inference rewrites walk: nodes, heads, readers."""
 import json
 
+import mxnet as mx
 import numpy as np
 
 
@@ -29,3 +30,29 @@ class Graph:
         readers = [r for r in self.readers.get(tuple(entry), [])
                    if self.nodes[r]["op"] not in ignore]
         return readers + (["head"] if tuple(entry) in self.heads else [])
+
+    def rebuild(self, special):
+        """The graph as a new symbol, node by node. `special(i, node, entry)` may return node
+        i's outputs (a list of symbols; [] for a node nothing reads any more) instead of the
+        node as it is; `entry` maps an input entry to the symbol already built for it."""
+        built = {}
+
+        def entry(e):
+            return built[e[0]][e[1]]
+
+        for i, node in enumerate(self.nodes):
+            outputs = special(i, node, entry)
+            if outputs is None:
+                outputs = stock_node(node, [entry(e) for e in node["inputs"]])
+            built[i] = outputs
+        heads = [entry(h) for h in self.heads]
+        return heads[0] if len(heads) == 1 else mx.sym.Group(heads)
+
+
+def stock_node(node, inputs, attrs=None):
+    """The outputs of `node` (a variable, or its op over `inputs`, with `attrs` if given)."""
+    if node["op"] == "null":
+        return [mx.sym.var(node["name"])]
+    attrs = dict(node.get("attrs", {})) if attrs is None else attrs
+    sym = getattr(mx.sym, node["op"])(*inputs, name=node["name"], **attrs)
+    return [sym[k] for k in range(len(sym.list_outputs()))]

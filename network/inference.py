@@ -29,6 +29,7 @@ import numpy as np
 from .block_fusion import fuse_blocks as _fuse_blocks
 from .graph_json import Graph as _Graph
 from .graph_json import is_true as _is_true
+from .graph_json import stock_node
 from .graph_json import to_numpy as _to_numpy
 from .layers import DEVICES, check_choice, runs_on
 
@@ -106,18 +107,12 @@ def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True,
         if (fold_batchnorm and producer["op"] in _CONVS
                 and graph.readers_of(site["x"]) == [out_id]):
             folded[site["x"][0]] = (out_id, *_scale_shift(site, params))
-    built = {}
 
-    def entry(e):
-        return built[e[0]][e[1]]
-
-    for i, node in enumerate(graph.nodes):
+    def rewritten(i, node, entry):
         if i in gone:
-            continue
+            return []
         op, name, attrs = node["op"], node["name"], dict(node.get("attrs", {}))
-        if op == "null":
-            built[i] = [mx.sym.var(name)]
-        elif i in folded:
+        if i in folded:
             _, scale, shift = folded[i]
             weight_name = graph.name(node["inputs"][1])
             weight = params[weight_name]
@@ -133,8 +128,8 @@ def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True,
             attrs["no_bias"] = "False"
             inputs = [entry(node["inputs"][0]), mx.sym.var(weight_name),
                       mx.sym.var(f"{name}_bias")]
-            built[i] = [_conv(op, inputs, name, attrs)]
-        elif i in sites:
+            return [_conv(op, inputs, name, attrs)]
+        if i in sites:
             site = sites[i]
             x = entry(site["x"])
             if site["x"][0] in folded:
@@ -148,15 +143,12 @@ def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True,
             if site["act"]:
                 act_op, act_attrs = _ACT[site["act"]]
                 out = getattr(mx.sym, act_op)(out, name=name, **act_attrs)
-            built[i] = [out]
-        elif op == "IGCConv":
-            built[i] = [_conv(op, [entry(e) for e in node["inputs"]], name, attrs)]
-        else:
-            inputs = [entry(e) for e in node["inputs"]]
-            sym = getattr(mx.sym, op)(*inputs, name=name, **attrs)
-            built[i] = [sym[k] for k in range(len(sym.list_outputs()))]
-    heads = [entry(h) for h in graph.heads]
-    out = heads[0] if len(heads) == 1 else mx.sym.Group(heads)
+            return [out]
+        if op == "IGCConv":
+            return [_conv(op, [entry(e) for e in node["inputs"]], name, attrs)]
+        return None
+
+    out = graph.rebuild(rewritten)
     if fold_batchnorm and fuse_blocks and runs_on("IGCBlock", device):
         out = _fuse_blocks(out, new_args)
     out = _remove_interleaves(out, new_args)
@@ -222,41 +214,32 @@ def _remove_interleaves(symbol, args):
         by_node[site["exp"]] = ("exp", site, filters)
         by_node[site["dw"]] = ("dw", site, positions)
         by_node[site["lin"]] = ("lin", site, in_group)
-    built = {}
-
-    def entry(e):
-        return built[e[0]][e[1]]
 
     def names(node):
         return [graph.name(e) for e in node["inputs"][1:]]
 
-    for i, node in enumerate(graph.nodes):
-        op, name, attrs = node["op"], node["name"], dict(node.get("attrs", {}))
-        if op == "null":
-            built[i] = [mx.sym.var(name)]
-            continue
+    def rewritten(i, node, entry):
         if i in sites:
-            built[i] = [entry(node["inputs"][0])]  # the permutation is gone
-            continue
-        inputs = [entry(e) for e in node["inputs"]]
-        if i in by_node:
-            role, site, order = by_node[i]
-            g = site["g"]
-            if role == "lin":
-                weight = params[names(node)[0]]
-                per_group = weight.shape[0] // g
-                new = np.empty_like(weight)
-                for h in range(g):
-                    rows = slice(h * per_group, (h + 1) * per_group)
-                    new[rows][:, :] = weight[rows][:, order]
-                args[names(node)[0]] = mx.nd.array(new, dtype=new.dtype)
-            else:
-                for param in names(node):
-                    args[param] = mx.nd.array(params[param][order], dtype=params[param].dtype)
-            if role == "exp":
-                inputs[0] = mx.sym.concat(*([inputs[0]] * g), dim=1, name=f"{name}_repeat")
-                attrs["num_group"] = str(g * g)
-        sym = getattr(mx.sym, op)(*inputs, name=name, **attrs)
-        built[i] = [sym[k] for k in range(len(sym.list_outputs()))]
-    heads = [entry(h) for h in graph.heads]
-    return heads[0] if len(heads) == 1 else mx.sym.Group(heads)
+            return [entry(node["inputs"][0])]  # the permutation is gone
+        if i not in by_node:
+            return None
+        inputs, attrs = [entry(e) for e in node["inputs"]], dict(node.get("attrs", {}))
+        role, site, order = by_node[i]
+        g = site["g"]
+        if role == "lin":
+            weight = params[names(node)[0]]
+            per_group = weight.shape[0] // g
+            new = np.empty_like(weight)
+            for h in range(g):
+                rows = slice(h * per_group, (h + 1) * per_group)
+                new[rows][:, :] = weight[rows][:, order]
+            args[names(node)[0]] = mx.nd.array(new, dtype=new.dtype)
+        else:
+            for param in names(node):
+                args[param] = mx.nd.array(params[param][order], dtype=params[param].dtype)
+        if role == "exp":
+            inputs[0] = mx.sym.concat(*([inputs[0]] * g), dim=1, name=f"{node['name']}_repeat")
+            attrs["num_group"] = str(g * g)
+        return stock_node(node, inputs, attrs)
+
+    return graph.rebuild(rewritten)

@@ -168,16 +168,9 @@ int64_t block_channels(int64_t channels, int64_t inner, int threads) {
   return std::min({b, channels, kMaxBlock});
 }
 
-// Each block kernel compiled twice, for AVX2+FMA (picked at run time when the CPU has them,
-// unless IGC_CONV_BASELINE=1 asks for the baseline as for IGCConv) and for SSE2; the OpenMP
-// loops call them through a pointer (an outlined parallel region would not inherit a target
-// attribute).
-bool use_avx2() {
-  const char* baseline = std::getenv("IGC_CONV_BASELINE");
-  if (baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0) return false;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
+// Each block kernel compiled twice, for AVX2+FMA (picked at run time by use_avx2_kernels, see
+// reorder.h) and for SSE2; the OpenMP loops call them through a pointer (an outlined parallel
+// region would not inherit a target attribute).
 template <typename T>
 void moments_sse2(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1, T* summary) {
   moments_block(ch, x, c0, c1, summary);
@@ -227,7 +220,7 @@ void for_blocks(int64_t outer, int64_t channels, int64_t inner, F body) {
 template <typename T>
 void moments(const T* x, int64_t outer, int64_t channels, int64_t inner, T* summary) {
   const Channel<T> ch{outer, channels, inner};
-  auto* run = use_avx2() ? moments_avx2<T> : moments_sse2<T>;
+  auto* run = use_avx2_kernels() ? moments_avx2<T> : moments_sse2<T>;
   for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
     run(ch, x, c0, c1, summary);
   });
@@ -237,7 +230,7 @@ template <typename T, int kAct>
 void apply_forward(const T* x, const T* gamma, const T* beta, const T* mean, const T* invstd, T* y,
                    int64_t outer, int64_t channels, int64_t inner) {
   const Channel<T> ch{outer, channels, inner};
-  auto* run = use_avx2() ? forward_avx2<T, kAct> : forward_sse2<T, kAct>;
+  auto* run = use_avx2_kernels() ? forward_avx2<T, kAct> : forward_sse2<T, kAct>;
   for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
     run(ch, x, gamma, beta, mean, invstd, c0, c1, y);
   });
@@ -248,7 +241,7 @@ void apply_backward(const T* dy, const T* x, const T* gamma, const T* beta, cons
                     const T* invstd, T* dx, T* dgamma, T* dbeta, int64_t outer, int64_t channels,
                     int64_t inner) {
   const Channel<T> ch{outer, channels, inner};
-  auto* run = use_avx2() ? backward_avx2<T, kAct> : backward_sse2<T, kAct>;
+  auto* run = use_avx2_kernels() ? backward_avx2<T, kAct> : backward_sse2<T, kAct>;
   for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
     run(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta);
   });

@@ -6,9 +6,9 @@
 //      picks which depthwise filter a plane gets);
 //   3. the linear conv over `d` (the permutation picks which planes each group reads) + bias
 //      (+ the block input) straight into the output.
-// Both 1x1 convs are GEMMs over pixel rows: a 6 x 16 AVX2+FMA register block (chosen at run time;
-// portable C++ otherwise). Threads take images, or bands of one image when there are fewer
-// images than threads.
+// Both 1x1 convs are GEMMs over pixel rows: an 8 x 32 AVX-512 or a 6 x 16 AVX2+FMA register block
+// (chosen at run time; portable C++ otherwise). Threads take images, or bands of one image when
+// there are fewer images than threads.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "igc_block.h"
+#include "reorder.h"
 
 namespace igc {
 namespace {
@@ -402,15 +403,8 @@ bool allow_avx512() {
 }
 
 Kernels pick_kernels() {
-  const char* baseline = std::getenv("IGC_CONV_BASELINE");
-  const bool forced = baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0;
-  if (!forced && allow_avx512()) {
-    return {gemm_avx512, depthwise_avx2};
-  }
-  if (!forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    return {gemm_avx2, depthwise_avx2};
-  }
-  return {gemm_portable, depthwise_portable};
+  if (!use_avx2_kernels()) return {gemm_portable, depthwise_portable};
+  return {allow_avx512() ? gemm_avx512 : gemm_avx2, depthwise_avx2};
 }
 
 // How a call is cut into work: bands of `band_rows` output rows; each work item is one image's

@@ -426,12 +426,6 @@ __attribute__((target("avx2,fma"))) void backward_item_avx2(const Args<T>& a, in
   backward_item<T, 32>(a, item, p, d, e, partial);
 }
 
-bool use_avx2() {
-  const char* baseline = std::getenv("IGC_CONV_BASELINE");
-  if (baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0) return false;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
 int conv_threads(const ConvGeometry& g) {
   const int64_t macs = g.batch * g.filters * g.out_height() * g.out_width() *
                        (g.in_channels / g.groups) * g.kernel_h * g.kernel_w;
@@ -474,7 +468,7 @@ struct Plan {
 
 template <typename T>
 Plan make_plan(const ConvGeometry& g, bool backward, int64_t workspace_bytes) {
-  Plan p{use_avx2(), {}, 1};
+  Plan p{use_avx2_kernels(), {}, 1};
   p.w = workspace_layout<T>(g, backward, p.avx2);
   if (p.w.total > workspace_bytes) {
     p.avx2 = false;
@@ -594,14 +588,14 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
 }  // namespace
 
 int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype) {
-  if (dtype == kIgcFloat32) return workspace_layout<float>(g, false, use_avx2()).total;
-  if (dtype == kIgcFloat64) return workspace_layout<double>(g, false, use_avx2()).total;
+  if (dtype == kIgcFloat32) return workspace_layout<float>(g, false, use_avx2_kernels()).total;
+  if (dtype == kIgcFloat64) return workspace_layout<double>(g, false, use_avx2_kernels()).total;
   return 0;
 }
 
 int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype) {
-  if (dtype == kIgcFloat32) return workspace_layout<float>(g, true, use_avx2()).total;
-  if (dtype == kIgcFloat64) return workspace_layout<double>(g, true, use_avx2()).total;
+  if (dtype == kIgcFloat32) return workspace_layout<float>(g, true, use_avx2_kernels()).total;
+  if (dtype == kIgcFloat64) return workspace_layout<double>(g, true, use_avx2_kernels()).total;
   return 0;
 }
 

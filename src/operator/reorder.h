@@ -9,6 +9,8 @@
 #define IGC_OPERATOR_REORDER_H_
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define IGC_HOST_DEVICE __host__ __device__ __forceinline__
@@ -35,6 +37,14 @@ void reorder_cpu(const void* in, void* out, int64_t outer, int64_t channels, int
 enum IgcDType { kIgcFloat32 = 0, kIgcFloat64 = 1, kIgcFloat16 = 2 };
 
 namespace igc {
+
+// Whether the CPU kernels may use AVX2+FMA: the CPU has them and IGC_CONV_BASELINE (read on
+// every call, so tests can switch) does not ask for the portable baseline.
+inline bool use_avx2_kernels() {
+  const char* baseline = std::getenv("IGC_CONV_BASELINE");
+  if (baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0) return false;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
 
 // Bytes per element of a supported dtype, 0 for any other.
 inline int64_t dtype_bytes(int dtype) {

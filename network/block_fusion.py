@@ -3,12 +3,7 @@ src/operator/igc_block.h)."""
 import mxnet as mx
 import numpy as np
 
-from .graph_json import Graph, is_true
-
-
-def _attr_pair(attrs, key, default):
-    text = attrs.get(key, default).replace(" ", "").strip("()[]")
-    return tuple(int(v) for v in text.split(",") if v)
+from .graph_json import Graph, int_tuple, is_true
 
 
 def _fusable_conv(node, kernel, stride=(1,)):
@@ -19,9 +14,9 @@ def _fusable_conv(node, kernel, stride=(1,)):
         return None
     if attrs.get("layout", "NCHW") not in ("NCHW", "None"):
         return None
-    pad, dilate = _attr_pair(attrs, "pad", "(0,0)"), _attr_pair(attrs, "dilate", "(1,1)")
-    strides = _attr_pair(attrs, "stride", "(1,1)")
-    if (_attr_pair(attrs, "kernel", "()") != (kernel, kernel) or pad != (kernel // 2,) * 2
+    pad, dilate = int_tuple(attrs.get("pad"), (0, 0)), int_tuple(attrs.get("dilate"), (1, 1))
+    strides = int_tuple(attrs.get("stride"), (1, 1))
+    if (int_tuple(attrs.get("kernel")) != (kernel, kernel) or pad != (kernel // 2,) * 2
             or dilate not in ((1, 1), ()) or len(set(strides)) != 1 or strides[0] not in stride):
         return None
     return strides[0]
@@ -32,12 +27,6 @@ def _block_sites(graph, args):
     3x3 depthwise conv -> clip(0, 6) -> 1x1 linear conv (g groups) -> [elemwise_add with the
     block input], each node read only by the next and every weight float32:
     {output node id: site}."""
-    def only_reader(i, ops):
-        readers = graph.readers_of((i, 0))
-        if len(readers) == 1 and readers[0] != "head" and graph.nodes[readers[0]]["op"] in ops:
-            return readers[0]
-        return None
-
     def weights(node):
         return [graph.name(e) for e in node["inputs"][1:]]
 
@@ -46,22 +35,22 @@ def _block_sites(graph, args):
         if _fusable_conv(exp, 1) is None:
             continue
         g = int(exp["attrs"].get("num_group", "1"))
-        reorder = only_reader(e, ("Reorder",))
+        reorder = graph.only_reader(e, ("Reorder",))
         interleave = reorder is not None and g > 1
         if reorder is not None and int(graph.nodes[reorder]["attrs"]["branch_factor"]) != g:
             continue
-        dw = only_reader(reorder if reorder is not None else e, ("Convolution",))
+        dw = graph.only_reader(reorder if reorder is not None else e, ("Convolution",))
         if dw is None:
             continue
         channels = int(exp["attrs"]["num_filter"])
         stride = _fusable_conv(graph.nodes[dw], 3, stride=(1, 2))
         if stride is None or int(graph.nodes[dw]["attrs"].get("num_group", "1")) != channels:
             continue
-        act = only_reader(dw, ("clip",))
+        act = graph.only_reader(dw, ("clip",))
         if act is None or [float(graph.nodes[act]["attrs"].get(k, "nan"))
                            for k in ("a_min", "a_max")] != [0.0, 6.0]:
             continue
-        lin = only_reader(act, ("Convolution",))
+        lin = graph.only_reader(act, ("Convolution",))
         if (lin is None or _fusable_conv(graph.nodes[lin], 1) is None
                 or int(graph.nodes[lin]["attrs"].get("num_group", "1")) != g):
             continue
@@ -71,7 +60,7 @@ def _block_sites(graph, args):
             continue
         data = tuple(exp["inputs"][0][:2])
         out, residual = lin, False
-        add = only_reader(lin, ("elemwise_add", "_plus", "_Plus"))
+        add = graph.only_reader(lin, ("elemwise_add", "_plus", "_Plus"))
         if add is not None and data in [tuple(x[:2]) for x in graph.nodes[add]["inputs"]]:
             out, residual = add, True
         filters = int(graph.nodes[lin]["attrs"]["num_filter"])

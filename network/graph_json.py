@@ -31,6 +31,14 @@ class Graph:
                    if self.nodes[r]["op"] not in ignore]
         return readers + (["head"] if tuple(entry) in self.heads else [])
 
+    def only_reader(self, i, ops):
+        """The one node reading node i's first output, when it is not a graph output and its op
+        is among `ops`; else None."""
+        readers = self.readers_of((i, 0))
+        if len(readers) == 1 and readers[0] != "head" and self.nodes[readers[0]]["op"] in ops:
+            return readers[0]
+        return None
+
     def rebuild(self, special):
         """The graph as a new symbol, node by node. `special(i, node, entry)` may return node
         i's outputs (a list of symbols; [] for a node nothing reads any more) instead of the
@@ -47,6 +55,14 @@ class Graph:
             built[i] = outputs
         heads = [entry(h) for h in self.heads]
         return heads[0] if len(heads) == 1 else mx.sym.Group(heads)
+
+
+def int_tuple(text, default=()):
+    """An MXNet tuple attribute ("(3, 3)", "[1,1]", "(3,)") as ints; `default` when absent."""
+    if text is None:
+        return tuple(default)
+    text = text.strip("()[] ")
+    return tuple(int(v) for v in text.split(",") if v.strip() and v.strip() != "None")
 
 
 def stock_node(node, inputs, attrs=None):

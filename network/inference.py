@@ -160,12 +160,6 @@ def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True,
 def _interleave_sites(graph):
     """IGCV3's expansion conv (g groups) -> Reorder(g) -> depthwise conv -> per-channel
     activation -> 1x1 conv with g groups, each read only by the next: {Reorder id: node ids}."""
-    def only_reader(i, op):
-        readers = graph.readers_of((i, 0))
-        if len(readers) == 1 and readers[0] != "head" and graph.nodes[readers[0]]["op"] == op:
-            return readers[0]
-        return None
-
     sites = {}
     for r, node in enumerate(graph.nodes):
         if node["op"] != "Reorder":
@@ -173,9 +167,9 @@ def _interleave_sites(graph):
         g = int(node["attrs"]["branch_factor"])
         e = node["inputs"][0][0]
         exp = graph.nodes[e]
-        d = only_reader(r, "Convolution")
-        a = d is not None and only_reader(d, "clip")
-        lin = a and only_reader(a, "Convolution")
+        d = graph.only_reader(r, ("Convolution",))
+        a = d is not None and graph.only_reader(d, ("clip",))
+        lin = a and graph.only_reader(a, ("Convolution",))
         if not lin or exp["op"] != "Convolution" or graph.readers_of((e, 0)) != [r]:
             continue
         channels = int(exp["attrs"]["num_filter"])

@@ -16,6 +16,8 @@ import json
 
 import numpy as np
 
+from .graph_json import int_tuple as _tuple
+
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "data", "probabilities"
 _ADD_OPS = ("elemwise_add", "_Plus", "_plus", "broadcast_add", "_add")
@@ -23,11 +25,6 @@ _NATIVE_BATCHNORM = ("BatchNormMoments", "BatchNormApply")
 _ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softrelu": "Softplus"}
 
 
-def _tuple(text, default=()):
-    if text is None:
-        return tuple(default)
-    text = text.strip("()[] ")
-    return tuple(int(v) for v in text.split(",") if v.strip() and v.strip() != "None")
 
 
 def _bool(text, default):

@@ -141,10 +141,10 @@ def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200, p
         for fn in fns.values():
             fn()
     times = {key: [] for key in fns}
+    keys = list(fns)
     start = time.perf_counter()
     done = 0
     while done < rounds or (time.perf_counter() - start < min_time and done < max_rounds):
-        keys = list(fns)
         for key in keys[done % len(keys):] + keys[:done % len(keys)]:
             fn = fns[key]
             if pause:

@@ -1,7 +1,6 @@
 """benchmarks/peers: each PyTorch peer has exactly the MXNet graph's parameter count and, with the
 MXNet weights copied across by position, gives the MXNet graph's inference logits (same layers,
-same permutation, same BN placement). Runs in the benchmark environment (.venv-bench, `make
-bench`); skips where torch is not installed."""
+same permutation, same BN placement). torch is a test requirement (requirements-test.txt)."""
 import os
 import sys
 
@@ -15,6 +14,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import network  # noqa: E402
 import peers  # noqa: E402
 import utility  # noqa: E402
+from peers import mxnet_semantics  # noqa: E402
 
 # (network, num_classes, config): the benchmarked configurations and a few others.
 CASES = [
@@ -86,23 +86,6 @@ def _random_weights(symbol, data_shape, rng):
     return args, aux
 
 
-def _copy_into(module, args, aux):
-    """MXNet arguments onto the peer's parameters, BN running stats onto its BN buffers, by
-    position; every shape must agree."""
-    params = list(module.parameters())
-    assert len(params) == len(args)
-    for param, (name, value) in zip(params, args.items()):
-        assert tuple(param.shape) == value.shape, name
-        param.data.copy_(torch.from_numpy(value.astype(np.float32)))
-    bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    stats = list(aux.items())
-    assert len(stats) == 2 * len(bns)
-    for bn, (mean_name, mean), (var_name, var) in zip(bns, stats[0::2], stats[1::2]):
-        assert mean_name.endswith("_moving_mean") and var_name.endswith("_moving_var")
-        bn.running_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
-        bn.running_var.copy_(torch.from_numpy(var.astype(np.float32)))
-
-
 @pytest.mark.parametrize("case", [c for c in CASES if c[2].get("depth") != 38], ids=_id)
 def test_peer_computes_the_mxnet_graphs_inference_logits(ops, case):
     import mxnet as mx
@@ -121,7 +104,7 @@ def test_peer_computes_the_mxnet_graphs_inference_logits(ops, case):
     expected = exe.forward(is_train=False)[0].asnumpy()
 
     module = peers.build(name, classes, **config)
-    _copy_into(module, args, aux)
+    mxnet_semantics.copy_mxnet_weights(module, args, aux)
     module.eval()
     with torch.no_grad():
         got = module(torch.from_numpy(x)).numpy()

@@ -19,6 +19,7 @@ from records import (
     read_params,
 )
 from training import recipes
+from training.optim import upgrade_states
 
 # Chance is 10% on the 10 demo classes.
 DEMO_VAL_ACC_THRESHOLD = 30.0
@@ -272,3 +273,36 @@ def test_imagenet_schedules_are_the_authors(tiny_imagenet):
     assert (igcv3.num_epochs, igcv3.lr, igcv3.lr_factor, igcv3.lr_step_every, igcv3.batch_size,
             igcv3.optimizer, igcv3.wd) == (480, 0.045, 0.98, 1, 96, "sgd", 4e-5)
     assert (igcv1.augment, igcv3.augment) == ("igcv1", "igcv3")
+
+
+def test_momentum_saved_by_mxnets_nag_is_converted_to_the_authors_form(tmp_path):
+    """A .states written by MXNet 1.9's 'nag' (state = about -lr * momentum) continues under
+    AuthorsNAG with the same momentum."""
+    data = mx.sym.var("data")
+    symbol = mx.sym.SoftmaxOutput(mx.sym.FullyConnected(data, num_hidden=3, name="fc"),
+                                  name="softmax")
+    batch = mx.io.DataBatch([mx.nd.array(np.arange(8.0).reshape(2, 4) / 8)],
+                            [mx.nd.array([0, 2])])
+
+    def module(optimizer):
+        mod = mx.mod.Module(symbol, context=mx.cpu())
+        mod.bind(data_shapes=[("data", (2, 4))], label_shapes=[("softmax_label", (2,))])
+        mod.init_params(mx.init.Constant(0.1))
+        mod.init_optimizer(optimizer=optimizer)
+        return mod
+
+    old = module(mx.optimizer.create("nag", learning_rate=0.1, momentum=0.9))
+    for _ in range(2):
+        old.forward_backward(batch)
+        old.update()
+    old.save_optimizer_states(str(tmp_path / "old.states"))
+    saved = {i: s.asnumpy() for i, s in old._updater.states.items()}
+
+    new = module(training.make_optimizer("nag", ["fc_weight", "fc_bias"], learning_rate=0.1,
+                                         momentum=0.9, wd=0.0, rescale_grad=1.0))
+    new.load_optimizer_states(str(tmp_path / "old.states"))
+    assert upgrade_states(new, 0.1) == 2
+    for index, state in new._updater.states.items():
+        assert isinstance(state, tuple)
+        np.testing.assert_allclose(state[0].asnumpy(), -saved[index] / 0.1, rtol=1e-6)
+    assert upgrade_states(new, 0.1) == 0

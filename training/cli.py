@@ -78,6 +78,17 @@ fraction = _in_range(float, 0, 1, high_open=True)            # --momentum
 factor = _in_range(float, 0, 1, low_open=True)               # --lr-factor
 
 
+def non_negative_int(text):
+    """--precise-bn: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def default_gpus():
     """The GPUs MXNet can use, as a --gpus string ('' when there is none)."""
     return ",".join(str(i) for i in range(mx.context.num_gpus()))
@@ -126,6 +137,10 @@ def add_common_arguments(parser):
     train.add_argument("--kv-store", default="device",
                        help="MXNet kvstore: local, device, or dist_sync / dist_device_sync / "
                             "dist_async (multi-machine, run through tools/launch.py)")
+    train.add_argument("--precise-bn", type=non_negative_int, default=0, metavar="N",
+                       help="before each validation, recompute every BatchNorm's running mean "
+                            "and variance from N training batches with the current weights "
+                            "(0: keep the moving averages of training)")
     train.add_argument("--rand-seed", type=int,
                        help="seed of the initialisation and data order (default: from the clock)")
 

@@ -14,6 +14,7 @@ import numpy as np
 from .errors import ConfigError
 
 _RECORDIO_MAGIC = 0xced7230a
+PRECISE_BN_SEED = 1_000_003  # the --precise-bn readers' seed offset from the epochs' seeds
 MAKE_REC_INFO = "make_rec.json"
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 # MXNet logs this at every reader it creates; no environment switch silences it.
@@ -161,3 +162,13 @@ def train_batches(job, epoch, steps, num_parts=1, part_index=0):
         if step == steps:
             break
         yield batch
+
+
+def precise_bn_batches(job, epoch, num_parts=1, part_index=0):
+    """Training batches for `--precise-bn` after `epoch`: the training reader (augmentation
+    included), seeded apart from every epoch's own order."""
+    data = job.data
+    return record_iter(data.train, data.batch_size, job.network.data_shape, data.mean_rgb,
+                       data.std_rgb, data.train_augment, threads=data.threads, shuffle=True,
+                       seed=job.run.seed + epoch + PRECISE_BN_SEED, num_parts=num_parts,
+                       part_index=part_index)

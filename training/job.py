@@ -70,6 +70,7 @@ class RunSpec:
     load_epoch: int          # None: start fresh
     resume: bool
     seed: int
+    precise_bn: int          # batches of precise BN statistics before validation (0: off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +289,7 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
         freeze=_frozen_names(args.freeze, net), log_file=log_file,
         checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
         log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,
-        seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31))
+        seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31),
+        precise_bn=args.precise_bn)
     return Job(network=net, data=data, optim=optim, run=run, contexts=contexts,
                kv_store=args.kv_store)

@@ -12,11 +12,12 @@ import numpy as np
 
 import utility
 
+from . import precise_bn
 from .checkpoint import Checkpoints, weights_digest
-from .data import train_batches, val_iter
+from .data import precise_bn_batches, train_batches, val_iter
 from .errors import CheckpointWriteError, ConfigError, TrainingDiverged
 from .metrics import Stats, format_values
-from .optim import lr_of_epoch, make_initializer, make_lr_scheduler, make_optimizer
+from .optim import lr_of_epoch, make_initializer, make_lr_scheduler, make_optimizer, upgrade_states
 from .params import match_params, read_params, split_params
 from .scoring import score_batches
 
@@ -95,14 +96,20 @@ def _tidy_prefix(checkpoints, begin_epoch):
                        checkpoints.prefix, folder)
 
 
+def train_step(module, batch):
+    """One update of `module` on `batch`; returns the class probabilities of its forward pass
+    (before the update), as a numpy array."""
+    module.forward_backward(batch)
+    module.update()
+    return module.get_outputs()[0].asnumpy()
+
+
 def _train_epoch(module, job, epoch, steps, num_workers, rank):
     """One epoch of updates; logs every job.run.log_iters batches; returns the epoch's Stats."""
     stats, window = Stats(job.data.top_k), Stats(job.data.top_k)
     window_tic = time.time()
     for nbatch, batch in enumerate(train_batches(job, epoch, steps, num_workers, rank), 1):
-        module.forward_backward(batch)
-        module.update()
-        probs = module.get_outputs()[0].asnumpy()
+        probs = train_step(module, batch)
         labels = batch.label[0].asnumpy()
         loss = stats.update(probs, labels)
         window.update(probs, labels)
@@ -139,15 +146,15 @@ def _pretrained_params(job, symbol):
     return match.arg_params, match.aux_params
 
 
-def _bind_training_module(job, symbol, loaded):
+def _bind_training_module(job, symbol, loaded, dtype):
     """A Module bound for training, its parameters initialised or taken from `loaded` (a
     checkpoint being continued) or, on a fresh start, from --pretrained where they fit."""
     net, batch_size = job.network, job.data.batch_size
     module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),
                            context=list(job.contexts), logger=LOGGER,
                            fixed_param_names=list(job.run.freeze) or None)
-    module.bind(data_shapes=[("data", (batch_size,) + net.data_shape)],
-                label_shapes=[("softmax_label", (batch_size,))])
+    module.bind(data_shapes=[mx.io.DataDesc("data", (batch_size,) + net.data_shape, dtype)],
+                label_shapes=[mx.io.DataDesc("softmax_label", (batch_size,), dtype)])
     arg_params, aux_params, _ = loaded if loaded else (None, None, None)
     partial = loaded is None and job.run.pretrained is not None
     if partial:
@@ -166,6 +173,36 @@ def _bind_training_module(job, symbol, loaded):
         raise ConfigError(f"checkpoint does not match network {net.name} {net.config}: {err}") \
             from None
     return module
+
+
+def build_trainer(job, symbol, loaded, steps, kv=None, begin_epoch=0, dtype="float32"):
+    """(module, lr scheduler): the Module bound for training with the job's initialisation (or
+    `loaded` weights) and its optimizer installed: the authors' update rule, weight-decay rule
+    and learning-rate schedule at `steps` updates per epoch, counting from `begin_epoch`.
+    Training is float32; the parity tests also run it in float64."""
+    optim = job.optim
+    num_workers = kv.num_workers if kv is not None else 1
+    module = _bind_training_module(job, symbol, loaded, dtype)
+    sync = kv is not None and "dist" in kv.type and "_sync" in kv.type
+    scheduler = make_lr_scheduler(optim.lr, optim.lr_factor, steps, optim.lr_steps,
+                                  optim.lr_step_every)
+    param_names = [n for n in symbol.list_arguments() if n not in ("data", "softmax_label")]
+    optimizer = make_optimizer(
+        optim.optimizer, param_names, learning_rate=optim.lr, momentum=optim.momentum,
+        wd=optim.wd, rescale_grad=1.0 / (job.data.batch_size * (num_workers if sync else 1)),
+        lr_scheduler=scheduler, begin_num_update=begin_epoch * steps)
+    module.init_optimizer(kvstore=kv if kv is not None else job.kv_store, optimizer=optimizer)
+    return module, scheduler
+
+
+def _precise_bn(module, symbol, job, epoch, num_workers, rank):
+    """The module's BatchNorm running statistics recomputed from job.run.precise_bn training
+    batches (training/precise_bn.py); they are what validation reads and the checkpoint keeps."""
+    arg_params, aux_params = module.get_params()
+    batches = precise_bn_batches(job, epoch, num_workers, rank)
+    aux_params = precise_bn.recompute(symbol, arg_params, aux_params, batches, job.contexts[0],
+                                      job.run.precise_bn)
+    module.set_params(arg_params, aux_params)
 
 
 def _fit(job, kv, rank):
@@ -192,21 +229,16 @@ def _fit(job, kv, rank):
                 utility.count_params(symbol, (1,) + tuple(net.data_shape))["total"])
 
     steps = (job.data.train.num_records // num_workers) // job.data.batch_size
-    module = _bind_training_module(job, symbol, loaded)
-    sync = kv is not None and "dist" in kv.type and "_sync" in kv.type
-    scheduler = make_lr_scheduler(optim.lr, optim.lr_factor, steps, optim.lr_steps,
-                                  optim.lr_step_every)
-    param_names = [n for n in symbol.list_arguments() if n not in ("data", "softmax_label")]
-    optimizer = make_optimizer(
-        optim.optimizer, param_names, learning_rate=optim.lr, momentum=optim.momentum,
-        wd=optim.wd, rescale_grad=1.0 / (job.data.batch_size * (num_workers if sync else 1)),
-        lr_scheduler=scheduler, begin_num_update=begin_epoch * steps)
-    module.init_optimizer(kvstore=kv if kv is not None else job.kv_store, optimizer=optimizer)
+    module, scheduler = build_trainer(job, symbol, loaded, steps, kv, begin_epoch)
     # Under a dist kvstore the optimizer state lives on the servers and cannot be saved.
     local_states = kv is None
     states = loaded[2] if loaded else None
     if states and local_states:
         module.load_optimizer_states(states)
+        if optim.optimizer == "nag" and upgrade_states(
+                module, lr_of_epoch(scheduler, optim.lr, begin_epoch - 1, steps)):
+            LOGGER.info("momentum of %s converted from MXNet's 'nag' form to the authors' form",
+                        states)
     elif loaded and not states and begin_epoch:
         LOGGER.warning("no optimizer state saved with epoch %d: momentum restarts from zero",
                        begin_epoch)
@@ -220,6 +252,8 @@ def _fit(job, kv, rank):
         tic = time.time()
         stats = _train_epoch(module, job, epoch, steps, num_workers, rank)
         train_time = time.time() - tic
+        if run.precise_bn:
+            _precise_bn(module, symbol, job, epoch, num_workers, rank)
         val = evaluate(symbol, *module.get_params(), job)
         elapsed = time.time() - tic
         lr = lr_of_epoch(scheduler, optim.lr, epoch, steps)

@@ -90,3 +90,25 @@ def test_precise_bn_rejects_a_negative_count(capsys):
     with pytest.raises(SystemExit):
         train_model.main(["--precise-bn", "-1"])
     assert "--precise-bn: expected an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
+def test_score_precise_bn_recomputes_before_scoring(ops, small_demo_dir, tmp_path, capsys):
+    import shutil
+
+    from tools import score
+    prefix = tmp_path / "run" / "model"
+    train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "1", "--batch-size", "32"))
+    saved = score.main(["--model-prefix", str(prefix), "--gpus", ""])
+    precise = score.main(["--model-prefix", str(prefix), "--gpus", "", "--precise-bn", "3"])
+    assert precise["images"] == saved["images"] == 100
+    assert precise["loss"] != saved["loss"]
+
+    bare = tmp_path / "without_train"
+    shutil.copytree(small_demo_dir, bare)
+    for suffix in (".rec", ".idx"):
+        os.remove(bare / f"train{suffix}")
+    with pytest.raises(SystemExit):
+        score.main(["--model-prefix", str(prefix), "--gpus", "", "--data-dir", str(bare),
+                    "--precise-bn", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.rec not found" in err[0]

@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import training  # noqa: E402
-from training.cli import positive_int  # noqa: E402
+from training.cli import non_negative_int, positive_int  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
 from training.scoring import score_model  # noqa: E402
 
@@ -32,6 +32,9 @@ def build_parser():
     parser.add_argument("--batch-size", type=positive_int, default=200, help="images per batch")
     parser.add_argument("--data-threads", type=positive_int, default=4,
                         help="decoding threads of the record reader")
+    parser.add_argument("--precise-bn", type=non_negative_int, default=0, metavar="N",
+                        help="first recompute every BatchNorm's running statistics from N "
+                             "batches of train.rec in --data-dir (0: the saved ones)")
     return parser
 
 
@@ -46,7 +49,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         model = resolve_model(args)
-        values = score_model(model, args.split, args.batch_size, args.data_threads)
+        values = score_model(model, args.split, args.batch_size, args.data_threads,
+                             precise_bn=args.precise_bn)
     except training.ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"{model.params_file} ({model.network}, {model.dataset}) on {format_score(values)}")

@@ -252,7 +252,9 @@ def _fit(job, kv, rank):
         tic = time.time()
         stats = _train_epoch(module, job, epoch, steps, num_workers, rank)
         train_time = time.time() - tic
+        ema = None
         if run.precise_bn:
+            ema = evaluate(symbol, *module.get_params(), job)
             _precise_bn(module, symbol, job, epoch, num_workers, rank)
         val = evaluate(symbol, *module.get_params(), job)
         elapsed = time.time() - tic
@@ -262,6 +264,10 @@ def _fit(job, kv, rank):
         record = {"epoch": epoch + 1, "lr": lr, "time": elapsed,
                   **{f"train-{k}": v for k, v in stats.values().items()},
                   **{f"val-{k}": v for k, v in val.items()}}
+        if ema is not None:
+            record.update({f"val-ema-{k}": v for k, v in ema.items()})
+            LOGGER.info("Epoch[%d] with the moving-average BatchNorm statistics of training "
+                        "instead: %s", epoch + 1, format_values("val", ema))
         history.append(record)
         LOGGER.info("Epoch[%d/%d] %s %s lr=%g speed=%.1f img/s time=%.1fs eta=%s", epoch + 1,
                     optim.num_epochs, format_values("train", stats.values()),

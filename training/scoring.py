@@ -8,11 +8,13 @@ import network
 
 from .data import check_record_file, record_iter
 from .metrics import Stats
+from .precise_bn import recompute as precise_bn_stats
 
 LOGGER = logging.getLogger("igc.train")
 # Validation split written by tools/make_rec.sh for each kind of dataset.
 VAL_SPLIT = {"imagenet": "val"}
 DEFAULT_VAL_SPLIT = "test"
+TRAIN_SPLIT = "train"
 
 
 def score_batches(symbol, arg_params, aux_params, batches, data_shape, batch_size, contexts,
@@ -42,17 +44,26 @@ def score_batches(symbol, arg_params, aux_params, batches, data_shape, batch_siz
     return dict(stats.values(), images=stats.count)
 
 
-def score_model(model, split=None, batch_size=200, threads=4, top_k=5):
+def score_model(model, split=None, batch_size=200, threads=4, top_k=5, precise_bn=0):
     """Score a training.model.Model on `split` (default: the dataset's validation split) in its
     data directory; returns {'loss', 'acc', 'top5-acc' (when there are more than 5 classes),
-    'images', 'records'}."""
+    'images', 'records'}. precise_bn=N first recomputes the BatchNorm statistics from N batches
+    of the training split (read with the validation preprocessing)."""
     split = split or VAL_SPLIT.get(model.dataset, DEFAULT_VAL_SPLIT)
     record = check_record_file(model.data_dir, split, model.num_classes)
     pre = model.preprocessing
+    aux_params = model.aux_params
+    if precise_bn:
+        train = check_record_file(model.data_dir, TRAIN_SPLIT, model.num_classes)
+        batches = record_iter(train, min(batch_size, train.num_records), pre.data_shape,
+                              pre.mean_rgb, pre.std_rgb, pre.augment, threads=threads,
+                              shuffle=True, seed=0)
+        aux_params = precise_bn_stats(model.symbol, model.arg_params, aux_params, batches,
+                                      model.contexts[0], precise_bn)
     batch_size = min(batch_size, record.num_records)
     batches = record_iter(record, batch_size, pre.data_shape, pre.mean_rgb, pre.std_rgb,
                           pre.augment, threads=threads)
-    values = score_batches(model.symbol, model.arg_params, model.aux_params, batches,
+    values = score_batches(model.symbol, model.arg_params, aux_params, batches,
                            pre.data_shape, batch_size, model.contexts,
                            top_k if model.num_classes > top_k else 0)
     return dict(values, records=record.rec)

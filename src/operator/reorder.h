@@ -1,60 +1,23 @@
-// Interleaved channel permutation (IGC's `Reorder`): index math shared by host and device code,
-// and the kernel entry points. Nothing here knows about MXNet.
+// Interleaved channel permutation (IGC's `Reorder`): the kernel entry points. Nothing here knows
+// about MXNet.
 //
 // With C channels split into g groups of K = C / g, Reorder(g) views the channels of each sample
-// as a (g, K) grid and transposes it: output channel j*g + i reads input channel i*K + j.
-// Every channel is a contiguous "row" of `inner` elements (H*W for NCHW), so the permutation moves
-// whole rows and is the same byte move for every dtype.
+// as a (g, K) grid and transposes it: output channel j*g + i reads input channel i*K + j
+// (reorder_source in common.h). Every channel is a contiguous "row" of `inner` elements (H*W for
+// NCHW), so the permutation moves whole rows and is the same byte move for every dtype.
 #ifndef IGC_OPERATOR_REORDER_H_
 #define IGC_OPERATOR_REORDER_H_
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
-#if defined(__CUDACC__)
-#define IGC_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define IGC_HOST_DEVICE inline
-#endif
+#include "common.h"
 
 namespace igc {
-
-// Input channel that output channel `out_channel` is copied from.
-IGC_HOST_DEVICE int64_t reorder_source_channel(int64_t out_channel, int64_t channels,
-                                               int64_t groups) {
-  return (out_channel % groups) * (channels / groups) + out_channel / groups;
-}
 
 // Permutes `outer` samples of `channels` rows of `row_bytes` bytes each from `in` to `out`
 // (distinct buffers). Multi-threaded with OpenMP; `groups` must divide `channels`.
 void reorder_cpu(const void* in, void* out, int64_t outer, int64_t channels, int64_t row_bytes,
                  int64_t groups);
-
-}  // namespace igc
-
-// MXNet dtype codes accepted by the kernels (mshadow's numbering).
-enum IgcDType { kIgcFloat32 = 0, kIgcFloat64 = 1, kIgcFloat16 = 2 };
-
-namespace igc {
-
-// Whether the CPU kernels may use AVX2+FMA: the CPU has them and IGC_CONV_BASELINE (read on
-// every call, so tests can switch) does not ask for the portable baseline.
-inline bool use_avx2_kernels() {
-  const char* baseline = std::getenv("IGC_CONV_BASELINE");
-  if (baseline && baseline[0] != '\0' && std::strcmp(baseline, "0") != 0) return false;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-// Bytes per element of a supported dtype, 0 for any other.
-inline int64_t dtype_bytes(int dtype) {
-  switch (dtype) {
-    case kIgcFloat32: return 4;
-    case kIgcFloat64: return 8;
-    case kIgcFloat16: return 2;
-    default: return 0;
-  }
-}
 
 // The checks both C entry points make before touching memory.
 inline bool reorder_args_valid(int64_t outer, int64_t channels, int64_t inner, int64_t groups,

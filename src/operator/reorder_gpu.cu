@@ -27,7 +27,7 @@ __global__ void reorder_rows_kernel(const U* __restrict__ in, U* __restrict__ ou
     const I p = idx - row * row_units;
     const I n = row / channels;
     const I c = row - n * channels;
-    const I src_c = (c % groups) * (channels / groups) + c / groups;
+    const I src_c = reorder_source(c, channels, groups);
     out[idx] = in[(n * channels + src_c) * row_units + p];
   }
 }

@@ -27,6 +27,30 @@ SHAPES = [  # (N, C, H, W), g
 ]
 QUICK_SHAPES = SHAPES[:3]
 
+# Each zoo network's permutations in its GPU graph (C, H, W, g), at its training batch per device
+# (training/recipes.py: CIFAR 64, IGCV1 ImageNet 256, IGCV3 / IGCV2 ImageNet 96). A table, so that
+# `--cuda` runs where PyTorch has no MXNet beside it; tests/test_reorder_cuda_index.py derives it
+# from the network registry and compares.
+ZOO = {
+    "plain_igc": (64, [(48, 32, 32, 24), (48, 32, 32, 2), (96, 16, 16, 24), (96, 16, 16, 4),
+                       (192, 8, 8, 24), (192, 8, 8, 8)]),
+    "resnet_igc": (64, [(48, 32, 32, 24), (48, 32, 32, 2), (96, 16, 16, 24), (96, 16, 16, 2),
+                        (96, 16, 16, 4), (192, 8, 8, 24), (192, 8, 8, 4), (192, 8, 8, 8)]),
+    "resnet_igc_imgnet_d18": (256, [(200, 56, 56, 100), (200, 56, 56, 2), (400, 28, 28, 200),
+                                    (400, 28, 28, 2), (800, 14, 14, 400), (800, 14, 14, 2),
+                                    (1600, 7, 7, 800), (1600, 7, 7, 2)]),
+    "igcv3": (96, [(32, 112, 112, 2), (96, 112, 112, 2), (144, 56, 56, 2), (192, 28, 28, 2),
+                   (384, 14, 14, 2), (576, 14, 14, 2), (960, 7, 7, 2)]),
+    "igcv3_cifar": (64, [(32, 32, 32, 2), (96, 32, 32, 2), (144, 32, 32, 2), (192, 16, 16, 2),
+                         (384, 8, 8, 2), (576, 8, 8, 2), (960, 4, 4, 2)]),
+    "igcv2": (96, [(224, 112, 112, 8), (448, 56, 56, 14), (448, 56, 56, 16), (896, 28, 28, 16),
+                   (896, 28, 28, 28), (1792, 14, 14, 28), (1792, 14, 14, 32), (3584, 7, 7, 32),
+                   (3584, 7, 7, 56)]),
+    "igcv2_cifar": (64, [(256, 32, 32, 8), (512, 32, 32, 16), (1024, 16, 16, 16),
+                         (1024, 16, 16, 32), (2048, 8, 8, 32), (4096, 4, 4, 32),
+                         (4096, 4, 4, 64)]),
+}
+
 # Targets from the issue: the kernel into a preallocated output at >= 0.9x memcpy; what
 # training pays (forward+backward in an executor) >= 2x faster than the reshape chain.
 KERNEL_TARGET = 0.9

@@ -51,14 +51,15 @@ struct ReorderPlan {
   int unit_bytes;  // 2, 4, 8 or 16
   bool tiled;      // false: row by row
   // The tiled path:
-  int vec;                    // units per vector: 16 / unit_bytes, or 1 for unaligned addresses
+  int vec, vec_shift;         // units per vector (16 / unit_bytes, or 1 for unaligned
+                              // addresses) and its log2: vec is a power of two
   int tile_i, tile_j;         // the most groups and rows per group in a tile
   int64_t tiles_i, tiles_j, tiles;
   int run_stride;             // shared-memory units per input run, a multiple of vec
   int pieces_in, pieces_out;  // the most pieces of an input run (nj rows) / output run (ni rows)
-  int load_items() const { return tile_i * pieces_in; }
-  int store_items() const { return tile_j * pieces_out; }
-  int64_t smem_bytes() const { return int64_t(tile_i) * run_stride * unit_bytes; }
+  IGC_HOST_DEVICE int load_items() const { return tile_i * pieces_in; }
+  IGC_HOST_DEVICE int store_items() const { return tile_j * pieces_out; }
+  IGC_HOST_DEVICE int64_t smem_bytes() const { return int64_t(tile_i) * run_stride * unit_bytes; }
 };
 
 // The most pieces that a run of `length` units can be cut into at multiples of `vec`.
@@ -80,6 +81,7 @@ inline ReorderPlan plan_reorder(uintptr_t in, uintptr_t out, int64_t outer, int6
   p.tiled = row_bytes < kReorderTiledMaxRowBytes && groups > 1 && p.per_group > 1;
   if (!p.tiled) return p;
   p.vec = (in | out) % 16 == 0 ? 16 / p.unit_bytes : 1;
+  while ((1 << p.vec_shift) < p.vec) ++p.vec_shift;
   // About square tiles of kReorderTileBytes; with few groups (or few rows per group) the other
   // side grows, so that runs stay long on both sides.
   const int64_t rows = std::max<int64_t>(1, kReorderTileBytes / row_bytes);
@@ -139,20 +141,20 @@ IGC_HOST_DEVICE int64_t output_run_start(const ReorderPlan& p, const ReorderTile
 
 // Shared-memory unit of input run li's first unit: same offset modulo vec as in global memory.
 IGC_HOST_DEVICE int run_origin(const ReorderPlan& p, const ReorderTile& t, int li) {
-  return li * p.run_stride + static_cast<int>(input_run_start(p, t, li) % p.vec);
+  return li * p.run_stride + static_cast<int>(input_run_start(p, t, li) & (p.vec - 1));
 }
 
-// Units [first, first + count) of a run of `length` units from `start`: its piece k (count 0
-// past the run's end).
+// Units [first, first + count) of a run of `length` units from `start`: its piece k, the run
+// cut at multiples of 1 << shift (count 0 past the run's end).
 struct RunPiece {
   int64_t first;
   int count;
 };
 
-IGC_HOST_DEVICE RunPiece run_piece(int64_t start, int64_t length, int vec, int k) {
-  const int64_t cut = (start / vec + k) * vec;
+IGC_HOST_DEVICE RunPiece run_piece(int64_t start, int64_t length, int shift, int k) {
+  const int64_t cut = ((start >> shift) + k) << shift, next = cut + (int64_t(1) << shift);
   const int64_t first = cut > start ? cut : start;
-  const int64_t end = start + length < cut + vec ? start + length : cut + vec;
+  const int64_t end = start + length < next ? start + length : next;
   return RunPiece{first, first < end ? static_cast<int>(end - first) : 0};
 }
 
@@ -162,7 +164,7 @@ IGC_HOST_DEVICE RunPiece reorder_load_piece(const ReorderPlan& p, const ReorderT
   const int li = e / p.pieces_in;
   if (li >= t.ni) return RunPiece{0, 0};
   const int64_t start = input_run_start(p, t, li);
-  const RunPiece piece = run_piece(start, t.nj * p.row_units, p.vec, e - li * p.pieces_in);
+  const RunPiece piece = run_piece(start, t.nj * p.row_units, p.vec_shift, e - li * p.pieces_in);
   *smem = run_origin(p, t, li) + static_cast<int>(piece.first - start);
   return piece;
 }
@@ -180,7 +182,7 @@ IGC_HOST_DEVICE RunPiece reorder_store_piece(const ReorderPlan& p, const Reorder
   const int lj = e / p.pieces_out;
   if (lj >= t.nj) return RunPiece{0, 0};
   const int64_t start = output_run_start(p, t, lj);
-  const RunPiece piece = run_piece(start, t.ni * p.row_units, p.vec, e - lj * p.pieces_out);
+  const RunPiece piece = run_piece(start, t.ni * p.row_units, p.vec_shift, e - lj * p.pieces_out);
   const int q = static_cast<int>(piece.first - start);
   cursor->li = q / static_cast<int>(p.row_units);
   cursor->lj = lj;

@@ -99,8 +99,9 @@ demo: venv ops
 cuda-venv-check: $(STAMP)
 	$(VPY) tools/cuda_venv.py check
 
-# On a machine with an NVIDIA GPU: build the CUDA kernels, run the CUDA tests and the Reorder
-# bandwidth benchmark against a device copy, print one table. Needs no venv (PyTorch alone will
+# On a machine with an NVIDIA GPU: build the CUDA kernels, run the CUDA tests (under
+# compute-sanitizer's memcheck too, where it exists) and the Reorder bandwidth benchmark against a
+# device copy, print one table. Needs no venv (PyTorch alone will
 # do); exits 2 at once where there is no GPU.
 gpu-check:
 	VENV=$(VENV) tools/gpu_check.sh

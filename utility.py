@@ -265,6 +265,23 @@ def layer_costs(symbol, data_shape):
     return rows
 
 
+def permutation_shapes(symbol, data_shape):
+    """[(output shape, g)] of the Reorder nodes of `symbol` for input `data_shape`, each distinct
+    one once, in graph order."""
+    internals = symbol.get_internals()
+    _, out_shapes, _ = internals.infer_shape(data=tuple(data_shape))
+    if out_shapes is None:
+        raise ValueError(f"cannot infer the shapes of the symbol for data shape {data_shape}")
+    outs = dict(zip(internals.list_outputs(), out_shapes))
+    found = []
+    for node in _graph_nodes(symbol):
+        if node["op"] == "Reorder":
+            item = (tuple(outs[node["name"] + "_output"]), int(node["attrs"]["branch_factor"]))
+            if item not in found:
+                found.append(item)
+    return found
+
+
 def count_params(symbol, data_shape):
     """Learnable parameters: {'conv', 'fc', 'bn', 'total'} (BN = gamma + beta; 'total' also
     holds any other learnable argument). `data_shape` is the NCHW shape of `data`."""

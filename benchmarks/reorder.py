@@ -9,9 +9,14 @@ thread count, medians).
     python benchmarks/reorder.py                  # all shapes, 1 and 2 threads
     python benchmarks/reorder.py --threads 1 --quick
     python benchmarks/reorder.py --cuda           # CUDA kernel via PyTorch vs a device copy
+
+With --cuda: every zoo network's permutation shapes at its training batch (ZOO) and the shapes of
+docs/gpu.md, in float32/16/64, each timed as back-to-back launches between CUDA events against
+a device-to-device copy of the same bytes: GPU time per call and GB/s apart.
 """
 import argparse
 import sys
+import time
 
 import numpy as np
 
@@ -26,6 +31,30 @@ SHAPES = [  # (N, C, H, W), g
     ((32, 2048, 7, 7), 16),
 ]
 QUICK_SHAPES = SHAPES[:3]
+
+# Each zoo network's permutations in its GPU graph (C, H, W, g), at its training batch per device
+# (training/recipes.py: CIFAR 64, IGCV1 ImageNet 256, IGCV3 / IGCV2 ImageNet 96). A table, so that
+# `--cuda` runs where PyTorch has no MXNet beside it; tests/test_reorder_cuda_index.py derives it
+# from the network registry and compares.
+ZOO = {
+    "plain_igc": (64, [(48, 32, 32, 24), (48, 32, 32, 2), (96, 16, 16, 24), (96, 16, 16, 4),
+                       (192, 8, 8, 24), (192, 8, 8, 8)]),
+    "resnet_igc": (64, [(48, 32, 32, 24), (48, 32, 32, 2), (96, 16, 16, 24), (96, 16, 16, 2),
+                        (96, 16, 16, 4), (192, 8, 8, 24), (192, 8, 8, 4), (192, 8, 8, 8)]),
+    "resnet_igc_imgnet_d18": (256, [(200, 56, 56, 100), (200, 56, 56, 2), (400, 28, 28, 200),
+                                    (400, 28, 28, 2), (800, 14, 14, 400), (800, 14, 14, 2),
+                                    (1600, 7, 7, 800), (1600, 7, 7, 2)]),
+    "igcv3": (96, [(32, 112, 112, 2), (96, 112, 112, 2), (144, 56, 56, 2), (192, 28, 28, 2),
+                   (384, 14, 14, 2), (576, 14, 14, 2), (960, 7, 7, 2)]),
+    "igcv3_cifar": (64, [(32, 32, 32, 2), (96, 32, 32, 2), (144, 32, 32, 2), (192, 16, 16, 2),
+                         (384, 8, 8, 2), (576, 8, 8, 2), (960, 4, 4, 2)]),
+    "igcv2": (96, [(224, 112, 112, 8), (448, 56, 56, 14), (448, 56, 56, 16), (896, 28, 28, 16),
+                   (896, 28, 28, 28), (1792, 14, 14, 28), (1792, 14, 14, 32), (3584, 7, 7, 32),
+                   (3584, 7, 7, 56)]),
+    "igcv2_cifar": (64, [(256, 32, 32, 8), (512, 32, 32, 16), (1024, 16, 16, 16),
+                         (1024, 16, 16, 32), (2048, 8, 8, 32), (4096, 4, 4, 32),
+                         (4096, 4, 4, 64)]),
+}
 
 # Targets from the issue: the kernel into a preallocated output at >= 0.9x memcpy; what
 # training pays (forward+backward in an executor) >= 2x faster than the reshape chain.
@@ -153,49 +182,105 @@ def print_cpu_table(results):
               f"{vs_engine_copy:15.2f} {speedup:21.2f} {in_graph:17.2f}{flag}")
 
 
-def bench_cuda(shapes, min_time):
+# --cuda: the shapes of the first device measurement (docs/gpu.md) and the zoo's.
+CUDA_SHAPES = ([("", (256, 192, 56, 56), 2), ("", (256, 48, 32, 32), 24),
+                ("", (64, 96, 16, 16), 2), ("", (256, 2048, 7, 7), 16),
+                ("", (256, 1600, 7, 7), 800)]
+               + [(name, (batch, c, h, w), g) for name, (batch, shapes) in ZOO.items()
+                  for c, h, w, g in shapes])
+# Target: every tensor of at least 8 MB moves at >= 0.85x a device-to-device copy of the same
+# bytes; smaller ones are latency, reported as such.
+CUDA_TARGET, CUDA_TARGET_BYTES = 0.85, 8 << 20
+
+
+def cuda_seconds(torch, fns, rounds=5, batch_seconds=0.01):
+    """Median GPU seconds per call of each function in `fns`: each round times a batch of
+    back-to-back calls between two CUDA events (no synchronisation between calls), the functions
+    in rotating order."""
+    def timed(fn, reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / reps
+
+    reps = {}
+    for key, fn in fns.items():
+        fn()  # warm-up, then one batch of 10 to size the timed batches
+        reps[key] = max(3, min(10000, int(batch_seconds / timed(fn, 10))))
+    times = {key: [] for key in fns}
+    keys = list(fns)
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[key].append(timed(fns[key], reps[key]))
+    return {key: sorted(v)[len(v) // 2] for key, v in times.items()}
+
+
+def bench_cuda(shapes):
     import torch
 
     import utility
     if not torch.cuda.is_available():
         sys.exit("--cuda needs PyTorch with a CUDA device")
     kernel = utility.reorder_entry_point("cuda")
-    print(f"device: {torch.cuda.get_device_name()}")
-    header = (f"{'shape':<20} {'g':>4} {'dtype':<8} {'d2d copy GB/s':>14} {'Reorder GB/s':>13} "
-              f"{'x copy':>7} {'torch shuffle GB/s':>19} {'x copy':>7}")
+    arch = "".join(map(str, torch.cuda.get_device_capability()))
+    print(f"Reorder on {torch.cuda.get_device_name()} (sm_{arch}), PyTorch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print("GB/s: bytes read + written per call; us: GPU time per call of back-to-back launches "
+          "(CUDA events); x copy: Reorder GB/s / the device copy's")
+    header = (f"{'network':<22} {'shape':<18} {'g':>4} {'dtype':<8} {'MB':>7} {'copy us':>9} "
+              f"{'Reorder us':>10} {'copy GB/s':>9} {'GB/s':>7} {'x copy':>6}")
     print(header)
     print("-" * len(header))
-    for shape, g in shapes:
+    stream = torch.cuda.current_stream().cuda_stream
+    short = []
+    counted = 0
+    seen = set()
+    for name, shape, g in shapes:
+        if (shape, g) in seen:
+            continue
+        seen.add((shape, g))
         for dtype in (torch.float32, torch.float16, torch.float64):
-            x = torch.randn(shape, device="cuda").to(dtype)
-            out = torch.empty_like(x)
-            stream = torch.cuda.current_stream().cuda_stream
-            code = utility.MX_DTYPE_CODES[str(dtype).replace("torch.", "")]
+            dtype_name = str(dtype).replace("torch.", "")
+            label = f"{name or '-':<22} {'x'.join(map(str, shape)):<18} {g:>4} {dtype_name:<8}"
+            try:
+                x = torch.randn(shape, device="cuda", dtype=dtype)
+                out = torch.empty_like(x)
+            except torch.cuda.OutOfMemoryError:
+                print(f"{label} (no memory for it on this GPU)")
+                continue
+            code = utility.MX_DTYPE_CODES[dtype_name]
             inner = x[0, 0].numel()
-
-            def synced(fn):
-                def run():
-                    fn()
-                    torch.cuda.synchronize()
-                return run
-            flat = x.view(shape[0], shape[1], -1)
-            t = harness.interleaved_medians({
-                "copy": synced(lambda: out.copy_(x)),
-                "op": synced(lambda: kernel(x.data_ptr(), out.data_ptr(), shape[0], shape[1],
-                                            inner, g, code, stream)),
-                "torch": synced(lambda: torch.nn.functional.channel_shuffle(flat, g))},
-                warmup=2, min_time=3 * min_time)
-            t_copy, t_op, t_torch = t["copy"], t["op"], t["torch"]
-            nbytes = 2 * x.numel() * x.element_size()
-            copy, op, tshuf = (nbytes / t / 1e9 for t in (t_copy, t_op, t_torch))
-            print(f"{'x'.join(map(str, shape)):<20} {g:>4} {str(dtype)[6:]:<8} {copy:14.1f} "
-                  f"{op:13.1f} {op / copy:7.2f} {tshuf:19.1f} {tshuf / copy:7.2f}")
+            src, dst = x.data_ptr(), out.data_ptr()
+            rc = kernel(src, dst, shape[0], shape[1], inner, g, code, stream)
+            if rc != 0:
+                sys.exit(f"igc_reorder_cuda returned {rc} for {shape}, g={g}, {dtype_name}")
+            t = cuda_seconds(torch, {
+                "copy": lambda: out.copy_(x),
+                "op": lambda: kernel(src, dst, shape[0], shape[1], inner, g, code, stream)})
+            nbytes = x.numel() * x.element_size()
+            copy, op = (2 * nbytes / t[k] / 1e9 for k in ("copy", "op"))
+            flag = ""
+            if nbytes >= CUDA_TARGET_BYTES:
+                counted += 1
+                if op < CUDA_TARGET * copy:
+                    short.append(f"{'x'.join(map(str, shape))} g={g} {dtype_name}")
+                    flag = "  (short)"
+            print(f"{label} {nbytes / 2 ** 20:7.1f} {t['copy'] * 1e6:9.1f} {t['op'] * 1e6:10.1f} "
+                  f"{copy:9.0f} {op:7.0f} {op / copy:6.2f}{flag}")
+            x = out = None  # freed before the next shape's tensors
+    print(f"\nTensors of at least {CUDA_TARGET_BYTES >> 20} MB at >= {CUDA_TARGET}x copy: "
+          f"{counted - len(short)} of {counted}"
+          + (f"; short: {', '.join(short)}" if short else ""))
 
 
 def parent(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_threads_flag(parser)
-    parser.add_argument("--quick", action="store_true", help="only the three CIFAR shapes")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the three CIFAR shapes (--cuda: the five of docs/gpu.md)")
     parser.add_argument("--min-time", type=float, default=0.3,
                         help="seconds of repetitions per measurement (default: 0.3)")
     parser.add_argument("--cuda", action="store_true",
@@ -203,7 +288,7 @@ def parent(argv=None):
     args = parser.parse_args(argv)
     shapes = [[list(s), g] for s, g in (QUICK_SHAPES if args.quick else SHAPES)]
     if args.cuda:
-        bench_cuda([(tuple(s), g) for s, g in shapes], args.min_time)
+        bench_cuda(CUDA_SHAPES[:5] if args.quick else CUDA_SHAPES)
         return
     threads = harness.parse_threads(parser, args.threads)
     # One engine worker: the methods run one at a time, each with the OpenMP threads.

@@ -41,7 +41,8 @@ def _run(native, act, shape, dtype, x, head, gamma, beta, moving_mean, moving_va
             "inference": infer.forward(is_train=False)[0].asnumpy()}
 
 
-# float32 only: MXNet's float64 BatchNorm refuses to leave its normalised output unused.
+# float32 only: MXNet's float64 BatchNorm refuses to leave its normalised output unused (the
+# float64 kernels are checked without it below).
 CASES = [((4, 6, 5, 7), None, "float32"), ((3, 5, 4, 9), "relu", "float32"),
          ((8, 16, 8, 8), "relu6", "float32"), ((2, 3, 11), "relu6", "float32")]
 
@@ -73,6 +74,46 @@ def test_native_batchnorm_equals_mxnet_batchnorm_and_numpy(ops, shape, act, dtyp
         ours["inference"],
         reference.batchnorm_inference(x, gamma, beta, moving_mean, moving_var, EPS, act),
         rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("baseline", ["0", "1"])
+@pytest.mark.parametrize("act", [None, "relu", "relu6"])
+def test_float64_moments_and_apply_equal_numpy(ops, act, baseline, monkeypatch):
+    """The ops' float64 kernels, called directly (MXNet's float64 BatchNorm cannot sit between
+    them): float64 accuracy, forward and every gradient, on the AVX2 and the portable path."""
+    monkeypatch.setenv("IGC_CONV_BASELINE", baseline)
+    rng = np.random.default_rng(3)
+    shape, axes = (3, 5, 4, 6), (0, 2, 3)
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 4, (1, 5, 1, 1)) + 2.0
+    head = rng.standard_normal(shape)
+    gamma, beta = rng.uniform(0.5, 3, 5), rng.uniform(-1, 4, 5)
+    mean, std = x.mean(axis=axes), x.std(axis=axes)
+    summary = mx.nd.BatchNormMoments(mx.nd.array(x, dtype="float64"))
+    assert summary.dtype == np.float64 and summary.shape == (2, 5, 1, 1)
+    np.testing.assert_allclose(summary.asnumpy()[:, :, 0, 0], [mean - std, mean + std],
+                               rtol=1e-12, atol=1e-12)
+
+    invstd = 1 / np.sqrt(std ** 2 + EPS)
+    inputs = [mx.nd.array(a, dtype="float64") for a in (x, gamma, beta, mean, invstd)]
+    for array in inputs:
+        array.attach_grad()
+    with mx.autograd.record():
+        out = mx.nd.BatchNormApply(*inputs, act=act or "none")
+    out.backward(mx.nd.array(head, dtype="float64"))
+    want, _, _ = reference.batchnorm_training(x, gamma, beta, EPS, act)
+    np.testing.assert_allclose(out.asnumpy(), want, rtol=1e-12, atol=1e-12)
+    # The batch-statistics gradient: mean and invstd are functions of x.
+    c = (1, -1, 1, 1)
+    xhat = (x - mean.reshape(c)) * invstd.reshape(c)
+    pre = xhat * gamma.reshape(c) + beta.reshape(c)
+    dy = head * {None: 1.0, "relu": pre > 0, "relu6": (pre > 0) & (pre < 6)}[act]
+    dx = gamma.reshape(c) * invstd.reshape(c) * (
+        dy - dy.mean(axis=axes, keepdims=True)
+        - xhat * (dy * xhat).mean(axis=axes, keepdims=True))
+    grads = [a.grad.asnumpy() for a in inputs]
+    for got, expected in zip(grads, [dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes),
+                                     np.zeros(5), np.zeros(5)]):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_native_batchnorm_training_output_equals_numpy_with_a_large_mean(ops):

@@ -3,7 +3,9 @@ CPU line names the ISA, tables align. (No timing is asserted.)"""
 import os
 import sys
 import textwrap
+import types
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,3 +74,90 @@ def test_table_right_aligns_numeric_columns(capsys):
     assert lines[0] == "case               ms  ratio"
     assert lines[2] == "long case name   1.50  2.00x"
     assert lines[3] == "b               12.25      -"
+
+
+class FakeCudaTorch:
+    """Just enough of torch for `benchmarks/reorder.py --cuda`: a device clock that each copy
+    and each kernel call advance by its bytes over a bandwidth, CUDA events that read it, and a
+    count of synchronisations."""
+
+    COPY_BYTES_PER_S, KERNEL_BYTES_PER_S = 2e12, 1e12
+    float32, float16, float64 = "torch.float32", "torch.float16", "torch.float64"
+    SIZES = {float32: 4, float16: 2, float64: 8}
+
+    class OutOfMemoryError(Exception):
+        pass
+
+    def __init__(self):
+        self.clock, self.calls, self.syncs = 0.0, 0, 0
+        torch = self
+
+        class Tensor:
+            def __init__(self, shape, dtype):
+                self.shape, self.dtype = tuple(shape), dtype
+
+            def numel(self):
+                return int(np.prod(self.shape))
+
+            def element_size(self):
+                return torch.SIZES[self.dtype]
+
+            def data_ptr(self):
+                return 4096
+
+            def __getitem__(self, index):  # x[0, 0]
+                return Tensor(self.shape[len(index):], self.dtype)
+
+            def copy_(self, other):
+                torch.run(2 * other.numel() * other.element_size() / torch.COPY_BYTES_PER_S)
+
+        class Event:
+            def __init__(self, enable_timing):
+                assert enable_timing
+
+            def record(self):
+                self.time = torch.clock
+
+            def synchronize(self):
+                torch.syncs += 1
+
+            def elapsed_time(self, end):
+                return (end.time - self.time) * 1e3
+
+        self.randn = lambda shape, device, dtype: Tensor(shape, dtype)
+        self.empty_like = lambda x: Tensor(x.shape, x.dtype)
+        self.__version__ = "2.11.0"
+        self.cuda = types.SimpleNamespace(
+            is_available=lambda: True, get_device_name=lambda: "Fake GPU",
+            get_device_capability=lambda: (9, 0), Event=Event,
+            OutOfMemoryError=self.OutOfMemoryError,
+            current_stream=lambda: types.SimpleNamespace(cuda_stream=0))
+
+    def run(self, seconds):
+        self.clock += seconds
+        self.calls += 1
+
+    def kernel(self, src, dst, outer, channels, inner, g, code, stream):
+        size = {0: 4, 2: 2, 1: 8}[code]
+        self.run(2 * outer * channels * inner * size / self.KERNEL_BYTES_PER_S)
+        return 0
+
+
+def test_reorder_cuda_benchmark_times_back_to_back_calls_between_events(monkeypatch, capsys):
+    import reorder
+
+    import utility
+    torch = FakeCudaTorch()
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setattr(utility, "reorder_entry_point", lambda device: torch.kernel)
+    reorder.bench_cuda([("small", (2, 4, 3, 3), 2), ("big", (64, 256, 16, 16), 2)])
+    out = capsys.readouterr().out
+    # One synchronisation per timed batch, not per call.
+    assert torch.calls > 50 * torch.syncs
+    big = [line.split() for line in out.splitlines() if line.startswith("big")]
+    assert [row[3] for row in big] == ["float32", "float16", "float64"]
+    # 16 MiB of float32: copy 2 x 16 MiB / 2 TB/s = 16.8 us, the kernel twice that, 0.50x copy.
+    assert big[0][4:10] == ["16.0", "16.8", "33.6", "2000", "1000", "0.50"]
+    assert big[0][10] == "(short)"
+    assert "Tensors of at least 8 MB at >= 0.85x copy: 0 of 3; short: 64x256x16x16 g=2 float32" \
+        in out

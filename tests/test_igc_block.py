@@ -104,6 +104,22 @@ def test_the_avx2_and_portable_kernels_equal_the_stock_ops(ops, case, variable, 
     check_case(case)
 
 
+@pytest.mark.parametrize("variable", ["IGC_BLOCK_AVX2", "IGC_CONV_BASELINE"])
+@pytest.mark.parametrize("value", ["yes", "2", "true"])
+def test_a_switch_that_is_neither_0_nor_1_is_a_clear_error(ops, variable, value, monkeypatch):
+    """The switches' one rule: unset, empty or 0 is off, 1 is on, anything else is refused
+    (before, any value of IGC_BLOCK_AVX2, 0 included, meant on)."""
+    monkeypatch.setenv(variable, value)
+    case = CASES[0]
+    with pytest.raises(mx.base.MXNetError) as err:
+        run(block_symbol(case, False), block_arrays(case, False))
+    assert (f"IGCBlock: environment variable {variable}='{value}' must be 1 (on), 0 or empty "
+            "(off), or unset") in str(err.value)
+    for off in ("0", ""):
+        monkeypatch.setenv(variable, off)
+        check_case(case)
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_threads_split_images_and_bands(ops, threads):
     """Batch 1 on 3 threads splits an image into 3 bands of rows (uneven), batch 2 gives whole

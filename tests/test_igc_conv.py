@@ -98,6 +98,13 @@ def test_sse2_baseline_path_equals_convolution_plus_permutation(ops, case, monke
     check_against_reference(case)
 
 
+def test_baseline_switch_other_than_0_or_1_is_a_clear_error(ops, monkeypatch):
+    monkeypatch.setenv("IGC_CONV_BASELINE", "on")
+    with pytest.raises(mx.base.MXNetError, match="IGCConv: environment variable "
+                       "IGC_CONV_BASELINE='on' must be 1"):
+        check_against_reference(CASES[1])
+
+
 @pytest.mark.parametrize("interleave", [False, True])
 def test_numeric_gradient_matches_backward(ops, interleave):
     case = (2, 4, 6, 5, 6, 2, (3, 3), (2, 1), (1, 1), True, interleave, "float64")

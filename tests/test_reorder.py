@@ -139,6 +139,7 @@ def test_reorder_executor_matches_imperative_and_reshape_path(ops, shape, g):
     ({"branch_factor": -2}, (2, 6), "float32", "got '-2'"),
     ({"branch_factor": "2.5"}, (2, 6), "float32", "got '2.5'"),
     ({"branch_factor": "two"}, (2, 6), "float32", "got 'two'"),
+    ({"branch_factor": 2 ** 31}, (2, 6), "float32", "must be an integer >= 1, got '2147483648'"),
     ({"branch_factor": 4}, (2, 6, 3), "float32",
      "'branch_factor'=4 does not divide the channel count 6 of input shape (2, 6, 3)"),
     ({"branch_factor": 2}, (6,), "float32", "rank >= 2 with channels on axis 1, got shape (6,)"),

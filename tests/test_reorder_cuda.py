@@ -19,12 +19,15 @@ if not os.path.isfile(utility.DEFAULT_CUDA_KERNELS_LIB):
     pytest.skip("the CUDA kernels were not built (no nvcc when `make ops` ran)",
                 allow_module_level=True)
 
-SHAPES = [  # (shape, g): long rows, 7x7 rows, 1x1 rows, rank 2 and 5, odd sizes
+SHAPES = [  # (shape, g): long rows, 14x14, 7x7 and 1x1 rows, rank 2 and 5, odd sizes
     ((64, 48, 32, 32), 24),
     ((64, 96, 16, 16), 2),
     ((64, 192, 8, 8), 24),
+    ((8, 800, 14, 14), 400),
     ((32, 2048, 7, 7), 16),
     ((8, 1600, 7, 7), 800),
+    ((16, 960, 7, 7), 2),
+    ((3, 10, 11, 23), 5),
     ((16, 40, 1, 1), 8),
     ((7, 12), 4),
     ((3, 30, 3, 5), 5),

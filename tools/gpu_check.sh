@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Device check for a machine with an NVIDIA GPU (`make gpu-check`): builds the CUDA kernels for
 # the GPU present, runs the CUDA tests (the plain C entry point from PyTorch on any GPU; Reorder
-# and a GPU-built network through MXNet where mxnet-cu112 runs, sm_50-86) and the Reorder
-# bandwidth benchmark against a device-to-device copy, then prints one table of the steps and
-# the benchmark's own table. About two minutes; each step has a time limit, the whole stays
-# under five. Exits 2 at once, with one line, where there is no GPU or no nvcc; 1 when a step
-# failed or could not run.
+# and a GPU-built network through MXNet where mxnet-cu112 runs, sm_50-86), the C-entry-point
+# tests again under compute-sanitizer's memcheck where the tool exists (on PATH or beside nvcc),
+# and the Reorder bandwidth benchmark against a device-to-device copy, then prints one table of
+# the steps and the benchmark's own table. A few minutes; each step has a time limit. Exits 2
+# at once, with one line, where there is no GPU or no nvcc; 1 when a step failed or could not
+# run.
 #
 #   tools/gpu_check.sh
 #
@@ -92,7 +93,7 @@ step() {  # step NAME LIMIT_S LOG COMMAND...: runs it under a time limit, echoes
   return $rc
 }
 pytest_summary() {  # the counts of pytest's closing line, e.g. "34 passed, 1 skipped"
-  tail -n 1 "$1" | sed -e 's/^=* *//' -e 's/ in [0-9.]*s.*$//'
+  grep -E ' in [0-9.]+s' "$1" | tail -n 1 | sed -e 's/^=* *//' -e 's/ in [0-9.]*s.*$//'
 }
 passed_or_incomplete() {  # a GPU test skipped here is a check not made
   local summary
@@ -134,7 +135,27 @@ elif [ $built = 1 ]; then
   row "tests/test_reorder_cuda.py, C entry point (PyTorch)" "$result" "$STEP_SECONDS"
 fi
 
-# 3. Through MXNet: Reorder on mx.gpu() and a GPU-built network, where mxnet-cu112 can run.
+# 3. The same tests under compute-sanitizer's memcheck: out-of-bounds and misaligned accesses
+# that happen to leave the results right.
+sanitizer=$(command -v compute-sanitizer 2>/dev/null) \
+  || sanitizer=$(dirname "$(command -v nvcc)")/compute-sanitizer
+if [ -z "$PYTHON" ] || [ $built = 0 ]; then
+  :  # reported above
+elif [ ! -x "$sanitizer" ]; then
+  row "memcheck (compute-sanitizer)" "skipped: no compute-sanitizer on PATH or beside nvcc" 0
+else
+  if step memcheck 300 "$LOG_DIR/memcheck.log" "$sanitizer" --tool memcheck --error-exitcode 3 \
+      "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_reorder_cuda.py -k "not mxnet"; then
+    result=$(passed_or_incomplete "$LOG_DIR/memcheck.log")
+  else
+    result="FAILED: $(pytest_summary "$LOG_DIR/memcheck.log")"
+  fi
+  errors=$(grep -o 'ERROR SUMMARY: [0-9]* errors*' "$LOG_DIR/memcheck.log" | tail -n 1)
+  row "tests/test_reorder_cuda.py under memcheck" \
+    "$result; ${errors:-no ERROR SUMMARY (see the log)}" "$STEP_SECONDS"
+fi
+
+# 4. Through MXNet: Reorder on mx.gpu() and a GPU-built network, where mxnet-cu112 can run.
 mx_tests=(tests/test_reorder_cuda.py -k "mxnet or runs_there" tests/test_network_devices.py)
 if [ "$mxnet_dist" != mxnet-cu112 ]; then
   row "MXNet on the GPU" "skipped: no mxnet-cu112 in $VENV (make venv CUDA=112)" 0
@@ -151,9 +172,9 @@ elif [ $built = 1 ]; then
   row "Reorder and plain_igc through MXNet ($mxnet_dist)" "$result" "$STEP_SECONDS"
 fi
 
-# 4. Reorder bandwidth against a device-to-device copy of the same bytes.
+# 5. Reorder bandwidth against a device-to-device copy of the same bytes.
 if [ -n "$PYTHON" ] && [ $built = 1 ]; then
-  if step bench 150 "$LOG_DIR/bench.log" "$PYTHON" "$REORDER_BENCH" --cuda; then
+  if step bench 240 "$LOG_DIR/bench.log" "$PYTHON" "$REORDER_BENCH" --cuda; then
     row "$REORDER_BENCH --cuda" "ok (table below)" "$STEP_SECONDS"
   else
     row "$REORDER_BENCH --cuda" "FAILED: $(tail -n 1 "$LOG_DIR/bench.log")" "$STEP_SECONDS"

@@ -5,11 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 
 #include "batch_norm.h"
-#include "reorder.h"
+#include "common.h"
 
 namespace igc {
 namespace {
@@ -169,15 +168,15 @@ int64_t block_channels(int64_t channels, int64_t inner, int threads) {
 }
 
 // Each block kernel compiled twice, for AVX2+FMA (picked at run time by use_avx2_kernels, see
-// reorder.h) and for SSE2; the OpenMP loops call them through a pointer (an outlined parallel
+// common.h) and for SSE2; the OpenMP loops call them through a pointer (an outlined parallel
 // region would not inherit a target attribute).
 template <typename T>
 void moments_sse2(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1, T* summary) {
   moments_block(ch, x, c0, c1, summary);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void moments_avx2(const Channel<T>& ch, const T* x,
-                                                      int64_t c0, int64_t c1, T* summary) {
+IGC_TARGET_AVX2 void moments_avx2(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1,
+                                  T* summary) {
   moments_block(ch, x, c0, c1, summary);
 }
 template <typename T, int kAct>
@@ -186,10 +185,8 @@ void forward_sse2(const Channel<T>& ch, const T* x, const T* gamma, const T* bet
   forward_block<T, kAct>(ch, x, gamma, beta, mean, invstd, c0, c1, y);
 }
 template <typename T, int kAct>
-__attribute__((target("avx2,fma"))) void forward_avx2(const Channel<T>& ch, const T* x,
-                                                      const T* gamma, const T* beta,
-                                                      const T* mean, const T* invstd, int64_t c0,
-                                                      int64_t c1, T* y) {
+IGC_TARGET_AVX2 void forward_avx2(const Channel<T>& ch, const T* x, const T* gamma, const T* beta,
+                                  const T* mean, const T* invstd, int64_t c0, int64_t c1, T* y) {
   forward_block<T, kAct>(ch, x, gamma, beta, mean, invstd, c0, c1, y);
 }
 template <typename T, int kAct>
@@ -199,11 +196,9 @@ void backward_sse2(const Channel<T>& ch, const T* dy, const T* x, const T* gamma
   backward_block<T, kAct>(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta);
 }
 template <typename T, int kAct>
-__attribute__((target("avx2,fma"))) void backward_avx2(const Channel<T>& ch, const T* dy,
-                                                       const T* x, const T* gamma,
-                                                       const T* beta, const T* mean,
-                                                       const T* invstd, int64_t c0, int64_t c1,
-                                                       T* dx, T* dgamma, T* dbeta) {
+IGC_TARGET_AVX2 void backward_avx2(const Channel<T>& ch, const T* dy, const T* x, const T* gamma,
+                                   const T* beta, const T* mean, const T* invstd, int64_t c0,
+                                   int64_t c1, T* dx, T* dgamma, T* dbeta) {
   backward_block<T, kAct>(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta);
 }
 
@@ -298,16 +293,16 @@ void backward_any(const void* dy, const void* x, const void* g, const void* b, c
 
 void bn_moments_cpu(int dtype, const void* x, int64_t outer, int64_t channels, int64_t inner,
                     void* summary) {
-  if (dtype == kIgcFloat32) moments_any<float>(x, outer, channels, inner, summary);
-  if (dtype == kIgcFloat64) moments_any<double>(x, outer, channels, inner, summary);
+  if (dtype == kFloat32) moments_any<float>(x, outer, channels, inner, summary);
+  if (dtype == kFloat64) moments_any<double>(x, outer, channels, inner, summary);
 }
 
 void bn_apply_forward_cpu(int dtype, const void* x, const void* gamma, const void* beta,
                           const void* mean, const void* invstd, void* y, int64_t outer,
                           int64_t channels, int64_t inner, int act) {
-  if (dtype == kIgcFloat32) {
+  if (dtype == kFloat32) {
     forward_any<float>(x, gamma, beta, mean, invstd, y, outer, channels, inner, act);
-  } else if (dtype == kIgcFloat64) {
+  } else if (dtype == kFloat64) {
     forward_any<double>(x, gamma, beta, mean, invstd, y, outer, channels, inner, act);
   }
 }
@@ -316,10 +311,10 @@ void bn_apply_backward_cpu(int dtype, const void* y_grad, const void* x, const v
                            const void* beta, const void* mean, const void* invstd,
                            void* data_grad, void* gamma_grad, void* beta_grad, int64_t outer,
                            int64_t channels, int64_t inner, int act) {
-  if (dtype == kIgcFloat32) {
+  if (dtype == kFloat32) {
     backward_any<float>(y_grad, x, gamma, beta, mean, invstd, data_grad, gamma_grad, beta_grad,
                         outer, channels, inner, act);
-  } else if (dtype == kIgcFloat64) {
+  } else if (dtype == kFloat64) {
     backward_any<double>(y_grad, x, gamma, beta, mean, invstd, data_grad, gamma_grad, beta_grad,
                          outer, channels, inner, act);
   }

@@ -15,6 +15,14 @@
 
 namespace {
 
+using igc::Attrs;
+using igc::Shape;
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+using mxnet::ext::OpResource;
+
 const char kMoments[] = "BatchNormMoments";
 const char kApply[] = "BatchNormApply";
 
@@ -53,7 +61,7 @@ void split_shape(const std::vector<int64_t>& shape, int64_t* outer, int64_t* cha
 
 bool check_cpu_float(const char* op, const MXTensor& t) {
   const int dtype = t.dtype;
-  if (dtype != kIgcFloat32 && dtype != kIgcFloat64) {
+  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
     IGC_ERROR << op << ": unsupported dtype " << igc::dtype_name(dtype)
               << "; supported: float32, float64";
     return false;
@@ -74,7 +82,7 @@ MXReturnValue same_float_types(const char* op, std::vector<int>* in_types,
   if (in_types->at(0) != -1) dtype = in_types->at(0);
   if (dtype == -1) dtype = out_types->at(0);
   if (dtype == -1) return MX_SUCCESS;
-  if (dtype != kIgcFloat32 && dtype != kIgcFloat64) {
+  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
     IGC_ERROR << op << ": unsupported dtype " << igc::dtype_name(dtype)
               << "; supported: float32, float64";
     return MX_FAIL;
@@ -114,6 +122,7 @@ MXReturnValue moments_shape(const Attrs&, std::vector<Shape>* in_shapes,
 MXReturnValue moments_forward(const Attrs&, std::vector<MXTensor>* inputs,
                               std::vector<MXTensor>* outputs, const OpResource&) {
   const MXTensor& x = inputs->at(0);
+  if (!igc::check_env_switches(kMoments)) return MX_FAIL;
   if (!check_cpu_float(kMoments, x)) return MX_FAIL;
   if (x.shape.size() < 2 || outputs->at(0).size() != 2 * x.shape[1]) {
     IGC_ERROR << kMoments << ": output must hold 2 x channels values";
@@ -178,6 +187,7 @@ bool check_apply_tensors(const std::vector<MXTensor>& t, size_t first) {
 MXReturnValue apply_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                             std::vector<MXTensor>* outputs, const OpResource&) {
   int act;
+  if (!igc::check_env_switches(kApply)) return MX_FAIL;
   if (!parse_act(attrs, &act) || !check_apply_tensors(*inputs, 0)) return MX_FAIL;
   const std::vector<MXTensor>& in = *inputs;
   int64_t outer, channels, inner;
@@ -193,6 +203,7 @@ MXReturnValue apply_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
 MXReturnValue apply_backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                              std::vector<MXTensor>* outputs, const OpResource&) {
   int act;
+  if (!igc::check_env_switches(kApply)) return MX_FAIL;
   if (!parse_act(attrs, &act) || !check_apply_tensors(*inputs, 1)) return MX_FAIL;
   const std::vector<MXTensor>& in = *inputs;
   std::vector<MXTensor>& out = *outputs;

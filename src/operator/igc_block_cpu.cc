@@ -13,17 +13,13 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <strings.h>
 
 #include "igc_block.h"
-#include "reorder.h"
+#include "common.h"
 
 namespace igc {
 namespace {
-
-#define IGC_AVX2 __attribute__((target("avx2,fma")))
 
 // The e + d buffers of one thread stay about this size (well inside a 1 MB L2 cache).
 constexpr int64_t kBandBytes = 384 * 1024;
@@ -77,7 +73,7 @@ void gemm_portable(const Gemm& g) {
   }
 }
 
-IGC_AVX2 inline __m256i tail_mask(int64_t count) {
+IGC_TARGET_AVX2 inline __m256i tail_mask(int64_t count) {
   const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
 }
@@ -85,8 +81,8 @@ IGC_AVX2 inline __m256i tail_mask(int64_t count) {
 // kRows x 16 block at (m0, n0): MR rows (MR <= kRows), all 16 columns unless kTail (then the
 // masks say which columns exist).
 template <int MR, bool kTail>
-IGC_AVX2 inline void block_avx2(const Gemm& g, int64_t m0, int64_t n0, __m256i mask0,
-                                __m256i mask1) {
+IGC_TARGET_AVX2 inline void block_avx2(const Gemm& g, int64_t m0, int64_t n0, __m256i mask0,
+                                       __m256i mask1) {
   __m256 acc0[MR], acc1[MR];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm256_set1_ps(g.bias[m0 + i]);
@@ -128,8 +124,8 @@ IGC_AVX2 inline void block_avx2(const Gemm& g, int64_t m0, int64_t n0, __m256i m
 }
 
 template <bool kTail>
-IGC_AVX2 inline void rows_avx2(const Gemm& g, int64_t m0, int64_t rows, int64_t n0,
-                               __m256i mask0, __m256i mask1) {
+IGC_TARGET_AVX2 inline void rows_avx2(const Gemm& g, int64_t m0, int64_t rows, int64_t n0,
+                                      __m256i mask0, __m256i mask1) {
   switch (rows) {
     case 6: block_avx2<6, kTail>(g, m0, n0, mask0, mask1); break;
     case 5: block_avx2<5, kTail>(g, m0, n0, mask0, mask1); break;
@@ -140,7 +136,7 @@ IGC_AVX2 inline void rows_avx2(const Gemm& g, int64_t m0, int64_t rows, int64_t 
   }
 }
 
-IGC_AVX2 void gemm_avx2(const Gemm& g) {
+IGC_TARGET_AVX2 void gemm_avx2(const Gemm& g) {
   const int64_t panel = panel_columns(g.K, g.N, kCols);
   const __m256i all = _mm256_set1_epi32(-1);
   for (int64_t p0 = 0; p0 < g.N; p0 += panel) {
@@ -161,17 +157,16 @@ IGC_AVX2 void gemm_avx2(const Gemm& g) {
 }
 
 // AVX-512F: 8 x 32 register blocks; masked loads and stores are cheap here, so tails use them.
-#define IGC_AVX512 __attribute__((target("avx512f,avx2,fma")))
 constexpr int kRows512 = 8, kCols512 = 32;
 
-IGC_AVX512 inline __mmask16 mask16(int64_t count) {
+IGC_TARGET_AVX512 inline __mmask16 mask16(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0)
                                                       : __mmask16((1u << count) - 1);
 }
 
 template <int MR>
-IGC_AVX512 inline void block_avx512(const Gemm& g, int64_t m0, int64_t n0, __mmask16 k0,
-                                    __mmask16 k1) {
+IGC_TARGET_AVX512 inline void block_avx512(const Gemm& g, int64_t m0, int64_t n0, __mmask16 k0,
+                                           __mmask16 k1) {
   __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm512_set1_ps(g.bias[m0 + i]);
@@ -206,7 +201,7 @@ IGC_AVX512 inline void block_avx512(const Gemm& g, int64_t m0, int64_t n0, __mma
   }
 }
 
-IGC_AVX512 void gemm_avx512(const Gemm& g) {
+IGC_TARGET_AVX512 void gemm_avx512(const Gemm& g) {
   const int64_t panel = panel_columns(g.K, g.N, kCols512);
   for (int64_t p0 = 0; p0 < g.N; p0 += panel) {
     const int64_t p1 = std::min(g.N, p0 + panel);
@@ -271,17 +266,17 @@ void depthwise_portable(int stride, const float* e, int64_t W, int64_t Wout, int
   else depthwise_plane<2>(e, W, Wout, rows, w, bias, d);
 }
 
-IGC_AVX2 inline __m256 clamp6(__m256 v) {
+IGC_TARGET_AVX2 inline __m256 clamp6(__m256 v) {
   return _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
 }
 
-IGC_AVX2 inline __m256 load8(const float* p, bool tail, __m256i mask) {
+IGC_TARGET_AVX2 inline __m256 load8(const float* p, bool tail, __m256i mask) {
   return tail ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);
 }
 
 // Even and odd elements of p[0..16): evens = p[0], p[2], ..., odds = p[1], p[3], ...
-IGC_AVX2 inline void deinterleave(const float* p, bool tail, __m256i mask0, __m256i mask1,
-                                  __m256* evens, __m256* odds) {
+IGC_TARGET_AVX2 inline void deinterleave(const float* p, bool tail, __m256i mask0, __m256i mask1,
+                                         __m256* evens, __m256* odds) {
   const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
   const __m256 a = _mm256_permutevar8x32_ps(load8(p, tail, mask0), order);
   const __m256 b = _mm256_permutevar8x32_ps(load8(p + 8, tail, mask1), order);
@@ -292,18 +287,18 @@ IGC_AVX2 inline void deinterleave(const float* p, bool tail, __m256i mask0, __m2
 // 8 outputs at q: the three column taps summed separately; the left (kx = 0) and right (kx = 2)
 // sums are and-ed with the edge masks (all bits zero where the tap lies in the padding), which
 // also drops whatever non-finite values the neighbouring memory holds.
-IGC_AVX2 inline __m256 dw_combine(__m256 left, __m256 middle, __m256 right,
-                                  const float* masks_left, const float* masks_right, bool tail,
-                                  __m256i mask) {
+IGC_TARGET_AVX2 inline __m256 dw_combine(__m256 left, __m256 middle, __m256 right,
+                                         const float* masks_left, const float* masks_right,
+                                         bool tail, __m256i mask) {
   left = _mm256_and_ps(left, load8(masks_left, tail, mask));
   right = _mm256_and_ps(right, load8(masks_right, tail, mask));
   return clamp6(_mm256_add_ps(_mm256_add_ps(left, middle), right));
 }
 
 // Stride 1: the band's rows x W outputs are one run; output q reads e[q + ky * W + kx - 1].
-IGC_AVX2 inline void dw_s1_at(const float* e, int64_t W, const __m256* w, __m256 bias,
-                              const float* masks, int64_t count, int64_t q, bool tail,
-                              __m256i mask, float* d) {
+IGC_TARGET_AVX2 inline void dw_s1_at(const float* e, int64_t W, const __m256* w, __m256 bias,
+                                     const float* masks, int64_t count, int64_t q, bool tail,
+                                     __m256i mask, float* d) {
   __m256 s0 = _mm256_setzero_ps(), s1 = bias, s2 = _mm256_setzero_ps();
 #pragma GCC unroll 3
   for (int ky = 0; ky < 3; ++ky) {
@@ -318,9 +313,9 @@ IGC_AVX2 inline void dw_s1_at(const float* e, int64_t W, const __m256* w, __m256
 }
 
 // Stride 2, outputs [x, x + 8) of one row: taps at 2x - 1, 2x, 2x + 1.
-IGC_AVX2 inline void dw_s2_at(const float* e, int64_t W, const __m256* w, __m256 bias,
-                              const float* masks, int64_t Wout, int64_t x, int64_t n,
-                              float* d) {
+IGC_TARGET_AVX2 inline void dw_s2_at(const float* e, int64_t W, const __m256* w, __m256 bias,
+                                     const float* masks, int64_t Wout, int64_t x, int64_t n,
+                                     float* d) {
   const bool tail = n < 8;
   const __m256i all = _mm256_set1_epi32(-1);
   const __m256i m0 = tail ? tail_mask(2 * n) : all, m1 = tail ? tail_mask(2 * n - 8) : all;
@@ -343,8 +338,9 @@ IGC_AVX2 inline void dw_s2_at(const float* e, int64_t W, const __m256* w, __m256
 }
 
 // `masks`: see edge_masks. Reads up to 16 floats before and after the plane's rows in use.
-IGC_AVX2 void depthwise_avx2(int stride, const float* e, int64_t W, int64_t Wout, int64_t rows,
-                             const float* w, float bias, float* d, const float* masks) {
+IGC_TARGET_AVX2 void depthwise_avx2(int stride, const float* e, int64_t W, int64_t Wout,
+                                    int64_t rows, const float* w, float bias, float* d,
+                                    const float* masks) {
   __m256 wv[9];
   for (int i = 0; i < 9; ++i) wv[i] = _mm256_set1_ps(w[i]);
   const __m256 bv = _mm256_set1_ps(bias);
@@ -393,18 +389,9 @@ struct Kernels {
                     const float*);
 };
 
-// AVX-512 unless IGC_BLOCK_AVX2 is set or DNNL_MAX_CPU_ISA caps oneDNN below AVX-512 (then the
-// plugin runs as it would on an AVX2 machine too).
-bool allow_avx512() {
-  if (!__builtin_cpu_supports("avx512f") || std::getenv("IGC_BLOCK_AVX2")) return false;
-  const char* cap = std::getenv("DNNL_MAX_CPU_ISA");
-  return !cap || cap[0] == '\0' || strncasecmp(cap, "avx512", 6) == 0 ||
-         strncasecmp(cap, "amx", 3) == 0 || strcasecmp(cap, "all") == 0;
-}
-
 Kernels pick_kernels() {
   if (!use_avx2_kernels()) return {gemm_portable, depthwise_portable};
-  return {allow_avx512() ? gemm_avx512 : gemm_avx2, depthwise_avx2};
+  return {use_avx512_kernels() ? gemm_avx512 : gemm_avx2, depthwise_avx2};
 }
 
 // How a call is cut into work: bands of `band_rows` output rows; each work item is one image's
@@ -458,9 +445,9 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
   const float* x_image = x + image * g.in_channels * H * W;
   float* y_image = y + image * g.out_channels * Hout * Wout;
   // Expansion filter (the plane of `e`) that the permutation puts at position `pos`.
-  auto plane_at = [&](int64_t pos) { return g.interleave ? (pos % G) * k + pos / G : pos; };
+  auto plane_at = [&](int64_t pos) { return g.interleave ? reorder_source(pos, E, G) : pos; };
   // Position of expansion filter `f` after the permutation (its depthwise filter).
-  auto position_of = [&](int64_t f) { return g.interleave ? (f % k) * G + f / k : f; };
+  auto position_of = [&](int64_t f) { return g.interleave ? reorder_source(f, E, k) : f; };
 
   int64_t have_first = 0, have_count = 0;  // input rows held in e: [have_first, +have_count)
   for (int64_t o0 = row_begin; o0 < row_end; o0 += p.band_rows) {

@@ -17,6 +17,14 @@
 
 namespace {
 
+using igc::Attrs;
+using igc::Shape;
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+using mxnet::ext::OpResource;
+
 const char kOp[] = "IGCBlock";
 const char* const kInputs[] = {"data",    "exp_weight", "exp_bias",  "dw_weight",
                                "dw_bias", "lin_weight", "lin_bias"};
@@ -78,14 +86,14 @@ MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
 MXReturnValue infer_type(const Attrs&, std::vector<int>* in_types, std::vector<int>* out_types) {
   for (size_t i = 0; i < in_types->size(); ++i) {
     const int t = in_types->at(i);
-    if (t != -1 && t != kIgcFloat32) {
+    if (t != -1 && t != igc::kFloat32) {
       IGC_ERROR << kOp << ": input '" << kInputs[i] << "' is " << igc::dtype_name(t)
                 << "; only float32 is supported";
       return MX_FAIL;
     }
-    in_types->at(i) = kIgcFloat32;
+    in_types->at(i) = igc::kFloat32;
   }
-  out_types->at(0) = kIgcFloat32;
+  out_types->at(0) = igc::kFloat32;
   return MX_SUCCESS;
 }
 
@@ -125,10 +133,11 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   Params p;
+  if (!igc::check_env_switches(kOp)) return MX_FAIL;
   if (!parse_params(attrs, &p)) return MX_FAIL;
   const std::vector<MXTensor>& in = *inputs;
   for (int i = 0; i < kNumInputs; ++i) {
-    if (static_cast<int>(in[i].dtype) != kIgcFloat32 || in[i].ctx.dev_type != "cpu") {
+    if (static_cast<int>(in[i].dtype) != igc::kFloat32 || in[i].ctx.dev_type != "cpu") {
       IGC_ERROR << kOp << ": input '" << kInputs[i] << "' must be float32 on the CPU (the op "
                 << "has only a CPU float32 kernel), got " << igc::dtype_name(in[i].dtype)
                 << " on " << in[i].ctx.dev_type;

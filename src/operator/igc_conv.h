@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "common.h"
+
 namespace igc {
 
 struct ConvGeometry {
@@ -25,12 +27,11 @@ struct ConvGeometry {
 // Stored output channel of logical output `filter` (also where its gradient is read).
 inline int64_t conv_output_channel(const ConvGeometry& g, int64_t filter) {
   if (!g.interleave) return filter;
-  const int64_t per_group = g.filters / g.groups;
-  return (filter % per_group) * g.groups + filter / per_group;
+  return reorder_source(filter, g.filters, g.filters / g.groups);  // Reorder(G)'s inverse
 }
 
 // Bytes of temporary memory `conv_forward_cpu` / `conv_backward_cpu` need for `dtype`
-// (kIgcFloat32 or kIgcFloat64) on the threads they will use; 0 for an unsupported dtype.
+// (kFloat32 or kFloat64) on the threads they will use; 0 for an unsupported dtype.
 int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype);
 int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype);
 

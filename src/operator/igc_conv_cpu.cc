@@ -8,11 +8,10 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 
 #include "igc_conv.h"
-#include "reorder.h"
+#include "common.h"
 
 namespace igc {
 namespace {
@@ -413,7 +412,7 @@ void forward_item_sse2(const Args<T>& a, int64_t item, T* p) {
   forward_item<T, 16>(a, item, p);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void forward_item_avx2(const Args<T>& a, int64_t item, T* p) {
+IGC_TARGET_AVX2 void forward_item_avx2(const Args<T>& a, int64_t item, T* p) {
   forward_item<T, 32>(a, item, p);
 }
 template <typename T>
@@ -421,8 +420,8 @@ void backward_item_sse2(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* par
   backward_item<T, 16>(a, item, p, d, e, partial);
 }
 template <typename T>
-__attribute__((target("avx2,fma"))) void backward_item_avx2(const Args<T>& a, int64_t item, T* p,
-                                                            T* d, T* e, T* partial) {
+IGC_TARGET_AVX2 void backward_item_avx2(const Args<T>& a, int64_t item, T* p, T* d, T* e,
+                                        T* partial) {
   backward_item<T, 32>(a, item, p, d, e, partial);
 }
 
@@ -588,25 +587,25 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
 }  // namespace
 
 int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype) {
-  if (dtype == kIgcFloat32) return workspace_layout<float>(g, false, use_avx2_kernels()).total;
-  if (dtype == kIgcFloat64) return workspace_layout<double>(g, false, use_avx2_kernels()).total;
+  if (dtype == kFloat32) return workspace_layout<float>(g, false, use_avx2_kernels()).total;
+  if (dtype == kFloat64) return workspace_layout<double>(g, false, use_avx2_kernels()).total;
   return 0;
 }
 
 int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype) {
-  if (dtype == kIgcFloat32) return workspace_layout<float>(g, true, use_avx2_kernels()).total;
-  if (dtype == kIgcFloat64) return workspace_layout<double>(g, true, use_avx2_kernels()).total;
+  if (dtype == kFloat32) return workspace_layout<float>(g, true, use_avx2_kernels()).total;
+  if (dtype == kFloat64) return workspace_layout<double>(g, true, use_avx2_kernels()).total;
   return 0;
 }
 
 void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const void* weight,
                       const void* bias, void* out, void* workspace, int64_t workspace_bytes) {
   char* ws = static_cast<char*>(workspace);
-  if (dtype == kIgcFloat32) {
+  if (dtype == kFloat32) {
     forward(g, static_cast<const float*>(data), static_cast<const float*>(weight),
             static_cast<const float*>(bias), static_cast<float*>(out), ws,
             workspace_bytes);
-  } else if (dtype == kIgcFloat64) {
+  } else if (dtype == kFloat64) {
     forward(g, static_cast<const double*>(data), static_cast<const double*>(weight),
             static_cast<const double*>(bias), static_cast<double*>(out), ws,
             workspace_bytes);
@@ -617,12 +616,12 @@ void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, c
                        const void* weight, void* data_grad, void* weight_grad, void* bias_grad,
                        void* workspace, int64_t workspace_bytes) {
   char* ws = static_cast<char*>(workspace);
-  if (dtype == kIgcFloat32) {
+  if (dtype == kFloat32) {
     backward(g, static_cast<const float*>(out_grad), static_cast<const float*>(data),
              static_cast<const float*>(weight), static_cast<float*>(data_grad),
              static_cast<float*>(weight_grad), static_cast<float*>(bias_grad), ws,
              workspace_bytes);
-  } else if (dtype == kIgcFloat64) {
+  } else if (dtype == kFloat64) {
     backward(g, static_cast<const double*>(out_grad), static_cast<const double*>(data),
              static_cast<const double*>(weight), static_cast<double*>(data_grad),
              static_cast<double*>(weight_grad), static_cast<double*>(bias_grad), ws,

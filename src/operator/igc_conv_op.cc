@@ -14,6 +14,14 @@
 
 namespace {
 
+using igc::Attrs;
+using igc::Shape;
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+using mxnet::ext::OpResource;
+
 const char kOp[] = "IGCConv";
 
 struct Params {
@@ -121,7 +129,7 @@ MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
   }
   if (in_types->at(0) != -1) dtype = in_types->at(0);
   if (dtype == -1) return MX_SUCCESS;
-  if (dtype != kIgcFloat32 && dtype != kIgcFloat64) {
+  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
     IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(dtype)
               << "; supported: float32, float64";
     return MX_FAIL;
@@ -202,7 +210,7 @@ bool geometry(const Attrs& attrs, const MXTensor& data, const MXTensor& weight,
     return false;
   }
   const int dtype = data.dtype;
-  if (dtype != kIgcFloat32 && dtype != kIgcFloat64) {
+  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
     IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(data.dtype)
               << "; supported: float32, float64";
     return false;
@@ -232,6 +240,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   igc::ConvGeometry g;
   Params p;
+  if (!igc::check_env_switches(kOp)) return MX_FAIL;
   if (!geometry(attrs, inputs->at(0), inputs->at(1), &g, &p)) return MX_FAIL;
   const int dtype = inputs->at(0).dtype;
   const int64_t bytes = igc::conv_forward_workspace_bytes(g, dtype);
@@ -248,6 +257,7 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                        std::vector<MXTensor>* outputs, const OpResource& res) {
   igc::ConvGeometry g;
   Params p;
+  if (!igc::check_env_switches(kOp)) return MX_FAIL;
   if (!geometry(attrs, inputs->at(1), inputs->at(2), &g, &p)) return MX_FAIL;
   const int dtype = inputs->at(1).dtype;
   const int64_t bytes = igc::conv_backward_workspace_bytes(g, dtype);

@@ -1,5 +1,5 @@
 // Helpers shared by the lib_api registration files: attribute parsing and error messages.
-// Only registration files include this (it depends on lib_api.h's error list).
+// Only registration files include this (it depends on lib_api.h).
 #ifndef IGC_OPERATOR_OP_COMMON_H_
 #define IGC_OPERATOR_OP_COMMON_H_
 
@@ -15,23 +15,18 @@
 #include <unordered_map>
 #include <vector>
 
-#include "reorder.h"
-
-// What every registration file (only they include this header) takes from lib_api, and the
-// attribute and shape types they use.
-using mxnet::ext::MXReturnValue;
-using mxnet::ext::MXTensor;
-using mxnet::ext::OpResource;
-using mxnet::ext::MX_FAIL;
-using mxnet::ext::MX_SUCCESS;
-using Attrs = std::unordered_map<std::string, std::string>;
-using Shape = std::vector<unsigned int>;
+#include "common.h"
 
 namespace igc {
 
-// Starts a new error message, dropping those of earlier failed calls (see plugin.cc).
-std::ostream& fresh_error(const char* file, int line);
-#define IGC_ERROR ::igc::fresh_error(__FILE_NAME__, __LINE__)
+// The attribute and shape types of lib_api's callbacks.
+using Attrs = std::unordered_map<std::string, std::string>;
+using Shape = std::vector<unsigned int>;
+
+// Starts the error message of this call in lib_api's error list, replacing the previous one
+// (see plugin.cc).
+std::ostream& error_message(const char* file, int line);
+#define IGC_ERROR ::igc::error_message(__FILE_NAME__, __LINE__)
 
 // Whole-string integer parse: "3", " 3 " and "+3" are accepted, "3.5", "3x" and "" are not.
 inline bool parse_int(const std::string& text, int64_t* value) {
@@ -82,7 +77,7 @@ inline bool parse_bool_attr(const char* op, const Attrs& attrs, const char* name
 
 // Rejects misspelled attributes instead of silently ignoring them. MXNet's own keys
 // ("__...__") pass through.
-inline bool check_known_attrs(const char* op, const std::unordered_map<std::string, std::string>& attrs,
+inline bool check_known_attrs(const char* op, const Attrs& attrs,
                               std::initializer_list<const char*> known) {
   for (const auto& kv : attrs) {
     if (kv.first.size() >= 2 && kv.first.compare(0, 2, "__") == 0) continue;
@@ -97,6 +92,16 @@ inline bool check_known_attrs(const char* op, const std::unordered_map<std::stri
     }
   }
   return true;
+}
+
+// Refuses to run a CPU kernel while one of its environment switches (common.h) is set to a value
+// that means neither on nor off.
+inline bool check_env_switches(const char* op) {
+  const char* name = bad_env_switch();
+  if (name == nullptr) return true;
+  IGC_ERROR << op << ": environment variable " << name << "='" << std::getenv(name)
+            << "' must be 1 (on), 0 or empty (off), or unset";
+  return false;
 }
 
 inline const char* dtype_name(int dtype) {

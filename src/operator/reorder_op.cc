@@ -10,24 +10,19 @@
 #include "op_common.h"
 #include "reorder.h"
 
-using mxnet::ext::MXContext;
-
 namespace {
+
+using igc::Attrs;
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::MX_FAIL;
+using mxnet::ext::MX_SUCCESS;
+using mxnet::ext::OpResource;
 
 const char kOp[] = "Reorder";
 
 bool parse_branch_factor(const Attrs& attrs, int64_t* groups) {
-  const auto it = attrs.find("branch_factor");
-  if (it == attrs.end()) {
-    IGC_ERROR << kOp << ": required attribute 'branch_factor' is missing";
-    return false;
-  }
-  if (!igc::parse_int(it->second, groups) || *groups < 1) {
-    IGC_ERROR << kOp << ": attribute 'branch_factor' must be an integer >= 1, got '"
-                 << it->second << "'";
-    return false;
-  }
-  return true;
+  return igc::parse_count_attr(kOp, attrs, "branch_factor", true, groups);
 }
 
 MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {

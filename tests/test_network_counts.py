@@ -106,7 +106,7 @@ def test_igcv3_cifar_depth_variants_hit_the_readme_sizes(depth_multiplier, milli
 def test_width_multiplier_rounds_every_width_once_to_an_even_number():
     rows = network.get_plan("igcv3", width_multiplier=0.7)
     # 32*.7=22.4 -> 22; 16*.7=11.2 -> 12; 24*.7=16.8 -> 16; 96*.7=67.2 -> 68; 1280*.7 = 896.
-    assert [r["width"] for r in rows] == [22, 12, 16, 22, 44, 68, 112, 224, 896]
+    assert [r.width for r in rows] == [22, 12, 16, 22, 44, 68, 112, 224, 896]
     symbol = network.get_symbol("igcv3", 1000, width_multiplier=0.7, permutation="reshape")
     shapes = dict(zip(symbol.list_arguments(), symbol.infer_shape(data=IMAGENET)[0]))
     # Expansion of seq-1 is 6 x the scaled 12 channels (not scaled a second time).

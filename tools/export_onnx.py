@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mxnet as mx  # noqa: E402
 
 import training  # noqa: E402
+import utility  # noqa: E402
 from network.graph.onnx import to_onnx  # noqa: E402
 from training.checkpoint import write_bytes_atomically  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
@@ -60,6 +61,7 @@ def check_output(path):
 
 
 def main(argv=None):
+    utility.setup_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,5 +1,6 @@
-"""Parameter and multiply-add counts against SPEC.md §3-§5 (the authors' tool, the released
-graphs and the papers), for our builders and for the released graphs themselves."""
+"""Parameter and multiply-add counts against the authors' figures (the IGCV1 counting tool of
+hellozting/InterleavedGroupConvolutions, the released graphs, the IGCV1/IGCV3 papers; the table
+in docs/zoo.md), for our builders and for the released graphs themselves."""
 import os
 
 import mxnet as mx
@@ -12,7 +13,7 @@ from network.released import RELEASED_CHECKPOINTS
 CIFAR = (1, 3, 32, 32)
 IMAGENET = (1, 3, 224, 224)
 
-# SPEC §3 (10 classes).
+# The IGCV1 authors' counting tool (10 classes).
 CIFAR_PARAMS = [
     ("plain_igc", dict(depth=38, primary_partition=24, secondary_partition=2), 317_242),
     ("plain", dict(depth=8, width=16), 75_290),

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import network
+import reference
+from network.graph import permutation_source
 from network.released import RELEASED_CHECKPOINTS
 from network.resnet import IGC_IMAGENET_VARIANTS
 
@@ -127,3 +129,12 @@ def test_a_released_graph_folds_across_its_permutations_too(released_symbols_dir
     assert ops_after.count("BatchNorm") == (0 if fold else 21)
     assert ops_after.count("Reorder") == 32
     np.testing.assert_allclose(_predict(*opt, data), want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("channels,groups", [(12, 3), (12, 4), (8, 1), (8, 8), (200, 100)])
+def test_permutation_source_is_reorder_and_its_inverse_is_reorder_of_c_over_g(channels, groups):
+    x = np.random.default_rng(channels + groups).standard_normal((2, channels, 3))
+    src = permutation_source(channels, groups)
+    np.testing.assert_array_equal(x[:, src], reference.reorder(x, groups))
+    np.testing.assert_array_equal(x[:, src][:, permutation_source(channels, channels // groups)],
+                                  x)

@@ -21,7 +21,7 @@ _ACT = {"relu": ("Activation", {"act_type": "relu"}), "relu6": ("clip", {"a_min"
 
 
 def batchnorm_sites(graph):
-    """{output node id: site} for every BatchNorm; a site names the normalised input node, the
+    """{output node id: site} for every BatchNorm; a site names the normalised input entry, the
     BatchNorm node with the parameters, the fused activation and the nodes that disappear."""
     sites = {}
     for i, node in enumerate(graph.nodes):
@@ -30,10 +30,10 @@ def batchnorm_sites(graph):
             stats_id = mean_entry[0]
             stop_id = graph.nodes[stats_id]["inputs"][0][0]
             act = graph.attrs(i).get("act", "none")
-            sites[i] = dict(x=x[0], bn=stats_id, act=None if act == "none" else act,
+            sites[i] = dict(x=tuple(x[:2]), bn=stats_id, act=None if act == "none" else act,
                             gone={stats_id, stop_id, graph.nodes[stop_id]["inputs"][0][0]})
         elif node["op"] == "BatchNorm" and graph.op(node["inputs"][0][0]) != "BlockGrad":
-            sites[i] = dict(x=node["inputs"][0][0], bn=i, act=None, gone=set())
+            sites[i] = dict(x=tuple(node["inputs"][0][:2]), bn=i, act=None, gone=set())
     return sites
 
 
@@ -77,7 +77,7 @@ def fold_batchnorms(graph, params, fold=True):
     gone, folded, new_args = set(), {}, {}  # folded: conv node id -> (scale, shift)
     for out_id, site in sites.items():
         gone |= site["gone"]
-        target = fold and fold_target(graph, site["x"], out_id)
+        target = fold and site["x"][1] == 0 and fold_target(graph, site["x"][0], out_id)
         if target:
             conv, order = target
             folded[conv] = tuple(_by_filter(v, order)
@@ -121,7 +121,7 @@ def _folded_conv(graph, i, node, entry, params, scale, shift, new_args):
 
 
 def _inference_batchnorm(graph, site, node, entry):
-    out = entry((site["x"], 0))
+    out = entry(site["x"])
     if not site.get("folded"):
         bn = site["bn"]
         attrs = {k: v for k, v in graph.attrs(bn).items()

@@ -55,10 +55,10 @@ def test_counting_works_on_the_released_graphs(ops, released_symbols_dir, checkp
                                                                           rel=5e-4)
 
 
-def test_the_readme_zoo_table_lists_every_released_checkpoint_with_its_counts():
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+def test_the_zoo_table_lists_every_released_checkpoint_with_its_counts():
+    zoo = open(os.path.join(os.path.dirname(__file__), "..", "docs", "zoo.md")).read()
     for checkpoint in RELEASED_CHECKPOINTS:
-        row = next((line for line in readme.splitlines()
+        row = next((line for line in zoo.splitlines()
                     if line.startswith("|") and f"`{checkpoint.symbol_file}`" in line), None)
         assert row is not None, checkpoint.symbol_file
         assert f"{checkpoint.params:,}" in row and checkpoint.repository in row, row

@@ -81,6 +81,7 @@ def build_job(argv):
 
 
 def main(argv=None):
+    utility.setup_process()
     return training.run(build_parser(), build_job, argv)
 
 

@@ -9,6 +9,7 @@ is the authors' (`training/recipes.py`); see `--help` for every flag and its def
 import argparse
 
 import training
+import utility
 from training import recipes
 
 
@@ -45,6 +46,7 @@ def build_job(argv):
 
 
 def main(argv=None):
+    utility.setup_process()
     return training.run(build_parser(), build_job, argv)
 
 

@@ -49,8 +49,18 @@ def load_ops(path=None):
     except mx.base.MXNetError as err:
         raise OpsLibraryError(f"cannot load IGC operator library {path}: {err}") from err
     _loaded_ops_lib = path
-    _guard_binds()
     return path
+
+
+def setup_process():
+    """The process-wide settings of the project's commands, made by their main() (train_model.py,
+    train_imagenet.py, tools/score.py, predict.py, export_onnx.py), never on import: MXNet's
+    per-bind "Subgraph backend MKLDNN is activated" line off (it would bury the log), freed
+    memory kept for reuse (keep_freed_memory) and grad_req 'add' refused where a plugin op would
+    overwrite the gradient (guard_grad_req)."""
+    os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
+    keep_freed_memory()
+    guard_grad_req()
 
 
 # glibc's malloc gives memory back to the OS: allocations above its mmap threshold are unmapped
@@ -64,8 +74,8 @@ KEEP_MEMORY_ENV = "IGC_KEEP_FREED_MEMORY"
 def keep_freed_memory():
     """Make glibc's malloc keep freed memory for reuse (one arena, no mmap'ed chunks, no heap
     trimming), so that big buffers allocated again do not page-fault. Process-wide: the
-    process's resident size stays at its peak. Called by the training package and the
-    benchmarks; $IGC_KEEP_FREED_MEMORY=0 turns it off. True when applied (glibc only)."""
+    process's resident size stays at its peak. Called by setup_process and the benchmarks;
+    $IGC_KEEP_FREED_MEMORY=0 turns it off. True when applied (glibc only)."""
     if os.environ.get(KEEP_MEMORY_ENV, "1") == "0":
         return False
     import ctypes
@@ -112,9 +122,10 @@ def check_grad_req(symbol, grad_req, with_grad=None):
             "network built with conv_impl 'mxnet', where no plugin op reads a variable")
 
 
-def _guard_binds():
-    """Symbol.bind and Symbol.simple_bind (hence Module.bind, which calls simple_bind) run
-    check_grad_req first. Gluon's autograd and CachedOp do not pass through them."""
+def guard_grad_req():
+    """Makes Symbol.bind and Symbol.simple_bind (hence Module.bind, which calls simple_bind) run
+    check_grad_req first, for the whole process (setup_process calls it; a second call changes
+    nothing). Gluon's autograd and CachedOp do not pass through them."""
     import mxnet as mx
     symbol_class = mx.symbol.Symbol
     if getattr(symbol_class.simple_bind, "igc_checks_grad_req", False):

@@ -200,7 +200,7 @@ def parse_threads(parser, text):
 def main(parent, measure):
     """Entry point of a benchmark script: `measure(payload)` in a child, else `parent()`."""
     if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
-        # As in the project's training and tools (training/__init__.py): freed memory is kept
+        # As in the project's training and tools (utility.setup_process): freed memory is kept
         # for reuse. Process-wide, so the PyTorch / ONNX Runtime peers in the same child get it
         # too.
         import utility

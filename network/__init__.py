@@ -8,7 +8,7 @@ Run `python -m network NAME` for a per-stage summary.
 """
 from . import igcv2, igcv3, plain, resnet  # noqa: F401  (registers the builders)
 from .features import get_features
-from .inference import optimize_for_inference
+from .graph import optimize_for_inference
 from .registry import (
                        config_options,
                        get_plan,

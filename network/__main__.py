@@ -8,8 +8,6 @@ import network
 import utility
 from network.options import positive_int
 
-STRUCTURE_KEYS = ("L", "M", "t", "groups", "G", "G_rest")
-
 
 def parse_args(argv):
     first = argparse.ArgumentParser(add_help=False)
@@ -40,10 +38,10 @@ def summary_rows(name, num_classes, config):
     shape = (1, 3, info["input_size"], info["input_size"])
     symbol = network.get_symbol(name, num_classes, **dict(config, permutation="reshape"))
     plan = network.get_plan(name, **config)
-    totals = {row["stage"]: [0, 0] for row in plan}
+    totals = {row.stage: [0, 0] for row in plan}
     totals["classifier"] = [0, 0]
     for layer in utility.layer_costs(symbol, shape):
-        stage = next((row["stage"] for row in plan if layer["name"].startswith(row["prefix"])),
+        stage = next((row.stage for row in plan if layer["name"].startswith(row.prefix)),
                      "classifier")
         totals[stage][0] += layer["params"]
         totals[stage][1] += layer["macs"]
@@ -73,9 +71,9 @@ def main(argv=None):
     print(header)
     print("-" * len(header))
     for row in plan:
-        structure = " ".join(f"{k}={row[k]}" for k in STRUCTURE_KEYS if k in row)
-        p, m = totals[row["stage"]]
-        print(f"{row['stage']:10s} {row['blocks']:6d} {row['width']:6d} {row['stride']:6d} "
+        structure = " ".join(f"{k}={v}" for k, v in row.structure().items())
+        p, m = totals[row.stage]
+        print(f"{row.stage:10s} {row.blocks:6d} {row.width:6d} {row.stride:6d} "
               f"{structure:24s} {p:12,d} {m:14,d}")
     p, m = totals["classifier"]
     print(f"{'classifier':10s} {'':6s} {num_classes:6d} {'':6s} {'':24s} {p:12,d} {m:14,d}")

@@ -27,7 +27,7 @@ def get_features(name, **config):
     import mxnet as mx
     internals = get_symbol(name, 1, **config).get_internals()
     outputs = internals.list_outputs()
-    features = {row["stage"]: internals[_stage_end(outputs, row["prefix"])]
+    features = {row.stage: internals[_stage_end(outputs, row.prefix)]
                 for row in get_plan(name, **config)}
     features["pool"] = mx.sym.Flatten(internals[POOL_NAME + "_output"], name="features_pool")
     return features

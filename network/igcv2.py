@@ -24,20 +24,9 @@ from fractions import Fraction
 
 import mxnet as mx
 
-from .layers import (
-    CONV_IMPLS,
-    PERMUTATIONS,
-    check_choice,
-    check_multiplier,
-    classifier,
-    conv,
-    conv_bn_act,
-    group_conv_permute,
-    igc_batchnorm_relu,
-    round_width,
-    use_native_ops,
-)
-from .options import ConvImpl, Permutation, WidthMultiplier
+from .layers import check_multiplier, classifier, conv, round_width
+from .options import WidthMultiplier
+from .plan import IGCV2Stage, Stage, run_stages
 from .registry import register_network
 
 # Stem width, then (c, n, s) per stage.
@@ -58,11 +47,12 @@ def _plan(table, width_multiplier, stem_stride):
     m = check_multiplier("width_multiplier", width_multiplier)
     stem, stages = table
     kin = round_width(stem, m)
-    rows = [dict(stage="g0", prefix="g0_", blocks=1, width=kin, stride=stem_stride)]
+    rows = [Stage(stage="g0", prefix="g0_", blocks=1, width=kin, stride=stem_stride)]
     for s, (c, n, stride) in enumerate(stages, start=1):
         kout = round_width(c, m)
-        rows.append(dict(stage=f"g{s}", prefix=f"g{s}_", blocks=n, width=kout, stride=stride,
-                         G=balanced_groups(kin, kout), G_rest=balanced_groups(kout, kout)))
+        rows.append(IGCV2Stage(stage=f"g{s}", prefix=f"g{s}_", blocks=n, width=kout,
+                               stride=stride, G=balanced_groups(kin, kout),
+                               G_rest=balanced_groups(kout, kout)))
         kin = kout
     return rows
 
@@ -75,39 +65,29 @@ def igcv2_cifar_plan(width_multiplier):
     return _plan(IGCV2_CIFAR, width_multiplier, 1)
 
 
-def igcv2_unit(data, name, kin, kout, stride, groups, permutation, conv_impl):
+def igcv2_unit(ops, data, name, kin, kout, stride, groups):
     data = conv(data, f"{name}_conv1", kin, 3, stride, num_group=kin)
-    data = group_conv_permute(data, f"{name}_conv2", f"{name}_reorder2", kout, 1, 1, groups,
-                              permutation, conv_impl)
+    data = ops.conv_permute(data, f"{name}_conv2", f"{name}_reorder2", kout, 1, 1, groups)
     data = conv(data, f"{name}_conv3", kout, 1, num_group=kout // groups)
-    return igc_batchnorm_relu(data, name, native_bn=use_native_ops(conv_impl, permutation))
+    return ops.unit_batchnorm(data, name)
 
 
-def _build(num_classes, plan, permutation, conv_impl):
-    check_choice("permutation", permutation, PERMUTATIONS)
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
+def _build(num_classes, ops, plan):
     stem, *stages = plan
-    data = conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", stem["width"], 3,
-                       stem["stride"], native_bn=use_native_ops(conv_impl, permutation))
-    kin = stem["width"]
-    for row in stages:
-        for b in range(1, row["blocks"] + 1):
-            data = igcv2_unit(data, f"{row['stage']}_b{b}", kin, row["width"],
-                              row["stride"] if b == 1 else 1,
-                              row["G"] if b == 1 else row["G_rest"], permutation, conv_impl)
-            kin = row["width"]
+    data = ops.conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", stem.width, 3,
+                           stem.stride)
+    data, _ = run_stages(data, stages, stem.width, lambda data, row, b, kin, stride: igcv2_unit(
+        ops, data, f"{row.stage}_b{b + 1}", kin, row.width, stride, row.G_rest if b else row.G))
     return classifier(data, num_classes, fc_name="fc")
 
 
 @register_network("igcv2", plan=igcv2_plan, dataset_kind="imagenet", family="igcv2",
                   description="IGCV2 ImageNet (our design; width_multiplier 1.0/0.5/0.25)")
-def igcv2(num_classes, width_multiplier: WidthMultiplier = 1.0,
-          permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
-    return _build(num_classes, igcv2_plan(width_multiplier), permutation, conv_impl)
+def igcv2(num_classes, ops, width_multiplier: WidthMultiplier = 1.0):
+    return _build(num_classes, ops, igcv2_plan(width_multiplier))
 
 
 @register_network("igcv2_cifar", plan=igcv2_cifar_plan, dataset_kind="cifar", family="igcv2",
                   description="IGCV2 CIFAR (our design)")
-def igcv2_cifar(num_classes, width_multiplier: WidthMultiplier = 1.0,
-                permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
-    return _build(num_classes, igcv2_cifar_plan(width_multiplier), permutation, conv_impl)
+def igcv2_cifar(num_classes, ops, width_multiplier: WidthMultiplier = 1.0):
+    return _build(num_classes, ops, igcv2_cifar_plan(width_multiplier))

@@ -17,19 +17,9 @@ IGCV3-D block-count rows below (the README's 0.7x / 0.5x mean fewer blocks, not 
 """
 import mxnet as mx
 
-from .layers import (
-    CONV_IMPLS,
-    PERMUTATIONS,
-    batchnorm,
-    check_choice,
-    check_multiplier,
-    conv_bn_act,
-    group_conv,
-    permute,
-    round_width,
-    use_native_ops,
-)
-from .options import ConvImpl, DepthMultiplier, Permutation, T1Expansion, WidthMultiplier
+from .layers import check_multiplier, classifier, round_width
+from .options import DepthMultiplier, T1Expansion, WidthMultiplier
+from .plan import InvertedStage, Stage, run_stages
 from .registry import register_network
 
 BN_EPS = 1e-5
@@ -51,16 +41,15 @@ CIFAR_STRIDE_ONE_STAGE = 1
 def inverted_residual_plan(stages, groups, width_multiplier, cifar):
     """Validated rows: stem, one per (t, c, n, s) stage with scaled widths, head."""
     m = check_multiplier("width_multiplier", width_multiplier)
-    stem = round_width(STEM_WIDTH, m)
-    rows = [dict(stage="stem", prefix="first-3x3-conv", blocks=1, width=stem,
-                 stride=1 if cifar else 2)]
+    rows = [Stage(stage="stem", prefix="first-3x3-conv", blocks=1,
+                  width=round_width(STEM_WIDTH, m), stride=1 if cifar else 2)]
     for i, (t, c, n, s) in enumerate(stages):
         if cifar and i == CIFAR_STRIDE_ONE_STAGE:
             s = 1
-        rows.append(dict(stage=f"seq-{i}", prefix=f"seq-{i}-", blocks=n, width=round_width(c, m),
-                         stride=s, t=t, groups=groups))
-    rows.append(dict(stage="head", prefix="last-1x1-conv", blocks=1,
-                     width=round_width(HEAD_WIDTH, m), stride=1))
+        rows.append(InvertedStage(stage=f"seq-{i}", prefix=f"seq-{i}-", blocks=n,
+                                  width=round_width(c, m), stride=s, t=t, groups=groups))
+    rows.append(Stage(stage="head", prefix="last-1x1-conv", blocks=1,
+                      width=round_width(HEAD_WIDTH, m), stride=1))
     return rows
 
 
@@ -97,89 +86,69 @@ def _check_t1(t1_expansion):
         raise ValueError(f"t1_expansion must be True or False, got {t1_expansion!r}")
 
 
-def _block(data, name, kin, kout, t, stride, groups, t1_expansion, permutation, conv_impl):
+def _block(ops, data, name, kin, kout, t, stride, groups, t1_expansion):
     hidden = kin * t
-    native = use_native_ops(conv_impl, permutation)
     out = data
     if t != 1 or t1_expansion:
-        out = group_conv(out, f"{name}-exp-conv2d", hidden, 1, 1, groups, conv_impl, permutation)
-        out = batchnorm(out, f"{name}-exp-batchnorm", eps=BN_EPS, native=native)
+        out = ops.group_conv(out, f"{name}-exp-conv2d", hidden, 1, 1, groups)
+        out = ops.batchnorm(out, f"{name}-exp-batchnorm", eps=BN_EPS)
         if groups > 1:
-            out = permute(out, groups, f"{name}-permute", permutation)
-    out = conv_bn_act(out, f"{name}-depthwise-conv2d", f"{name}-depthwise-batchnorm",
-                      f"{name}-depthwise-relu6", hidden, 3, stride, num_group=hidden,
-                      act="relu6", eps=BN_EPS, native_bn=native)
-    out = group_conv(out, f"{name}-linear-conv2d", kout, 1, 1, groups, conv_impl, permutation)
-    out = batchnorm(out, f"{name}-linear-batchnorm", eps=BN_EPS, native=native)
+            out = ops.permute(out, groups, f"{name}-permute")
+    out = ops.conv_bn_act(out, f"{name}-depthwise-conv2d", f"{name}-depthwise-batchnorm",
+                          f"{name}-depthwise-relu6", hidden, 3, stride, num_group=hidden,
+                          act="relu6", eps=BN_EPS)
+    out = ops.group_conv(out, f"{name}-linear-conv2d", kout, 1, 1, groups)
+    out = ops.batchnorm(out, f"{name}-linear-batchnorm", eps=BN_EPS)
     if stride == 1 and kin == kout:
         out = mx.sym.elemwise_add(data, out, name=f"{name}-shortcut")
     return out
 
 
-def build_inverted_residual(num_classes, plan, t1_expansion, permutation, conv_impl):
-    """The graph for `plan`. conv_impl (see layers.group_conv and layers.use_native_ops) picks
-    MXNet's Convolution/BatchNorm or the plugin's IGCConv/BatchNorm kernels; the permutation
-    follows a BatchNorm, so it cannot fuse into the convolution before it."""
-    check_choice("permutation", permutation, PERMUTATIONS)
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
-    native = use_native_ops(conv_impl, permutation)
+def build_inverted_residual(num_classes, ops, plan, t1_expansion):
+    """The graph for `plan`; the permutation follows a BatchNorm, so it cannot fuse into the
+    convolution before it."""
     stem, *stages, head = plan
-    data = conv_bn_act(mx.sym.var("data"), "first-3x3-conv-conv2d", "first-3x3-conv-batchnorm",
-                       "first-3x3-conv-relu6", stem["width"], 3, stem["stride"], act="relu6",
-                       eps=BN_EPS, native_bn=native)
-    kin = stem["width"]
-    for row in stages:
-        for j in range(row["blocks"]):
-            data = _block(data, f"{row['stage']}-block{j}", kin, row["width"], row["t"],
-                          row["stride"] if j == 0 else 1, row["groups"], t1_expansion,
-                          permutation, conv_impl)
-            kin = row["width"]
-    data = conv_bn_act(data, "last-1x1-conv-conv2d", "last-1x1-conv-batchnorm",
-                       "last-1x1-conv-relu6", head["width"], 1, act="relu6", eps=BN_EPS,
-                       native_bn=native)
-    data = mx.sym.Pooling(data, kernel=(1, 1), pool_type="avg", global_pool=True,
-                          name="global_pool")
-    data = mx.sym.Flatten(data, name="flatten")
-    data = mx.sym.FullyConnected(data, num_hidden=num_classes, name="fc")
-    return mx.sym.SoftmaxOutput(data, name="softmax")
+    data = ops.conv_bn_act(mx.sym.var("data"), "first-3x3-conv-conv2d",
+                           "first-3x3-conv-batchnorm", "first-3x3-conv-relu6", stem.width, 3,
+                           stem.stride, act="relu6", eps=BN_EPS)
+    data, kin = run_stages(data, stages, stem.width, lambda data, row, b, kin, stride: _block(
+        ops, data, f"{row.stage}-block{b}", kin, row.width, row.t, stride, row.groups,
+        t1_expansion))
+    data = ops.conv_bn_act(data, "last-1x1-conv-conv2d", "last-1x1-conv-batchnorm",
+                           "last-1x1-conv-relu6", head.width, 1, act="relu6", eps=BN_EPS)
+    return classifier(data, num_classes, fc_name="fc")
 
 
 @register_network("igcv3", plan=igcv3_plan, dataset_kind="imagenet", family="igcv3",
                   description="IGCV3-D ImageNet (released graph at width 1.0)")
-def igcv3(num_classes, width_multiplier: WidthMultiplier = 1.0,
-          permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
-    return build_inverted_residual(num_classes, igcv3_plan(width_multiplier), True, permutation,
-                                   conv_impl)
+def igcv3(num_classes, ops, width_multiplier: WidthMultiplier = 1.0):
+    return build_inverted_residual(num_classes, ops, igcv3_plan(width_multiplier), True)
 
 
 @register_network("igcv3_cifar", plan=igcv3_cifar_plan, dataset_kind="cifar", family="igcv3",
                   description="IGCV3-D CIFAR; depth_multiplier 1.0/0.7/0.5 = fewer blocks")
-def igcv3_cifar(num_classes, depth_multiplier: DepthMultiplier = 1.0,
-                width_multiplier: WidthMultiplier = 1.0, permutation: Permutation = "reorder",
-                conv_impl: ConvImpl = "auto"):
-    return build_inverted_residual(num_classes, igcv3_cifar_plan(depth_multiplier,
-                                                                 width_multiplier),
-                                   True, permutation, conv_impl)
+def igcv3_cifar(num_classes, ops, depth_multiplier: DepthMultiplier = 1.0,
+                width_multiplier: WidthMultiplier = 1.0):
+    return build_inverted_residual(num_classes, ops,
+                                   igcv3_cifar_plan(depth_multiplier, width_multiplier), True)
 
 
 @register_network("mobilenetv2", plan=mobilenetv2_plan, dataset_kind="imagenet",
                   family="mobilenetv2",
                   description="MobileNetV2 ImageNet (authors' baseline; t1_expansion=False: "
                               "standard)")
-def mobilenetv2(num_classes, width_multiplier: WidthMultiplier = 1.0,
-                t1_expansion: T1Expansion = True, permutation: Permutation = "reorder",
-                conv_impl: ConvImpl = "auto"):
-    return build_inverted_residual(num_classes, mobilenetv2_plan(width_multiplier, t1_expansion),
-                                   t1_expansion, permutation, conv_impl)
+def mobilenetv2(num_classes, ops, width_multiplier: WidthMultiplier = 1.0,
+                t1_expansion: T1Expansion = True):
+    return build_inverted_residual(num_classes, ops,
+                                   mobilenetv2_plan(width_multiplier, t1_expansion), t1_expansion)
 
 
 @register_network("mobilenetv2_cifar", plan=mobilenetv2_cifar_plan, dataset_kind="cifar",
                   family="mobilenetv2",
                   description="MobileNetV2 CIFAR (authors' baseline; t1_expansion=False: "
                               "standard)")
-def mobilenetv2_cifar(num_classes, width_multiplier: WidthMultiplier = 1.0,
-                      t1_expansion: T1Expansion = True, permutation: Permutation = "reorder",
-                      conv_impl: ConvImpl = "auto"):
-    return build_inverted_residual(num_classes,
+def mobilenetv2_cifar(num_classes, ops, width_multiplier: WidthMultiplier = 1.0,
+                      t1_expansion: T1Expansion = True):
+    return build_inverted_residual(num_classes, ops,
                                    mobilenetv2_cifar_plan(width_multiplier, t1_expansion),
-                                   t1_expansion, permutation, conv_impl)
+                                   t1_expansion)

@@ -1,30 +1,19 @@
 """Building blocks shared by every family; the one place where layer names are turned into ops.
 
-Names are a public API (released checkpoints load by name): callers pass the exact names from
-SPEC.md's templates and these helpers never invent argument names of their own.
+Names are a public API (released checkpoints load by name): callers pass the exact names of the
+authors' released graphs (hellozting/InterleavedGroupConvolutions, homles11/IGCV3) and these
+helpers never invent argument names of their own. Which permutation, convolutions and BatchNorm
+a graph uses is chosen once, by `resolve_ops`, and handed to the builders as an `Ops`.
 """
 import json
+from dataclasses import dataclass
 
 import mxnet as mx
 
 PERMUTATIONS = ("reorder", "reshape")
 CONV_IMPLS = ("auto", "mxnet", "igc")
-# conv_impl='auto' fuses a group conv + permutation into IGCConv where IGCConv was measured
-# faster than MXNet's oneDNN Convolution + Reorder (fwd+bwd, 1 thread, batch 8-64): 3x3 about 3x
-# at 2 channels per group, even at 16, slower at 32; 1x1 (followed by BN) 1.06-1.30x at 4-24,
-# slower at 100. Wider groups stay on Convolution. IGCV3's 1x1 group convs (no permutation
-# after them, layers.group_conv) run on IGCConv at any width: its plain-NCHW output feeds the
-# plugin's BatchNorm without a layout conversion. igcv3_cifar training step, batch 64, AMD EPYC
-# Zen 4, width limit 24 vs none, 1 / 2 threads: AVX-512 2.13 / 1.32 s vs 1.85 / 1.17 s in one
-# run and 1.96 / 1.30 s vs 2.04 / 1.20 s in another; AVX2 2.40 / 1.44 s vs 1.95 / 1.25 s.
-# BatchNorm: under conv_impl='auto' (with the native permutation) and 'igc' every BatchNorm is the
-# plugin's (layers.batchnorm(native=True)). oneDNN's BatchNorm runs its reference kernel whenever
-# the layout its producer picked has no fast kernel (aBcd4b from 12-channel groups on AVX-512,
-# 8b data with a 16b gradient, acdB16b from pooling), which no graph can rule out; on plain NCHW
-# its fast path is missing too (ncsp_bnorm). Measured (docs/performance.md, AMD EPYC Zen 4, 1
-# thread, 64x144x32x32 + ReLU6): plugin 11 ms forward / 20 ms backward, oneDNN on plain NCHW
-# 78 / 82 ms; igcv3_cifar training step batch 64: 2.37 s (AVX-512) / 2.25 s (AVX2) vs 11.9 s /
-# 3.37 s with MXNet's ops, PyTorch 2.13 3.14 s.
+# conv_impl='auto' fuses a group conv + permutation into IGCConv where the groups are narrow
+# enough for IGCConv to beat oneDNN's Convolution + Reorder in training (docs/igc_conv.md).
 IGC_CONV_MAX_GROUP_WIDTH = {3: 8, 1: 24}
 DEVICES = ("cpu", "gpu")
 PLUGIN_OPS = ("Reorder", "IGCConv", "BatchNormMoments", "BatchNormApply", "IGCBlock")
@@ -89,19 +78,6 @@ def runs_on(op_name, device):
         return False
 
 
-def conv_impl_for(conv_impl, device):
-    """The conv_impl a graph for `device` is built with. IGCConv is the one op that conv_impl
-    can choose and a device can lack: there 'auto' takes Convolution + Reorder (the same weight
-    names and shapes, so checkpoints interchange) and 'igc' is an error."""
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
-    if conv_impl == "mxnet" or device == "cpu" or runs_on("IGCConv", device):
-        return conv_impl  # the plugin has CPU kernels for every op
-    if conv_impl == "igc":
-        raise ValueError(f"conv_impl 'igc': IGCConv has no {device} kernel (CPU only); "
-                         "'auto' or 'mxnet' build the same weights with Convolution + Reorder")
-    return "mxnet"
-
-
 def check_runs_on(symbol, device):
     """ValueError naming the ops of `symbol` that have no kernel for `device`."""
     ops = {node["op"] for node in json.loads(symbol.tojson())["nodes"]}
@@ -120,7 +96,6 @@ def permute(data, groups, name, permutation):
     """
     if permutation == "reorder":
         return _native_op("Reorder")(data, branch_factor=groups, name=name)
-    check_choice("permutation", permutation, PERMUTATIONS)
     data = mx.sym.reshape(data, shape=(0, -4, groups, -1, -2), name=f"{name}_split")
     data = mx.sym.swapaxes(data, dim1=1, dim2=2, name=f"{name}_swap")
     return mx.sym.reshape(data, shape=(0, -3, -2), name=f"{name}_merge")
@@ -134,50 +109,6 @@ def conv(data, name, num_filter, kernel, stride=1, num_group=1, pad=None):
                               no_bias=True, name=name)
 
 
-def group_conv_permute(data, name, perm_name, num_filter, kernel, stride, groups, permutation,
-                       conv_impl):
-    """A group convolution followed by the permutation with `groups` branches (IGC's conv1 +
-    Reorder(L) and conv2 + Reorder(M)).
-
-    conv_impl='mxnet': Convolution `name` then permute(`perm_name`). conv_impl='igc': one fused
-    IGCConv node named `name` whose weight `{name}_weight` has the Convolution's name and shape,
-    so checkpoints interchange between the two. conv_impl='auto': 'igc' when the native
-    permutation is used anyway and the groups are narrow (see IGC_CONV_MAX_GROUP_WIDTH).
-    """
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
-    if conv_impl == "auto":
-        narrow = num_filter // groups <= IGC_CONV_MAX_GROUP_WIDTH.get(kernel, 0)
-        conv_impl = "igc" if permutation == "reorder" and narrow else "mxnet"
-    if conv_impl == "mxnet":
-        data = conv(data, name, num_filter, kernel, stride, num_group=groups)
-        return permute(data, groups, perm_name, permutation)
-    weight = mx.sym.var(f"{name}_weight")
-    pad = kernel // 2
-    return _native_op("IGCConv")(data, weight, num_filter=num_filter, kernel=(kernel, kernel),
-                                 stride=(stride, stride), pad=(pad, pad), num_group=groups,
-                                 no_bias=True, interleave=True, name=name)
-
-
-def use_native_ops(conv_impl, permutation):
-    """Whether the plugin's BatchNorm kernels replace MXNet's: 'igc' always, 'auto' when the
-    graph needs the plugin anyway (the native permutation); 'mxnet' never."""
-    check_choice("conv_impl", conv_impl, CONV_IMPLS)
-    return conv_impl == "igc" or (conv_impl == "auto" and permutation == "reorder")
-
-
-def group_conv(data, name, num_filter, kernel, stride, groups, conv_impl, permutation):
-    """A group convolution `name` with no permutation after it: IGCConv (interleave=False, same
-    weight name and shape) where use_native_ops says so and the kernel is 1x1 or the groups are
-    narrow enough (IGC_CONV_MAX_GROUP_WIDTH), else MXNet's Convolution."""
-    narrow = kernel == 1 or num_filter // groups <= IGC_CONV_MAX_GROUP_WIDTH.get(kernel, 0)
-    if groups == 1 or not (use_native_ops(conv_impl, permutation) and narrow):
-        return conv(data, name, num_filter, kernel, stride, num_group=groups)
-    pad = kernel // 2
-    return _native_op("IGCConv")(data, mx.sym.var(f"{name}_weight"), num_filter=num_filter,
-                                 kernel=(kernel, kernel), stride=(stride, stride), pad=(pad, pad),
-                                 num_group=groups, no_bias=True, interleave=False, name=name)
-
-
 def batchnorm(data, name, momentum=0.9, eps=2e-5, act=None, act_name=None, native=False):
     """BatchNorm `name` (fix_gamma=False) [-> activation `act_name`].
 
@@ -188,7 +119,7 @@ def batchnorm(data, name, momentum=0.9, eps=2e-5, act=None, act_name=None, nativ
     MXNet's: BatchNormMoments(data) -> [mean - std, mean + std] -> BatchNorm(output_mean_var)
     -> (mean, 1/sqrt(var + eps)) -> BatchNormApply(data, gamma, beta, mean, invstd, act).
     The same function, without oneDNN's BatchNorm, whose reference kernel runs whenever its
-    input arrives in a blocked layout it has no fast kernel for (see NATIVE_BATCHNORM).
+    input arrives in a blocked layout it has no fast kernel for (docs/performance.md).
     """
     if not native:
         data = mx.sym.BatchNorm(data, fix_gamma=False, momentum=momentum, eps=eps, name=name)
@@ -215,33 +146,6 @@ def activation(data, name, act):
     raise ValueError(f"unknown activation {act!r}")
 
 
-def conv_bn_act(data, conv_name, bn_name, act_name, num_filter, kernel, stride=1, num_group=1,
-                act="relu", momentum=0.9, eps=2e-5, native_bn=False):
-    """Conv -> BN [-> activation]; act_name=None leaves the activation out."""
-    data = conv(data, conv_name, num_filter, kernel, stride, num_group)
-    return batchnorm(data, bn_name, momentum, eps, None if act_name is None else act, act_name,
-                     native_bn)
-
-
-def igc_unit(data, name, num_filter, kernel, stride, primary, secondary, relu, permutation,
-             conv_impl, momentum=0.9, eps=2e-5):
-    """IGCV1 unit: conv1 (k x k, L groups) -> Reorder(L) -> conv2 (1x1, M groups) -> Reorder(M)
-    -> BN [-> ReLU]. No BN/ReLU between the two group convs: together they are one dense conv
-    with a structured-sparse kernel."""
-    data = group_conv_permute(data, f"{name}_conv1", f"{name}_reorder1", num_filter, kernel,
-                              stride, primary, permutation, conv_impl)
-    data = group_conv_permute(data, f"{name}_conv2", f"{name}_reorder2", num_filter, 1, 1,
-                              secondary, permutation, conv_impl)
-    return igc_batchnorm_relu(data, name, relu, momentum, eps,
-                              use_native_ops(conv_impl, permutation))
-
-
-def igc_batchnorm_relu(data, name, relu=True, momentum=0.9, eps=2e-5, native_bn=False):
-    """The single BN [+ ReLU] closing an IGC unit: `{name}_bn`, `{name}_relu`."""
-    return batchnorm(data, f"{name}_bn", momentum, eps, "relu" if relu else None,
-                     f"{name}_relu" if relu else None, native_bn)
-
-
 def classifier(data, num_classes, fc_name="fc_score"):
     """Global average pool -> flatten -> FC -> SoftmaxOutput('softmax').
 
@@ -253,3 +157,96 @@ def classifier(data, num_classes, fc_name="fc_score"):
     data = mx.sym.Flatten(data, name="flatten")
     data = mx.sym.FullyConnected(data, num_hidden=num_classes, name=fc_name)
     return mx.sym.SoftmaxOutput(data, name="softmax")
+
+
+def _igc_conv(data, name, num_filter, kernel, stride, groups, interleave):
+    """IGCConv `name` with the weight `{name}_weight` of the Convolution it replaces (same name
+    and shape, so checkpoints interchange)."""
+    pad = kernel // 2
+    return _native_op("IGCConv")(data, mx.sym.var(f"{name}_weight"), num_filter=num_filter,
+                                 kernel=(kernel, kernel), stride=(stride, stride), pad=(pad, pad),
+                                 num_group=groups, no_bias=True, interleave=interleave, name=name)
+
+
+def _narrow(num_filter, groups, kernel):
+    return num_filter // groups <= IGC_CONV_MAX_GROUP_WIDTH.get(kernel, 0)
+
+
+@dataclass(frozen=True)
+class Ops:
+    """Which ops a graph is built from, resolved once (`resolve_ops`) and handed to the builders.
+
+    permutation: 'reorder' (the plugin's Reorder) or 'reshape' (the pure-symbol permutation).
+    fuse_permuted: when a group conv followed by a permutation is one IGCConv: 'always',
+    'narrow' (groups no wider than IGC_CONV_MAX_GROUP_WIDTH) or 'never'.
+    native: the plugin's BatchNorm kernels, and IGCConv for the group convs without a
+    permutation (1x1 or narrow), instead of MXNet's."""
+    permutation: str = "reorder"
+    fuse_permuted: str = "never"
+    native: bool = False
+
+    def permute(self, data, groups, name):
+        return permute(data, groups, name, self.permutation)
+
+    def conv_permute(self, data, name, perm_name, num_filter, kernel, stride, groups):
+        """A group convolution followed by the permutation with `groups` branches (IGC's conv1 +
+        Reorder(L), conv2 + Reorder(M)): Convolution `name` then permutation `perm_name`, or
+        one IGCConv `name` (interleave=True)."""
+        if self.fuse_permuted == "always" or (self.fuse_permuted == "narrow"
+                                              and _narrow(num_filter, groups, kernel)):
+            return _igc_conv(data, name, num_filter, kernel, stride, groups, True)
+        data = conv(data, name, num_filter, kernel, stride, num_group=groups)
+        return self.permute(data, groups, perm_name)
+
+    def group_conv(self, data, name, num_filter, kernel, stride, groups):
+        """A group convolution `name` with no permutation after it: IGCConv (interleave=False)
+        with the native ops where the kernel is 1x1 or the groups are narrow (its plain-NCHW
+        output feeds the plugin's BatchNorm without a layout conversion), else Convolution."""
+        if groups > 1 and self.native and (kernel == 1 or _narrow(num_filter, groups, kernel)):
+            return _igc_conv(data, name, num_filter, kernel, stride, groups, False)
+        return conv(data, name, num_filter, kernel, stride, num_group=groups)
+
+    def batchnorm(self, data, name, momentum=0.9, eps=2e-5, act=None, act_name=None):
+        return batchnorm(data, name, momentum, eps, act, act_name, self.native)
+
+    def conv_bn_act(self, data, conv_name, bn_name, act_name, num_filter, kernel, stride=1,
+                    num_group=1, act="relu", momentum=0.9, eps=2e-5):
+        """Conv -> BN [-> activation]; act_name=None leaves the activation out."""
+        data = conv(data, conv_name, num_filter, kernel, stride, num_group)
+        return self.batchnorm(data, bn_name, momentum, eps, None if act_name is None else act,
+                              act_name)
+
+    def igc_unit(self, data, name, num_filter, kernel, stride, primary, secondary, relu,
+                 momentum=0.9, eps=2e-5):
+        """IGCV1 unit: conv1 (k x k, L groups) -> Reorder(L) -> conv2 (1x1, M groups) ->
+        Reorder(M) -> BN [-> ReLU]. No BN/ReLU between the two group convs: together they are
+        one dense conv with a structured-sparse kernel."""
+        data = self.conv_permute(data, f"{name}_conv1", f"{name}_reorder1", num_filter, kernel,
+                                 stride, primary)
+        data = self.conv_permute(data, f"{name}_conv2", f"{name}_reorder2", num_filter, 1, 1,
+                                 secondary)
+        return self.unit_batchnorm(data, name, relu, momentum, eps)
+
+    def unit_batchnorm(self, data, name, relu=True, momentum=0.9, eps=2e-5):
+        """The single BN [+ ReLU] closing an IGC unit: `{name}_bn`, `{name}_relu`."""
+        return self.batchnorm(data, f"{name}_bn", momentum, eps, "relu" if relu else None,
+                              f"{name}_relu" if relu else None)
+
+
+def resolve_ops(permutation, conv_impl, device):
+    """The Ops of a graph for `device` (validated by the registry). conv_impl 'igc': IGCConv and
+    the plugin's BatchNorm everywhere; 'auto': IGCConv for narrow groups and the plugin's
+    BatchNorm where the graph needs the plugin anyway (the native permutation); 'mxnet': MXNet's
+    ops only. IGCConv is the one op a device can lack: there 'auto' builds as 'mxnet' (the same
+    weight names and shapes) and 'igc' is an error."""
+    if conv_impl != "mxnet" and device != "cpu" and not runs_on("IGCConv", device):
+        if conv_impl == "igc":
+            raise ValueError(f"conv_impl 'igc': IGCConv has no {device} kernel (CPU only); "
+                             "'auto' or 'mxnet' build the same weights with Convolution + "
+                             "Reorder")
+        conv_impl = "mxnet"
+    if conv_impl == "igc":
+        return Ops(permutation, "always", True)
+    if conv_impl == "auto" and permutation == "reorder":
+        return Ops(permutation, "narrow", True)
+    return Ops(permutation)

@@ -79,7 +79,7 @@ def builder_options(builder):
     hints = typing.get_type_hints(builder, include_extras=True)
     keys = {}
     for key in inspect.signature(builder).parameters:
-        if key == "num_classes":
+        if key in ("num_classes", "ops"):
             continue
         hint = hints.get(key)
         options = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Option)]
@@ -107,8 +107,14 @@ DepthMultiplier = Annotated[float, Option("block-count multiplier (igcv3_cifar: 
                                            tag="dx")]
 T1Expansion = Annotated[bool, Option(
     "keep the t=1 expansion conv (MobileNetV2, as the authors did)", tag="t1")]
-Permutation = Annotated[str, Option(
-    "channel permutation: the native Reorder op or reshape-swapaxes-reshape", PERMUTATIONS, "")]
-ConvImpl = Annotated[str, Option(
-    "group convolutions of the IGC units: auto (measured choice), mxnet (Convolution + Reorder) "
-    "or igc (the fused IGCConv op)", CONV_IMPLS, "")]
+# The op choices every network accepts (see registry.get_symbol), with their defaults.
+OP_KEYS = {
+    "permutation": ConfigKey(
+        "permutation", str, "channel permutation: the native Reorder op or "
+        "reshape-swapaxes-reshape", PERMUTATIONS, ""),
+    "conv_impl": ConfigKey(
+        "conv_impl", str, "group convolutions and BatchNorm: auto (IGCConv for narrow groups and "
+        "the plugin's BatchNorm with the native permutation), mxnet (MXNet's ops) or igc (the "
+        "plugin's everywhere)", CONV_IMPLS, ""),
+}
+OP_DEFAULTS = {"permutation": "reorder", "conv_impl": "auto"}

@@ -1,14 +1,17 @@
 """The network registry: one entry per `--network` name, each an explicit-keyword builder.
 
 Family modules register their builders with `@register_network(...)`; `network/__init__.py`
-imports the families and re-exports the lookup functions.
+imports the families and re-exports the lookup functions. A builder `f(num_classes, ops,
+**config)` declares only the keys its layout uses; every network also accepts the op choices
+`permutation` and `conv_impl` (options.OP_KEYS, the command lines give them to all), which
+`get_symbol` resolves with the device into the one `layers.Ops` handed to the builder.
 """
 import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from .layers import DEVICES, check_choice, check_runs_on, conv_impl_for
-from .options import builder_options
+from .layers import DEVICES, check_choice, check_runs_on, resolve_ops
+from .options import OP_DEFAULTS, OP_KEYS, builder_options
 
 INPUT_SIZES = {"cifar": 32, "imagenet": 224}
 
@@ -28,14 +31,15 @@ class NetworkEntry:
 
     def defaults(self):
         params = inspect.signature(self.builder).parameters
-        return {key: p.default for key, p in params.items() if key != "num_classes"}
+        return {**{key: p.default for key, p in params.items()
+                   if key not in ("num_classes", "ops")}, **OP_DEFAULTS}
 
 
 _REGISTRY = {}
 
 
 def register_network(name, *, plan, dataset_kind, family, description):
-    """Decorator: register `builder(num_classes, **config)` under `name`.
+    """Decorator: register `builder(num_classes, ops, **config)` under `name`.
 
     `plan(**config)` returns the validated stage table the builder follows (used by the summary
     command); it takes the same keywords as the builder, minus `num_classes`.
@@ -47,7 +51,9 @@ def register_network(name, *, plan, dataset_kind, family, description):
         if name in _REGISTRY:
             raise ValueError(f"network {name!r} is already registered")
         params = inspect.signature(builder).parameters
-        missing = [k for k, p in params.items() if k != "num_classes" and p.default is p.empty]
+        if list(params)[:2] != ["num_classes", "ops"]:
+            raise TypeError(f"builder for {name!r} must start with (num_classes, ops)")
+        missing = [k for k, p in list(params.items())[2:] if p.default is p.empty]
         if missing:
             raise TypeError(f"builder for {name!r} must give every config key a default: {missing}")
         builder_options(builder)  # every keyword declares its flag
@@ -77,7 +83,7 @@ def network_defaults(name):
 
 def network_options(name):
     """{config key: options.ConfigKey} of network `name` (type, help text, choices)."""
-    return builder_options(_entry(name).builder)
+    return {**builder_options(_entry(name).builder), **OP_KEYS}
 
 
 def config_options():
@@ -106,9 +112,8 @@ def check_config(name, config):
     if unknown:
         raise ValueError(f"network {name!r} does not accept config key(s) {unknown}; "
                          f"accepted keys: {sorted(accepted)}")
-    defaults = entry.defaults()
-    for key, option in builder_options(entry.builder).items():
-        value = config.get(key, defaults[key])
+    for key, option in network_options(name).items():
+        value = config.get(key, accepted[key])
         if option.choices is not None and value is not None and value not in option.choices:
             raise ValueError(f"{key} must be one of {list(option.choices)}, got {value!r}")
     return entry
@@ -121,16 +126,15 @@ def get_symbol(name, num_classes, *, device="cpu", **config):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     check_choice("device", device, DEVICES)
-    if "conv_impl" in entry.defaults():
-        config["conv_impl"] = conv_impl_for(config.get("conv_impl", entry.defaults()["conv_impl"]),
-                                            device)
-    symbol = entry.builder(num_classes, **config)
+    full = {**entry.defaults(), **config}
+    ops = resolve_ops(full.pop("permutation"), full.pop("conv_impl"), device)
+    symbol = entry.builder(num_classes, ops, **full)
     check_runs_on(symbol, device)
     return symbol
 
 
 def get_plan(name, **config):
-    """The validated stage table of `name` under `config` (rows of dicts, for display)."""
+    """The validated stage table of `name` under `config`: plan.Stage rows."""
     entry = check_config(name, config)
     full = {**entry.defaults(), **config}
     return entry.plan(**{key: full[key] for key in inspect.signature(entry.plan).parameters})

@@ -14,28 +14,14 @@ projections. The IGC variants are the released checkpoints' configurations (a ta
 (primary_partition, secondary_partition) pair that is not a released one gets the layout that
 IGC-L4M32 and IGC-L16M16 share: stem C = L*M, widths C/2C/4C/8C, L fixed, M doubling per stage.
 """
+from dataclasses import asdict
 from typing import Annotated
 
 import mxnet as mx
 
-from .layers import (
-    activation,
-    check_divides,
-    check_positive_int,
-    classifier,
-    conv_bn_act,
-    igc_unit,
-    use_native_ops,
-)
-from .options import (
-    ConvImpl,
-    Depth,
-    Option,
-    Permutation,
-    PrimaryPartition,
-    SecondaryPartition,
-    Width,
-)
+from .layers import activation, check_divides, check_positive_int, classifier
+from .options import Depth, Option, PrimaryPartition, SecondaryPartition, Width
+from .plan import IGCStage, Stage, run_stages
 from .registry import register_network
 
 # Released IGCV1 ImageNet graphs: stem width, then per stage (width, L, M).
@@ -67,9 +53,9 @@ def resnet_blocks_per_stage(depth):
 
 def _cifar_rows(depth, width):
     blocks = resnet_blocks_per_stage(depth)
-    return [dict(stage="g0", prefix="g0_", blocks=1, width=width, stride=1)] + [
-        dict(stage=f"g{s}", prefix=f"g{s}_", blocks=n, width=width << (s - 1),
-             stride=1 if s == 1 else 2) for s, n in zip((1, 2, 3), blocks)]
+    return [Stage(stage="g0", prefix="g0_", blocks=1, width=width, stride=1)] + [
+        Stage(stage=f"g{s}", prefix=f"g{s}_", blocks=n, width=width << (s - 1),
+              stride=1 if s == 1 else 2) for s, n in zip((1, 2, 3), blocks)]
 
 
 def resnet_plan(depth, width):
@@ -79,17 +65,15 @@ def resnet_plan(depth, width):
 def resnet_igc_plan(depth, primary_partition, secondary_partition):
     L = check_positive_int("primary_partition", primary_partition)
     M = check_positive_int("secondary_partition", secondary_partition)
-    rows = _cifar_rows(depth, L * M)
-    for row in rows[1:]:
-        row.update(L=L, M=row["width"] // L)
-    return rows
+    stem, *stages = _cifar_rows(depth, L * M)
+    return [stem] + [IGCStage(**asdict(row), L=L, M=row.width // L) for row in stages]
 
 
 def resnet_imgnet_plan(width):
     check_positive_int("width", width)
-    return [dict(stage="g0", prefix="g0", blocks=1, width=width, stride=4)] + [
-        dict(stage=f"g{s}", prefix=f"g{s}_", blocks=n, width=width << (s - 1),
-             stride=1 if s == 1 else 2) for s, n in zip((1, 2, 3, 4), IMAGENET_BLOCKS)]
+    return [Stage(stage="g0", prefix="g0", blocks=1, width=width, stride=4)] + [
+        Stage(stage=f"g{s}", prefix=f"g{s}_", blocks=n, width=width << (s - 1),
+              stride=1 if s == 1 else 2) for s, n in zip((1, 2, 3, 4), IMAGENET_BLOCKS)]
 
 
 def resolve_igc_imagenet_variant(variant, primary_partition, secondary_partition):
@@ -123,14 +107,17 @@ def resolve_igc_imagenet_variant(variant, primary_partition, secondary_partition
 
 
 def resnet_igc_imgnet_plan(variant, primary_partition, secondary_partition):
-    name, stem, stages = resolve_igc_imagenet_variant(variant, primary_partition,
-                                                      secondary_partition)
-    rows = [dict(stage="g0", prefix="g0_", blocks=1, width=stem, stride=4, variant=name)]
+    _, stem, stages = resolve_igc_imagenet_variant(variant, primary_partition,
+                                                   secondary_partition)
+    rows, kin = [Stage(stage="g0", prefix="g0_", blocks=1, width=stem, stride=4)], stem
     for s, ((width, L, M), n) in enumerate(zip(stages, IMAGENET_BLOCKS), start=1):
-        rows.append(dict(stage=f"g{s}", prefix=f"g{s}_", blocks=n, width=width,
-                         stride=1 if s == 1 else 2, L=L, M=M))
+        if L * M != width:
+            raise ValueError(f"stage g{s}: L*M = {L}*{M} != width {width}")
+        check_divides(f"stage g{s} primary partition L={L} vs input width", L, kin)
+        rows.append(IGCStage(stage=f"g{s}", prefix=f"g{s}_", blocks=n, width=width,
+                             stride=1 if s == 1 else 2, L=L, M=M))
+        kin = width
     return rows
-
 
 
 def _add_relu(shortcut, body, name):
@@ -138,123 +125,89 @@ def _add_relu(shortcut, body, name):
                       "relu")
 
 
-def _plain_block(data, name, kin, kout, stride, native_bn):
+def _plain_block(ops, data, name, kin, kout, stride):
     """Two 3x3 conv-BN units; ResNet-18 baseline names (`g1_b1_conv1`, `g1_b1_conv1_bn`)."""
     shortcut = data
     if kin != kout or stride != 1:
-        shortcut = conv_bn_act(data, f"{name}_proj", f"{name}_proj_bn", None, kout, 1, stride,
-                               native_bn=native_bn)
-    body = conv_bn_act(data, f"{name}_conv1", f"{name}_conv1_bn", f"{name}_conv1_relu", kout, 3,
-                       stride, native_bn=native_bn)
-    body = conv_bn_act(body, f"{name}_conv2", f"{name}_conv2_bn", None, kout, 3,
-                       native_bn=native_bn)
+        shortcut = ops.conv_bn_act(data, f"{name}_proj", f"{name}_proj_bn", None, kout, 1,
+                                   stride)
+    body = ops.conv_bn_act(data, f"{name}_conv1", f"{name}_conv1_bn", f"{name}_conv1_relu", kout,
+                           3, stride)
+    body = ops.conv_bn_act(body, f"{name}_conv2", f"{name}_conv2_bn", None, kout, 3)
     return _add_relu(shortcut, body, name)
 
 
-def _igc_block(data, name, kin, kout, stride, L, M_first, M_second, permutation, conv_impl):
+def _igc_block(ops, data, name, kin, kout, stride, L, M_first, M_second):
     """Two IGC units; shortcut projection is a 1x1 conv with L groups (released names)."""
     shortcut = data
     if kin != kout or stride != 1:
         for what, total in (("input width", kin), ("output width", kout)):
             check_divides(f"{name} projection groups (primary partition) vs {what}", L, total)
-        shortcut = conv_bn_act(data, f"{name}_proj_conv", f"{name}_proj_bn", None, kout, 1,
-                               stride, num_group=L,
-                               native_bn=use_native_ops(conv_impl, permutation))
-    body = igc_unit(data, f"{name}_conv1", kout, 3, stride, L, M_first, relu=True,
-                    permutation=permutation, conv_impl=conv_impl)
-    body = igc_unit(body, f"{name}_conv2", kout, 3, 1, L, M_second, relu=False,
-                    permutation=permutation, conv_impl=conv_impl)
+        shortcut = ops.conv_bn_act(data, f"{name}_proj_conv", f"{name}_proj_bn", None, kout, 1,
+                                   stride, num_group=L)
+    body = ops.igc_unit(data, f"{name}_conv1", kout, 3, stride, L, M_first, relu=True)
+    body = ops.igc_unit(body, f"{name}_conv2", kout, 3, 1, L, M_second, relu=False)
     return _add_relu(shortcut, body, name)
 
 
-def _check_igc_row(row, kin):
-    L, M, width = row["L"], row["M"], row["width"]
-    if L * M != width:
-        raise ValueError(f"stage {row['stage']}: L*M = {L}*{M} != width {width}")
-    check_divides(f"stage {row['stage']} primary partition L={L} vs input width", L, kin)
+def _cifar_stem(ops, conv_name, width):
+    return ops.conv_bn_act(mx.sym.var("data"), conv_name, "g0_bn", "g0_relu", width, 3)
+
+
+def _imagenet_stem(ops, conv_name, width):
+    data = ops.conv_bn_act(mx.sym.var("data"), conv_name, "g0_bn", "g0_relu", width, 7, 2)
+    return mx.sym.Pooling(data, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="max",
+                          name="g0_pool")
+
+
+def _build(num_classes, plan, stem, block):
+    """stem(width), then block(data, name, kin, row, stride) for every block of every stage."""
+    data, _ = run_stages(stem(plan[0].width), plan[1:], plan[0].width,
+                         lambda data, row, b, kin, stride:
+                         block(data, f"{row.stage}_b{b + 1}", kin, row, stride))
+    return classifier(data, num_classes)
 
 
 @register_network("resnet", plan=resnet_plan, dataset_kind="cifar", family="resnet",
                   description="CIFAR ResNet of basic blocks, widths W/2W/4W")
-def resnet(num_classes, depth: Depth = 20, width: Width = 16,
-           permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
-    """This net has no IGC unit: `permutation` is accepted for a uniform CLI, `conv_impl` picks
-    MXNet's or the plugin's BatchNorm (layers.use_native_ops)."""
-    plan = resnet_plan(depth, width)
-    kin = plan[0]["width"]
-    native_bn = use_native_ops(conv_impl, permutation)
-    data = conv_bn_act(mx.sym.var("data"), "g0", "g0_bn", "g0_relu", kin, 3, native_bn=native_bn)
-    for row in plan[1:]:
-        for b in range(1, row["blocks"] + 1):
-            data = _plain_block(data, f"{row['stage']}_b{b}", kin, row["width"],
-                                row["stride"] if b == 1 else 1, native_bn)
-            kin = row["width"]
-    return classifier(data, num_classes)
+def resnet(num_classes, ops, depth: Depth = 20, width: Width = 16):
+    return _build(num_classes, resnet_plan(depth, width),
+                  lambda width: _cifar_stem(ops, "g0", width),
+                  lambda data, name, kin, row, stride:
+                  _plain_block(ops, data, name, kin, row.width, stride))
 
 
 @register_network("resnet_igc", plan=resnet_igc_plan, dataset_kind="cifar", family="igcv1",
                   description="CIFAR ResNet of IGC units, C = L*M, L fixed")
-def resnet_igc(num_classes, depth: Depth = 20, primary_partition: PrimaryPartition = 24,
-               secondary_partition: SecondaryPartition = 2, permutation: Permutation = "reorder",
-               conv_impl: ConvImpl = "auto"):
-    plan = resnet_igc_plan(depth, primary_partition, secondary_partition)
+def resnet_igc(num_classes, ops, depth: Depth = 20, primary_partition: PrimaryPartition = 24,
+               secondary_partition: SecondaryPartition = 2):
     L = primary_partition
-    kin = plan[0]["width"]
-    data = conv_bn_act(mx.sym.var("data"), "g0_conv", "g0_bn", "g0_relu", kin, 3,
-                       native_bn=use_native_ops(conv_impl, permutation))
-    for row in plan[1:]:
-        for b in range(1, row["blocks"] + 1):
-            kout = row["width"]
-            data = _igc_block(data, f"{row['stage']}_b{b}", kin, kout,
-                              row["stride"] if b == 1 else 1, L, kin // L, kout // L,
-                              permutation, conv_impl)
-            kin = kout
-    return classifier(data, num_classes)
-
-
-def _imagenet_stem(conv_name, width, native_bn):
-    data = conv_bn_act(mx.sym.var("data"), conv_name, "g0_bn", "g0_relu", width, 7, 2,
-                       native_bn=native_bn)
-    return mx.sym.Pooling(data, kernel=(3, 3), stride=(2, 2), pad=(1, 1), pool_type="max",
-                          name="g0_pool")
+    return _build(num_classes, resnet_igc_plan(depth, primary_partition, secondary_partition),
+                  lambda width: _cifar_stem(ops, "g0_conv", width),
+                  lambda data, name, kin, row, stride:
+                  _igc_block(ops, data, name, kin, row.width, stride, L, kin // L, row.width // L))
 
 
 @register_network("resnet_imgnet_d18", plan=resnet_imgnet_plan, dataset_kind="imagenet",
                   family="resnet",
                   description="ResNet-18 (released C=64 and C=69 baselines via width)")
-def resnet_imgnet_d18(num_classes, width: Width = 64, permutation: Permutation = "reorder",
-                      conv_impl: ConvImpl = "auto"):
-    """This net has no IGC unit: `permutation` is accepted for a uniform CLI, `conv_impl` picks
-    MXNet's or the plugin's BatchNorm (layers.use_native_ops)."""
-    plan = resnet_imgnet_plan(width)
-    kin = plan[0]["width"]
-    native_bn = use_native_ops(conv_impl, permutation)
-    data = _imagenet_stem("g0", kin, native_bn)
-    for row in plan[1:]:
-        for b in range(1, row["blocks"] + 1):
-            data = _plain_block(data, f"{row['stage']}_b{b}", kin, row["width"],
-                                row["stride"] if b == 1 else 1, native_bn)
-            kin = row["width"]
-    return classifier(data, num_classes)
+def resnet_imgnet_d18(num_classes, ops, width: Width = 64):
+    return _build(num_classes, resnet_imgnet_plan(width),
+                  lambda width: _imagenet_stem(ops, "g0", width),
+                  lambda data, name, kin, row, stride:
+                  _plain_block(ops, data, name, kin, row.width, stride))
 
 
 @register_network("resnet_igc_imgnet_d18", plan=resnet_igc_imgnet_plan, dataset_kind="imagenet",
                   family="igcv1",
                   description="IGCV1 ResNet-18: released IGC-L4M32 / L16M16 / L100M2 (+Ident.)")
-def resnet_igc_imgnet_d18(num_classes, variant: Variant = None,
+def resnet_igc_imgnet_d18(num_classes, ops, variant: Variant = None,
                           primary_partition: PrimaryPartition = None,
-                          secondary_partition: SecondaryPartition = None,
-                          permutation: Permutation = "reorder", conv_impl: ConvImpl = "auto"):
+                          secondary_partition: SecondaryPartition = None):
     """variant: 'igc_l4m32', 'igc_l16m16' or 'igc_l100m2' (default when nothing is given), or
     pick one by its stage-1 (primary_partition, secondary_partition) as the authors' CLI does."""
-    plan = resnet_igc_imgnet_plan(variant, primary_partition, secondary_partition)
-    kin = plan[0]["width"]
-    data = _imagenet_stem("g0_conv", kin, use_native_ops(conv_impl, permutation))
-    for row in plan[1:]:
-        _check_igc_row(row, kin)
-        for b in range(1, row["blocks"] + 1):
-            data = _igc_block(data, f"{row['stage']}_b{b}", kin, row["width"],
-                              row["stride"] if b == 1 else 1, row["L"], row["M"], row["M"],
-                              permutation, conv_impl)
-            kin = row["width"]
-    return classifier(data, num_classes)
+    return _build(num_classes,
+                  resnet_igc_imgnet_plan(variant, primary_partition, secondary_partition),
+                  lambda width: _imagenet_stem(ops, "g0_conv", width),
+                  lambda data, name, kin, row, stride:
+                  _igc_block(ops, data, name, kin, row.width, stride, row.L, row.M, row.M))

@@ -1,8 +1,8 @@
 """Independent numpy references that the tests compare the project against (one of each).
 
 The pure-symbol permutation is `network.layers.permute(..., "reshape")`, the project's second
-implementation of the same meaning; these are plain loops and matrices written from SPEC's
-definitions, so they share no code with either.
+implementation of the same meaning; these are plain loops and matrices written from the papers'
+definitions (IGCV1, arXiv:1707.02725), so they share no code with either.
 """
 import numpy as np
 
@@ -39,8 +39,8 @@ def block_diagonal(weight, groups):
 
 
 def igc_unit_kernel(w1, L, w2, M):
-    """The dense k x k kernel of an IGC unit, P_M W2 P_L W1 (SPEC §2: primary group conv with L
-    groups, Reorder(L), 1x1 secondary group conv with M groups, Reorder(M))."""
+    """The dense k x k kernel of an IGC unit, P_M W2 P_L W1 (the IGCV1 paper: primary group conv
+    with L groups, Reorder(L), 1x1 secondary group conv with M groups, Reorder(M))."""
     channels = w1.shape[0]
     mix = permutation_matrix(channels, M) @ block_diagonal(w2, M)[:, :, 0, 0] @ \
         permutation_matrix(channels, L)

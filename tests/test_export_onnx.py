@@ -1,6 +1,7 @@
-"""ONNX export: every registered network, run in ONNX Runtime, gives MXNet's inference
-probabilities (max abs difference <= 1e-4) with and without BN folding, with a dynamic batch;
-bad targets are one line and leave no file."""
+"""ONNX export: every registered network, run in ONNX Runtime, gives the probabilities of
+MXNet's inference graph (optimize_for_inference(fuse_blocks=False), and the training graph in
+inference mode; max abs difference <= 1e-4) with and without BN folding, with a dynamic batch;
+folded, no BatchNormalization is left; bad targets are one line and leave no file."""
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import network
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-from network.onnx_export import to_onnx  # noqa: E402
+from network.graph.onnx import to_onnx  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = os.path.join(ROOT, "tools", "export_onnx.py")
@@ -102,7 +103,11 @@ def test_onnx_runtime_gives_mxnet_probabilities_for_every_network(name, config, 
         assert ("BatchNormalization" in ops_used) != fold_bn
         assert not ops_used & {"Reorder", "IGCConv"}
         got = run_onnx(model, data)
-        assert np.abs(got - expected).max() <= TOLERANCE, (fold_bn, np.abs(got - expected).max())
+        # the graph that scoring and prediction run, and the training graph
+        deployed = forward(*network.optimize_for_inference(
+            symbol, arg_params, aux_params, fold_batchnorm=fold_bn, fuse_blocks=False), data)
+        for want in (deployed, expected):
+            assert np.abs(got - want).max() <= TOLERANCE, (fold_bn, np.abs(got - want).max())
 
 
 def test_onnx_batch_dimension_is_dynamic(ops):

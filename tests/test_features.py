@@ -13,14 +13,14 @@ def test_stage_outputs_have_the_plan_widths_and_resolutions(name, ops):
     size = network.network_info(name)["input_size"]
     features = network.get_features(name)
     rows = network.get_plan(name)
-    assert list(features) == [row["stage"] for row in rows] + ["pool"]
+    assert list(features) == [row.stage for row in rows] + ["pool"]
     scale = 1
     for row in rows:
-        scale *= row["stride"]
-        _, (shape,), _ = features[row["stage"]].infer_shape(data=(2, 3, size, size))
-        assert shape == (2, row["width"], size // scale, size // scale), row
+        scale *= row.stride
+        _, (shape,), _ = features[row.stage].infer_shape(data=(2, 3, size, size))
+        assert shape == (2, row.width, size // scale, size // scale), row
     _, (pooled,), _ = features["pool"].infer_shape(data=(2, 3, size, size))
-    assert pooled == (2, rows[-1]["width"])
+    assert pooled == (2, rows[-1].width)
     # The backbone has exactly the classification network's arguments, minus the classifier.
     group = mx.sym.Group(list(features.values()))
     full = network.get_symbol(name, 10)

@@ -7,6 +7,13 @@ import numpy as np
 import pytest
 
 import network
+import utility
+
+
+@pytest.fixture(autouse=True)
+def guarded_binds(ops):
+    """The guard is an explicit call of the entry points (utility.setup_process)."""
+    utility.guard_grad_req()
 
 
 # (plugin op output * s, shapes, the plugin op's inputs): `s` is read by a stock op only.

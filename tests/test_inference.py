@@ -1,13 +1,18 @@
-"""network.optimize_for_inference: the rewritten graph's inference outputs equal the training
-graph's (MXNet Module bound for inference) on random weights, non-trivial BatchNorm statistics
-and a random batch, for every registered network."""
+"""network.optimize_for_inference: the rewritten graph holds no BatchNorm and its inference
+outputs equal the training graph's (MXNet Module bound for inference) on random weights,
+non-trivial BatchNorm statistics and a random batch, for every registered network and variant."""
 import json
+import os
 
 import mxnet as mx
 import numpy as np
 import pytest
 
 import network
+import reference
+from network.graph import permutation_source
+from network.released import RELEASED_CHECKPOINTS
+from network.resnet import IGC_IMAGENET_VARIANTS
 
 BATCH = 2
 IMAGENET_SIZE = 64  # layouts and folding do not depend on the spatial size
@@ -50,12 +55,42 @@ def _logits(symbol):
     return symbol.get_internals()[fc + "_output"]
 
 
-@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "stock-ops"])
-@pytest.mark.parametrize("name", network.list_networks())
-def test_optimized_graph_gives_the_training_graphs_inference_outputs(ops, name, fuse):
+def variants(name):
+    """The configurations of `name` worth telling apart: the defaults, each released graph's
+    (and every IGCV1 ImageNet variant), the other permutation and convolution implementations,
+    and MobileNetV2 without the t=1 expansion."""
+    defaults = network.network_defaults(name)
+    configs = [{}] + [dict(c.config) for c in RELEASED_CHECKPOINTS
+                      if c.network == name and c.config]
+    if "variant" in defaults:
+        configs += [dict(variant=v) for v in IGC_IMAGENET_VARIANTS
+                    if dict(variant=v) not in configs]
+    if "permutation" in defaults:
+        configs.append(dict(permutation="reshape"))
+    if "conv_impl" in defaults:
+        configs += [dict(conv_impl="igc"), dict(conv_impl="mxnet")]
+    if "t1_expansion" in defaults:
+        configs.append(dict(t1_expansion=False))
+    return configs
+
+
+def cases():
+    """(name, config, fuse): IGCBlock fusion only matters in the inverted-residual families."""
+    for name in network.list_networks():
+        fuses = (True, False) if network.network_info(name)["family"] in (
+            "igcv3", "mobilenetv2") else (True,)
+        for config in variants(name):
+            for fuse in fuses:
+                yield pytest.param(name, config, fuse, id="-".join(
+                    [name, *map(str, config.values()), "fused" if fuse else "stock-ops"]))
+
+
+@pytest.mark.parametrize("name,config,fuse", list(cases()))
+def test_optimized_graph_has_no_batchnorm_and_gives_the_training_graphs_outputs(ops, name,
+                                                                                config, fuse):
     size = 32 if network.network_info(name)["dataset_kind"] == "cifar" else IMAGENET_SIZE
     shape = (BATCH, 3, size, size)
-    symbol = _logits(network.get_symbol(name, 10))
+    symbol = _logits(network.get_symbol(name, 10, **config))
     rng = np.random.default_rng(0)
     args, aux = _random_params(symbol, shape, rng)
     data = mx.nd.array(rng.standard_normal(shape))
@@ -68,10 +103,38 @@ def test_optimized_graph_gives_the_training_graphs_inference_outputs(ops, name, 
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale)
     ops_before = {n["op"] for n in json.loads(symbol.tojson())["nodes"]}
     ops_after = {n["op"] for n in json.loads(opt_symbol.tojson())["nodes"]}
-    assert not ops_after & {"BatchNormMoments", "BatchNormApply"}
+    assert "BatchNorm" in ops_before or "BatchNormApply" in ops_before
+    assert not {op for op in ops_after if op.startswith("BatchNorm")}, ops_after
+    assert not opt_aux
     if network.network_info(name)["family"] == "igcv3":
         # the interleave became an IGCBlock's index table, or grouped-conv order
-        assert "Reorder" not in ops_after
+        assert not ops_after & {"Reorder", "SwapAxis"}
         assert ("IGCBlock" in ops_after) == fuse
-    assert ops_after <= ops_before | {"BatchNorm", "clip", "Activation", "Convolution",
-                                        "Concat"} | ({"IGCBlock"} if fuse else set())
+    assert ops_after <= ops_before | {"clip", "Activation", "Convolution", "Concat"} | (
+        {"IGCBlock"} if fuse else set())
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "kept"])
+def test_a_released_graph_folds_across_its_permutations_too(released_symbols_dir, ops, fold):
+    # The authors' IGC-L100M2 file: conv2 -> Reorder(2) -> BatchNorm in every unit.
+    symbol = _logits(mx.sym.load(os.path.join(
+        released_symbols_dir, "resnet_gcwf_noshare_imagenet_d18b100-symbol.json")))
+    shape = (1, 3, 224, 224)
+    rng = np.random.default_rng(1)
+    args, aux = _random_params(symbol, shape, rng)
+    data = mx.nd.array(rng.standard_normal(shape))
+    want = _predict(symbol, args, aux, data)
+    opt = network.optimize_for_inference(symbol, args, aux, fold_batchnorm=fold)
+    ops_after = [n["op"] for n in json.loads(opt[0].tojson())["nodes"]]
+    assert ops_after.count("BatchNorm") == (0 if fold else 21)
+    assert ops_after.count("Reorder") == 32
+    np.testing.assert_allclose(_predict(*opt, data), want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("channels,groups", [(12, 3), (12, 4), (8, 1), (8, 8), (200, 100)])
+def test_permutation_source_is_reorder_and_its_inverse_is_reorder_of_c_over_g(channels, groups):
+    x = np.random.default_rng(channels + groups).standard_normal((2, channels, 3))
+    src = permutation_source(channels, groups)
+    np.testing.assert_array_equal(x[:, src], reference.reorder(x, groups))
+    np.testing.assert_array_equal(x[:, src][:, permutation_source(channels, channels // groups)],
+                                  x)

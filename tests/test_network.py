@@ -1,6 +1,7 @@
 """The network zoo: every registered network builds, runs forward and backward, and means the
 same thing with the native Reorder op and with the pure-symbol permutation; the registry rejects
 bad names, keys and values with messages that name them."""
+import inspect
 import json
 
 import mxnet as mx
@@ -112,6 +113,18 @@ def test_network_defaults_are_every_accepted_key_and_reproduce_the_default_graph
                 == network.get_symbol(name, 10, permutation="reshape").tojson())
 
 
+def test_builders_receive_one_resolved_ops_object_not_the_choice_strings():
+    from network.registry import _entry
+    for name in NETWORKS:
+        params = list(inspect.signature(_entry(name).builder).parameters)
+        assert params[:2] == ["num_classes", "ops"], name
+        assert not {"permutation", "conv_impl", "device"} & set(params), name
+    assert layers.resolve_ops("reorder", "auto", "cpu") == layers.Ops("reorder", "narrow", True)
+    assert layers.resolve_ops("reshape", "auto", "cpu") == layers.Ops("reshape", "never", False)
+    assert layers.resolve_ops("reshape", "igc", "cpu") == layers.Ops("reshape", "always", True)
+    assert layers.resolve_ops("reorder", "mxnet", "cpu") == layers.Ops("reorder", "never", False)
+
+
 def test_network_info_gives_input_size_dataset_kind_and_family():
     for name in NETWORKS:
         info = network.network_info(name)
@@ -172,14 +185,14 @@ def test_registering_a_duplicate_name_is_refused():
 
 def test_generic_partitions_follow_the_fixed_L_layout_of_the_released_variants():
     rows = network.get_plan("resnet_igc_imgnet_d18", primary_partition=8, secondary_partition=8)
-    assert [(r["width"], r["L"], r["M"]) for r in rows[1:]] == [
+    assert [(r.width, r.L, r.M) for r in rows[1:]] == [
         (64, 8, 8), (128, 8, 16), (256, 8, 32), (512, 8, 64)]
-    assert rows[0]["width"] == 64
+    assert rows[0].width == 64
     # The same rule reproduces the released L4M32 and L16M16 tables.
     for L, M in ((4, 32), (16, 16)):
         by_partitions = network.get_plan("resnet_igc_imgnet_d18", primary_partition=L,
                                          secondary_partition=M)
-        assert [(r["width"], r["L"], r["M"]) for r in by_partitions[1:]] == [
+        assert [(r.width, r.L, r.M) for r in by_partitions[1:]] == [
             (L * M << s, L, M << s) for s in range(4)]
 
 

@@ -1,5 +1,6 @@
-"""Parameter and multiply-add counts against SPEC.md §3-§5 (the authors' tool, the released
-graphs and the papers), for our builders and for the released graphs themselves."""
+"""Parameter and multiply-add counts against the authors' figures (the IGCV1 counting tool of
+hellozting/InterleavedGroupConvolutions, the released graphs, the IGCV1/IGCV3 papers; the table
+in docs/zoo.md), for our builders and for the released graphs themselves."""
 import os
 
 import mxnet as mx
@@ -12,7 +13,7 @@ from network.released import RELEASED_CHECKPOINTS
 CIFAR = (1, 3, 32, 32)
 IMAGENET = (1, 3, 224, 224)
 
-# SPEC §3 (10 classes).
+# The IGCV1 authors' counting tool (10 classes).
 CIFAR_PARAMS = [
     ("plain_igc", dict(depth=38, primary_partition=24, secondary_partition=2), 317_242),
     ("plain", dict(depth=8, width=16), 75_290),
@@ -54,10 +55,10 @@ def test_counting_works_on_the_released_graphs(ops, released_symbols_dir, checkp
                                                                           rel=5e-4)
 
 
-def test_the_readme_zoo_table_lists_every_released_checkpoint_with_its_counts():
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+def test_the_zoo_table_lists_every_released_checkpoint_with_its_counts():
+    zoo = open(os.path.join(os.path.dirname(__file__), "..", "docs", "zoo.md")).read()
     for checkpoint in RELEASED_CHECKPOINTS:
-        row = next((line for line in readme.splitlines()
+        row = next((line for line in zoo.splitlines()
                     if line.startswith("|") and f"`{checkpoint.symbol_file}`" in line), None)
         assert row is not None, checkpoint.symbol_file
         assert f"{checkpoint.params:,}" in row and checkpoint.repository in row, row
@@ -106,7 +107,7 @@ def test_igcv3_cifar_depth_variants_hit_the_readme_sizes(depth_multiplier, milli
 def test_width_multiplier_rounds_every_width_once_to_an_even_number():
     rows = network.get_plan("igcv3", width_multiplier=0.7)
     # 32*.7=22.4 -> 22; 16*.7=11.2 -> 12; 24*.7=16.8 -> 16; 96*.7=67.2 -> 68; 1280*.7 = 896.
-    assert [r["width"] for r in rows] == [22, 12, 16, 22, 44, 68, 112, 224, 896]
+    assert [r.width for r in rows] == [22, 12, 16, 22, 44, 68, 112, 224, 896]
     symbol = network.get_symbol("igcv3", 1000, width_multiplier=0.7, permutation="reshape")
     shapes = dict(zip(symbol.list_arguments(), symbol.infer_shape(data=IMAGENET)[0]))
     # Expansion of seq-1 is 6 x the scaled 12 channels (not scaled a second time).

@@ -41,10 +41,9 @@ def test_igc_unit_equals_one_dense_conv_with_kernel_PM_W2_PL_W1(ops, permutation
     w1 = rng.randn(C, C // L, k, k).astype(np.float32)
     w2 = rng.randn(C, C // M, 1, 1).astype(np.float32)
     # The unit's convolutions and permutations, exactly as the networks emit them.
-    data = layers.group_conv_permute(mx.sym.var("data"), "u_conv1", "u_reorder1", C, k, stride,
-                                     L, permutation, "mxnet")
-    unit = layers.group_conv_permute(data, "u_conv2", "u_reorder2", C, 1, 1, M, permutation,
-                                     "mxnet")
+    ops = layers.Ops(permutation)
+    data = ops.conv_permute(mx.sym.var("data"), "u_conv1", "u_reorder1", C, k, stride, L)
+    unit = ops.conv_permute(data, "u_conv2", "u_reorder2", C, 1, 1, M)
     out = unit.eval(data=mx.nd.array(x), u_conv1_weight=mx.nd.array(w1),
                     u_conv2_weight=mx.nd.array(w2))[0].asnumpy()
     # Reference: P_M W2 P_L W1 composed in numpy, applied by one dense convolution.
@@ -63,7 +62,7 @@ def test_igc_unit_equals_one_dense_conv_with_kernel_PM_W2_PL_W1(ops, permutation
 @pytest.mark.parametrize("kin,kout", [(64, 64), (64, 128), (448, 896), (12, 18)])
 def test_igcv2_unit_connects_every_input_to_every_output_through_exactly_one_path(ops, kin, kout):
     groups = igcv2.balanced_groups(kin, kout)
-    unit = igcv2.igcv2_unit(mx.sym.var("data"), "u", kin, kout, 1, groups, "reorder", "mxnet")
+    unit = igcv2.igcv2_unit(layers.Ops("reorder"), mx.sym.var("data"), "u", kin, kout, 1, groups)
     exe = unit.simple_bind(mx.cpu(), grad_req="null", data=(kin, kin, 1, 1))
     for name, arr in exe.arg_dict.items():
         arr[:] = 1

@@ -1,4 +1,5 @@
-"""The native `Reorder` op against an index-by-index numpy reference (SPEC §1)."""
+"""The native `Reorder` op against an index-by-index numpy reference (the IGCV1 paper's
+permutation)."""
 import glob
 import json
 import os

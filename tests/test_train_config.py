@@ -142,7 +142,7 @@ def test_every_network_config_key_has_a_flag_with_its_choices(entry_point):
 def test_a_builder_keyword_without_an_option_annotation_is_refused():
     from network.registry import register_network
 
-    def builder(num_classes, depth=20):
+    def builder(num_classes, ops, depth=20):
         raise AssertionError("never built")
 
     with pytest.raises(TypeError, match="depth"):

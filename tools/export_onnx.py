@@ -6,7 +6,7 @@
     tools/export_onnx.py --network igcv3 --fold-bn -o igcv3.onnx    # random weights
 
 Permutations become Reshape/Transpose with explicit sizes and IGCConv a Conv plus that
-permutation (network/onnx_export.py); --fold-bn folds each BatchNorm into the convolution that
+permutation (network/graph/onnx.py); --fold-bn folds each BatchNorm into the convolution that
 feeds it. The file is written under a temporary name and renamed when complete.
 """
 import argparse
@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mxnet as mx  # noqa: E402
 
 import training  # noqa: E402
-from network.onnx_export import to_onnx  # noqa: E402
+import utility  # noqa: E402
+from network.graph.onnx import to_onnx  # noqa: E402
 from training.checkpoint import write_bytes_atomically  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
 from training.optim import make_initializer  # noqa: E402
@@ -60,6 +61,7 @@ def check_output(path):
 
 
 def main(argv=None):
+    utility.setup_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import training  # noqa: E402
+import utility  # noqa: E402
 from training.cli import positive_int  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
 from training.prediction import predict  # noqa: E402
@@ -32,6 +33,7 @@ def build_parser():
 
 
 def main(argv=None):
+    utility.setup_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

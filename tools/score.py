@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import training  # noqa: E402
+import utility  # noqa: E402
 from training.cli import non_negative_int, positive_int  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
 from training.scoring import score_model  # noqa: E402
@@ -45,6 +46,7 @@ def format_score(values):
 
 
 def main(argv=None):
+    utility.setup_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

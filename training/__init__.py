@@ -11,25 +11,14 @@
 - `loop`: `fit` (resume, fine-tuning, checkpoints, per-epoch validation) and `evaluate`;
 - `model`, `prediction`: a trained model for the after-training tools (score, predict, export).
 
-The entry points parse (`cli`), resolve (`job.resolve_job`) and hand the Job to `loop.run`.
+The entry points call `utility.setup_process()` (importing this package changes nothing
+process-wide), parse (`cli`), resolve (`job.resolve_job`) and hand the Job to `loop.run`.
 """
-import os
-
-# MXNet reads this at every bind: its "Subgraph backend MKLDNN is activated" line would bury
-# the project's log (the per-reader line is filtered in `data`).
-os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
-
-import utility  # noqa: E402
-
-# Freed buffers stay in the process for the next step instead of page-faulting in again
-# (utility.keep_freed_memory; $IGC_KEEP_FREED_MEMORY=0 turns it off).
-utility.keep_freed_memory()
-
-from .checkpoint import Checkpoints, weights_digest  # noqa: E402
-from .cli import add_common_arguments, parse_with_presets  # noqa: E402
-from .data import RecordFile, check_record_file, record_iter  # noqa: E402
-from .errors import ConfigError, TrainingDiverged  # noqa: E402
-from .job import (  # noqa: E402
+from .checkpoint import Checkpoints, weights_digest
+from .cli import add_common_arguments, parse_with_presets
+from .data import RecordFile, check_record_file, record_iter
+from .errors import ConfigError, TrainingDiverged
+from .job import (
                   Job,
                   contexts_for,
                   create_kvstore,
@@ -38,9 +27,9 @@ from .job import (  # noqa: E402
                   resolve_job,
                   run_name,
 )
-from .loop import evaluate, fit, run  # noqa: E402
-from .metrics import Stats  # noqa: E402
-from .optim import lr_of_epoch, make_lr_scheduler, make_optimizer  # noqa: E402
+from .loop import evaluate, fit, run
+from .metrics import Stats
+from .optim import lr_of_epoch, make_lr_scheduler, make_optimizer
 
 __all__ = ["Checkpoints", "ConfigError", "Job", "RecordFile", "Stats", "TrainingDiverged",
            "add_common_arguments", "check_record_file", "contexts_for", "create_kvstore",

@@ -3,10 +3,11 @@
 `build(name, num_classes, **config)` returns an `nn.Module` with the same layers as
 `network.get_symbol(name, num_classes, **config)`: it reads the same validated stage table
 (`network.get_plan`), uses the same channel permutation (reshape (N, g, C/g, H, W) -> swap axes
-1, 2 -> reshape, SPEC.md section 1), the same BatchNorm/ReLU6 placement and BN momentum/eps, and
-registers its parameters in the order of the MXNet graph's arguments, so that weights can be
-copied across by position. `check_param_count` asserts the counts match before any timing.
-`permutation` and `conv_impl` choose how MXNet runs the graph; a peer accepts and ignores them.
+1, 2 -> reshape: the IGCV1 paper's Reorder, ShuffleNet's channel shuffle), the same
+BatchNorm/ReLU6 placement and BN momentum/eps, and registers its parameters in the order of the
+MXNet graph's arguments, so that weights can be copied across by position. `check_param_count`
+asserts the counts match before any timing. `permutation` and `conv_impl` choose how MXNet runs
+the graph; a peer accepts and ignores them.
 """
 from . import igcv1, inverted_residual
 

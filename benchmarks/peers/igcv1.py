@@ -29,13 +29,13 @@ class PlainIGC(nn.Module):
     def __init__(self, plan, num_classes):
         super().__init__()
         stem_row, *stages = plan
-        kin = stem_row["width"]
+        kin = stem_row.width
         layers = [stem(kin, self.BN_MOMENTUM)]
         for row in stages:
-            for b in range(row["blocks"]):
-                layers.append(IGCUnit(kin, row["width"], row["stride"] if b == 0 else 1,
-                                      row["L"], row["M"], True, self.BN_MOMENTUM))
-                kin = row["width"]
+            for b in range(row.blocks):
+                layers.append(IGCUnit(kin, row.width, row.stride if b == 0 else 1,
+                                      row.L, row.M, True, self.BN_MOMENTUM))
+                kin = row.width
         self.features = nn.Sequential(*layers)
         self.classifier = Classifier(kin, num_classes)
 
@@ -69,14 +69,14 @@ class ResNetIGC(nn.Module):
     def __init__(self, plan, num_classes):
         super().__init__()
         stem_row, *stages = plan
-        kin = stem_row["width"]
-        primary = stages[0]["L"]
+        kin = stem_row.width
+        primary = stages[0].L
         layers = [stem(kin, IGCBlock.BN_MOMENTUM)]
         for row in stages:
-            for b in range(row["blocks"]):
-                layers.append(IGCBlock(kin, row["width"], row["stride"] if b == 0 else 1,
+            for b in range(row.blocks):
+                layers.append(IGCBlock(kin, row.width, row.stride if b == 0 else 1,
                                        primary))
-                kin = row["width"]
+                kin = row.width
         self.features = nn.Sequential(*layers)
         self.classifier = Classifier(kin, num_classes)
 

@@ -38,16 +38,16 @@ class InvertedResidualNet(nn.Module):
     def __init__(self, plan, num_classes, t1_expansion):
         super().__init__()
         stem, *stages, head = plan
-        kin = stem["width"]
-        layers = conv_bn(3, kin, 3, stem["stride"], relu6=True)
+        kin = stem.width
+        layers = conv_bn(3, kin, 3, stem.stride, relu6=True)
         for row in stages:
-            for j in range(row["blocks"]):
-                layers.append(Block(kin, row["width"], row["t"], row["stride"] if j == 0 else 1,
-                                    row["groups"], t1_expansion))
-                kin = row["width"]
-        layers += conv_bn(kin, head["width"], 1, relu6=True)
+            for j in range(row.blocks):
+                layers.append(Block(kin, row.width, row.t, row.stride if j == 0 else 1,
+                                    row.groups, t1_expansion))
+                kin = row.width
+        layers += conv_bn(kin, head.width, 1, relu6=True)
         self.features = nn.Sequential(*layers)
-        self.classifier = Classifier(head["width"], num_classes)
+        self.classifier = Classifier(head.width, num_classes)
 
     def forward(self, x):
         return self.classifier(self.features(x))

@@ -1,16 +1,15 @@
-"""IGCBlock fusion of folded IGCV3 / MobileNetV2 blocks (see network.inference and
-src/operator/igc_block.h)."""
+"""IGCBlock fusion of folded IGCV3 / MobileNetV2 blocks (see src/operator/igc_block.h)."""
 import mxnet as mx
 import numpy as np
 
-from .graph_json import Graph, int_tuple, is_true
+from .view import Graph, int_tuple, is_true
 
 
 def _fusable_conv(node, kernel, stride=(1,)):
     """For an NCHW Convolution with a bias, the given square kernel, padding kernel // 2 and
     one of the given strides: its stride, else None."""
     attrs = node.get("attrs", {})
-    if node["op"] != "Convolution" or is_true(attrs.get("no_bias", "False")):
+    if node["op"] != "Convolution" or is_true(attrs.get("no_bias")):
         return None
     if attrs.get("layout", "NCHW") not in ("NCHW", "None"):
         return None
@@ -23,7 +22,7 @@ def _fusable_conv(node, kernel, stride=(1,)):
 
 
 def _block_sites(graph, args):
-    """Folded IGCV3 / MobileNetV2 blocks: 1x1 expansion conv (g groups) -> [Reorder(g)] ->
+    """Folded IGCV3 / MobileNetV2 blocks: 1x1 expansion conv (g groups) -> [permutation(g)] ->
     3x3 depthwise conv -> clip(0, 6) -> 1x1 linear conv (g groups) -> [elemwise_add with the
     block input], each node read only by the next and every weight float32:
     {output node id: site}."""
@@ -35,11 +34,11 @@ def _block_sites(graph, args):
         if _fusable_conv(exp, 1) is None:
             continue
         g = int(exp["attrs"].get("num_group", "1"))
-        reorder = graph.only_reader(e, ("Reorder",))
-        interleave = reorder is not None and g > 1
-        if reorder is not None and int(graph.nodes[reorder]["attrs"]["branch_factor"]) != g:
+        permutation = graph.permutation_after(e)
+        interleave = permutation is not None and g > 1
+        if permutation is not None and permutation[0] != g:
             continue
-        dw = graph.only_reader(reorder if reorder is not None else e, ("Convolution",))
+        dw = graph.only_reader(permutation[1] if permutation else e, ("Convolution",))
         if dw is None:
             continue
         channels = int(exp["attrs"]["num_filter"])

@@ -10,7 +10,7 @@ import sys
 import mxnet as mx
 
 import network
-from network.options import positive_int  # noqa: F401  (also the entry points')
+from network.options import non_negative_int, positive_int  # noqa: F401  (also the entry points')
 
 
 def gpu_list(text):
@@ -76,17 +76,6 @@ positive_float = _in_range(float, 0, math.inf, low_open=True, high_open=True)
 non_negative_float = _in_range(float, 0, math.inf, high_open=True)
 fraction = _in_range(float, 0, 1, high_open=True)            # --momentum
 factor = _in_range(float, 0, 1, low_open=True)               # --lr-factor
-
-
-def non_negative_int(text):
-    """--precise-bn: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def default_gpus():

@@ -276,8 +276,9 @@ def test_imagenet_schedules_are_the_authors(tiny_imagenet):
 
 
 def test_momentum_saved_by_mxnets_nag_is_converted_to_the_authors_form(tmp_path):
-    """A .states written by MXNet 1.9's 'nag' (state = about -lr * momentum) continues under
-    AuthorsNAG with the same momentum."""
+    """A .states written by MXNet 1.9's 'nag' (state = -lr * momentum) continues under
+    AuthorsNAG with the same momentum (at a constant rate, with no weight decay, the two forms
+    take the same steps)."""
     data = mx.sym.var("data")
     symbol = mx.sym.SoftmaxOutput(mx.sym.FullyConnected(data, num_hidden=3, name="fc"),
                                   name="softmax")
@@ -300,9 +301,17 @@ def test_momentum_saved_by_mxnets_nag_is_converted_to_the_authors_form(tmp_path)
 
     new = module(training.make_optimizer("nag", ["fc_weight", "fc_bias"], learning_rate=0.1,
                                          momentum=0.9, wd=0.0, rescale_grad=1.0))
+    new.set_params(*old.get_params())
     new.load_optimizer_states(str(tmp_path / "old.states"))
     assert upgrade_states(new, 0.1) == 2
     for index, state in new._updater.states.items():
-        assert isinstance(state, tuple)
-        np.testing.assert_allclose(state[0].asnumpy(), -saved[index] / 0.1, rtol=1e-6)
+        assert isinstance(state, list) and state[1] == 0.1
+        np.testing.assert_array_equal(state[0].asnumpy(), saved[index])
     assert upgrade_states(new, 0.1) == 0
+    # One more step from there equals one more step of MXNet's 'nag' at a constant rate.
+    for mod in (old, new):
+        mod.forward_backward(batch)
+        mod.update()
+    for name, value in old.get_params()[0].items():
+        np.testing.assert_allclose(new.get_params()[0][name].asnumpy(), value.asnumpy(),
+                                   rtol=1e-6, err_msg=name)

@@ -17,12 +17,13 @@ but a ReLU/ReLU6 input that rounds to the other side of 0 in one implementation 
 element's gradient, which the BatchNorm backward spreads over its channel and everything below,
 so a few steps of a small net drift by up to a few percent of what training moved (seen: 2e-2 in
 igcv3_cifar). That is too coarse to see a semantic difference, so the semantics are checked in
-float64 (the same code path and kernels, bound with float64 arrays), where rounding is 1e-16,
-a flip needs an input within 1e-15 of a kink, and the runs agree to 1e-12: losses within 1e-10
-relative, and every kind of array within 1e-9 of its change over the run (`drift`). Planted
-semantic differences are far outside: weight decay left off the biases drifts the biases by
-5e-4 to 1e-3, MXNet 1.9's own Nesterov form every kind by about 0.4, against 1e-13 for the
-project (plain_igc, igcv3_cifar). float32 is checked too, at a rate
+float64 (the same code path and kernels, bound with float64 arrays), where rounding is 1e-16
+and a flip needs an input within 1e-15 of a kink. MXNet's fused update ops take the rate,
+momentum and decay as float32 (the twin rounds them alike), which leaves the runs about 1e-8
+apart: losses within 1e-8 relative, and every kind of array within 1e-6 of its change over the
+run (`drift`). Planted semantic differences are far outside: weight decay left off the biases
+drifts the biases by 5e-4 to 1e-3, MXNet 1.9's own Nesterov form every kind by about 0.4,
+against 1e-8 for the project (plain_igc, igcv3_cifar). float32 is checked too, at a rate
 (0.02) where the runs stay close, with tolerances (1e-2, 1e-1) that catch a wrong kernel.
 """
 import os
@@ -47,7 +48,7 @@ STEPS_PER_EPOCH = 2
 NUM_UPDATES = 4
 WD = 5e-3
 # (loss rtol, drift) per dtype: see the module's docstring.
-TOLERANCE = {"float64": (1e-10, 1e-9), "float32": (1e-2, 1e-1)}
+TOLERANCE = {"float64": (1e-8, 1e-6), "float32": (1e-2, 1e-1)}
 CLASSES = 10
 
 FAMILIES = {

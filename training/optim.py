@@ -47,39 +47,48 @@ class AuthorsNAG(mx.optimizer.Optimizer):
 
     MXNet 1.9's 'nag' (rewritten in 2019, apache/mxnet#16053) keeps the learning rate inside the
     momentum, so after a learning-rate drop the old momentum still moves the weights at the old
-    rate for a while, and with out=weight its decay term reads the already-updated weight. The
-    state is a 1-tuple (mom,), which tells it apart from a state that MXNet's 'nag' wrote
-    (`upgrade_states`)."""
+    rate for a while, and with out=weight its decay term reads the already-updated weight.
+    This runs MXNet's fused nag_mom_update without its decay (added to the gradient first) and
+    rescales the stored momentum when the rate changes, which is the form above exactly. Like
+    MXNet's own optimizers, the fused op takes lr and momentum as float32.
+
+    The state is [-lr * mom, lr]: the momentum as MXNet's op keeps it and the rate it was scaled
+    with. MXNet's own 'nag' stores the first of these alone (`upgrade_states`)."""
 
     def __init__(self, momentum=0.0, **kwargs):
         super().__init__(**kwargs)
+        if self.clip_gradient is not None:
+            raise ValueError("AuthorsNAG does not clip gradients")
         self.momentum = momentum
 
     def create_state(self, index, weight):
         if self.momentum == 0.0:
             return None
-        return (nd.zeros(weight.shape, weight.context, dtype=weight.dtype),)
+        return [nd.zeros(weight.shape, weight.context, dtype=weight.dtype), None]
 
     def update(self, index, weight, grad, state):
         self._update_count(index)
         lr, wd = self._get_lr(index), self._get_wd(index)
-        g = grad * self.rescale_grad
-        if self.clip_gradient is not None:
-            g = nd.clip(g, -self.clip_gradient, self.clip_gradient)
-        g += wd * weight
+        if wd:
+            # grad += wd / rescale_grad * weight in one pass: sgd_update's weight - lr * grad
+            # with the arrays swapped and a negative rate.
+            nd.sgd_update(grad, weight, out=grad, lr=-wd / self.rescale_grad, wd=0.0,
+                          rescale_grad=1.0)
         if state is None:
-            weight[:] -= lr * g
+            nd.sgd_update(weight, grad, out=weight, lr=lr, wd=0.0,
+                          rescale_grad=self.rescale_grad)
             return
-        mom = state[0]
-        mom[:] *= self.momentum
-        mom[:] += g
-        g += self.momentum * mom
-        weight[:] -= lr * g
+        mom, scaled_at = state
+        if scaled_at is not None and scaled_at != lr:
+            mom *= lr / scaled_at
+        state[1] = lr
+        nd.nag_mom_update(weight, grad, mom, out=weight, lr=lr, wd=0.0, momentum=self.momentum,
+                          rescale_grad=self.rescale_grad)
 
 
 def upgrade_states(module, lr):
     """Momentum saved by MXNet's own 'nag' (an older checkpoint of this project: a bare array
-    holding about -lr * mom) turned into AuthorsNAG's (mom,) at the current rate `lr`. Reaches
+    of -lr * mom, the form AuthorsNAG keeps too) given the rate `lr` it was scaled with. Reaches
     into the Module's updater (MXNet offers no public handle); a no-op for other states."""
     kvstore = getattr(module, "_kvstore", None)
     updater = getattr(module, "_updater", None) or getattr(kvstore, "_updater", None)
@@ -88,7 +97,7 @@ def upgrade_states(module, lr):
     converted = 0
     for index, state in list(updater.states.items()):
         if isinstance(state, nd.NDArray):
-            updater.states[index] = (state * (-1.0 / lr),)
+            updater.states[index] = [state, lr]
             converted += 1
     return converted
 

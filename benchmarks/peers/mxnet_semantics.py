@@ -5,9 +5,10 @@ authors' MXNet behaviour that this module closes is listed in docs/reproduce.md.
 
 - `match_batchnorm`: MXNet's BatchNorm keeps the *biased* batch variance in its running variance
   (PyTorch keeps the unbiased one); momentum and eps are already translated by `common.batchnorm`.
-- `make_optimizer`: MXNet's 'nag' equals PyTorch's SGD(nesterov=True) with weight decay on every
-  parameter (the authors decay biases and BN gamma/beta too); MXNet's 'sgd' folds the learning
-  rate into the momentum buffer, so it is its own class here.
+- `make_optimizer`: the project's 'nag' (the authors' Nesterov form) equals PyTorch's
+  SGD(nesterov=True) with weight decay on every parameter (the authors decay biases and BN
+  gamma/beta too) and float32 rate and momentum; MXNet's 'sgd' folds the learning rate into
+  the momentum buffer, so it is its own class here.
 - `lr_at`: MXNet's MultiFactorScheduler, counted in updates (the first update of epoch s, 0-based,
   takes the lowered rate when s is a step).
 - `init_like_mxnet`: the authors' initialisation (Xavier 'in': gaussian magnitude 2 for
@@ -108,12 +109,27 @@ class MXNetSGD(torch.optim.Optimizer):
                 p.add_(mom)
 
 
+class Float32Rate(torch.optim.SGD):
+    """PyTorch's SGD(nesterov=True), the authors' Nesterov form, with the rate and momentum
+    rounded to float32 as MXNet's fused update ops take them."""
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            exact = group["lr"], group["momentum"]
+            group["lr"], group["momentum"] = (float(np.float32(v)) for v in exact)
+            try:
+                super().step()
+            finally:
+                group["lr"], group["momentum"] = exact
+
+
 def make_optimizer(module, optimizer, lr, momentum, wd):
-    """The PyTorch optimizer that updates as MXNet's `optimizer` ('nag' or 'sgd') with the
-    authors' weight-decay rule (every parameter decayed)."""
+    """The PyTorch optimizer that updates as the project's `optimizer` ('nag' or 'sgd') with
+    the authors' weight-decay rule (every parameter decayed)."""
     if optimizer == "nag":
-        return torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum, nesterov=True,
-                               weight_decay=wd)
+        return Float32Rate(module.parameters(), lr=lr, momentum=momentum, nesterov=True,
+                           weight_decay=wd)
     if optimizer == "sgd":
         return MXNetSGD(module.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
     raise ValueError(f"unknown optimizer {optimizer!r}")

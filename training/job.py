@@ -7,7 +7,6 @@ naming the flag or file, before any training.
 import dataclasses
 import os
 import re
-import time
 
 import mxnet as mx
 
@@ -69,7 +68,8 @@ class RunSpec:
     log_iters: int
     load_epoch: int          # None: start fresh
     resume: bool
-    seed: int
+    seed: int                # None: not given (a continued run keeps its own, else the clock)
+    allow_changes: bool      # continue a checkpoint even where this command defines another run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +91,22 @@ class Job:
                 "data_dir": os.path.dirname(os.path.abspath(data.val.rec)),
                 "mean_rgb": list(data.mean_rgb), "std_rgb": list(data.std_rgb),
                 "val_augment": data.val_augment}
+
+    def identity(self):
+        """What defines the run, for a checkpoint to record and --resume to compare: the
+        network with its full config, the data by content (not by path), the seed and the
+        recipe. Batch size of validation, threads, devices and --num-epochs may change."""
+        net, data, optim = self.network, self.data, self.optim
+        return {"network": net.name,
+                "config": {**network.network_defaults(net.name), **net.config},
+                "num_classes": net.num_classes, "data_shape": list(net.data_shape),
+                "train_data": data.train.identity, "val_data": data.val.identity,
+                "seed": self.run.seed, "batch_size": data.batch_size,
+                "mean_rgb": list(data.mean_rgb), "std_rgb": list(data.std_rgb),
+                "train_augment": data.train_augment, "val_augment": data.val_augment,
+                "optimizer": optim.optimizer, "lr": optim.lr, "momentum": optim.momentum,
+                "wd": optim.wd, "lr_factor": optim.lr_factor, "lr_steps": list(optim.lr_steps),
+                "lr_step_every": optim.lr_step_every, "freeze": list(self.run.freeze)}
 
     def describe(self):
         """The resolved configuration, for the log."""
@@ -288,6 +304,6 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
         freeze=_frozen_names(args.freeze, net), log_file=log_file,
         checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
         log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,
-        seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31))
+        seed=args.rand_seed, allow_changes=args.allow_changes)
     return Job(network=net, data=data, optim=optim, run=run, contexts=contexts,
                kv_store=args.kv_store)

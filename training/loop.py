@@ -1,5 +1,7 @@
 """The training loop: fit a resolved Job (resume, checkpoints, per-epoch validation) and
 evaluate parameters on the validation set."""
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -61,9 +63,11 @@ def evaluate(symbol, arg_params, aux_params, job):
 
 
 def fit(job, kv=None):
-    """Train `job`; returns the per-epoch history (list of dicts) of this run."""
+    """Train `job`; returns the per-epoch history (list of dicts) of this run. The writer of the
+    checkpoints (rank 0) holds the prefix's lock throughout: one run per prefix."""
     rank = kv.rank if kv is not None else 0
-    with _LogTo(job.run.log_file, rank):
+    lock = Checkpoints(job.run.model_prefix).lock() if rank == 0 else contextlib.nullcontext()
+    with lock, _LogTo(job.run.log_file, rank):
         return _fit(job, kv, rank)
 
 
@@ -81,6 +85,58 @@ def _start_point(job, checkpoints):
         LOGGER.info("--resume: continuing from %s", checkpoints.params_path(epoch))
         return epoch, loaded
     return 0, None
+
+
+def _shown(value):
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12]  # a SHA-256
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def identity_differences(recorded, current, begin_epoch):
+    """['key: recorded -> current', ...] where this command's run differs from the recorded
+    one. Learning-rate steps count only where they already applied (before `begin_epoch`): a
+    longer --num-epochs may move the later ones. A seed that was not given is not compared
+    (the recorded one is used)."""
+    current = json.loads(json.dumps(current))
+    for identity in (recorded, current):
+        identity["lr_steps"] = [s for s in identity.get("lr_steps", []) if s < begin_epoch]
+    if current.get("seed") is None:
+        current["seed"] = recorded.get("seed")
+    differences = []
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += [f"{key}.{k}: {_shown(old.get(k))} -> {_shown(new.get(k))}"
+                            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        elif old != new:
+            differences.append(f"{key}: {_shown(old)} -> {_shown(new)}")
+    return differences
+
+
+def _same_run(job, checkpoints, begin_epoch):
+    """`job` with its seed settled, after checking that it continues the run that wrote
+    checkpoint `begin_epoch` (ConfigError listing the differences, unless --allow-changes)."""
+    recorded = checkpoints.run_identity(begin_epoch) if begin_epoch else None
+    seed = job.run.seed
+    if recorded is not None:
+        differences = identity_differences(recorded, job.identity(), begin_epoch)
+        if differences and not job.run.allow_changes:
+            raise ConfigError(f"this command is not the run of "
+                              f"{checkpoints.params_path(begin_epoch)}, it differs in: "
+                              f"{'; '.join(differences)} (give --allow-changes to continue "
+                              "it anyway)")
+        if differences:
+            LOGGER.warning("--allow-changes: continuing %s with: %s",
+                           checkpoints.params_path(begin_epoch), "; ".join(differences))
+        if seed is None:
+            seed = recorded.get("seed")
+    elif begin_epoch and seed is None:
+        LOGGER.warning("%s records no seed: a new one is drawn, so the data order differs "
+                       "from the run's", checkpoints.params_path(begin_epoch))
+    if seed is None:
+        seed = int(time.time()) % (2 ** 31)
+    return dataclasses.replace(job, run=dataclasses.replace(job.run, seed=seed))
 
 
 def _tidy_prefix(checkpoints, begin_epoch):
@@ -149,6 +205,11 @@ def _bind_training_module(job, symbol, loaded):
     module.bind(data_shapes=[("data", (batch_size,) + net.data_shape)],
                 label_shapes=[("softmax_label", (batch_size,))])
     arg_params, aux_params, _ = loaded if loaded else (None, None, None)
+    if loaded:
+        match = match_params(symbol, (1,) + tuple(net.data_shape), arg_params, aux_params)
+        if not match.complete:
+            raise ConfigError(f"the checkpoint does not fit network {net.name} {net.config}: "
+                              f"{match.problems()}")
     partial = loaded is None and job.run.pretrained is not None
     if partial:
         arg_params, aux_params = _pretrained_params(job, symbol)
@@ -169,11 +230,12 @@ def _bind_training_module(job, symbol, loaded):
 
 
 def _fit(job, kv, rank):
-    net, optim, run = job.network, job.optim, job.run
     num_workers = kv.num_workers if kv is not None else 1
-    LOGGER.info("configuration: %s", json.dumps(job.describe(), default=str))
-    checkpoints = Checkpoints(run.model_prefix)
+    checkpoints = Checkpoints(job.run.model_prefix)
     begin_epoch, loaded = _start_point(job, checkpoints)
+    job = _same_run(job, checkpoints, begin_epoch)
+    net, optim, run = job.network, job.optim, job.run
+    LOGGER.info("configuration: %s", json.dumps(job.describe(), default=str))
     if begin_epoch >= optim.num_epochs:
         LOGGER.info("nothing to do: %d of %d epochs already done", begin_epoch, optim.num_epochs)
         return []
@@ -236,7 +298,7 @@ def _fit(job, kv, rank):
         last = epoch + 1 == optim.num_epochs
         if rank == 0 and ((epoch + 1) % run.checkpoint_epochs == 0 or last):
             checkpoints.save(epoch + 1, symbol, module, with_states=local_states,
-                             model_info=job.model_info())
+                             model_info=job.model_info(), identity=job.identity())
             LOGGER.info("saved checkpoint %s", checkpoints.params_path(epoch + 1))
     LOGGER.info("finished %d epochs in %s; weights digest %s", optim.num_epochs,
                 _clock(time.time() - run_start), weights_digest(module))

@@ -73,6 +73,15 @@ def file_digest(path):
     return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
 
 
+def verify_params_file(path):
+    """Check a PREFIX-NNNN.params given by path (--params, --pretrained) against the manifest
+    beside it when there is one (a file from elsewhere has none); ConfigError naming a file
+    that differs from its digest."""
+    match = re.match(r"(.*)-(\d{4,})\.params$", path)
+    if match and os.path.isfile(f"{match.group(1)}-{match.group(2)}.manifest.json"):
+        Checkpoints(match.group(1)).verify(int(match.group(2)))
+
+
 def remove_dead_temporaries(directory, base):
     """Delete the hidden .BASE*.tmpPID files in `directory` that killed processes left behind
     (those whose process no longer exists); returns their paths."""

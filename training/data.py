@@ -154,6 +154,33 @@ def check_record_file(data_dir, name, num_classes, flag="--data-dir"):
                       record_identity(rec, idx, labels, built_files))
 
 
+def dataset_classes(data_dir):
+    """(classes, where that number comes from) of the data set in `data_dir`: make_rec.json's
+    'classes', else the lines of synsets.txt; (None, None) when neither says."""
+    classes = read_build_info(data_dir).get("classes")
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        return classes, os.path.join(data_dir, MAKE_REC_INFO)
+    synsets = os.path.join(data_dir, "synsets.txt")
+    if os.path.isfile(synsets):
+        with open(synsets, "rb") as f:
+            return sum(1 for line in f if line.strip()), synsets
+    return None, None
+
+
+def first_image_shape(record):
+    """(height, width) of the first stored image of a RecordFile (None when it cannot be
+    decoded: the reader reports that)."""
+    import cv2
+
+    reader = mx.recordio.MXIndexedRecordIO(record.idx, record.rec, "r")
+    try:
+        _, image = mx.recordio.unpack(reader.read_idx(reader.keys[0]))
+    finally:
+        reader.close()
+    decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED)
+    return None if decoded is None else tuple(decoded.shape[:2])
+
+
 @contextlib.contextmanager
 def _without_reader_chatter():
     """Run the block with file descriptor 2 captured, then pass on everything but MXNet's

@@ -17,6 +17,9 @@ from .data import RecordFile, check_record_file
 from .errors import ConfigError
 
 DIST_KV_STORES = ("dist_sync", "dist_device_sync", "dist_async")
+# The deepest networks built here (a 1202-layer CIFAR ResNet, as in He et al. 2016) have about
+# 600 blocks; far more is a typo, and building such a graph would take minutes before failing.
+MAX_BLOCKS = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +201,45 @@ def run_name(network_name, config):
     return "_".join(parts)
 
 
+def _flags(config):
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config.items())
+
+
+def _available_memory():
+    """Bytes of memory available to this process (MemAvailable; physical memory without it)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_depth(name, config):
+    """ConfigError when the config asks for more than MAX_BLOCKS blocks (found from the
+    network's stage table, before its graph is built)."""
+    try:
+        blocks = sum(row["blocks"] for row in network.get_plan(name, **config))
+    except (ValueError, TypeError):
+        return  # an invalid config: building the graph says what is wrong with it
+    if blocks > MAX_BLOCKS:
+        raise ConfigError(f"network {name} {_flags(config)}: {blocks} blocks; the builders "
+                          f"take at most {MAX_BLOCKS}")
+
+
+def check_memory(name, config, symbol, data_shape, copies):
+    """ConfigError when `copies` float32 copies of the graph's weights (training keeps weights,
+    gradients and momentum) do not fit in the memory available."""
+    params = utility.count_params(symbol, (1,) + tuple(data_shape))["total"]
+    needed, available = 4 * params * copies, _available_memory()
+    if needed > available:
+        raise ConfigError(f"network {name} {_flags(config)}: {params:,} parameters need "
+                          f"{needed / 2 ** 30:.1f} GiB ({copies} float32 copies), more than the "
+                          f"{available / 2 ** 30:.1f} GiB of memory available")
+
+
 def _network_spec(args, dataset_kind, implied, device):
     config = network_config(args, implied)
     info = network.network_info(args.network)
@@ -207,11 +249,13 @@ def _network_spec(args, dataset_kind, implied, device):
                           f"train it with {script}")
     size = info["input_size"]
     spec = NetworkSpec(args.network, config, args.num_classes, (3, size, size), device)
+    check_depth(args.network, config)
     try:
         # Building once here turns an invalid depth or partition into a message before any I/O.
-        spec.symbol()
+        symbol = spec.symbol()
     except (ValueError, RuntimeError, utility.OpsLibraryError) as err:
         raise ConfigError(f"--network {args.network}: {err}") from None
+    check_memory(args.network, config, symbol, spec.data_shape, copies=4)
     return spec
 
 

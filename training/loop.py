@@ -14,7 +14,7 @@ import numpy as np
 
 import utility
 
-from .checkpoint import Checkpoints, weights_digest
+from .checkpoint import Checkpoints, verify_params_file, weights_digest
 from .data import train_batches, val_iter
 from .errors import CheckpointWriteError, ConfigError, TrainingDiverged
 from .metrics import Stats, format_values
@@ -179,6 +179,7 @@ def _pretrained_params(job, symbol):
     """(arg_params, aux_params) of --pretrained that fit `symbol` by name and shape; logs what
     was loaded, what will be initialised and what in the file is unused."""
     path = job.run.pretrained
+    verify_params_file(path)
     match = match_params(symbol, (1,) + tuple(job.network.data_shape),
                          *split_params(read_params(path, "--pretrained"), symbol))
     if not match.loaded:

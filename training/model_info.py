@@ -42,11 +42,6 @@ def _config_value(option, value):
     return valid and (option.choices is None or value in option.choices)
 
 
-def _augment(value):
-    return isinstance(value, dict) and all(
-        isinstance(v, bool) or _number(v) for v in value.values())
-
-
 FIELDS = {
     "network": (lambda v: isinstance(v, str) and v in network.list_networks(),
                 "a registered network name (python -m network --list)"),
@@ -58,7 +53,7 @@ FIELDS = {
     "data_dir": (lambda v: isinstance(v, str) and v != "", "a folder path"),
     "mean_rgb": (_rgb(_number), "three finite numbers"),
     "std_rgb": (_rgb(lambda x: _number(x) and x > 0), "three finite numbers > 0"),
-    "val_augment": (_augment, "an object of reader keywords with numbers or true/false"),
+    "val_augment": (lambda v: isinstance(v, dict), "an object of reader keywords"),
 }
 
 
@@ -82,10 +77,13 @@ def validate_model_info(info, path):
                               f"{info['network']} (its keys: {', '.join(options)})")
         if not _config_value(options[key], value):
             raise ConfigError(f"{path}: key 'config.{key}' has an invalid value {value!r}")
-    for key in info["val_augment"]:
+    for key, value in info["val_augment"].items():
         if key not in AUGMENT_KEYS:
             raise ConfigError(f"{path}: key 'val_augment.{key}' is not a reader keyword of "
                               f"the recipes ({', '.join(sorted(AUGMENT_KEYS))})")
+        if not (isinstance(value, bool) or _number(value)):
+            raise ConfigError(f"{path}: key 'val_augment.{key}' must be a number or "
+                              f"true/false, got {value!r}")
     size = network.network_info(info["network"])["input_size"]
     if info["data_shape"] != [3, size, size]:
         raise ConfigError(f"{path}: key 'data_shape' is {info['data_shape']}, but network "

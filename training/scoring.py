@@ -48,6 +48,7 @@ def score_model(model, split=None, batch_size=200, threads=4, top_k=5):
     'images', 'records'}."""
     split = split or VAL_SPLIT.get(model.dataset, DEFAULT_VAL_SPLIT)
     record = check_record_file(model.data_dir, split, model.num_classes)
+    model.check_data(record)
     pre = model.preprocessing
     batch_size = min(batch_size, record.num_records)
     batches = record_iter(record, batch_size, pre.data_shape, pre.mean_rgb, pre.std_rgb,

@@ -18,7 +18,7 @@ def output_path(path, flag="-o"):
     target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
     try:
         mode = os.stat(target).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         mode = None
     except OSError as err:
         raise ConfigError(f"{flag} {path}: {err.strerror or err}") from None

@@ -379,3 +379,19 @@ def test_network_summary_without_a_name_lists_the_names():
                           timeout=60, cwd=ROOT)
     assert proc.returncode == 2 and "unknown network None" not in proc.stderr
     assert "give a network name or --list; names: igcv2, " in proc.stderr, proc.stderr
+
+
+def test_make_rec_names_the_corrupt_jpeg_it_packs(tmp_path, capsys):
+    from test_data import write_imagenet_tree
+    from tools import make_rec
+
+    root = tmp_path / "ilsvrc"
+    write_imagenet_tree(root, np.random.default_rng(3))
+    cut = root / "train" / "n01443537" / "n01443537_0.JPEG"
+    data = cut.read_bytes()
+    cut.write_bytes(data[:len(data) // 2] + b"\xff\xd9")
+    code = make_rec.main(["imagenet", "--from", str(root), "--out", str(tmp_path / "out"),
+                          "--workers", "1", "--resize", "64"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"warning: {cut}: Corrupt JPEG data" in err, err

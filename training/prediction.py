@@ -1,18 +1,16 @@
 """Classify image files with a Model: decode (JPEG, PNG, any size), the validation preprocessing
 the record reader applies (short side resized with bilinear interpolation, centre crop, per-channel
 normalisation), one forward pass per chunk, top-k class names."""
-import contextlib
 import dataclasses
 import os
 import struct
-import sys
-import tempfile
 
 import cv2
 import mxnet as mx
 import numpy as np
 
 import network
+import utility
 
 CHUNK = 32
 # An image's pixels, read from its header before decoding: 128 megapixels is 384 MB decoded,
@@ -42,24 +40,6 @@ def header_size(data):
     return None
 
 
-@contextlib.contextmanager
-def _decoder_warnings(lines):
-    """Collect what the image decoders print on file descriptor 2 (libjpeg's "Corrupt JPEG
-    data" warnings name no file) into `lines`, for the caller to name the file."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines += [line.decode(errors="replace").strip() for line in captured
-                      if line.strip()]
-
-
 def read_image(path, warnings=None):
     """(H, W, 3) uint8 RGB of an image file; ImageError naming the file otherwise. What the
     decoder warns about is appended to `warnings`."""
@@ -75,7 +55,7 @@ def read_image(path, warnings=None):
                          f"{MAX_PIXELS // 2 ** 20} megapixels this tool decodes; resize it first")
     lines = []
     try:
-        with _decoder_warnings(lines):
+        with utility.captured_stderr(lines):
             image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
     except cv2.error as err:
         reason = str(err).strip().splitlines()[-1]

@@ -383,6 +383,7 @@ def test_network_summary_without_a_name_lists_the_names():
 
 def test_make_rec_names_the_corrupt_jpeg_it_packs(tmp_path, capsys):
     from test_data import write_imagenet_tree
+
     from tools import make_rec
 
     root = tmp_path / "ilsvrc"

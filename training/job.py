@@ -7,6 +7,7 @@ naming the flag or file, before any training.
 import dataclasses
 import os
 import re
+import time
 
 import mxnet as mx
 
@@ -71,7 +72,8 @@ class RunSpec:
     log_iters: int
     load_epoch: int          # None: start fresh
     resume: bool
-    seed: int                # None: not given (a continued run keeps its own, else the clock)
+    seed: int                # --rand-seed, else from the clock
+    seed_given: bool         # not given: a continued run keeps the seed it was started with
     allow_changes: bool      # continue a checkpoint even where this command defines another run
 
 
@@ -348,6 +350,7 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
         freeze=_frozen_names(args.freeze, net), log_file=log_file,
         checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
         log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,
-        seed=args.rand_seed, allow_changes=args.allow_changes)
+        seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31),
+        seed_given=args.rand_seed is not None, allow_changes=args.allow_changes)
     return Job(network=net, data=data, optim=optim, run=run, contexts=contexts,
                kv_store=args.kv_store)

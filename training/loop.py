@@ -96,13 +96,10 @@ def _shown(value):
 def identity_differences(recorded, current, begin_epoch):
     """['key: recorded -> current', ...] where this command's run differs from the recorded
     one. Learning-rate steps count only where they already applied (before `begin_epoch`): a
-    longer --num-epochs may move the later ones. A seed that was not given is not compared
-    (the recorded one is used)."""
+    longer --num-epochs may move the later ones."""
     current = json.loads(json.dumps(current))
     for identity in (recorded, current):
         identity["lr_steps"] = [s for s in identity.get("lr_steps", []) if s < begin_epoch]
-    if current.get("seed") is None:
-        current["seed"] = recorded.get("seed")
     differences = []
     for key in sorted(set(recorded) | set(current)):
         old, new = recorded.get(key), current.get(key)
@@ -115,28 +112,27 @@ def identity_differences(recorded, current, begin_epoch):
 
 
 def _same_run(job, checkpoints, begin_epoch):
-    """`job` with its seed settled, after checking that it continues the run that wrote
-    checkpoint `begin_epoch` (ConfigError listing the differences, unless --allow-changes)."""
+    """`job` after checking that it continues the run that wrote checkpoint `begin_epoch`
+    (ConfigError listing the differences, unless --allow-changes), with that run's seed when
+    --rand-seed was not given."""
     recorded = checkpoints.run_identity(begin_epoch) if begin_epoch else None
-    seed = job.run.seed
-    if recorded is not None:
-        differences = identity_differences(recorded, job.identity(), begin_epoch)
-        if differences and not job.run.allow_changes:
-            raise ConfigError(f"this command is not the run of "
-                              f"{checkpoints.params_path(begin_epoch)}, it differs in: "
-                              f"{'; '.join(differences)} (give --allow-changes to continue "
-                              "it anyway)")
-        if differences:
-            LOGGER.warning("--allow-changes: continuing %s with: %s",
-                           checkpoints.params_path(begin_epoch), "; ".join(differences))
-        if seed is None:
-            seed = recorded.get("seed")
-    elif begin_epoch and seed is None:
-        LOGGER.warning("%s records no seed: a new one is drawn, so the data order differs "
-                       "from the run's", checkpoints.params_path(begin_epoch))
-    if seed is None:
-        seed = int(time.time()) % (2 ** 31)
-    return dataclasses.replace(job, run=dataclasses.replace(job.run, seed=seed))
+    if recorded is None:
+        if begin_epoch and not job.run.seed_given:
+            LOGGER.warning("%s records no seed: the data order of this run differs from the "
+                           "run's (give its --rand-seed)", checkpoints.params_path(begin_epoch))
+        return job
+    if not job.run.seed_given and isinstance(recorded.get("seed"), int):
+        job = dataclasses.replace(job, run=dataclasses.replace(job.run, seed=recorded["seed"]))
+    differences = identity_differences(recorded, job.identity(), begin_epoch)
+    if differences and not job.run.allow_changes:
+        raise ConfigError(f"this command is not the run of "
+                          f"{checkpoints.params_path(begin_epoch)}, it differs in: "
+                          f"{'; '.join(differences)} (give --allow-changes to continue "
+                          "it anyway)")
+    if differences:
+        LOGGER.warning("--allow-changes: continuing %s with: %s",
+                       checkpoints.params_path(begin_epoch), "; ".join(differences))
+    return job
 
 
 def _tidy_prefix(checkpoints, begin_epoch):

@@ -1,15 +1,15 @@
 """ILSVRC2012 from extracted train/ and val/ folders: resized to a short side, JPEG-encoded
 by worker processes."""
 
+import contextlib
 import multiprocessing
 import os
 import random
 import signal
 import sys
+import tempfile
 
 import numpy as np
-
-import utility
 
 from .writer import SHUFFLE_SEED, DataError, Split, existing_set, log, write_dataset
 
@@ -126,6 +126,25 @@ def _worker_signals():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def _captured_stderr(lines):
+    """What the decoder prints on file descriptor 2 during the block, into `lines` (libjpeg's
+    warnings name no file). utility.captured_stderr's twin: tools/ runs without the project's
+    modules (make_rec.sh in a bare clone)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines += [line.decode(errors="replace").strip() for line in captured
+                      if line.strip()]
+
+
 def encode_imagenet_image(task):
     """(bytes, None, warnings) or (None, error, warnings): the image at path, short side resized,
     re-encoded as JPEG; warnings are what the decoder printed (e.g. "Corrupt JPEG data")."""
@@ -134,7 +153,7 @@ def encode_imagenet_image(task):
     path, short_side, quality = task
     warnings = []
     try:
-        with utility.captured_stderr(warnings):
+        with _captured_stderr(warnings):
             image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
     except (OSError, cv2.error) as e:
         return None, str(e), warnings

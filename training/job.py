@@ -18,8 +18,8 @@ from .data import RecordFile, check_record_file
 from .errors import ConfigError
 
 DIST_KV_STORES = ("dist_sync", "dist_device_sync", "dist_async")
-# The deepest networks built here (a 1202-layer CIFAR ResNet, as in He et al. 2016) have about
-# 600 blocks; far more is a typo, and building such a graph would take minutes before failing.
+# The deepest network of the papers, ResNet-1202 (He et al. 2016), has at most 1,200 blocks in any
+# family here; far more is a typo, and building such a graph would take minutes before failing.
 MAX_BLOCKS = 2000
 
 

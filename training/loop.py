@@ -97,7 +97,7 @@ def identity_differences(recorded, current, begin_epoch):
     """['key: recorded -> current', ...] where this command's run differs from the recorded
     one. Learning-rate steps count only where they already applied (before `begin_epoch`): a
     longer --num-epochs may move the later ones."""
-    current = json.loads(json.dumps(current))
+    recorded, current = json.loads(json.dumps(recorded)), json.loads(json.dumps(current))
     for identity in (recorded, current):
         identity["lr_steps"] = [s for s in identity.get("lr_steps", []) if s < begin_epoch]
     differences = []

@@ -3,9 +3,12 @@ parameters and multiply-adds of any symbol.
 
 MXNet is imported where it is used, so the plain C entry points (`reorder_entry_point`) also
 serve a machine with PyTorch and no MXNet, e.g. a Hopper GPU that mxnet-cu112 cannot drive."""
+import contextlib
 import functools
 import json
 import os
+import sys
+import tempfile
 
 import numpy as np
 
@@ -314,3 +317,21 @@ def count_macs(symbol, data_shape):
             counts["fc" if layer["op"] == "FullyConnected" else "conv"] += layer["macs"]
     counts["total"] = counts["conv"] + counts["fc"]
     return counts
+
+
+@contextlib.contextmanager
+def captured_stderr(lines):
+    """Collect what native code prints on file descriptor 2 during the block into `lines`
+    (libjpeg's "Corrupt JPEG data" warnings name no file: the caller adds it)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines += [line.decode(errors="replace").strip() for line in captured
+                      if line.strip()]

@@ -27,6 +27,8 @@ def parse_args(argv):
                                choices=option.choices,
                                help=f"{option.help} (default: {defaults[key]!r})")
     args = parser.parse_args(argv)
+    if not args.list and args.name is None:
+        parser.error(f"give a network name or --list; names: {', '.join(network.list_networks())}")
     if not args.list and args.name not in network.list_networks():
         parser.error(f"unknown network {args.name!r}; valid names: "
                      f"{', '.join(network.list_networks())}")

@@ -252,11 +252,13 @@ def test_fresh_start_moves_a_later_runs_checkpoints_aside(small_demo_dir, tmp_pa
     assert [h["epoch"] for h in fresh] == [1]
     # ... and --resume continues it, not the first run's epoch 3.
     resumed = train_model.main(cpu_args(small_demo_dir, prefix, "--num-epochs", "2", "--resume",
-                                        *common))
+                                        "--rand-seed", "9", *common))
     assert [h["epoch"] for h in resumed] == [2]
     (stale,) = [p for p in os.listdir(tmp_path) if p.startswith("m.stale-")]
-    assert sorted(os.listdir(tmp_path / stale)) == [f"m-000{e}.{kind}" for e in (1, 2, 3)
-                                                    for kind in ("params", "states")]
+    # Every file of the older run, its graph and model description included.
+    assert sorted(os.listdir(tmp_path / stale)) == sorted(
+        [f"m-000{e}.{kind}" for e in (1, 2, 3) for kind in ("params", "states", "manifest.json")]
+        + ["m-model.json", "m-symbol.json"])
     assert f"moved them to {tmp_path / stale}" in open(f"{prefix}.log").read()
 
 

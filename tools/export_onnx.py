@@ -7,7 +7,8 @@
 
 Permutations become Reshape/Transpose with explicit sizes and IGCConv a Conv plus that
 permutation (network/graph/onnx.py); --fold-bn folds each BatchNorm into the convolution that
-feeds it. The file is written under a temporary name and renamed when complete.
+feeds it. The file is written under a temporary name and renamed when complete; -o takes a
+new path or a regular file (a symbolic link is written through), never a FIFO or a device.
 """
 import argparse
 import os
@@ -21,8 +22,10 @@ import training  # noqa: E402
 import utility  # noqa: E402
 from network.graph.onnx import to_onnx  # noqa: E402
 from training.checkpoint import write_bytes_atomically  # noqa: E402
+from training.errors import mxnet_reason  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
 from training.optim import make_initializer  # noqa: E402
+from training.outputs import output_path  # noqa: E402
 
 
 def build_parser():
@@ -44,20 +47,14 @@ def initial_params(symbol, data_shape, seed):
     """Freshly initialised weights as training starts them (BN statistics 0 and 1)."""
     mx.random.seed(seed)
     module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",))
-    module.bind(data_shapes=[("data", (1,) + tuple(data_shape))],
-                label_shapes=[("softmax_label", (1,))], for_training=False)
-    module.init_params(make_initializer())
+    try:
+        module.bind(data_shapes=[("data", (1,) + tuple(data_shape))],
+                    label_shapes=[("softmax_label", (1,))], for_training=False)
+        module.init_params(make_initializer())
+    except (MemoryError, mx.base.MXNetError) as err:
+        reason = "out of memory" if isinstance(err, MemoryError) else mxnet_reason(err)
+        raise training.ConfigError(f"cannot allocate the network's weights: {reason}") from None
     return module.get_params()
-
-
-def check_output(path):
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise training.ConfigError(f"-o {path}: folder {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise training.ConfigError(f"-o {path}: folder {directory} is not writable")
-    if os.path.isdir(path):
-        raise training.ConfigError(f"-o {path}: is a folder")
 
 
 def main(argv=None):
@@ -65,7 +62,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_output(args.output)
+        target = output_path(args.output)
         model = resolve_model(args)
         arg_params, aux_params = (model.arg_params, model.aux_params) if model.params_file \
             else initial_params(model.symbol, model.data_shape, args.rand_seed)
@@ -75,7 +72,7 @@ def main(argv=None):
         except ValueError as err:
             raise training.ConfigError(str(err)) from None
         try:
-            write_bytes_atomically(args.output, proto.SerializeToString())
+            write_bytes_atomically(target, proto.SerializeToString())
         except OSError as err:
             raise training.ConfigError(f"-o {args.output}: cannot write it "
                                        f"({err.strerror or err})") from None

@@ -60,10 +60,13 @@ def free_port(host=LOOPBACK):
 
 def read_hosts(path):
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             hosts = [line.split("#", 1)[0].strip() for line in f]
     except OSError as err:
         raise SystemExit(f"launch.py: error: -H {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise SystemExit(f"launch.py: error: -H {path}: not a text file of host names") \
+            from None
     hosts = [h for h in hosts if h]
     if not hosts:
         raise SystemExit(f"launch.py: error: -H {path} lists no hosts")

@@ -5,8 +5,9 @@
 
 JPEG or PNG of any size, with the validation preprocessing of the network's family. Class names
 come from the synsets.txt that tools/make_rec.sh wrote beside the training data (for CIFAR, the
-archive's batches.meta names). A path that is missing or not an image is reported in one line on
-stderr, the other images are still classified, and the exit status is 1.
+archive's batches.meta names). A path that is missing, not an image or larger than the pixel
+budget is reported in one line on stderr, the other images are still classified, and the exit
+status is 1; a decoder's warning (a corrupt JPEG) is one line naming the file.
 """
 import argparse
 import os
@@ -38,6 +39,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         model = resolve_model(args)
+        model.check_data()
     except training.ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     results = predict(model, args.images, min(args.top, model.num_classes))
@@ -45,6 +47,8 @@ def main(argv=None):
         if result.error:
             print(f"{parser.prog}: error: {result.error}", file=sys.stderr)
         else:
+            for warning in result.warnings:
+                print(f"{parser.prog}: warning: {warning}", file=sys.stderr)
             print(f"{result.path}: " + ", ".join(f"{name} {100 * p:.1f}%"
                                                  for _, name, p in result.top))
     if any(r.error for r in results):

@@ -131,7 +131,8 @@ def add_common_arguments(parser):
                             "and variance from N training batches with the current weights "
                             "(0: keep the moving averages of training)")
     train.add_argument("--rand-seed", type=int,
-                       help="seed of the initialisation and data order (default: from the clock)")
+                       help="seed of the initialisation and data order (default: a continued "
+                            "run's own, else from the clock)")
 
     run = parser.add_argument_group("checkpoints and logging")
     run.add_argument("--model-prefix",
@@ -157,6 +158,10 @@ def add_common_arguments(parser):
                         help="continue from checkpoint PREFIX-NNNN (N epochs done)")
     resume.add_argument("--resume", action="store_true",
                         help="continue from the latest complete checkpoint under --model-prefix")
+    run.add_argument("--allow-changes", action="store_true",
+                     help="let --resume / --load-epoch continue a checkpoint although this "
+                          "command differs from its run (network, data, seed, recipe); the "
+                          "differences are logged")
     return parser
 
 

@@ -1,6 +1,7 @@
 """Record files: label checks before training, and the ImageRecordIter readers of a run."""
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -16,6 +17,8 @@ from .errors import ConfigError
 _RECORDIO_MAGIC = 0xced7230a
 PRECISE_BN_SEED = 1_000_003  # the --precise-bn readers' seed offset from the epochs' seeds
 MAKE_REC_INFO = "make_rec.json"
+# Present only while tools/make_rec.sh renames a new build into place.
+MAKE_REC_SWITCHING = ".make_rec.switching"
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 # MXNet logs this at every reader it creates; no environment switch silences it.
 _READER_CHATTER = re.compile(
@@ -28,6 +31,7 @@ class RecordFile:
     idx: str
     num_records: int
     num_classes_seen: int
+    identity: dict = None    # what the records are, wherever they lie (see record_identity)
 
 
 def read_labels(rec_path, idx_path):
@@ -64,16 +68,56 @@ def read_labels(rec_path, idx_path):
     return labels
 
 
-def built_counts(data_dir):
-    """{split: records} from the make_rec.json that tools/make_rec.sh writes beside the
-    records ({} when there is none, e.g. records made by other tools)."""
+def read_build_info(data_dir):
+    """The make_rec.json that tools/make_rec.sh writes beside the records ({} when there is
+    none, e.g. records made by other tools); ConfigError when make_rec.sh was stopped while it
+    replaced the files (its marker is still there: the folder may mix two builds)."""
+    marker = os.path.join(data_dir, MAKE_REC_SWITCHING)
+    if os.path.exists(marker):
+        raise ConfigError(f"{marker} exists: tools/make_rec.sh was stopped while it replaced "
+                          f"the records in {data_dir}, which may mix two builds (rebuild with "
+                          "tools/make_rec.sh ... --force)")
     try:
-        with open(os.path.join(data_dir, MAKE_REC_INFO)) as f:
-            counts = json.load(f).get("counts", {})
-    except (OSError, ValueError, AttributeError):
+        with open(os.path.join(data_dir, MAKE_REC_INFO), "rb") as f:
+            info = json.loads(f.read().decode())
+    except (OSError, ValueError):
         return {}
+    return info if isinstance(info, dict) else {}
+
+
+def built_counts(data_dir):
+    """{split: records} from make_rec.json ({} without one)."""
+    counts = read_build_info(data_dir).get("counts", {})
     return {k: v for k, v in counts.items() if isinstance(v, int)} \
         if isinstance(counts, dict) else {}
+
+
+def _built_files(data_dir, name):
+    """{file name: {'size', 'sha256'}} that make_rec.json records for split `name`."""
+    files = read_build_info(data_dir).get("files", {})
+    return {k: v for k, v in files.items() if k.startswith(name + ".") and isinstance(v, dict)} \
+        if isinstance(files, dict) else {}
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_identity(rec, idx, labels, built):
+    """What a record set is, by content rather than path, for --resume to compare: its size,
+    the digests of its index and labels, and make_rec.json's digest of the .rec when it has
+    one (a whole .rec is too large to hash at every start)."""
+    identity = {"records": int(labels.size), "rec_bytes": os.path.getsize(rec),
+                "idx_sha256": _sha256(idx),
+                "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
+    rec_digest = built.get(os.path.basename(rec), {}).get("sha256")
+    if rec_digest:
+        identity["rec_sha256"] = rec_digest
+    return identity
 
 
 def check_record_file(data_dir, name, num_classes, flag="--data-dir"):
@@ -87,6 +131,13 @@ def check_record_file(data_dir, name, num_classes, flag="--data-dir"):
                               f"{name}.rec and {name}.idx)")
     if os.path.getsize(rec) == 0 or os.path.getsize(idx) == 0:
         raise ConfigError(f"{flag}: {rec if os.path.getsize(rec) == 0 else idx} is empty")
+    built_files = _built_files(data_dir, name)
+    for path in (rec, idx):
+        size = built_files.get(os.path.basename(path), {}).get("size")
+        if size is not None and size != os.path.getsize(path):
+            raise ConfigError(f"{path} has {os.path.getsize(path)} bytes but {MAKE_REC_INFO} "
+                              f"says {size}: the files are from another build (rebuild with "
+                              "tools/make_rec.sh ... --force)")
     labels = read_labels(rec, idx)
     if labels.size == 0:
         raise ConfigError(f"{flag}: {idx} lists no records")
@@ -100,7 +151,35 @@ def check_record_file(data_dir, name, num_classes, flag="--data-dir"):
         first = labels[bad][0]
         raise ConfigError(f"{rec}: {int(bad.sum())} label(s) outside 0..{num_classes - 1} "
                           f"(first: {first:g}); --num-classes is {num_classes}")
-    return RecordFile(rec, idx, int(labels.size), int(np.unique(labels).size))
+    return RecordFile(rec, idx, int(labels.size), int(np.unique(labels).size),
+                      record_identity(rec, idx, labels, built_files))
+
+
+def dataset_classes(data_dir):
+    """(classes, where that number comes from) of the data set in `data_dir`: make_rec.json's
+    'classes', else the lines of synsets.txt; (None, None) when neither says."""
+    classes = read_build_info(data_dir).get("classes")
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        return classes, os.path.join(data_dir, MAKE_REC_INFO)
+    synsets = os.path.join(data_dir, "synsets.txt")
+    if os.path.isfile(synsets):
+        with open(synsets, "rb") as f:
+            return sum(1 for line in f if line.strip()), synsets
+    return None, None
+
+
+def first_image_shape(record):
+    """(height, width) of the first stored image of a RecordFile (None when it cannot be
+    decoded: the reader reports that)."""
+    import cv2
+
+    reader = mx.recordio.MXIndexedRecordIO(record.idx, record.rec, "r")
+    try:
+        _, image = mx.recordio.unpack(reader.read_idx(reader.keys[0]))
+    finally:
+        reader.close()
+    decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED)
+    return None if decoded is None else tuple(decoded.shape[:2])
 
 
 @contextlib.contextmanager

@@ -18,6 +18,9 @@ from .data import RecordFile, check_record_file
 from .errors import ConfigError
 
 DIST_KV_STORES = ("dist_sync", "dist_device_sync", "dist_async")
+# The deepest network of the papers, ResNet-1202 (He et al. 2016), has at most 1,200 blocks in any
+# family here; far more is a typo, and building such a graph would take minutes before failing.
+MAX_BLOCKS = 2000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +72,9 @@ class RunSpec:
     log_iters: int
     load_epoch: int          # None: start fresh
     resume: bool
-    seed: int
+    seed: int                # --rand-seed, else from the clock
+    seed_given: bool         # not given: a continued run keeps the seed it was started with
+    allow_changes: bool      # continue a checkpoint even where this command defines another run
     precise_bn: int          # batches of precise BN statistics before validation (0: off)
 
 
@@ -92,6 +97,22 @@ class Job:
                 "data_dir": os.path.dirname(os.path.abspath(data.val.rec)),
                 "mean_rgb": list(data.mean_rgb), "std_rgb": list(data.std_rgb),
                 "val_augment": data.val_augment}
+
+    def identity(self):
+        """What defines the run, for a checkpoint to record and --resume to compare: the
+        network with its full config, the data by content (not by path), the seed and the
+        recipe. Batch size of validation, threads, devices and --num-epochs may change."""
+        net, data, optim = self.network, self.data, self.optim
+        return {"network": net.name,
+                "config": {**network.network_defaults(net.name), **net.config},
+                "num_classes": net.num_classes, "data_shape": list(net.data_shape),
+                "train_data": data.train.identity, "val_data": data.val.identity,
+                "seed": self.run.seed, "batch_size": data.batch_size,
+                "mean_rgb": list(data.mean_rgb), "std_rgb": list(data.std_rgb),
+                "train_augment": data.train_augment, "val_augment": data.val_augment,
+                "optimizer": optim.optimizer, "lr": optim.lr, "momentum": optim.momentum,
+                "wd": optim.wd, "lr_factor": optim.lr_factor, "lr_steps": list(optim.lr_steps),
+                "lr_step_every": optim.lr_step_every, "freeze": list(self.run.freeze)}
 
     def describe(self):
         """The resolved configuration, for the log."""
@@ -183,6 +204,45 @@ def run_name(network_name, config):
     return "_".join(parts)
 
 
+def _flags(config):
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config.items())
+
+
+def _available_memory():
+    """Bytes of memory available to this process (MemAvailable; physical memory without it)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_depth(name, config):
+    """ConfigError when the config asks for more than MAX_BLOCKS blocks (found from the
+    network's stage table, before its graph is built)."""
+    try:
+        blocks = sum(row["blocks"] for row in network.get_plan(name, **config))
+    except (ValueError, TypeError):
+        return  # an invalid config: building the graph says what is wrong with it
+    if blocks > MAX_BLOCKS:
+        raise ConfigError(f"network {name} {_flags(config)}: {blocks} blocks; the builders "
+                          f"take at most {MAX_BLOCKS}")
+
+
+def check_memory(name, config, symbol, data_shape, copies):
+    """ConfigError when `copies` float32 copies of the graph's weights (training keeps weights,
+    gradients and momentum) do not fit in the memory available."""
+    params = utility.count_params(symbol, (1,) + tuple(data_shape))["total"]
+    needed, available = 4 * params * copies, _available_memory()
+    if needed > available:
+        raise ConfigError(f"network {name} {_flags(config)}: {params:,} parameters need "
+                          f"{needed / 2 ** 30:.1f} GiB ({copies} float32 copies), more than the "
+                          f"{available / 2 ** 30:.1f} GiB of memory available")
+
+
 def _network_spec(args, dataset_kind, implied, device):
     config = network_config(args, implied)
     info = network.network_info(args.network)
@@ -192,11 +252,13 @@ def _network_spec(args, dataset_kind, implied, device):
                           f"train it with {script}")
     size = info["input_size"]
     spec = NetworkSpec(args.network, config, args.num_classes, (3, size, size), device)
+    check_depth(args.network, config)
     try:
         # Building once here turns an invalid depth or partition into a message before any I/O.
-        spec.symbol()
+        symbol = spec.symbol()
     except (ValueError, RuntimeError, utility.OpsLibraryError) as err:
         raise ConfigError(f"--network {args.network}: {err}") from None
+    check_memory(args.network, config, symbol, spec.data_shape, copies=4)
     return spec
 
 
@@ -290,6 +352,7 @@ def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augm
         checkpoint_epochs=args.checkpoint_epochs or max(1, args.num_epochs // 8),
         log_iters=args.log_iters, load_epoch=args.load_epoch, resume=args.resume,
         seed=args.rand_seed if args.rand_seed is not None else int(time.time()) % (2 ** 31),
+        seed_given=args.rand_seed is not None, allow_changes=args.allow_changes,
         precise_bn=args.precise_bn)
     return Job(network=net, data=data, optim=optim, run=run, contexts=contexts,
                kv_store=args.kv_store)

@@ -1,5 +1,7 @@
 """The training loop: fit a resolved Job (resume, checkpoints, per-epoch validation) and
 evaluate parameters on the validation set."""
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -13,7 +15,7 @@ import numpy as np
 import utility
 
 from . import precise_bn
-from .checkpoint import Checkpoints, weights_digest
+from .checkpoint import Checkpoints, verify_params_file, weights_digest
 from .data import precise_bn_batches, train_batches, val_iter
 from .errors import CheckpointWriteError, ConfigError, TrainingDiverged
 from .metrics import Stats, format_values
@@ -62,9 +64,11 @@ def evaluate(symbol, arg_params, aux_params, job):
 
 
 def fit(job, kv=None):
-    """Train `job`; returns the per-epoch history (list of dicts) of this run."""
+    """Train `job`; returns the per-epoch history (list of dicts) of this run. The writer of the
+    checkpoints (rank 0) holds the prefix's lock throughout: one run per prefix."""
     rank = kv.rank if kv is not None else 0
-    with _LogTo(job.run.log_file, rank):
+    lock = Checkpoints(job.run.model_prefix).lock() if rank == 0 else contextlib.nullcontext()
+    with lock, _LogTo(job.run.log_file, rank):
         return _fit(job, kv, rank)
 
 
@@ -82,6 +86,54 @@ def _start_point(job, checkpoints):
         LOGGER.info("--resume: continuing from %s", checkpoints.params_path(epoch))
         return epoch, loaded
     return 0, None
+
+
+def _shown(value):
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12]  # a SHA-256
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def identity_differences(recorded, current, begin_epoch):
+    """['key: recorded -> current', ...] where this command's run differs from the recorded
+    one. Learning-rate steps count only where they already applied (before `begin_epoch`): a
+    longer --num-epochs may move the later ones."""
+    recorded, current = json.loads(json.dumps(recorded)), json.loads(json.dumps(current))
+    for identity in (recorded, current):
+        identity["lr_steps"] = [s for s in identity.get("lr_steps", []) if s < begin_epoch]
+    differences = []
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += [f"{key}.{k}: {_shown(old.get(k))} -> {_shown(new.get(k))}"
+                            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        elif old != new:
+            differences.append(f"{key}: {_shown(old)} -> {_shown(new)}")
+    return differences
+
+
+def _same_run(job, checkpoints, begin_epoch):
+    """`job` after checking that it continues the run that wrote checkpoint `begin_epoch`
+    (ConfigError listing the differences, unless --allow-changes), with that run's seed when
+    --rand-seed was not given."""
+    recorded = checkpoints.run_identity(begin_epoch) if begin_epoch else None
+    if recorded is None:
+        if begin_epoch and not job.run.seed_given:
+            LOGGER.warning("%s records no seed: the data order of this run differs from the "
+                           "run's (give its --rand-seed)", checkpoints.params_path(begin_epoch))
+        return job
+    if not job.run.seed_given and isinstance(recorded.get("seed"), int):
+        job = dataclasses.replace(job, run=dataclasses.replace(job.run, seed=recorded["seed"]))
+    differences = identity_differences(recorded, job.identity(), begin_epoch)
+    if differences and not job.run.allow_changes:
+        raise ConfigError(f"this command is not the run of "
+                          f"{checkpoints.params_path(begin_epoch)}, it differs in: "
+                          f"{'; '.join(differences)} (give --allow-changes to continue "
+                          "it anyway)")
+    if differences:
+        LOGGER.warning("--allow-changes: continuing %s with: %s",
+                       checkpoints.params_path(begin_epoch), "; ".join(differences))
+    return job
 
 
 def _tidy_prefix(checkpoints, begin_epoch):
@@ -130,6 +182,7 @@ def _pretrained_params(job, symbol):
     """(arg_params, aux_params) of --pretrained that fit `symbol` by name and shape; logs what
     was loaded, what will be initialised and what in the file is unused."""
     path = job.run.pretrained
+    verify_params_file(path)
     match = match_params(symbol, (1,) + tuple(job.network.data_shape),
                          *split_params(read_params(path, "--pretrained"), symbol))
     if not match.loaded:
@@ -156,6 +209,11 @@ def _bind_training_module(job, symbol, loaded, dtype):
     module.bind(data_shapes=[mx.io.DataDesc("data", (batch_size,) + net.data_shape, dtype)],
                 label_shapes=[mx.io.DataDesc("softmax_label", (batch_size,), dtype)])
     arg_params, aux_params, _ = loaded if loaded else (None, None, None)
+    if loaded:
+        match = match_params(symbol, (1,) + tuple(net.data_shape), arg_params, aux_params)
+        if not match.complete:
+            raise ConfigError(f"the checkpoint does not fit network {net.name} {net.config}: "
+                              f"{match.problems()}")
     partial = loaded is None and job.run.pretrained is not None
     if partial:
         arg_params, aux_params = _pretrained_params(job, symbol)
@@ -206,11 +264,12 @@ def _precise_bn(module, symbol, job, epoch, num_workers, rank):
 
 
 def _fit(job, kv, rank):
-    net, optim, run = job.network, job.optim, job.run
     num_workers = kv.num_workers if kv is not None else 1
-    LOGGER.info("configuration: %s", json.dumps(job.describe(), default=str))
-    checkpoints = Checkpoints(run.model_prefix)
+    checkpoints = Checkpoints(job.run.model_prefix)
     begin_epoch, loaded = _start_point(job, checkpoints)
+    job = _same_run(job, checkpoints, begin_epoch)
+    net, optim, run = job.network, job.optim, job.run
+    LOGGER.info("configuration: %s", json.dumps(job.describe(), default=str))
     if begin_epoch >= optim.num_epochs:
         LOGGER.info("nothing to do: %d of %d epochs already done", begin_epoch, optim.num_epochs)
         return []
@@ -276,7 +335,7 @@ def _fit(job, kv, rank):
         last = epoch + 1 == optim.num_epochs
         if rank == 0 and ((epoch + 1) % run.checkpoint_epochs == 0 or last):
             checkpoints.save(epoch + 1, symbol, module, with_states=local_states,
-                             model_info=job.model_info())
+                             model_info=job.model_info(), identity=job.identity())
             LOGGER.info("saved checkpoint %s", checkpoints.params_path(epoch + 1))
     LOGGER.info("finished %d epochs in %s; weights digest %s", optim.num_epochs,
                 _clock(time.time() - run_start), weights_digest(module))

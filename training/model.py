@@ -17,13 +17,13 @@ import utility
 from network.released import RELEASED_CHECKPOINTS
 
 from . import recipes
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, verify_params_file
 from .cli import add_network_arguments, default_gpus, gpu_list, positive_int
+from .data import dataset_classes, first_image_shape
 from .errors import ConfigError, mxnet_reason
-from .job import contexts_for, network_config
+from .job import check_depth, check_memory, contexts_for, network_config
+from .model_info import DATASETS
 from .params import load_exact
-
-DATASETS = tuple(sorted(recipes.CIFAR_DATASETS)) + ("imagenet",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,22 @@ class Model:
         with open(path) as f:
             names = [line.strip() for line in f if line.strip()]
         return names if len(names) == self.num_classes else None
+
+    def check_data(self, record=None):
+        """ConfigError when the data set in data_dir does not fit the model: another number of
+        classes, or (given a RecordFile) stored images of another size where the validation
+        reader takes them as stored."""
+        classes, source = dataset_classes(self.data_dir)
+        if classes is not None and classes != self.num_classes:
+            raise ConfigError(f"--data-dir {self.data_dir}: the data set has {classes} classes "
+                              f"({source}) but the model has {self.num_classes}")
+        if record is None or self.preprocessing.augment:
+            return
+        shape, wanted = first_image_shape(record), tuple(self.data_shape[1:])
+        if shape is not None and shape != wanted:
+            raise ConfigError(f"{record.rec}: images of {shape[0]}x{shape[1]} pixels (the first "
+                              f"record), but the model takes {wanted[0]}x{wanted[1]} as stored "
+                              "(its validation reader does not resize)")
 
 
 def add_model_arguments(parser, weights_required=True):
@@ -88,6 +104,7 @@ def _params_file(args):
     if args.params:
         if not os.path.isfile(args.params):
             raise ConfigError(f"--params {args.params}: file not found")
+        verify_params_file(args.params)
         return args.params
     if args.model_prefix is None:
         if args.load_epoch is not None:
@@ -107,6 +124,7 @@ def _params_file(args):
     path = checkpoints.params_path(epoch)
     if not os.path.isfile(path):
         raise ConfigError(f"--load-epoch {epoch}: {path} not found")
+    checkpoints.verify(epoch)
     return path
 
 
@@ -156,6 +174,8 @@ def _load_symbol(path):
     except mx.base.MXNetError as err:
         raise ConfigError(f"--symbol {path}: not a loadable MXNet graph "
                           f"({mxnet_reason(err)})") from None
+    except ValueError as err:  # UnicodeDecodeError: a binary file
+        raise ConfigError(f"--symbol {path}: not a JSON graph ({err})") from None
 
 
 def resolve_model(args):
@@ -192,10 +212,12 @@ def resolve_model(args):
     if args.symbol:
         symbol = _load_symbol(args.symbol)
     else:
+        check_depth(name, config)
         try:
             symbol = network.get_symbol(name, num_classes, **config)
         except (ValueError, RuntimeError) as err:
             raise ConfigError(f"--network {name}: {err}") from None
+        check_memory(name, config, symbol, preprocessing.data_shape, copies=3)
     data_shape = (1,) + tuple(preprocessing.data_shape)
     try:
         _, out_shapes, _ = symbol.infer_shape(data=data_shape)

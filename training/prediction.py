@@ -3,29 +3,65 @@ the record reader applies (short side resized with bilinear interpolation, centr
 normalisation), one forward pass per chunk, top-k class names."""
 import dataclasses
 import os
+import struct
 
 import cv2
 import mxnet as mx
 import numpy as np
 
 import network
+import utility
 
 CHUNK = 32
+# An image's pixels, read from its header before decoding: 128 megapixels is 384 MB decoded,
+# far above any photograph this classifies, far below what a crafted header can ask for.
+MAX_PIXELS = 1 << 27
+_JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 class ImageError(ValueError):
     """A path that is not a readable image; the message names it."""
 
 
-def read_image(path):
-    """(H, W, 3) uint8 RGB of an image file; ImageError naming the file otherwise."""
+def header_size(data):
+    """(width, height) from a PNG or JPEG header, None for other formats or a header cut
+    short."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 9 <= len(data) and data[pos] == 0xFF:
+        marker, length = data[pos + 1], struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker in _JPEG_FRAMES:
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return width, height
+        pos += 2 + length
+    return None
+
+
+def read_image(path, warnings=None):
+    """(H, W, 3) uint8 RGB of an image file; ImageError naming the file otherwise. What the
+    decoder warns about is appended to `warnings`."""
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file")
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise ImageError(f"{path}: {err.strerror or err}") from None
-    image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    size = header_size(raw[:1 << 16].tobytes())
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(f"{path}: {size[0]}x{size[1]} pixels, more than the "
+                         f"{MAX_PIXELS // 2 ** 20} megapixels this tool decodes; resize it first")
+    lines = []
+    try:
+        with utility.captured_stderr(lines):
+            image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    except cv2.error as err:
+        reason = str(err).strip().splitlines()[-1]
+        raise ImageError(f"{path}: OpenCV cannot decode it ({reason})") from None
+    if warnings is not None:
+        warnings += lines
     if image is None:
         raise ImageError(f"{path}: not an image OpenCV can decode (JPEG, PNG, ...)")
     return image[:, :, ::-1]
@@ -55,17 +91,20 @@ class Prediction:
     path: str
     top: tuple          # ((label, name, probability), ...) best first
     error: str = None   # why the file was not classified (then `top` is empty)
+    warnings: tuple = ()  # what the decoder said about the file, each naming it
 
 
 def predict(model, paths, top_k=5):
     """A Prediction per path, in order; a bad file gets its error and the others still run."""
     names = model.class_names() or [str(i) for i in range(model.num_classes)]
-    inputs, results = {}, {}
+    inputs, results, warnings = {}, {}, {}
     for i, path in enumerate(paths):
+        lines = []
         try:
-            inputs[i] = preprocess(read_image(path), model.preprocessing)
+            inputs[i] = preprocess(read_image(path, lines), model.preprocessing)
         except ImageError as err:
             results[i] = Prediction(path, (), str(err))
+        warnings[i] = tuple(f"{path}: {line}" for line in lines)
     order = sorted(inputs)
     executor = None
     symbol, arg_params, aux_params = network.optimize_for_inference(
@@ -81,5 +120,5 @@ def predict(model, paths, top_k=5):
         for i, row in zip(chunk, probs):
             best = np.argsort(-row, kind="stable")[:top_k]
             results[i] = Prediction(paths[i], tuple((int(c), names[c], float(row[c]))
-                                                    for c in best))
+                                                    for c in best), warnings=warnings[i])
     return [results[i] for i in range(len(paths))]

@@ -51,6 +51,7 @@ def score_model(model, split=None, batch_size=200, threads=4, top_k=5, precise_b
     of the training split (read with the validation preprocessing)."""
     split = split or VAL_SPLIT.get(model.dataset, DEFAULT_VAL_SPLIT)
     record = check_record_file(model.data_dir, split, model.num_classes)
+    model.check_data(record)
     pre = model.preprocessing
     aux_params = model.aux_params
     if precise_bn:

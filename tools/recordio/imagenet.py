@@ -1,10 +1,13 @@
 """ILSVRC2012 from extracted train/ and val/ folders: resized to a short side, JPEG-encoded
 by worker processes."""
 
+import contextlib
 import multiprocessing
 import os
 import random
 import signal
+import sys
+import tempfile
 
 import numpy as np
 
@@ -123,17 +126,39 @@ def _worker_signals():
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def _captured_stderr(lines):
+    """What the decoder prints on file descriptor 2 during the block, into `lines` (libjpeg's
+    warnings name no file). utility.captured_stderr's twin: tools/ runs without the project's
+    modules (make_rec.sh in a bare clone)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines += [line.decode(errors="replace").strip() for line in captured
+                      if line.strip()]
+
+
 def encode_imagenet_image(task):
-    """(bytes, None) or (None, error): the image at path, short side resized, re-encoded as JPEG."""
+    """(bytes, None, warnings) or (None, error, warnings): the image at path, short side resized,
+    re-encoded as JPEG; warnings are what the decoder printed (e.g. "Corrupt JPEG data")."""
     import cv2
 
     path, short_side, quality = task
+    warnings = []
     try:
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+        with _captured_stderr(warnings):
+            image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
     except (OSError, cv2.error) as e:
-        return None, str(e)
+        return None, str(e), warnings
     if image is None:
-        return None, "not a decodable image"
+        return None, "not a decodable image", warnings
     if short_side:
         height, width = image.shape[:2]
         scale = short_side / min(height, width)
@@ -146,16 +171,18 @@ def encode_imagenet_image(task):
             image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
         )
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return (buf.tobytes(), None) if ok else (None, "JPEG encoding failed")
+    return (buf.tobytes(), None, warnings) if ok else (None, "JPEG encoding failed", warnings)
 
 
 def _imagenet_records(root, items, short_side, quality, workers):
     tasks = [(os.path.join(root, rel), short_side, quality) for rel, _ in items]
     pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
     try:
-        for (rel, label), (image, error) in zip(
+        for (rel, label), (image, error, warnings) in zip(
             items, pool.imap(encode_imagenet_image, tasks, chunksize=8)
         ):
+            for warning in warnings:
+                print(f"warning: {os.path.join(root, rel)}: {warning}", file=sys.stderr)
             if error is not None:
                 raise DataError(f"{os.path.join(root, rel)}: {error}; remove or replace the file")
             yield label, image, rel

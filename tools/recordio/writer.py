@@ -1,8 +1,10 @@
 """Writing a data set: encoded records, .idx/.lst, synsets.txt and make_rec.json, all under
-temporary names renamed only once every split succeeded (make_rec.json last)."""
+temporary names renamed only once every split succeeded (make_rec.json last, with the size and
+SHA-256 of every file, and a marker present while the renames run)."""
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import time
@@ -12,6 +14,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARTIAL = ".partial"
 INFO_FILE = "make_rec.json"
+# Present while a build's files are renamed into place: a folder holding it may mix two builds
+# (training/data.py refuses it, and the next build replaces the set).
+SWITCHING = ".make_rec.switching"
 PNG_COMPRESSION = 3
 SHUFFLE_SEED = 0
 
@@ -118,8 +123,19 @@ def remove_files(paths):
             pass
 
 
+def file_digest(path):
+    """{'size', 'sha256'} of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
 def read_info(out_dir):
     """make_rec.json of a complete set in out_dir, or None when the set is missing or incomplete."""
+    if os.path.exists(os.path.join(out_dir, SWITCHING)):
+        return None
     try:
         with open(os.path.join(out_dir, INFO_FILE)) as f:
             info = json.load(f)
@@ -170,15 +186,24 @@ def write_dataset(out_dir, dataset, options, class_names, splits):
             "options": options,
             "classes": len(class_names),
             "counts": counts,
+            "files": {
+                os.path.basename(t[: -len(PARTIAL)]): file_digest(t) for t in temporaries
+            },
         }
         temporaries.append(info_path + PARTIAL)
         with open(info_path + PARTIAL, "w") as f:
             json.dump(info, f, indent=1)
-        # The old marker goes first and the new one last: an interruption in between reads as
-        # "incomplete", never as a finished set of mixed files.
+        # The marker goes first, then the old make_rec.json, and the new one comes last: an
+        # interruption in between reads as "stopped while switching", never as a finished set
+        # of mixed files.
+        switching = os.path.join(out_dir, SWITCHING)
+        with open(switching, "w") as f:
+            f.write(f"{os.getpid()}\n")
+            os.fsync(f.fileno())
         remove_files([info_path])
         for temporary in temporaries:
             os.replace(temporary, temporary[: -len(PARTIAL)])
+        os.remove(switching)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DataError(

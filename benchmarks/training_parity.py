@@ -114,7 +114,7 @@ def train_project(records, dataset, seed, epochs, mean, std, precise_bn, workdir
     import train_model
     argv = ["--dataset", dataset, "--data-dir", records, "--gpus", "", "--rand-seed", str(seed),
             "--model-prefix", os.path.join(workdir, f"{dataset}-{seed}-{precise_bn}", "model"),
-            "--num-epochs", str(epochs), "--log-iters", "100000", *NETWORK]
+            "--num-epochs", str(epochs), "--log-iters", "100000", "--data-threads", "2", *NETWORK]
     if mean is not None:
         argv += ["--mean-rgb", ",".join(map(str, mean)), "--std-rgb", ",".join(map(str, std))]
     if precise_bn:

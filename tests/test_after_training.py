@@ -132,6 +132,27 @@ def test_an_authors_parameter_file_loads_into_our_builder_by_name(checkpoint, re
     assert model.num_classes == 1000
 
 
+def test_mean_and_std_flags_replace_the_recipes_for_an_authors_file(released_symbols_dir,
+                                                                    tmp_path, ops):
+    """The released IGCV1 weights were trained on mean-subtracted pixels (docs/reproduce.md):
+    --std-rgb 1,1,1 scores them that way, and the flag reaches the reader's numbers."""
+    from training.model import resolve_model
+    from training.recipes import IGCV1_MEAN_RGB, IGCV1_STD_RGB
+    checkpoint = next(c for c in RELEASED_CHECKPOINTS if c.config.get("variant") == "igc_l100m2")
+    _, blob = released_params(os.path.join(released_symbols_dir, checkpoint.symbol_file), seed=2)
+    path = str(tmp_path / "released-0100.params")
+    mx.nd.save(path, blob)
+    imagenet_records(tmp_path, 4)
+    flags = network_flags(checkpoint) + ["--params", path, "--gpus", "", "--data-dir",
+                                         str(tmp_path), "--batch-size", "4"]
+    model = resolve_model(score.build_parser().parse_args(flags + ["--std-rgb", "1,1,1"]))
+    assert model.preprocessing.std_rgb == (1.0, 1.0, 1.0)
+    assert model.preprocessing.mean_rgb == IGCV1_MEAN_RGB
+    default = resolve_model(score.build_parser().parse_args(flags))
+    assert default.preprocessing.std_rgb == IGCV1_STD_RGB
+    assert score.main(flags)["loss"] != score.main(flags + ["--std-rgb", "1,1,1"])["loss"]
+
+
 def imagenet_records(directory, count, num_classes=1000):
     rng = np.random.RandomState(1)
     labels = [int(v) for v in rng.randint(0, num_classes, count)]

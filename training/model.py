@@ -18,7 +18,7 @@ from network.released import RELEASED_CHECKPOINTS
 
 from . import recipes
 from .checkpoint import Checkpoints, verify_params_file
-from .cli import add_network_arguments, default_gpus, gpu_list, positive_int
+from .cli import add_network_arguments, default_gpus, gpu_list, positive_int, positive_rgb, rgb
 from .data import dataset_classes, first_image_shape
 from .errors import ConfigError, mxnet_reason
 from .job import check_depth, check_memory, contexts_for, network_config
@@ -92,6 +92,12 @@ def add_model_arguments(parser, weights_required=True):
                            "cifar10)")
     data.add_argument("--data-dir", help="directory with the records and synsets.txt (default: "
                                          "the checkpoint's, else data/<dataset>)")
+    data.add_argument("--mean-rgb", type=rgb, help="per-channel mean subtracted, 'R,G,B' "
+                                                   "(default: the checkpoint's, else the recipe's)")
+    data.add_argument("--std-rgb", type=positive_rgb,
+                      help="per-channel std divided by, 'R,G,B' (default: the checkpoint's, else "
+                           "the recipe's; 1,1,1 for the authors' released IGCV1 weights, which "
+                           "were trained on mean-subtracted pixels)")
     data.add_argument("--gpus", type=gpu_list, default=default_gpus(),
                       help="comma list of GPU ids; '' runs on the CPU (default %(default)r)")
     parser.set_defaults(weights_required=weights_required)
@@ -208,6 +214,9 @@ def resolve_model(args):
                                               tuple(info["data_shape"]), info["val_augment"])
     else:
         preprocessing = recipes.validation_preprocessing(name, dataset)
+    given = {key: tuple(value) for key, value in
+             (("mean_rgb", args.mean_rgb), ("std_rgb", args.std_rgb)) if value is not None}
+    preprocessing = dataclasses.replace(preprocessing, **given)
 
     if args.symbol:
         symbol = _load_symbol(args.symbol)

@@ -224,8 +224,8 @@ def check_depth(name, config):
     """ConfigError when the config asks for more than MAX_BLOCKS blocks (found from the
     network's stage table, before its graph is built)."""
     try:
-        blocks = sum(row["blocks"] for row in network.get_plan(name, **config))
-    except (ValueError, TypeError):
+        blocks = sum(row.blocks for row in network.get_plan(name, **config))
+    except ValueError:
         return  # an invalid config: building the graph says what is wrong with it
     if blocks > MAX_BLOCKS:
         raise ConfigError(f"network {name} {_flags(config)}: {blocks} blocks; the builders "

@@ -135,7 +135,7 @@ def test_an_authors_parameter_file_loads_into_our_builder_by_name(checkpoint, re
 def test_mean_and_std_flags_replace_the_recipes_for_an_authors_file(released_symbols_dir,
                                                                     tmp_path, ops):
     """The released IGCV1 weights were trained on mean-subtracted pixels (docs/reproduce.md):
-    --std-rgb 1,1,1 scores them that way, and the flag reaches the reader's numbers."""
+    --std-rgb 1,1,1 scores them that way."""
     from training.model import resolve_model
     from training.recipes import IGCV1_MEAN_RGB, IGCV1_STD_RGB
     checkpoint = next(c for c in RELEASED_CHECKPOINTS if c.config.get("variant") == "igc_l100m2")
@@ -150,7 +150,14 @@ def test_mean_and_std_flags_replace_the_recipes_for_an_authors_file(released_sym
     assert model.preprocessing.mean_rgb == IGCV1_MEAN_RGB
     default = resolve_model(score.build_parser().parse_args(flags))
     assert default.preprocessing.std_rgb == IGCV1_STD_RGB
-    assert score.main(flags)["loss"] != score.main(flags + ["--std-rgb", "1,1,1"])["loss"]
+
+
+def test_mean_and_std_flags_reach_the_reader(trained):
+    """A checkpoint scored with other numbers than it was trained with scores otherwise."""
+    base = ["--model-prefix", trained, "--gpus", ""]
+    saved = score.main(base)
+    assert score.main(base + ["--std-rgb", "1,1,1"])["loss"] != saved["loss"]
+    assert score.main(base + ["--mean-rgb", "0,0,0"])["loss"] != saved["loss"]
 
 
 def imagenet_records(directory, count, num_classes=1000):

@@ -320,14 +320,17 @@ def main(argv=None):
                 twin_curve, twin_precise = train_twin(train, test, recipe, seed,
                                                       args.precise_bn)
                 ours[seed], theirs[seed] = curve[-1], twin_curve[-1]
-                curves += [(dataset, seed, "project", curve), (dataset, seed, "twin", twin_curve)]
+                curves += [("project", curve), ("twin", twin_curve)]
                 if args.precise_bn:
                     ours_p[seed], theirs_p[seed] = precise[-1], twin_precise[-1]
-                    curves += [(dataset, seed, "project precise BN", precise),
-                               (dataset, seed, "twin precise BN", twin_precise)]
+                    curves += [("project precise BN", precise),
+                               ("twin precise BN", twin_precise)]
                 print(f"  seed {seed}: project {curve[-1]:.2f}%, twin {twin_curve[-1]:.2f}%"
                       + (f"; precise BN {ours_p[seed]:.2f}% / {theirs_p[seed]:.2f}%"
                          if args.precise_bn else ""), flush=True)
+                if args.curves or args.precise_bn:
+                    for who, values in curves[-(4 if args.precise_bn else 2):]:
+                        print(f"    {who}: " + " ".join(f"{v:.1f}" for v in values), flush=True)
             rows += summary_rows(dataset, ours, theirs)
             if args.precise_bn:
                 precise_rows += summary_rows(dataset, ours_p, theirs_p)
@@ -338,10 +341,6 @@ def main(argv=None):
     if precise_rows:
         print(f"\nwith BatchNorm statistics recomputed from {args.precise_bn} training batches:")
         harness.print_table(headers, precise_rows)
-    if args.curves or args.precise_bn:
-        print("\nper-epoch test top-1 %:")
-        for dataset, seed, who, curve in curves:
-            print(f"  {dataset} seed {seed} {who}: " + " ".join(f"{v:.1f}" for v in curve))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ $(error CUDA=$(CUDA): only CUDA=112 (mxnet-cu112) or CUDA=none (CPU mxnet) is su
 endif
 PIP := $(VPY) -m pip --disable-pip-version-check
 TEST_STAMP := $(VENV)/.requirements-test.stamp
+# A path file makes this checkout importable (`import network, training`) by the venv's Python
+# from any directory, and nowhere else.
+CHECKOUT_PTH = $(VPY) -c 'import os, sys, sysconfig; open(os.path.join(sysconfig.get_paths() \
+	["purelib"], "igc-mxnet-checkout.pth"), "w").write(sys.argv[1] + "\n")' "$(CURDIR)"
 
 # The benchmark environment: the runtime pins plus CPU torch, onnx, onnxruntime (never in
 # requirements.txt). It loads the same build/libigc_ops.so.
@@ -36,7 +40,10 @@ $(VENV)/.requirements.stamp: requirements.txt
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	@rm -f $(VENV)/.requirements-cu112.stamp
 	@! $(PIP) show -q mxnet-cu112 2>/dev/null || $(PIP) uninstall -y -q mxnet-cu112
+	@echo "installing requirements.txt into $(VENV) (MXNet 1.9.1, numpy, OpenCV, ruff, pytest:" \
+		"about 400 MB, 1-3 minutes)"
 	$(PIP) install -q -r requirements.txt
+	@$(CHECKOUT_PTH)
 	@touch $@
 
 # Several GB of wheels. The CPU mxnet goes first: both wheels install the same `mxnet` package.
@@ -47,11 +54,13 @@ $(VENV)/.requirements-cu112.stamp: requirements.txt requirements-cu112.txt tools
 	sed '/^mxnet==/d' requirements.txt > $(VENV)/requirements-without-mxnet.txt
 	$(PIP) install -q -r $(VENV)/requirements-without-mxnet.txt -r requirements-cu112.txt
 	$(VPY) tools/cuda_venv.py link
+	@$(CHECKOUT_PTH)
 	@touch $@
 
 # onnx / onnxruntime for the export tests, with requirements.txt as constraints so that pip
 # keeps numpy at 1.23.5 (and touches no mxnet, CPU or cu112).
 $(TEST_STAMP): requirements-test.txt requirements.txt $(STAMP)
+	@echo "installing requirements-test.txt into $(VENV) (ONNX, ONNX Runtime: about 100 MB)"
 	$(PIP) install -q -r requirements-test.txt -c requirements.txt
 	@touch $@
 

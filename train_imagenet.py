@@ -18,7 +18,7 @@ from training import recipes
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = training.cli.ArgumentParser(
         description="Train an IGC network on ImageNet (top-1 and top-5 accuracy).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--augment", choices=recipes.IMAGENET_AUGMENTS,

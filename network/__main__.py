@@ -2,6 +2,7 @@
 and multiply-adds of one network. The flags are the network's config keys, dashed
 (`--primary-partition 4`); `python -m network --list` lists the names."""
 import argparse
+import os
 import sys
 
 import network
@@ -43,8 +44,9 @@ def summary_rows(name, num_classes, config):
     totals = {row.stage: [0, 0] for row in plan}
     totals["classifier"] = [0, 0]
     for layer in utility.layer_costs(symbol, shape):
-        stage = next((row.stage for row in plan if layer["name"].startswith(row.prefix)),
-                     "classifier")
+        # A stage's layers are named PREFIX*, a one-layer stem may be named PREFIX without '_'.
+        stage = next((row.stage for row in plan if layer["name"].startswith(row.prefix) or
+                      layer["name"] == row.prefix.rstrip("_")), "classifier")
         totals[stage][0] += layer["params"]
         totals[stage][1] += layer["macs"]
     return plan, totals, utility.count_params(symbol, shape), utility.count_macs(symbol, shape)
@@ -88,4 +90,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        # The reader went away (`| head -1`): end quietly, as Unix tools do; stdout goes to
+        # /dev/null so that the interpreter's final flush cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

@@ -20,8 +20,8 @@ BN_MOMENTUM = 0.99
 def plain_layers_per_stage(depth):
     check_positive_int("depth", depth)
     if depth < 5 or (depth - 2) % 3:
-        raise ValueError(f"plain depth {depth} is invalid: depth - 2 must be a positive multiple "
-                         "of 3 (e.g. 8, 20, 38, 62)")
+        raise ValueError(f"depth {depth} is invalid for plain and plain_igc: depth - 2 must be "
+                         "a positive multiple of 3 (e.g. 8, 20, 38, 62)")
     return (depth - 2) // 3
 
 

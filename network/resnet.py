@@ -46,7 +46,8 @@ def resnet_blocks_per_stage(depth):
         used += 2 * n
         blocks.append(n)
     if blocks[0] < 1 or used != depth:
-        raise ValueError(f"resnet depth {depth} is invalid: depth - 2 must be even and >= 6 "
+        raise ValueError(f"depth {depth} is invalid for resnet and resnet_igc: depth - 2 must be "
+                         "even and >= 6 "
                          f"(blocks per stage {blocks} would give depth {used})")
     return blocks
 

@@ -120,12 +120,40 @@ def test_onnx_batch_dimension_is_dynamic(ops):
                                    atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("name,config", [
+    ("resnet_igc", dict(depth=8)),
+    ("plain_igc", dict(depth=8, conv_impl="igc")),
+    ("igcv3_cifar", dict(depth_multiplier=0.5)),
+])
+def test_onnx_height_and_width_are_dynamic_where_the_network_pools_globally(name, config, ops):
+    symbol = network.get_symbol(name, NUM_CLASSES, **config)
+    arg_params, aux_params, _ = random_params(symbol, (1, 3, 32, 32), seed=4)
+    model = to_onnx(symbol, arg_params, aux_params, (3, 32, 32))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, "H", "W"]
+    for shape in ((2, 3, 32, 32), (1, 3, 40, 24), (1, 3, 64, 64)):
+        data = np.random.RandomState(5).uniform(-2, 2, shape).astype(np.float32)
+        np.testing.assert_allclose(run_onnx(model, data),
+                                   forward(symbol, arg_params, aux_params, data), atol=TOLERANCE)
+
+
+def test_onnx_keeps_the_exported_size_where_a_reshape_fixes_it(ops):
+    symbol = network.get_symbol("plain_igc", NUM_CLASSES, depth=8, conv_impl="mxnet",
+                                permutation="reshape")
+    arg_params, aux_params, data = random_params(symbol, (1, 3, 32, 32), seed=6)
+    model = to_onnx(symbol, arg_params, aux_params, (3, 32, 32))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, 32, 32]
+    with pytest.raises(Exception, match="Expected: 32"):
+        run_onnx(model, np.zeros((1, 3, 40, 40), np.float32))
+
+
 def test_a_wrong_permutation_in_the_onnx_graph_is_caught_by_the_comparison(ops):
     # The comparison above can fail: swap g and C/g in one exported permutation.
     symbol = network.get_symbol("plain_igc", NUM_CLASSES, depth=8, conv_impl="mxnet")
     arg_params, aux_params, data = random_params(symbol, (2, 3, 32, 32), seed=2)
     model = to_onnx(symbol, arg_params, aux_params, (3, 32, 32))
-    split = next(t for t in model.graph.initializer if t.name.endswith("reorder1_split_shape"))
+    split = next(t for t in model.graph.initializer if t.name.endswith("reorder1_split_head"))
     values = onnx.numpy_helper.to_array(split).copy()
     values[1], values[2] = values[2], values[1]
     split.CopyFrom(onnx.numpy_helper.from_array(values, split.name))
@@ -163,7 +191,26 @@ def test_export_without_weights_uses_a_fresh_initialisation(tmp_path, ops):
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, "H", "W"]
+
+
+def test_export_without_weights_takes_no_class_count_from_records_lying_around(tmp_path, ops):
+    # A synsets.txt of 3 classes in the data folder must not size a randomly initialised model.
+    (tmp_path / "synsets.txt").write_text("a\nb\nc\n")
+    out = tmp_path / "plain.onnx"
+    result = run_export("--network", "plain_igc", "--depth", "8", "--data-dir", str(tmp_path),
+                        "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    dims = onnx.load(str(out)).graph.output[0].type.tensor_type.shape.dim
+    assert dims[1].dim_value == 10  # cifar10, the dataset default
+    result = run_export("--network", "plain_igc", "--depth", "8", "--num-classes", "7",
+                        "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    model = onnx.load(str(out))
+    assert model.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 7
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["num_classes"] == "7" and meta["class_names"] == str(list(map(str, range(7)))) \
+        .replace("'", '"')
 
 
 @pytest.mark.parametrize("target,message", [

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Export a network (any registered one, with its config flags) to ONNX: input `data`
-(N, 3, H, W) with a dynamic batch N, output `probabilities` (N, classes).
+(N, 3, H, W) with a dynamic batch N (and dynamic H, W when the network pools globally), output
+`probabilities` (N, classes). The file's metadata_props name the classes, the preprocessing
+(mean/std, NCHW, RGB, 0-255 pixels) and the network (training/onnx_metadata.py).
 
     tools/export_onnx.py --model-prefix runs/demo/model --load-epoch 8 -o demo.onnx
     tools/export_onnx.py --network igcv3 --fold-bn -o igcv3.onnx    # random weights
@@ -16,20 +18,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import mxnet as mx  # noqa: E402
-
 import training  # noqa: E402
 import utility  # noqa: E402
 from network.graph.onnx import to_onnx  # noqa: E402
 from training.checkpoint import write_bytes_atomically  # noqa: E402
 from training.errors import mxnet_reason  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
+from training.onnx_metadata import onnx_metadata, set_metadata  # noqa: E402
 from training.optim import make_initializer  # noqa: E402
 from training.outputs import output_path  # noqa: E402
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = training.cli.ArgumentParser(
         description="Write an ONNX model of a network (randomly initialised without weights).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("-o", "--output", required=True, metavar="FILE.onnx",
@@ -45,6 +46,7 @@ def build_parser():
 
 def initial_params(symbol, data_shape, seed):
     """Freshly initialised weights as training starts them (BN statistics 0 and 1)."""
+    import mxnet as mx  # here, so that a Python without MXNet is told so by `import training`
     mx.random.seed(seed)
     module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",))
     try:
@@ -71,6 +73,10 @@ def main(argv=None):
                             fold_bn=args.fold_bn, graph_name=model.network)
         except ValueError as err:
             raise training.ConfigError(str(err)) from None
+        # Class names only from the data a checkpoint or --data-dir names, never a guess.
+        names = (model.class_names() if args.model_prefix or args.data_dir else None) or \
+            [str(c) for c in range(model.num_classes)]
+        set_metadata(proto, onnx_metadata(model, names))
         try:
             write_bytes_atomically(target, proto.SerializeToString())
         except OSError as err:
@@ -79,8 +85,9 @@ def main(argv=None):
     except training.ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     weights = model.params_file or f"random weights (seed {args.rand_seed})"
-    print(f"wrote {args.output}: {model.network} from {weights}, input data (N, "
-          f"{', '.join(map(str, model.data_shape))}), output probabilities (N, "
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    print(f"wrote {args.output}: {model.network} from {weights}, input data ("
+          f"{', '.join(d.dim_param or str(d.dim_value) for d in dims)}), output probabilities (N, "
           f"{model.num_classes}){', BN folded' if args.fold_bn else ''}")
     return args.output
 

@@ -1,4 +1,5 @@
-"""Builds MXNet RecordIO image sets: CIFAR-10/100, SVHN, ImageNet and the procedural demo set.
+"""Builds MXNet RecordIO image sets: CIFAR-10/100, SVHN, ImageNet, a folder of your own images
+(one sub-folder per class) and the procedural demo set.
 
 Run through tools/make_rec.sh (which provides the venv); `python -m tools.make_rec --help` from the
 repository root works too. Every split is written as NAME.rec/.idx/.lst plus synsets.txt (class
@@ -15,6 +16,7 @@ import sys
 
 from tools.recordio.cifar import CIFAR, build_cifar
 from tools.recordio.demo import make_demo
+from tools.recordio.folder import build_folder
 from tools.recordio.imagenet import build_imagenet
 from tools.recordio.sources import load_plain_pickle
 from tools.recordio.svhn import build_svhn
@@ -117,6 +119,28 @@ def build_parser():
         help="encoding processes (default: all cores)",
     )
 
+    p = sub.add_parser(
+        "folder", parents=[common],
+        help="your own images, one sub-folder per class (train/ and val/ or test/ optional)")
+    p.add_argument(
+        "--from", dest="source", metavar="DIR", required=True,
+        help="DIR/CLASS/*.jpg (a test split is held out) or DIR/train/CLASS/ and DIR/val/CLASS/",
+    )
+    p.add_argument(
+        "--resize", type=_int_in(8, 4096), default=32,
+        help="side of the stored square images: short side resized, centre crop (default 32)",
+    )
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2,
+        help="share of each class held out for testing when DIR has no val/ or test/ "
+             "(default 0.2)",
+    )
+    p.add_argument("--quality", type=_int_in(1, 100), default=95, help="JPEG quality (default 95)")
+    p.add_argument(
+        "--workers", type=_int_in(1), default=os.cpu_count() or 1,
+        help="encoding processes (default: all cores)",
+    )
+
     p = sub.add_parser("demo", parents=[common], help="procedural 10-class 32x32 set (no download)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument(
@@ -138,6 +162,9 @@ def run(args):
         return build_imagenet(
             out, args.source, args.val_labels, args.resize, args.quality, args.workers, args.force
         )
+    if args.dataset == "folder":
+        return build_folder(out, args.source, args.resize, args.test_fraction, args.quality,
+                            args.workers, args.force)
     return make_demo(out, args.seed, args.num_train, args.num_test, args.force)
 
 

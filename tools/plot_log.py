@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+import warnings
 
 EPOCH_LINE = re.compile(r"Epoch\[(\d+)/(\d+)\] (.*)$")
 FIELD = re.compile(r"([\w-]+)=([-+\d.eE]+|nan|inf)(%?)")
@@ -124,6 +125,10 @@ def plot(runs, out):
 
 
 def main(argv=None):
+    # matplotlib 3.8 calls pyparsing's camelCase names, which pyparsing >= 3.3 deprecates with a
+    # UserWarning per call: noise about a library, not about the user's logs.
+    warnings.filterwarnings("ignore", message=r"'\w+' deprecated - use '\w+'",
+                            category=DeprecationWarning)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logs", nargs="+", metavar="LOG", help="training log file(s)")
     parser.add_argument("-o", "--output", help="write the figure to this file (its extension "

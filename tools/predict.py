@@ -19,15 +19,20 @@ import training  # noqa: E402
 import utility  # noqa: E402
 from training.cli import positive_int  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
-from training.prediction import predict  # noqa: E402
+from training.prediction import FORMATS, expand_paths, format_predictions, predict  # noqa: E402
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = training.cli.ArgumentParser(
         description="Top-5 classes of each image under a trained model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files (JPEG, PNG, ...), folders (their images, sub-folders "
+                             "included) or quoted glob patterns such as 'photos/*.jpg'")
     parser.add_argument("--top", type=positive_int, default=5, help="classes shown per image")
+    parser.add_argument("--format", choices=FORMATS, default="text",
+                        help="text lines, a JSON list or CSV rows (path, rank, label, class, "
+                             "probability) on stdout")
     add_model_arguments(parser)
     parser.set_defaults(gpus=())
     return parser
@@ -42,15 +47,13 @@ def main(argv=None):
         model.check_data()
     except training.ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    results = predict(model, args.images, min(args.top, model.num_classes))
+    results = predict(model, expand_paths(args.images), min(args.top, model.num_classes))
     for result in results:
         if result.error:
             print(f"{parser.prog}: error: {result.error}", file=sys.stderr)
-        else:
-            for warning in result.warnings:
-                print(f"{parser.prog}: warning: {warning}", file=sys.stderr)
-            print(f"{result.path}: " + ", ".join(f"{name} {100 * p:.1f}%"
-                                                 for _, name, p in result.top))
+        for warning in result.warnings:
+            print(f"{parser.prog}: warning: {warning}", file=sys.stderr)
+    sys.stdout.write(format_predictions(results, args.format))
     if any(r.error for r in results):
         sys.exit(1)
     return results

@@ -19,12 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import training  # noqa: E402
 import utility  # noqa: E402
 from training.cli import non_negative_int, positive_int  # noqa: E402
+from training.metrics import confusion_table, per_class_table  # noqa: E402
 from training.model import add_model_arguments, resolve_model  # noqa: E402
 from training.scoring import score_model  # noqa: E402
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = training.cli.ArgumentParser(
         description="Top-1, top-5 and loss of a model over a whole .rec file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_arguments(parser)
@@ -36,6 +37,10 @@ def build_parser():
     parser.add_argument("--precise-bn", type=non_negative_int, default=0, metavar="N",
                         help="first recompute every BatchNorm's running statistics from N "
                              "batches of train.rec in --data-dir (0: the saved ones)")
+    parser.add_argument("--per-class", action="store_true",
+                        help="also print each class's images, correct and accuracy")
+    parser.add_argument("--confusion", action="store_true",
+                        help="also print the confusion matrix (rows: true, columns: predicted)")
     return parser
 
 
@@ -52,10 +57,15 @@ def main(argv=None):
     try:
         model = resolve_model(args)
         values = score_model(model, args.split, args.batch_size, args.data_threads,
-                             precise_bn=args.precise_bn)
+                             precise_bn=args.precise_bn,
+                             confusion=args.per_class or args.confusion)
     except training.ConfigError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"{model.params_file} ({model.network}, {model.dataset}) on {format_score(values)}")
+    names = model.class_names() or [str(c) for c in range(model.num_classes)]
+    for wanted, table in ((args.per_class, per_class_table), (args.confusion, confusion_table)):
+        if wanted:
+            print("\n".join(table(values["confusion"], names)))
     return values
 
 

@@ -14,6 +14,8 @@
 The entry points call `utility.setup_process()` (importing this package changes nothing
 process-wide), parse (`cli`), resolve (`job.resolve_job`) and hand the Job to `loop.run`.
 """
+import network  # noqa: F401  (first: without MXNet, one line says which Python to use)
+
 from .checkpoint import Checkpoints, weights_digest
 from .cli import add_common_arguments, parse_with_presets
 from .data import RecordFile, check_record_file, record_iter

@@ -83,12 +83,71 @@ def default_gpus():
     return ",".join(str(i) for i in range(mx.context.num_gpus()))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line: the message and where the usage is."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown once and readable: none for a flag without one (None) or whose help
+    already states it, a GPU tuple as the comma list it was given as."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or "default" in text or \
+                not action.option_strings:
+            return text
+        value = action.default
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value)) or "''"
+        return f"{text} (default: {str(value).replace('%', '%%')})"
+
+
+def network_default_help(option, name=None):
+    """The help of a network config flag with its default: that of network `name`, or every
+    network's when none is chosen yet."""
+    if name is not None:
+        try:
+            defaults = network.network_defaults(name)
+        except ValueError:
+            name = None
+        else:
+            if option.key not in defaults:
+                return f"{option.help} (not used by {name})"
+            if "default" in option.help:
+                return option.help
+            return f"{option.help} (default for {name}: {defaults[option.key]})"
+    if "default" in option.help:
+        return option.help
+    by_value = {}
+    for net in network.list_networks():
+        value = network.network_defaults(net).get(option.key, by_value)
+        if value is not by_value:
+            by_value.setdefault(value, []).append(net)
+    if len(by_value) == 1 and sum(map(len, by_value.values())) == len(network.list_networks()):
+        return f"{option.help} (default: {next(iter(by_value))})"
+    listed = "; ".join(f"{value} for {', '.join(nets)}" for value, nets in by_value.items())
+    return f"{option.help} (default depends on --network: {listed})"
+
+
 def add_network_arguments(parser):
+    parser.formatter_class = HelpFormatter
     net = parser.add_argument_group("network (a flag left out takes the network's default)")
     net.add_argument("--network", help="network name (see `python -m network --list`)")
     for key, option in network.config_options().items():
         net.add_argument(option.flag, dest=key, type=option.parse, choices=option.choices,
-                         help=option.help)
+                         metavar="{true,false}" if option.kind is bool else None,
+                         help=network_default_help(option))
+
+
+def show_network_defaults(parser, name):
+    """Let --help show the defaults of network `name` (the first pass found it)."""
+    options = network.config_options()
+    for action in parser._actions:
+        if action.dest in options:
+            action.help = network_default_help(options[action.dest], name)
 
 
 def add_common_arguments(parser):
@@ -172,5 +231,7 @@ def parse_with_presets(parser, argv, presets):
     argv = sys.argv[1:] if argv is None else list(argv)
     # --help waits for the final pass, so it shows the defaults of the chosen dataset/network.
     first, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    if first.network is not None:
+        show_network_defaults(parser, first.network)
     parser.set_defaults(**presets(first))
     return parser.parse_args(argv)

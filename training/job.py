@@ -118,6 +118,12 @@ class Job:
         """The resolved configuration, for the log."""
         out = dataclasses.asdict(self)
         out["contexts"] = [str(c) for c in self.contexts]
+        # Every key with the value it resolved to, not only those given on the command line.
+        out["network"]["config"] = {**network.network_defaults(self.network.name),
+                                    **self.network.config}
+        if len(self.run.freeze) > 4:
+            out["run"]["freeze"] = (f"{len(self.run.freeze)} arrays, {self.run.freeze[0]} ... "
+                                    f"{self.run.freeze[-1]}")
         for split in ("train", "val"):
             record = getattr(self.data, split)
             out["data"][split] = (f"{record.rec} ({record.num_records} images, "
@@ -243,14 +249,14 @@ def check_memory(name, config, symbol, data_shape, copies):
                           f"{available / 2 ** 30:.1f} GiB of memory available")
 
 
-def _network_spec(args, dataset_kind, implied, device):
+def _network_spec(args, dataset_kind, implied, device, image_size=None):
     config = network_config(args, implied)
     info = network.network_info(args.network)
     if info["dataset_kind"] != dataset_kind:
         script = "train_imagenet.py" if info["dataset_kind"] == "imagenet" else "train_model.py"
         raise ConfigError(f"--network {args.network!r} is an {info['dataset_kind']} network; "
                           f"train it with {script}")
-    size = info["input_size"]
+    size = image_size or info["input_size"]
     spec = NetworkSpec(args.network, config, args.num_classes, (3, size, size), device)
     check_depth(args.network, config)
     try:
@@ -258,6 +264,13 @@ def _network_spec(args, dataset_kind, implied, device):
         symbol = spec.symbol()
     except (ValueError, RuntimeError, utility.OpsLibraryError) as err:
         raise ConfigError(f"--network {args.network}: {err}") from None
+    if size != info["input_size"]:
+        try:
+            symbol.infer_shape(data=(1,) + spec.data_shape)
+        except mx.base.MXNetError:
+            raise ConfigError(f"--network {args.network} cannot take {size}x{size} images "
+                              f"(it was designed for {info['input_size']}x"
+                              f"{info['input_size']})") from None
     check_memory(args.network, config, symbol, spec.data_shape, copies=4)
     return spec
 
@@ -302,10 +315,11 @@ def _workers(kv_store, kv):
 
 
 def resolve_job(args, *, dataset, dataset_kind, train_name, val_name, train_augment, val_augment,
-                top_k, kv=None, implied=None):
-    """Check the whole configuration and resolve it into a Job; raises ConfigError."""
+                top_k, kv=None, implied=None, image_size=None):
+    """Check the whole configuration and resolve it into a Job; raises ConfigError.
+    image_size: the side of the stored images when it is not the network's own input size."""
     contexts = contexts_for(args.gpus)
-    net = _network_spec(args, dataset_kind, implied, contexts[0].device_type)
+    net = _network_spec(args, dataset_kind, implied, contexts[0].device_type, image_size)
 
     data_dir = args.data_dir or os.path.join(utility.PROJECT_DIR, "data", dataset)
     if not os.path.isdir(data_dir):

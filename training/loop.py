@@ -37,10 +37,12 @@ class _LogTo:
         node = f"[{self.rank}] " if self.rank else ""
         formatter = logging.Formatter(f"%(asctime)s {node}%(message)s", "%Y-%m-%d %H:%M:%S")
         self.handlers = [logging.StreamHandler(sys.stdout), logging.FileHandler(self.path)]
+        # Details (every array name of --pretrained) go to the file only.
+        self.handlers[0].setLevel(logging.INFO)
         for handler in self.handlers:
             handler.setFormatter(formatter)
             LOGGER.addHandler(handler)
-        LOGGER.setLevel(logging.INFO)
+        LOGGER.setLevel(logging.DEBUG)
         LOGGER.propagate = False
         return self
 
@@ -189,13 +191,23 @@ def _pretrained_params(job, symbol):
         raise ConfigError(f"--pretrained {path}: no array fits network {job.network.name} "
                           f"({match.problems()})")
     initialised = list(match.missing) + [name for name, _, _ in match.mismatched]
-    LOGGER.info("--pretrained %s: loaded %d arrays: %s", path, len(match.loaded),
-                " ".join(match.loaded))
-    LOGGER.info("--pretrained: initialised %d arrays: %s", len(initialised),
-                " ".join(f"{n} (file {f}, network {g})" for n, f, g in match.mismatched) +
-                (" " if match.mismatched and match.missing else "") + " ".join(match.missing))
-    LOGGER.info("--pretrained: unused in the file %d arrays: %s", len(match.unused),
-                " ".join(match.unused))
+    fresh = [f"{n} (file {f}, network {g})" for n, f, g in match.mismatched] + \
+        list(match.missing)
+    LOGGER.info("--pretrained %s: loaded %d arrays, initialised %d%s, %d in the file unused "
+                "(names in the log file)", path, len(match.loaded), len(initialised),
+                f" ({' '.join(fresh)})" if 0 < len(fresh) <= 4 else "", len(match.unused))
+    LOGGER.debug("--pretrained %s: loaded %d arrays: %s", path, len(match.loaded),
+                 " ".join(match.loaded))
+    if fresh:
+        LOGGER.debug("--pretrained: initialised %d arrays: %s", len(fresh), " ".join(fresh))
+    if match.unused:
+        LOGGER.debug("--pretrained: unused in the file %d arrays: %s", len(match.unused),
+                     " ".join(match.unused))
+    total = len(match.loaded) + len(initialised)
+    if len(match.loaded) < total / 2:
+        LOGGER.warning("--pretrained %s: WARNING only %d of the %d arrays of network %s come "
+                       "from it; is it a checkpoint of another network?", path,
+                       len(match.loaded), total, job.network.name)
     return match.arg_params, match.aux_params
 
 
@@ -269,7 +281,11 @@ def _fit(job, kv, rank):
     begin_epoch, loaded = _start_point(job, checkpoints)
     job = _same_run(job, checkpoints, begin_epoch)
     net, optim, run = job.network, job.optim, job.run
-    LOGGER.info("configuration: %s", json.dumps(job.describe(), default=str))
+    LOGGER.info("configuration:")
+    for group, values in job.describe().items():
+        LOGGER.info("  %s: %s", group, " ".join(f"{k}={json.dumps(v, default=str)}"
+                                                for k, v in values.items())
+                    if isinstance(values, dict) else json.dumps(values, default=str))
     if begin_epoch >= optim.num_epochs:
         LOGGER.info("nothing to do: %d of %d epochs already done", begin_epoch, optim.num_epochs)
         return []
@@ -337,7 +353,8 @@ def _fit(job, kv, rank):
             checkpoints.save(epoch + 1, symbol, module, with_states=local_states,
                              model_info=job.model_info(), identity=job.identity())
             LOGGER.info("saved checkpoint %s", checkpoints.params_path(epoch + 1))
-    LOGGER.info("finished %d epochs in %s; weights digest %s", optim.num_epochs,
+    LOGGER.info("finished %d epoch%s in %s; weights digest %s", optim.num_epochs,
+                "" if optim.num_epochs == 1 else "s",
                 _clock(time.time() - run_start), weights_digest(module))
     return history
 

@@ -16,7 +16,7 @@ import network
 import utility
 from network.released import RELEASED_CHECKPOINTS
 
-from . import recipes
+from . import folder, recipes
 from .checkpoint import Checkpoints, verify_params_file
 from .cli import add_network_arguments, default_gpus, gpu_list, positive_int, positive_rgb, rgb
 from .data import dataset_classes, first_image_shape
@@ -83,8 +83,8 @@ def add_model_arguments(parser, weights_required=True):
     model.add_argument("--params", help="a parameter file instead of --model-prefix/--load-epoch "
                                         "(loaded by name, e.g. one of the authors')")
     model.add_argument("--num-classes", type=positive_int,
-                       help="classes (default: the checkpoint's, else synsets.txt, else the "
-                            "dataset's)")
+                       help="classes (default: the checkpoint's, else the synsets.txt beside "
+                            "the data of given weights, else the dataset's)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS,
                       help="what the model was trained on: picks the validation preprocessing "
@@ -99,7 +99,7 @@ def add_model_arguments(parser, weights_required=True):
                            "the recipe's; 1,1,1 for the authors' released IGCV1 weights, which "
                            "were trained on mean-subtracted pixels)")
     data.add_argument("--gpus", type=gpu_list, default=default_gpus(),
-                      help="comma list of GPU ids; '' runs on the CPU (default %(default)r)")
+                      help="comma list of GPU ids; '' runs on the CPU")
     parser.set_defaults(weights_required=weights_required)
     return parser
 
@@ -154,17 +154,21 @@ def _network_and_config(args, info):
     return name, {**recorded, **given}
 
 
-def _num_classes(args, info, dataset, data_dir):
+def _num_classes(args, info, dataset, data_dir, weights):
     if args.num_classes:
         return args.num_classes
     if info.get("num_classes"):
         return int(info["num_classes"])
+    # Weights fit the data they were trained on; a graph without them (an export with random
+    # weights) must not take its size from whatever records lie in data/.
     synsets = os.path.join(data_dir, "synsets.txt")
-    if os.path.isfile(synsets):
+    if weights and os.path.isfile(synsets):
         with open(synsets) as f:
             return sum(1 for line in f if line.strip())
     if dataset in recipes.CIFAR_DATASETS:
         return recipes.CIFAR_DATASETS[dataset]["num_classes"]
+    if dataset == folder.DATASET:
+        return len(folder.read_folder_set(data_dir).class_names)
     return 1000
 
 
@@ -206,12 +210,14 @@ def resolve_model(args):
         raise ConfigError(f"--dataset {dataset}: network {name!r} is a {kind} network")
     data_dir = args.data_dir or info.get("data_dir") or os.path.join(
         utility.PROJECT_DIR, "data", dataset)
-    num_classes = _num_classes(args, info, dataset, data_dir)
+    num_classes = _num_classes(args, info, dataset, data_dir, params_file)
 
     if info and info.get("network") == name and info.get("dataset") == dataset:
         # What this run's validation used (its flags may have overridden the recipe).
         preprocessing = recipes.Preprocessing(tuple(info["mean_rgb"]), tuple(info["std_rgb"]),
                                               tuple(info["data_shape"]), info["val_augment"])
+    elif dataset == folder.DATASET:
+        preprocessing = folder.folder_preprocessing(folder.read_folder_set(data_dir))
     else:
         preprocessing = recipes.validation_preprocessing(name, dataset)
     given = {key: tuple(value) for key, value in

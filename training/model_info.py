@@ -7,8 +7,9 @@ import network
 
 from . import recipes
 from .errors import ConfigError
+from .folder import DATASET as FOLDER
 
-DATASETS = tuple(sorted(recipes.CIFAR_DATASETS)) + ("imagenet",)
+DATASETS = tuple(sorted(recipes.CIFAR_DATASETS)) + ("imagenet", FOLDER)
 # The ImageRecordIter keywords a validation reader may take: the image transforms of the
 # recipes (none of them names a file).
 AUGMENT_KEYS = frozenset(
@@ -85,7 +86,8 @@ def validate_model_info(info, path):
             raise ConfigError(f"{path}: key 'val_augment.{key}' must be a number or "
                               f"true/false, got {value!r}")
     size = network.network_info(info["network"])["input_size"]
-    if info["data_shape"] != [3, size, size]:
+    # A folder set is trained at the size of its images (any size a network can pool down).
+    if info["dataset"] != FOLDER and info["data_shape"] != [3, size, size]:
         raise ConfigError(f"{path}: key 'data_shape' is {info['data_shape']}, but network "
                           f"{info['network']} takes [3, {size}, {size}]")
     return info

@@ -1,7 +1,11 @@
 """Classify image files with a Model: decode (JPEG, PNG, any size), the validation preprocessing
 the record reader applies (short side resized with bilinear interpolation, centre crop, per-channel
 normalisation), one forward pass per chunk, top-k class names."""
+import csv
 import dataclasses
+import glob
+import io
+import json
 import os
 import struct
 
@@ -19,8 +23,36 @@ MAX_PIXELS = 1 << 27
 _JPEG_FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+FORMATS = ("text", "json", "csv")
+
+
 class ImageError(ValueError):
     """A path that is not a readable image; the message names it."""
+
+
+def _images_below(folder):
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(parent, f) for f in sorted(files)
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+    return found
+
+
+def expand_paths(arguments):
+    """The image files the command line names: a file as given, a folder's images (sub-folders
+    included, sorted), a glob pattern's matches (one the shell passed on, e.g. quoted). A folder
+    without images or a pattern matching nothing stays as given, so that it is reported."""
+    paths = []
+    for argument in arguments:
+        if os.path.isdir(argument):
+            paths += _images_below(argument) or [argument]
+        elif not os.path.exists(argument) and glob.has_magic(argument):
+            paths += sorted(glob.glob(argument, recursive=True)) or [argument]
+        else:
+            paths.append(argument)
+    return paths
 
 
 def header_size(data):
@@ -43,8 +75,11 @@ def header_size(data):
 def read_image(path, warnings=None):
     """(H, W, 3) uint8 RGB of an image file; ImageError naming the file otherwise. What the
     decoder warns about is appended to `warnings`."""
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: a folder without images ({', '.join(IMAGE_EXTENSIONS)})")
     if not os.path.isfile(path):
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: " + ("no file matches this pattern" if glob.has_magic(path)
+                                         else "no such file"))
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
@@ -67,12 +102,19 @@ def read_image(path, warnings=None):
     return image[:, :, ::-1]
 
 
+def resize_short_side(preprocessing):
+    """The short side an image is resized to before the centre crop: the reader's `resize`, else
+    the crop size, so that an image of any size is seen whole."""
+    _, height, width = preprocessing.data_shape
+    return preprocessing.augment.get("resize") or max(height, width)
+
+
 def preprocess(image, preprocessing):
     """(3, H, W) float32 network input from an RGB image, as the validation reader makes it:
     the short side resized to the reader's `resize` (the crop size when it has none, so that
     an image of any size is seen whole), a centre crop, then (pixel - mean) / std."""
     _, height, width = preprocessing.data_shape
-    short = preprocessing.augment.get("resize") or max(height, width)
+    short = resize_short_side(preprocessing)
     rows, cols = image.shape[:2]
     # ImageRecordIter's integer arithmetic for the resized size.
     size = (short, short * rows // cols) if rows > cols else (short * cols // rows, short)
@@ -122,3 +164,23 @@ def predict(model, paths, top_k=5):
             results[i] = Prediction(paths[i], tuple((int(c), names[c], float(row[c]))
                                                     for c in best), warnings=warnings[i])
     return [results[i] for i in range(len(paths))]
+
+
+def format_predictions(results, fmt):
+    """The classified images of `results` as text lines, a JSON list or CSV rows (one per image
+    and rank); the files that failed are left to the caller's error report."""
+    done = [r for r in results if not r.error]
+    if fmt == "text":
+        return "".join(f"{r.path}: " + ", ".join(f"{name} {100 * p:.1f}%" for _, name, p in r.top)
+                       + "\n" for r in done)
+    if fmt == "json":
+        return json.dumps([{"path": r.path, "top": [
+            {"label": label, "class": name, "probability": p} for label, name, p in r.top]}
+            for r in done], indent=1) + "\n"
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "rank", "label", "class", "probability"])
+    for r in done:
+        writer.writerows([r.path, rank, label, name, f"{p:.6f}"]
+                         for rank, (label, name, p) in enumerate(r.top, 1))
+    return out.getvalue()

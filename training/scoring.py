@@ -18,8 +18,9 @@ TRAIN_SPLIT = "train"
 
 
 def score_batches(symbol, arg_params, aux_params, batches, data_shape, batch_size, contexts,
-                  top_k):
-    """Stats.values() over `batches` (a fresh reader), padding of the last batch excluded.
+                  top_k, num_classes=None):
+    """Stats.values() over `batches` (a fresh reader), padding of the last batch excluded, and
+    with num_classes the confusion matrix ('confusion', rows: true labels).
 
     A fresh inference module each time: MXNet 1.9's MKLDNN inference graph caches the weights it
     first saw, so a module bound once and given new weights later scores the old ones; and an
@@ -35,19 +36,22 @@ def score_batches(symbol, arg_params, aux_params, batches, data_shape, batch_siz
     module.bind(data_shapes=[("data", (batch_size,) + tuple(data_shape))],
                 label_shapes=[("softmax_label", (batch_size,))], for_training=False)
     module.set_params(arg_params, aux_params)
-    stats = Stats(top_k)
+    stats = Stats(top_k, num_classes)
     for batch in batches:
         module.forward(batch, is_train=False)
         valid = batch.data[0].shape[0] - batch.pad
         probs = module.get_outputs()[0].asnumpy()[:valid]
         stats.update(probs, batch.label[0].asnumpy()[:valid])
-    return dict(stats.values(), images=stats.count)
+    extra = {} if num_classes is None else {"confusion": stats.confusion}
+    return dict(stats.values(), images=stats.count, **extra)
 
 
-def score_model(model, split=None, batch_size=200, threads=4, top_k=5, precise_bn=0):
+def score_model(model, split=None, batch_size=200, threads=4, top_k=5, precise_bn=0,
+                confusion=False):
     """Score a training.model.Model on `split` (default: the dataset's validation split) in its
     data directory; returns {'loss', 'acc', 'top5-acc' (when there are more than 5 classes),
-    'images', 'records'}. precise_bn=N first recomputes the BatchNorm statistics from N batches
+    'images', 'records'} and, with confusion=True, 'confusion' (a matrix, rows: true labels).
+    precise_bn=N first recomputes the BatchNorm statistics from N batches
     of the training split (read with the validation preprocessing)."""
     split = split or VAL_SPLIT.get(model.dataset, DEFAULT_VAL_SPLIT)
     record = check_record_file(model.data_dir, split, model.num_classes)
@@ -66,5 +70,6 @@ def score_model(model, split=None, batch_size=200, threads=4, top_k=5, precise_b
                           pre.augment, threads=threads)
     values = score_batches(model.symbol, model.arg_params, aux_params, batches,
                            pre.data_shape, batch_size, model.contexts,
-                           top_k if model.num_classes > top_k else 0)
+                           top_k if model.num_classes > top_k else 0,
+                           model.num_classes if confusion else None)
     return dict(values, records=record.rec)

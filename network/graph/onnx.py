@@ -5,13 +5,18 @@ per op, no rewriting of its own; MXNet 1.9's `mx.onnx.export_model` has no conve
 
 - `Reorder` becomes Reshape (N, g, C/g, H, W) -> Transpose -> Reshape (N, C, H, W) with explicit
   sizes, `IGCConv` a Conv followed by that permutation, every Reshape one with explicit sizes.
-- The batch dimension is dynamic (`N`); the other input sizes are the ones exported.
+- The batch dimension is dynamic (`N`); height and width are too (`H`, `W`) when the graph is
+  size-agnostic (global pooling before the classifier, no explicit-size Reshape), else they are
+  the ones exported.
 - `fold_bn=True` exports the graph with every BatchNorm folded; without it each BatchNorm is a
   BatchNormalization.
 - Input `data` (N, 3, H, W) float32; output `probabilities` (N, classes): SoftmaxOutput is a
   Softmax over the classes.
 """
+import json
+
 import numpy as np
+from mxnet.base import MXNetError
 
 from .optimize import optimize_for_inference
 from .view import Graph, int_tuple, is_true
@@ -54,10 +59,13 @@ class _Emitter:
         return name
 
     def permute(self, data, shape, groups, name):
-        channels, rest = shape[1], list(shape[2:])
-        split = self.constant(f"{name}_split_shape",
-                              np.array([0, groups, channels // groups] + rest, np.int64))
-        merge = self.constant(f"{name}_merge_shape", np.array([0, channels] + rest, np.int64))
+        channels = shape[1]
+        # The spatial sizes are read from the tensor, so one file serves any input size.
+        spatial = self.node("Shape", [data], f"{name}_spatial", start=2)
+        split = self.node("Concat", [self.constant(f"{name}_split_head", np.array(
+            [0, groups, channels // groups], np.int64)), spatial], f"{name}_split_shape", axis=0)
+        merge = self.node("Concat", [self.constant(f"{name}_merge_head", np.array(
+            [0, channels], np.int64)), spatial], f"{name}_merge_shape", axis=0)
         data = self.node("Reshape", [data, split], f"{name}_split")
         perm = [0, 2, 1] + list(range(3, len(shape) + 1))
         data = self.node("Transpose", [data], f"{name}_swap", perm=perm)
@@ -195,10 +203,27 @@ def _dropout(emitter, graph, i, inputs):
     return inputs[0]
 
 
+def size_agnostic(symbol, data_shape):
+    """Whether `symbol` takes any image size: no Reshape bakes a spatial size in and its weights
+    keep their shapes at another input size (the classifier follows a global pooling)."""
+    nodes = json.loads(symbol.tojson())["nodes"]
+    if any(node["op"] in ("Reshape", "reshape") for node in nodes):
+        return False
+    channels, height, width = data_shape
+    try:
+        shapes = [symbol.infer_shape(data=(1, channels) + size)[0]
+                  for size in ((height, width), (2 * height + 1, 2 * width + 3))]
+    except MXNetError:
+        return False
+    weights = [i for i, name in enumerate(symbol.list_arguments()) if name != "data"]
+    return all(shapes[0][i] == shapes[1][i] for i in weights)
+
+
 def to_onnx(symbol, arg_params, aux_params, data_shape, fold_bn=False, graph_name="igc"):
     """An onnx.ModelProto of `optimize_for_inference(symbol, ..., fold_batchnorm=fold_bn,
-    fuse_blocks=False)` (`symbol` ending in SoftmaxOutput) for input (N,) + data_shape;
-    ValueError for an op without a converter."""
+    fuse_blocks=False)` (`symbol` ending in SoftmaxOutput) for input (N,) + data_shape, with
+    dynamic height and width when the graph allows them; ValueError for an op without a
+    converter."""
     symbol, arg_params, aux_params = optimize_for_inference(
         symbol, arg_params, aux_params, fold_batchnorm=fold_bn, fuse_blocks=False)
     graph = Graph(symbol, (1,) + tuple(data_shape))
@@ -220,11 +245,13 @@ def to_onnx(symbol, arg_params, aux_params, data_shape, fold_bn=False, graph_nam
     helper, onnx = emitter.helper, emitter.onnx
     emitter.nodes.append(helper.make_node("Identity", [head], [OUTPUT_NAME], name=OUTPUT_NAME))
     classes = graph.shape(graph.heads[0][0])[1]
+    input_shape = ["N", data_shape[0]] + (["H", "W"] if size_agnostic(symbol, data_shape)
+                                          else list(data_shape[1:]))
     model = helper.make_model(
         helper.make_graph(
             emitter.nodes, graph_name,
             [helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT,
-                                           ["N"] + list(data_shape))],
+                                           input_shape)],
             [helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT,
                                            ["N", classes])],
             emitter.initializers),

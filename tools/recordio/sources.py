@@ -39,8 +39,11 @@ def verify_md5(path, expected, downloaded=False):
 
 
 def download(url, dest):
-    """Fetches url to dest (via a temporary name); a failure names --from as the offline route."""
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    """Fetches url to dest (via a temporary name); a failure names --from as the offline route
+    and leaves no folder it created."""
+    folder = os.path.dirname(dest)
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
     log(f"downloading {url} -> {dest}")
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(dest + PARTIAL, "wb") as f:
@@ -54,6 +57,9 @@ def download(url, dest):
         os.replace(dest + PARTIAL, dest)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
+        remove_files([dest + PARTIAL])
+        if created and not os.listdir(folder):
+            os.rmdir(folder)
         raise DataError(
             f"could not download {url} ({reason}). Without internet access, download the "
             "file elsewhere and pass it with --from"

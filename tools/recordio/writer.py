@@ -39,12 +39,17 @@ def log(message):
 
 
 class Progress:
-    """Prints a line at every 10% so long conversions show they are alive without flooding logs."""
+    """Prints a line at every 10% so long conversions show they are alive without flooding logs;
+    work done within QUIET seconds (a small split) gets only its final line."""
+
+    QUIET = 2.0
 
     def __init__(self, label, total):
         self.label, self.total, self.start, self.next_step = label, total, time.time(), 1
 
     def update(self, done):
+        if done < self.total and time.time() - self.start < self.QUIET:
+            return
         if self.total and (done * 10 >= self.next_step * self.total or done == self.total):
             elapsed = time.time() - self.start
             rate = done / elapsed if elapsed > 0 else float("inf")
@@ -167,8 +172,10 @@ def existing_set(out_dir, dataset, options, force):
     )
 
 
-def write_dataset(out_dir, dataset, options, class_names, splits):
-    """Writes all splits, synsets.txt and make_rec.json into out_dir; returns the info dict."""
+def write_dataset(out_dir, dataset, options, class_names, splits, details=None):
+    """Writes all splits, synsets.txt and make_rec.json into out_dir; returns the info dict.
+    `details()`, called once every split is written, returns more make_rec.json keys (e.g.
+    statistics gathered while writing)."""
     synsets = os.path.join(out_dir, "synsets.txt")
     info_path = os.path.join(out_dir, INFO_FILE)
     temporaries = [synsets + PARTIAL]
@@ -189,6 +196,7 @@ def write_dataset(out_dir, dataset, options, class_names, splits):
             "files": {
                 os.path.basename(t[: -len(PARTIAL)]): file_digest(t) for t in temporaries
             },
+            **(details() if details else {}),
         }
         temporaries.append(info_path + PARTIAL)
         with open(info_path + PARTIAL, "w") as f:

@@ -159,12 +159,13 @@ def _accuracy(model, images, labels, mean, std):
 
 def _precise_accuracy(model, train, test, rng, fill, mean, std, batches, batch_size):
     """Test top-1 with BatchNorm statistics recomputed from `batches` augmented training
-    batches (the average of the batch statistics); the running statistics are restored."""
+    batches (the average of the batch statistics). As `train_model.py --precise-bn` does, the
+    recomputed statistics stay: the moving averages of the next epoch continue from them."""
     import torch
 
     from peers import mxnet_semantics as twin
     norms = twin.batchnorms(model)
-    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.momentum) for bn in norms]
+    momenta = [bn.momentum for bn in norms]
     for bn in norms:
         bn.running_mean.zero_()
         bn.running_var.zero_()
@@ -175,12 +176,9 @@ def _precise_accuracy(model, train, test, rng, fill, mean, std, batches, batch_s
                 bn.momentum = 1.0 / (k + 1)  # a running average of the batch statistics
             idx = order[(k * batch_size) % len(order):][:batch_size]
             model(_tensor(_augment(rng, train[0][idx], fill), mean, std))
-    acc = _accuracy(model, *test, mean, std)
-    for bn, (m, v, momentum) in zip(norms, saved):
-        bn.running_mean.copy_(m)
-        bn.running_var.copy_(v)
+    for bn, momentum in zip(norms, momenta):
         bn.momentum = momentum
-    return acc
+    return _accuracy(model, *test, mean, std)
 
 
 def train_twin(train, test, recipe, seed, precise_bn):

@@ -7,10 +7,11 @@ import os
 import re
 import struct
 import sys
-import tempfile
 
 import mxnet as mx
 import numpy as np
+
+import utility
 
 from .errors import ConfigError
 
@@ -22,7 +23,7 @@ MAKE_REC_SWITCHING = ".make_rec.switching"
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 # MXNet logs this at every reader it creates; no environment switch silences it.
 _READER_CHATTER = re.compile(
-    rb"^\[[\d:]+\] \S+iter_image_recordio_2\.cc:\d+: ImageRecordIOParser2: ")
+    r"^\[[\d:]+\] \S+iter_image_recordio_2\.cc:\d+: ImageRecordIOParser2: ")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,19 +187,14 @@ def first_image_shape(record):
 def _without_reader_chatter():
     """Run the block with file descriptor 2 captured, then pass on everything but MXNet's
     per-reader line (its errors reach Python as exceptions, its other output stays visible)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
+    lines = []
+    try:
+        with utility.captured_stderr(lines):
             yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured:
-                if not _READER_CHATTER.match(line):
-                    os.write(2, line)
+    finally:
+        for line in lines:
+            if not _READER_CHATTER.match(line):
+                sys.stderr.write(line + "\n")
 
 
 def record_iter(record, batch_size, data_shape, mean, std, augment, *, threads=1, shuffle=False,

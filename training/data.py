@@ -16,7 +16,7 @@ import utility
 from .errors import ConfigError
 
 _RECORDIO_MAGIC = 0xced7230a
-PRECISE_BN_SEED = 1_000_003  # the --precise-bn readers' seed offset from the epochs' seeds
+PRECISE_BN_STREAM = 1  # the --precise-bn readers' stream key beside (seed, epoch)
 MAKE_REC_INFO = "make_rec.json"
 # Present only while tools/make_rec.sh renames a new build into place.
 MAKE_REC_SWITCHING = ".make_rec.switching"
@@ -197,25 +197,111 @@ def _without_reader_chatter():
                 sys.stderr.write(line + "\n")
 
 
+def stream_seed(*keys):
+    """A seed in [0, 2**31) for the stream named by integer `keys` (run seed, epoch, ...):
+    different keys give unrelated streams, where seed + epoch would make run s's epoch 1 repeat
+    run s+1's epoch 0."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] >> 1)
+
+
+# ImageRecordIter keywords of the CIFAR augmentation, which CropFlipBatches draws itself.
+_CROP_FLIP = frozenset(("pad", "rand_crop", "rand_mirror"))
+
+
+class CropFlipBatches:
+    """The batches of an ImageRecordIter that pads each image by `pad` (with the reader's fill
+    value, then normalised) and crops nothing, cropped here at a random offset to data_shape
+    and mirrored with probability 1/2, each image its own independent draw.
+
+    ImageRecordIter cannot do this reproducibly: with seed_aug set, MXNet 1.9 reseeds its
+    generator before every image with seed_aug + the image's position in its batch
+    (src/io/iter_image_recordio_2.cc, ParseChunk), so every batch of a reader repeats the same
+    batch_size crops and flips, and readers seeded s and s + 1 repeat them shifted by one place
+    (docs/reproduce.md shows what that did to training); without seed_aug each thread's
+    generator starts from a constant, so every reader repeats one sequence, in an order that
+    depends on thread timing."""
+
+    def __init__(self, reader, data_shape, pad, crop, mirror, rng):
+        self.reader, self.pad, self.crop, self.mirror, self.rng = reader, pad, crop, mirror, rng
+        self.height, self.width = data_shape[1], data_shape[2]
+
+    def __iter__(self):
+        rows, cols = np.arange(self.height), np.arange(self.width)
+        for batch in self.reader:
+            padded = batch.data[0].asnumpy()
+            n = padded.shape[0]
+            if self.crop:
+                top = self.rng.integers(0, 2 * self.pad + 1, n)
+                left = self.rng.integers(0, 2 * self.pad + 1, n)
+            else:
+                top = left = np.full(n, self.pad)
+            flip = self.rng.integers(0, 2, n).astype(bool) if self.mirror else np.zeros(n, bool)
+            y = (top[:, None] + rows)[:, None, :, None]
+            x = np.where(flip[:, None], left[:, None] + cols[::-1], left[:, None] + cols)
+            images = padded[np.arange(n)[:, None, None, None],
+                            np.arange(padded.shape[1])[None, :, None, None], y,
+                            x[:, None, None, :]]
+            yield mx.io.DataBatch([mx.nd.array(images, dtype=padded.dtype)], batch.label,
+                                  pad=batch.pad)
+
+
 def record_iter(record, batch_size, data_shape, mean, std, augment, *, threads=1, shuffle=False,
-                seed=0, num_parts=1, part_index=0):
+                seed=(0,), num_parts=1, part_index=0):
     """An ImageRecordIter that really normalises: (pixel - mean) / std per channel through
     mean_*/std_* (the authors' scale_*/fill_value_* keywords were silently ignored by MXNet),
     with padding filled by the mean grey (unless `augment` names its fill_value) so padded
     pixels are about 0 after normalisation.
     num_parts/part_index: this worker's share, split by record count (the .idx is used).
-    `seed` drives the shuffle and, through seed_aug, the crops and flips (left unset, MXNet
-    seeds them with a constant, so every reader would repeat the same augmentation draws)."""
+    `seed` (a tuple of ints, see stream_seed) drives the shuffle and the random augmentation.
+    The CIFAR augmentation (pad, rand_crop, rand_mirror and nothing else, on images stored at
+    data_shape) is drawn per image by CropFlipBatches; any other augmentation is ImageRecordIter's
+    own, with seed_aug spaced so that no two readers share draws (within one reader, the images
+    at one batch position share them: MXNet's seeding, see CropFlipBatches)."""
+    keys = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
     keywords = dict(
         path_imgrec=record.rec, path_imgidx=record.idx, data_shape=data_shape,
-        batch_size=batch_size, label_width=1, shuffle=shuffle, seed=seed, seed_aug=seed,
+        batch_size=batch_size, label_width=1, shuffle=shuffle, seed=stream_seed(*keys),
         num_parts=num_parts, part_index=part_index, preprocess_threads=threads,
         mean_r=mean[0], mean_g=mean[1], mean_b=mean[2],
         std_r=std[0], std_g=std[1], std_b=std[2],
         fill_value=int(round(sum(mean) / 3)))
     keywords.update(augment)  # a recipe's own fill_value wins over the mean grey
+    crop_flip = _crop_flip_here(record, data_shape, augment)
+    if crop_flip:
+        pad = int(augment.get("pad", 0))
+        for key in _CROP_FLIP:
+            keywords.pop(key, None)
+        keywords.update(pad=pad, data_shape=(data_shape[0], data_shape[1] + 2 * pad,
+                                              data_shape[2] + 2 * pad))
+    else:
+        # MXNet seeds image k of a batch with seed_aug + k (+ 111): windows batch_size apart.
+        windows = (2 ** 31 - 256) // batch_size - 1
+        keywords["seed_aug"] = stream_seed(*keys, part_index, 1) % windows * batch_size
     with _without_reader_chatter():
-        return mx.io.ImageRecordIter(**keywords)
+        reader = mx.io.ImageRecordIter(**keywords)
+    if not crop_flip:
+        return reader
+    return CropFlipBatches(reader, data_shape, int(augment.get("pad", 0)),
+                           bool(augment.get("rand_crop")), bool(augment.get("rand_mirror")),
+                           np.random.default_rng([*keys, part_index, 2]))
+
+
+def _crop_flip_here(record, data_shape, augment):
+    """Whether `augment` is the CIFAR augmentation on images stored at data_shape (so that
+    padding, then cropping data_shape at a random offset, is all that ImageRecordIter would do)."""
+    if not (augment.get("rand_crop") or augment.get("rand_mirror")):
+        return False
+    if not set(augment) <= _CROP_FLIP | {"fill_value"}:
+        return False
+    reader = mx.recordio.MXIndexedRecordIO(record.idx, record.rec, "r")
+    try:
+        _, image = mx.recordio.unpack(reader.read_idx(reader.keys[0]))
+    finally:
+        reader.close()
+    try:
+        return mx.image.imdecode(image).shape[:2] == tuple(data_shape[1:])
+    except mx.MXNetError:
+        return False  # the reader reports it
 
 
 def val_iter(job):
@@ -232,7 +318,7 @@ def train_batches(job, epoch, steps, num_parts=1, part_index=0):
     data = job.data
     reader = record_iter(data.train, data.batch_size, job.network.data_shape, data.mean_rgb,
                          data.std_rgb, data.train_augment, threads=data.threads, shuffle=True,
-                         seed=job.run.seed + epoch, num_parts=num_parts, part_index=part_index)
+                         seed=(job.run.seed, epoch), num_parts=num_parts, part_index=part_index)
     for step, batch in enumerate(reader):
         if step == steps:
             break
@@ -245,5 +331,5 @@ def precise_bn_batches(job, epoch, num_parts=1, part_index=0):
     data = job.data
     return record_iter(data.train, data.batch_size, job.network.data_shape, data.mean_rgb,
                        data.std_rgb, data.train_augment, threads=data.threads, shuffle=True,
-                       seed=job.run.seed + epoch + PRECISE_BN_SEED, num_parts=num_parts,
+                       seed=(job.run.seed, epoch, PRECISE_BN_STREAM), num_parts=num_parts,
                        part_index=part_index)

@@ -1,7 +1,8 @@
 """Training step of the project's networks vs their PyTorch peers, interleaved in one run.
 
 A step is forward + backward + SGD update (momentum 0.9, weight decay 1e-4) of one synthetic
-batch (64 images, 32x32, 10 classes; no data loading): the project as an MXNet `Module` with the
+batch (no data loading; CIFAR rows: 64 images, 32x32, 10 classes; ImageNet rows: 16 images,
+224x224, 1000 classes): the project as an MXNet `Module` with the
 builders' defaults (conv_impl='auto', the native Reorder), PyTorch as the peer in benchmarks/peers
 (train mode, cross-entropy loss). Before any timing each peer is checked to have exactly the MXNet
 graph's parameter count. Per family the two run in turn (harness.py: medians of interleaved
@@ -12,6 +13,7 @@ the project is faster.
     python benchmarks/train_peers.py                       # 1 and 2 threads, 5 rounds
     python benchmarks/train_peers.py --quick               # 3 rounds, one warm-up step
     python benchmarks/train_peers.py --threads 1 --families igcv3_cifar
+    python benchmarks/train_peers.py --families igcv3,mobilenetv2,resnet_igc_imgnet_d18
 """
 import argparse
 import sys
@@ -20,34 +22,38 @@ import numpy as np
 
 import harness
 
-# label, network name, config.
+CIFAR, IMAGENET = (64, 32, 10), (16, 224, 1000)  # batch, image side, classes
+# label, network name, config, (batch, side, classes).
 FAMILIES = [
     ("plain_igc d38 L24M2", "plain_igc", dict(depth=38, primary_partition=24,
-                                              secondary_partition=2)),
+                                              secondary_partition=2), CIFAR),
     ("resnet_igc d38 L24M2", "resnet_igc", dict(depth=38, primary_partition=24,
-                                                secondary_partition=2)),
-    ("igcv3_cifar 1.0", "igcv3_cifar", dict(depth_multiplier=1.0)),
-    ("mobilenetv2_cifar", "mobilenetv2_cifar", dict()),
+                                                secondary_partition=2), CIFAR),
+    ("igcv3_cifar 1.0", "igcv3_cifar", dict(depth_multiplier=1.0), CIFAR),
+    ("mobilenetv2_cifar", "mobilenetv2_cifar", dict(), CIFAR),
+    ("igcv3 (IGCV3-D) 224", "igcv3", dict(), IMAGENET),
+    ("mobilenetv2 224", "mobilenetv2", dict(), IMAGENET),
+    ("resnet_igc_imgnet_d18 L100M2 224", "resnet_igc_imgnet_d18", dict(), IMAGENET),
 ]
-BATCH, SIZE, CLASSES = 64, 32, 10
 LR, MOMENTUM, WD = 0.01, 0.9, 1e-4
 
 
-def mxnet_step(name, config):
+def mxnet_step(name, config, shape):
     import mxnet as mx
 
     import network
-    symbol = network.get_symbol(name, CLASSES, **config)
+    images, side, classes = shape
+    symbol = network.get_symbol(name, classes, **config)
     module = mx.mod.Module(symbol, context=mx.cpu())
-    module.bind(data_shapes=[("data", (BATCH, 3, SIZE, SIZE))],
-                label_shapes=[("softmax_label", (BATCH,))])
+    module.bind(data_shapes=[("data", (images, 3, side, side))],
+                label_shapes=[("softmax_label", (images,))])
     mx.random.seed(0)
     module.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
     module.init_optimizer(optimizer="sgd", optimizer_params=dict(learning_rate=LR,
                                                                   momentum=MOMENTUM, wd=WD))
     rng = np.random.RandomState(0)
-    batch = mx.io.DataBatch([mx.nd.array(rng.uniform(-1, 1, (BATCH, 3, SIZE, SIZE)))],
-                            [mx.nd.array(rng.randint(0, CLASSES, BATCH))])
+    batch = mx.io.DataBatch([mx.nd.array(rng.uniform(-1, 1, (images, 3, side, side)))],
+                            [mx.nd.array(rng.randint(0, classes, images))])
 
     def step():
         module.forward_backward(batch)
@@ -56,18 +62,19 @@ def mxnet_step(name, config):
     return step
 
 
-def torch_step(name, config):
+def torch_step(name, config, shape):
     import torch
 
     import peers
-    model = peers.build(name, CLASSES, **config)
-    peers.check_param_count(name, model, CLASSES, **config)
+    images, side, classes = shape
+    model = peers.build(name, classes, **config)
+    peers.check_param_count(name, model, classes, **config)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     loss_fn = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand((BATCH, 3, SIZE, SIZE), generator=gen) * 2 - 1
-    y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+    x = torch.rand((images, 3, side, side), generator=gen) * 2 - 1
+    y = torch.randint(0, classes, (images,), generator=gen)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -84,9 +91,9 @@ def measure(payload):
     import utility
     torch.set_num_threads(payload["threads"])
     utility.load_ops()
-    _, name, config = FAMILIES[payload["family"]]
-    params = peers.mxnet_param_count(name, CLASSES, **config)
-    fns = {"project": mxnet_step(name, config), "pytorch": torch_step(name, config)}
+    _, name, config, shape = FAMILIES[payload["family"]]
+    params = peers.mxnet_param_count(name, shape[2], **config)
+    fns = {"project": mxnet_step(name, config, shape), "pytorch": torch_step(name, config, shape)}
     t = harness.interleaved_medians(fns, rounds=payload["rounds"], warmup=payload["warmup"],
                                     pause=0.05)
     return params, t["project"], t["pytorch"]
@@ -98,11 +105,11 @@ def parent(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps (default: 2)")
     parser.add_argument("--quick", action="store_true", help="3 rounds after 1 warm-up step")
-    parser.add_argument("--families", default=",".join(name for _, name, _ in FAMILIES),
-                        help="comma-separated network names (default: all four)")
+    parser.add_argument("--families", default=",".join(row[1] for row in FAMILIES),
+                        help="comma-separated network names (default: all seven)")
     args = parser.parse_args(argv)
     threads = harness.parse_threads(parser, args.threads)
-    index = {name: i for i, (_, name, _) in enumerate(FAMILIES)}
+    index = {row[1]: i for i, row in enumerate(FAMILIES)}
     wanted = args.families.split(",")
     unknown = [n for n in wanted if n not in index]
     if unknown:
@@ -113,16 +120,15 @@ def parent(argv=None):
 
     rows = []
     for name in wanted:
-        label = FAMILIES[index[name]][0]
+        label, _, _, (batch, side, _) = FAMILIES[index[name]]
         for t in threads:
             params, ours, peer = harness.run_child(
                 __file__, dict(threads=t, rounds=rounds, warmup=warmup, family=index[name]), t)
-            rows.append([label, f"{params:,}", t, f"{ours * 1e3:.0f}", f"{peer * 1e3:.0f}",
-                         harness.ratio(peer, ours)])
-    harness.print_header(f"Training step (fwd + bwd + SGD), batch {BATCH}, {SIZE}x{SIZE}, "
-                         f"synthetic data; median of {rounds} interleaved rounds",
-                         "mxnet", "torch")
-    harness.print_table(["network", "params", "threads", "project ms", "PyTorch ms",
+            rows.append([label, f"{params:,}", f"{batch}x{side}²", t, f"{ours * 1e3:.0f}",
+                         f"{peer * 1e3:.0f}", harness.ratio(peer, ours)])
+    harness.print_header("Training step (fwd + bwd + SGD), synthetic data; median of "
+                         f"{rounds} interleaved rounds", "mxnet", "torch")
+    harness.print_table(["network", "params", "batch", "threads", "project ms", "PyTorch ms",
                          "PyTorch/project"], rows)
     print("PyTorch/project > 1: the project's step is faster. Parameter counts are checked equal.")
     return 0

@@ -28,6 +28,7 @@ CASES = [
     ("igcv3", 1000, dict()),
     ("mobilenetv2", 1000, dict()),
     ("mobilenetv2", 1000, dict(t1_expansion=False)),
+    ("resnet_igc_imgnet_d18", 1000, dict()),
 ]
 # The authors' figures (IGCV1 counting tool, released IGCV3 / MobileNetV2 graphs; docs/zoo.md),
 # independent of both implementations.
@@ -54,7 +55,7 @@ def test_peer_has_the_mxnet_graphs_parameter_count(ops, case):
 def test_every_benchmarked_family_has_a_peer():
     assert set(peers.PEERS) <= set(network.list_networks())
     assert {"plain_igc", "resnet_igc", "igcv3_cifar", "mobilenetv2_cifar", "igcv3",
-            "mobilenetv2"} <= set(peers.PEERS)
+            "mobilenetv2", "resnet_igc_imgnet_d18"} <= set(peers.PEERS)
 
 
 def test_unknown_peer_names_the_valid_ones():

@@ -18,6 +18,7 @@ PEERS = {
     "mobilenetv2_cifar": inverted_residual.InvertedResidualNet,
     "igcv3": inverted_residual.InvertedResidualNet,
     "mobilenetv2": inverted_residual.InvertedResidualNet,
+    "resnet_igc_imgnet_d18": igcv1.ResNetIGCImageNet,
 }
 IGNORED_KEYS = ("permutation", "conv_impl")
 

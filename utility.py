@@ -5,6 +5,7 @@ MXNet is imported where it is used, so the plain C entry points (`reorder_entry_
 serve a machine with PyTorch and no MXNet, e.g. a Hopper GPU that mxnet-cu112 cannot drive."""
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -317,6 +318,15 @@ def count_macs(symbol, data_shape):
             counts["fc" if layer["op"] == "FullyConnected" else "conv"] += layer["macs"]
     counts["total"] = counts["conv"] + counts["fc"]
     return counts
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ import socket
 import mxnet as mx
 import numpy as np
 
+import utility
+
 from .errors import CheckpointWriteError, ConfigError, mxnet_reason
 from .model_info import validate_model_info
 
@@ -66,11 +68,7 @@ def write_bytes_atomically(path, data):
 
 def file_digest(path):
     """{'size', 'sha256'} of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return {"size": os.path.getsize(path), "sha256": utility.file_sha256(path)}
 
 
 def verify_params_file(path):

@@ -100,20 +100,12 @@ def _built_files(data_dir, name):
         if isinstance(files, dict) else {}
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def record_identity(rec, idx, labels, built):
     """What a record set is, by content rather than path, for --resume to compare: its size,
     the digests of its index and labels, and make_rec.json's digest of the .rec when it has
     one (a whole .rec is too large to hash at every start)."""
     identity = {"records": int(labels.size), "rec_bytes": os.path.getsize(rec),
-                "idx_sha256": _sha256(idx),
+                "idx_sha256": utility.file_sha256(idx),
                 "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest()}
     rec_digest = built.get(os.path.basename(rec), {}).get("sha256")
     if rec_digest:
@@ -171,16 +163,16 @@ def dataset_classes(data_dir):
 
 def first_image_shape(record):
     """(height, width) of the first stored image of a RecordFile (None when it cannot be
-    decoded: the reader reports that)."""
-    import cv2
-
+    decoded: the reader reports that). Decoded by MXNet's own OpenCV, as the reader does."""
     reader = mx.recordio.MXIndexedRecordIO(record.idx, record.rec, "r")
     try:
         _, image = mx.recordio.unpack(reader.read_idx(reader.keys[0]))
     finally:
         reader.close()
-    decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED)
-    return None if decoded is None else tuple(decoded.shape[:2])
+    try:
+        return tuple(mx.image.imdecode(image).shape[:2])
+    except mx.MXNetError:
+        return None
 
 
 @contextlib.contextmanager
@@ -267,8 +259,8 @@ def record_iter(record, batch_size, data_shape, mean, std, augment, *, threads=1
         fill_value=int(round(sum(mean) / 3)))
     keywords.update(augment)  # a recipe's own fill_value wins over the mean grey
     crop_flip = _crop_flip_here(record, data_shape, augment)
+    pad = int(augment.get("pad", 0))
     if crop_flip:
-        pad = int(augment.get("pad", 0))
         for key in _CROP_FLIP:
             keywords.pop(key, None)
         keywords.update(pad=pad, data_shape=(data_shape[0], data_shape[1] + 2 * pad,
@@ -281,8 +273,8 @@ def record_iter(record, batch_size, data_shape, mean, std, augment, *, threads=1
         reader = mx.io.ImageRecordIter(**keywords)
     if not crop_flip:
         return reader
-    return CropFlipBatches(reader, data_shape, int(augment.get("pad", 0)),
-                           bool(augment.get("rand_crop")), bool(augment.get("rand_mirror")),
+    return CropFlipBatches(reader, data_shape, pad, bool(augment.get("rand_crop")),
+                           bool(augment.get("rand_mirror")),
                            np.random.default_rng([*keys, part_index, 2]))
 
 
@@ -293,15 +285,7 @@ def _crop_flip_here(record, data_shape, augment):
         return False
     if not set(augment) <= _CROP_FLIP | {"fill_value"}:
         return False
-    reader = mx.recordio.MXIndexedRecordIO(record.idx, record.rec, "r")
-    try:
-        _, image = mx.recordio.unpack(reader.read_idx(reader.keys[0]))
-    finally:
-        reader.close()
-    try:
-        return mx.image.imdecode(image).shape[:2] == tuple(data_shape[1:])
-    except mx.MXNetError:
-        return False  # the reader reports it
+    return first_image_shape(record) == tuple(data_shape[1:])
 
 
 def val_iter(job):

@@ -211,8 +211,11 @@ class Ops:
 
     def conv_bn_act(self, data, conv_name, bn_name, act_name, num_filter, kernel, stride=1,
                     num_group=1, act="relu", momentum=0.9, eps=2e-5):
-        """Conv -> BN [-> activation]; act_name=None leaves the activation out."""
-        data = conv(data, conv_name, num_filter, kernel, stride, num_group)
+        """Conv -> BN [-> activation]; act_name=None leaves the activation out. A grouped conv
+        (IGCV3's depthwise 3x3) is a `group_conv`: with the native ops its plain-NCHW output
+        and data gradient meet the plugin's BatchNorm and Reorder with no oneDNN layout
+        conversion in between, which costs more than the convolution (docs/performance.md)."""
+        data = self.group_conv(data, conv_name, num_filter, kernel, stride, num_group)
         return self.batchnorm(data, bn_name, momentum, eps, None if act_name is None else act,
                               act_name)
 

@@ -121,3 +121,13 @@ def test_conv_impl_auto_fuses_only_narrow_groups_with_the_native_permutation(
     symbol = network.get_symbol(name, 10, permutation=permutation, **config)
     for suffix, fused in (("_conv1", primary_fused), ("_conv2", secondary_fused)):
         assert _ops_by_layer(symbol, suffix) == {"IGCConv" if fused else "Convolution"}, suffix
+
+
+@pytest.mark.parametrize("name", ["igcv3_cifar", "mobilenetv2"])
+@pytest.mark.parametrize("permutation,conv_impl,expected", [
+    ("reorder", "auto", "IGCConv"), ("reorder", "mxnet", "Convolution"),
+    ("reshape", "auto", "Convolution")])
+def test_depthwise_convs_are_igc_conv_beside_the_native_batchnorm(ops, name, permutation,
+                                                                  conv_impl, expected):
+    symbol = network.get_symbol(name, 10, permutation=permutation, conv_impl=conv_impl)
+    assert _ops_by_layer(symbol, "-depthwise-conv2d") == {expected}

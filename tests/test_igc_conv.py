@@ -2,6 +2,9 @@
 followed by the pure-symbol permutation (reshape -> swapaxes -> reshape), and the networks built
 with conv_impl='igc' against conv_impl='mxnet'."""
 import json
+import os
+import subprocess
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -11,7 +14,8 @@ from network import layers
 
 # (N, C, H, W, F, G, kernel, stride, pad, bias, interleave, dtype): the CIFAR unit shapes, odd
 # sizes, rectangular kernels/strides/pads, pads wider than the kernel, rows narrower and wider
-# than one vector block (W = 5 .. 70), 1 to 16 channels per group, depthwise, float32/float64.
+# than one vector block (W = 5 .. 70), 1 to 16 channels per group, depthwise, pointwise on small
+# planes, float32/float64.
 CASES = [
     (2, 4, 5, 7, 4, 2, (3, 3), (1, 1), (1, 1), True, False, "float64"),
     (2, 6, 9, 11, 6, 3, (3, 3), (2, 2), (1, 1), True, True, "float64"),
@@ -29,6 +33,11 @@ CASES = [
     (2, 32, 13, 20, 32, 2, (3, 3), (1, 1), (1, 1), True, True, "float64"),
     (2, 12, 14, 14, 12, 12, (3, 3), (2, 2), (1, 1), False, False, "float32"),
     (1, 5, 4, 4, 10, 5, (4, 4), (1, 1), (0, 0), True, True, "float64"),
+    # Pointwise on small planes: the backward takes several images per item, the last block
+    # short of images here (9 images, 4 per block), 49 values per image (a vector's tail).
+    (9, 8, 7, 7, 12, 4, (1, 1), (1, 1), (0, 0), True, True, "float32"),
+    (16, 6, 4, 4, 10, 2, (1, 1), (1, 1), (0, 0), False, False, "float64"),
+    (30, 64, 4, 4, 96, 2, (1, 1), (1, 1), (0, 0), True, True, "float32"),  # multi-threaded
 ]
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}  # relative to the largest reference magnitude
 
@@ -92,10 +101,26 @@ def test_forward_and_gradients_equal_convolution_plus_permutation(ops, case):
     check_against_reference(case)
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[9], CASES[13]], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[9], CASES[13], CASES[-2]],
+                         ids=case_id)
 def test_sse2_baseline_path_equals_convolution_plus_permutation(ops, case, monkeypatch):
     monkeypatch.setenv("IGC_CONV_BASELINE", "1")  # read on every call by the kernels
     check_against_reference(case)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_results_do_not_depend_on_the_thread_count(ops, threads):
+    """Items (images x groups, or blocks of images for a pointwise backward) are dealt out to
+    the threads dynamically and the weight gradient is summed over per-thread partials."""
+    script = ("import sys; sys.path[:0] = [{root!r}, {tests!r}]; import utility; "
+              "utility.load_ops(); import test_igc_conv as t; "
+              "[t.check_against_reference(c) for c in (t.CASES[2], t.CASES[3], t.CASES[-1])]")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    result = subprocess.run([sys.executable, "-c", script.format(root=os.path.dirname(here),
+                                                                 tests=here)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_baseline_switch_other_than_0_or_1_is_a_clear_error(ops, monkeypatch):

@@ -1,4 +1,5 @@
-// CPU kernels of IGCConv. Every pass works on one (sample, group) item at a time, in a per-thread
+// CPU kernels of IGCConv. Every pass works on one (sample, group) item at a time (a pointwise
+// conv's backward: a block of samples, see backward_images), in a per-thread
 // buffer that holds the group's input already padded (and, for strides > 1, split into column
 // phases so that strided reads become contiguous): the inner loops then have no bounds checks and
 // run over whole vectors of output columns. The backward-data pass is the same correlation run
@@ -84,6 +85,7 @@ struct Args {
   const T* flipped;         // per group and input channel: fg*k2 weights matching bwd_taps
   const T* zeros;           // max(cg, fg) zeros: the initial values when there is no bias
   bool want_bias;           // backward: compute the bias gradient
+  int64_t images;           // backward: images per item (see backward_images)
 };
 
 template <typename T, int kBytes>
@@ -402,6 +404,52 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
   }
 }
 
+// Backward of a pointwise conv (as_rows) for a block of a.images images: the layout `a.l` has one
+// row per image, so the weight gradient runs over all of them between one load and one store of
+// its partial sums.
+template <typename T, int kBytes>
+IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d, T*, T* partial) {
+  const ConvGeometry& g = a.g;
+  const Layout& l = a.l;
+  const int64_t group = item % g.groups, n0 = item / g.groups * a.images;
+  const int64_t count = std::min(a.images, g.batch - n0), values = g.width;
+  // Only [0, values) of each row is written: the zero tails stay from the start.
+  for (int64_t c = 0; c < l.cg; ++c) {
+    for (int64_t r = 0; r < count; ++r) {
+      std::memcpy(p + c * l.p_chan + r * l.wq,
+                  a.data + ((n0 + r) * g.in_channels + group * l.cg + c) * values,
+                  values * sizeof(T));
+    }
+  }
+  for (int64_t f = 0; f < l.fg; ++f) {
+    const int64_t channel = conv_output_channel(g, group * l.fg + f);
+    for (int64_t r = 0; r < count; ++r) {
+      std::memcpy(d + f * l.d_chan + r * l.wd,
+                  a.out_grad + ((n0 + r) * g.filters + channel) * values, values * sizeof(T));
+    }
+  }
+  for (int64_t r = 0; r < count; ++r) {
+    correlate_planes<T, kBytes>(d + r * l.wd, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg,
+                                l.fg, l.fg, a.zeros,
+                                a.data_grad + ((n0 + r) * g.in_channels + group * l.cg) * values,
+                                values, l.cg, 1, values);
+  }
+  for (int64_t f = 0; f < l.fg;) {
+    const int64_t filter = group * l.fg + f;
+    T* sums = partial + filter * l.cg * l.vw;
+    T* bias_sum = a.want_bias ? partial + (g.filters * l.cg + filter) * l.vw : nullptr;
+    if (f + 2 <= l.fg) {
+      weight_grad_filters<T, kBytes, 2>(p, l.wq, a.fwd_taps, l.cg, d + f * l.d_chan, l.d_chan,
+                                        l.wd, count, l.wo_pad, sums, bias_sum);
+      f += 2;
+    } else {
+      weight_grad_filters<T, kBytes, 1>(p, l.wq, a.fwd_taps, l.cg, d + f * l.d_chan, l.d_chan,
+                                        l.wd, count, l.wo_pad, sums, bias_sum);
+      f += 1;
+    }
+  }
+}
+
 template <typename T>
 using ForwardItem = void (*)(const Args<T>&, int64_t, T*);
 template <typename T>
@@ -424,6 +472,40 @@ IGC_TARGET_AVX2 void backward_item_avx2(const Args<T>& a, int64_t item, T* p, T*
                                         T* partial) {
   backward_item<T, 32>(a, item, p, d, e, partial);
 }
+template <typename T>
+void backward_images_item_sse2(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial) {
+  backward_images_item<T, 16>(a, item, p, d, e, partial);
+}
+template <typename T>
+IGC_TARGET_AVX2 void backward_images_item_avx2(const Args<T>& a, int64_t item, T* p, T* d, T* e,
+                                               T* partial) {
+  backward_images_item<T, 32>(a, item, p, d, e, partial);
+}
+
+// Images per backward item. A pointwise conv (as_rows: one row of H*W values per image) takes
+// images until a row block has about kImageBlockValues values: on small planes (4x4, 7x7) one
+// image's products are fewer than the loads and stores of the weight gradient's partial sums
+// they update. Bounded by the item's input and output rows fitting in kImageBlockBytes (they are
+// reread from cache, once per pair of filters) and by at least 8 items for the threads.
+constexpr int64_t kImageBlockValues = 1024;
+constexpr int64_t kImageBlockBytes = 256 * 1024;
+int64_t backward_images(const ConvGeometry& g, int64_t value_bytes) {
+  if (g.height != 1 || g.kernel_h != 1 || g.kernel_w != 1 || g.stride_h != 1 ||
+      g.stride_w != 1 || g.pad_h != 0 || g.pad_w != 0) {
+    return 1;
+  }
+  const int64_t wanted = (kImageBlockValues + g.width - 1) / g.width;
+  const int64_t image_bytes = (g.in_channels + g.filters) / g.groups * g.width * value_bytes;
+  return std::max<int64_t>(
+      1, std::min({wanted, kImageBlockBytes / image_bytes, g.batch * g.groups / 8, g.batch}));
+}
+
+// The geometry a backward item is laid out for: a pointwise item has one row per image.
+ConvGeometry backward_item_geometry(ConvGeometry g, int64_t value_bytes) {
+  const int64_t images = backward_images(g, value_bytes);
+  if (images > 1) g.height = images;
+  return g;
+}
 
 int conv_threads(const ConvGeometry& g) {
   const int64_t macs = g.batch * g.filters * g.out_height() * g.out_width() *
@@ -438,7 +520,8 @@ struct Workspace {
 
 template <typename T>
 Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
-  const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
+  const Layout l(backward ? backward_item_geometry(g, sizeof(T)) : g,
+                 (avx2 ? 32 : 16) / sizeof(T));
   Workspace w{};
   w.fwd_taps = 0;
   w.bwd_taps = align_bytes(l.cg * l.k2 * sizeof(int64_t));
@@ -501,7 +584,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   T* zeros = reinterpret_cast<T*>(ws + w.zeros);
   std::fill(zeros, zeros + std::max(l.cg, l.fg), T(0));
   const Args<T> a{g,       l,       data,    weight, bias, out, nullptr, nullptr, fwd_taps,
-                  nullptr, nullptr, zeros,   false};
+                  nullptr, nullptr, zeros,   false,  1};
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
   const int64_t items = g.batch * g.groups;
   const int threads = plan.threads;
@@ -519,7 +602,8 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
               T* data_grad, T* weight_grad, T* bias_grad, char* ws, int64_t ws_bytes) {
   const Plan plan = make_plan<T>(g, true, ws_bytes);
   const bool avx2 = plan.avx2;
-  const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
+  const int64_t images = backward_images(g, sizeof(T));
+  const Layout l(backward_item_geometry(g, sizeof(T)), (avx2 ? 32 : 16) / sizeof(T));
   const Workspace& w = plan.w;
   int64_t* fwd_taps = reinterpret_cast<int64_t*>(ws + w.fwd_taps);
   int64_t* bwd_taps = reinterpret_cast<int64_t*>(ws + w.bwd_taps);
@@ -546,9 +630,11 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     }
   }
   const Args<T> a{g,        l,     data,  weight, nullptr, nullptr, out_grad, data_grad, fwd_taps,
-                  bwd_taps, flipped, zeros, bias_grad != nullptr};
-  const BackwardItem<T> run = avx2 ? backward_item_avx2<T> : backward_item_sse2<T>;
-  const int64_t items = g.batch * g.groups;
+                  bwd_taps, flipped, zeros, bias_grad != nullptr, images};
+  const BackwardItem<T> run =
+      images > 1 ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)
+                 : (avx2 ? backward_item_avx2<T> : backward_item_sse2<T>);
+  const int64_t items = (g.batch + images - 1) / images * g.groups;
   const int64_t weight_size = g.filters * l.cg * l.k2;
   const int64_t reduced = weight_size + g.filters;
   const int threads = plan.threads;
@@ -584,22 +670,38 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
   }
 }
 
+// A pointwise convolution (1x1, unit stride, no padding) is the same computation on each image
+// flattened into one row of H*W values: rows then fill whole vectors (a 4x4 or 7x7 plane has
+// 16 or 49 values, one half-empty vector per row otherwise) and a block runs along the row.
+ConvGeometry as_rows(ConvGeometry g) {
+  if (g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
+      g.pad_w == 0) {
+    g.width *= g.height;
+    g.height = 1;
+  }
+  return g;
+}
+
 }  // namespace
 
-int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype) {
+int64_t conv_forward_workspace_bytes(const ConvGeometry& geometry, int dtype) {
+  const ConvGeometry g = as_rows(geometry);
   if (dtype == kFloat32) return workspace_layout<float>(g, false, use_avx2_kernels()).total;
   if (dtype == kFloat64) return workspace_layout<double>(g, false, use_avx2_kernels()).total;
   return 0;
 }
 
-int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype) {
+int64_t conv_backward_workspace_bytes(const ConvGeometry& geometry, int dtype) {
+  const ConvGeometry g = as_rows(geometry);
   if (dtype == kFloat32) return workspace_layout<float>(g, true, use_avx2_kernels()).total;
   if (dtype == kFloat64) return workspace_layout<double>(g, true, use_avx2_kernels()).total;
   return 0;
 }
 
-void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const void* weight,
-                      const void* bias, void* out, void* workspace, int64_t workspace_bytes) {
+void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
+                      const void* weight, const void* bias, void* out, void* workspace,
+                      int64_t workspace_bytes) {
+  const ConvGeometry g = as_rows(geometry);
   char* ws = static_cast<char*>(workspace);
   if (dtype == kFloat32) {
     forward(g, static_cast<const float*>(data), static_cast<const float*>(weight),
@@ -612,9 +714,10 @@ void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const 
   }
 }
 
-void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, const void* data,
-                       const void* weight, void* data_grad, void* weight_grad, void* bias_grad,
-                       void* workspace, int64_t workspace_bytes) {
+void conv_backward_cpu(const ConvGeometry& geometry, int dtype, const void* out_grad,
+                       const void* data, const void* weight, void* data_grad, void* weight_grad,
+                       void* bias_grad, void* workspace, int64_t workspace_bytes) {
+  const ConvGeometry g = as_rows(geometry);
   char* ws = static_cast<char*>(workspace);
   if (dtype == kFloat32) {
     backward(g, static_cast<const float*>(out_grad), static_cast<const float*>(data),

@@ -179,8 +179,9 @@ class Ops:
     permutation: 'reorder' (the plugin's Reorder) or 'reshape' (the pure-symbol permutation).
     fuse_permuted: when a group conv followed by a permutation is one IGCConv: 'always',
     'narrow' (groups no wider than IGC_CONV_MAX_GROUP_WIDTH) or 'never'.
-    native: the plugin's BatchNorm kernels, and IGCConv for the group convs without a
-    permutation (1x1 or narrow), instead of MXNet's."""
+    native: the plugin's BatchNorm kernels, and IGCConv for the convolutions without a
+    permutation that are 1x1 (grouped, or dense with unit stride) or narrow group convs,
+    instead of MXNet's."""
     permutation: str = "reorder"
     fuse_permuted: str = "never"
     native: bool = False
@@ -199,10 +200,12 @@ class Ops:
         return self.permute(data, groups, perm_name)
 
     def group_conv(self, data, name, num_filter, kernel, stride, groups):
-        """A group convolution `name` with no permutation after it: IGCConv (interleave=False)
-        with the native ops where the kernel is 1x1 or the groups are narrow (its plain-NCHW
-        output feeds the plugin's BatchNorm without a layout conversion), else Convolution."""
-        if groups > 1 and self.native and (kernel == 1 or _narrow(num_filter, groups, kernel)):
+        """A (group) convolution `name` with no permutation after it: IGCConv (interleave=False)
+        with the native ops where the kernel is 1x1 with groups or unit stride, or the groups
+        are narrow (its plain-NCHW output and data gradient meet the plugin's BatchNorm without a
+        oneDNN layout conversion), else Convolution."""
+        pointwise = kernel == 1 and (groups > 1 or stride == 1)
+        if self.native and (pointwise or groups > 1 and _narrow(num_filter, groups, kernel)):
             return _igc_conv(data, name, num_filter, kernel, stride, groups, False)
         return conv(data, name, num_filter, kernel, stride, num_group=groups)
 
@@ -238,10 +241,11 @@ class Ops:
 
 def resolve_ops(permutation, conv_impl, device):
     """The Ops of a graph for `device` (validated by the registry). conv_impl 'igc': IGCConv and
-    the plugin's BatchNorm everywhere; 'auto': IGCConv for narrow groups and the plugin's
-    BatchNorm where the graph needs the plugin anyway (the native permutation); 'mxnet': MXNet's
-    ops only. IGCConv is the one op a device can lack: there 'auto' builds as 'mxnet' (the same
-    weight names and shapes) and 'igc' is an error."""
+    the plugin's BatchNorm everywhere; 'auto': where the graph needs the plugin anyway (the
+    native permutation), the plugin's BatchNorm and IGCConv for narrow groups (depthwise
+    included) and 1x1 convs (`Ops.group_conv`); 'mxnet': MXNet's ops only. IGCConv is the one
+    op a device can lack: there 'auto' builds as 'mxnet' (the same weight names and shapes) and
+    'igc' is an error."""
     if conv_impl != "mxnet" and device != "cpu" and not runs_on("IGCConv", device):
         if conv_impl == "igc":
             raise ValueError(f"conv_impl 'igc': IGCConv has no {device} kernel (CPU only); "

@@ -119,8 +119,8 @@ OP_KEYS = {
         "permutation", str, "channel permutation: the native Reorder op or "
         "reshape-swapaxes-reshape", PERMUTATIONS, ""),
     "conv_impl": ConfigKey(
-        "conv_impl", str, "group convolutions and BatchNorm: auto (IGCConv for narrow groups and "
-        "the plugin's BatchNorm with the native permutation), mxnet (MXNet's ops) or igc (the "
-        "plugin's everywhere)", CONV_IMPLS, ""),
+        "conv_impl", str, "convolutions and BatchNorm: auto (with the native permutation: "
+        "IGCConv for narrow groups, depthwise and 1x1 convs, and the plugin's BatchNorm), mxnet "
+        "(MXNet's ops) or igc (the plugin's everywhere)", CONV_IMPLS, ""),
 }
 OP_DEFAULTS = {"permutation": "reorder", "conv_impl": "auto"}

@@ -127,7 +127,12 @@ def test_conv_impl_auto_fuses_only_narrow_groups_with_the_native_permutation(
 @pytest.mark.parametrize("permutation,conv_impl,expected", [
     ("reorder", "auto", "IGCConv"), ("reorder", "mxnet", "Convolution"),
     ("reshape", "auto", "Convolution")])
-def test_depthwise_convs_are_igc_conv_beside_the_native_batchnorm(ops, name, permutation,
-                                                                  conv_impl, expected):
+def test_depthwise_and_1x1_convs_are_igc_conv_beside_the_native_batchnorm(
+        ops, name, permutation, conv_impl, expected):
     symbol = network.get_symbol(name, 10, permutation=permutation, conv_impl=conv_impl)
     assert _ops_by_layer(symbol, "-depthwise-conv2d") == {expected}
+    # The 1x1 convs too (MobileNetV2's dense), but not the 3x3 stem.
+    assert _ops_by_layer(symbol, "-exp-conv2d") == {expected}
+    assert _ops_by_layer(symbol, "-linear-conv2d") == {expected}
+    assert _ops_by_layer(symbol, "last-1x1-conv-conv2d") == {expected}
+    assert _ops_by_layer(symbol, "first-3x3-conv-conv2d") == {"Convolution"}

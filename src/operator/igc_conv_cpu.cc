@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "igc_conv.h"
 #include "common.h"
+#include "gemm.h"
 
 namespace igc {
 namespace {
@@ -86,6 +88,7 @@ struct Args {
   const T* zeros;           // max(cg, fg) zeros: the initial values when there is no bias
   bool want_bias;           // backward: compute the bias gradient
   int64_t images;           // backward: images per item (see backward_images)
+  GemmKernel gemm;          // float pointwise convs: the forward and data gradient, else null
 };
 
 template <typename T, int kBytes>
@@ -338,11 +341,42 @@ IGC_INLINE void weight_grad_filters(const T* in, int64_t row_step, const int64_t
 #undef IGC_TAPS
 }
 
+// A pointwise conv of image n, group `group` as one GEMM over rows of H*W values, read and
+// written in place: the output (the `fg` filters of the group) from the weights and the input
+// channels, or (data_grad) the input gradient from the flipped weights and the output gradient.
+// `rows` holds max(cg, fg) pointers.
+template <typename T>
+void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, const T** rows) {
+  if constexpr (std::is_same<T, float>::value) {
+    const ConvGeometry& g = a.g;
+    const Layout& l = a.l;
+    const int64_t values = g.width, first = group * l.fg;
+    if (!data_grad) {
+      for (int64_t c = 0; c < l.cg; ++c) {
+        rows[c] = a.data + (n * g.in_channels + group * l.cg + c) * values;
+      }
+      // Consecutive filters of a group are G channels apart in an interleaved output.
+      a.gemm(Gemm{l.fg, values, l.cg, a.weight + first * l.cg, l.cg, rows,
+                  a.out + (n * g.filters + conv_output_channel(g, first)) * values,
+                  g.interleave ? g.groups * values : values, a.bias ? a.bias + first : a.zeros,
+                  nullptr, 0});
+    } else {
+      for (int64_t f = 0; f < l.fg; ++f) {
+        rows[f] = a.out_grad + (n * g.filters + conv_output_channel(g, first + f)) * values;
+      }
+      a.gemm(Gemm{l.cg, values, l.fg, a.flipped + group * l.cg * l.fg, l.fg, rows,
+                  a.data_grad + (n * g.in_channels + group * l.cg) * values, values, a.zeros,
+                  nullptr, 0});
+    }
+  }
+}
+
 template <typename T, int kBytes>
-IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p) {
+IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** rows) {
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
   const int64_t n = item / g.groups, group = item % g.groups;
+  if (a.gemm) return pointwise_gemm(a, n, group, false, rows);
   fill_padded_input(a, n, group, p);
   const int64_t plane = l.ho * l.wo;
   // Consecutive filters of a group are G channels apart in an interleaved output.
@@ -357,7 +391,8 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p) {
 // `partial` accumulates this thread's weight gradient (filters*cg*k2) then bias gradient
 // (filters), each value as a vector of l.vw lanes.
 template <typename T, int kBytes>
-IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial) {
+IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial,
+                              const T** rows) {
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
   const int64_t n = item / g.groups, group = item % g.groups;
@@ -379,10 +414,14 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
     }
   }
   const int64_t in_plane = g.height * g.width;
-  correlate_planes<T, kBytes>(d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2,
-                              l.fg * l.k2, l.fg * l.k2, a.zeros,
-                              a.data_grad + (n * g.in_channels + group * l.cg) * in_plane,
-                              in_plane, l.cg, g.height, g.width);
+  if (a.gemm) {
+    pointwise_gemm(a, n, group, true, rows);
+  } else {
+    correlate_planes<T, kBytes>(d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2,
+                                l.fg * l.k2, l.fg * l.k2, a.zeros,
+                                a.data_grad + (n * g.in_channels + group * l.cg) * in_plane,
+                                in_plane, l.cg, g.height, g.width);
+  }
   // With unit strides D already holds the output gradient with zero tails.
   const int64_t e_pitch = unit_stride ? l.wd : l.wo_pad;
   const int64_t e_stride = unit_stride ? l.d_chan : l.e_chan;
@@ -408,7 +447,8 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
 // row per image, so the weight gradient runs over all of them between one load and one store of
 // its partial sums.
 template <typename T, int kBytes>
-IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d, T*, T* partial) {
+IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d, T*, T* partial,
+                                     const T** rows) {
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
   const int64_t group = item % g.groups, n0 = item / g.groups * a.images;
@@ -429,10 +469,14 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
     }
   }
   for (int64_t r = 0; r < count; ++r) {
-    correlate_planes<T, kBytes>(d + r * l.wd, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg,
-                                l.fg, l.fg, a.zeros,
-                                a.data_grad + ((n0 + r) * g.in_channels + group * l.cg) * values,
-                                values, l.cg, 1, values);
+    if (a.gemm) {
+      pointwise_gemm(a, n0 + r, group, true, rows);
+    } else {
+      correlate_planes<T, kBytes>(d + r * l.wd, l.wd, a.bwd_taps,
+                                  a.flipped + group * l.cg * l.fg, l.fg, l.fg, a.zeros,
+                                  a.data_grad + ((n0 + r) * g.in_channels + group * l.cg) * values,
+                                  values, l.cg, 1, values);
+    }
   }
   for (int64_t f = 0; f < l.fg;) {
     const int64_t filter = group * l.fg + f;
@@ -451,35 +495,50 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
 }
 
 template <typename T>
-using ForwardItem = void (*)(const Args<T>&, int64_t, T*);
+using ForwardItem = void (*)(const Args<T>&, int64_t, T*, const T**);
 template <typename T>
-using BackwardItem = void (*)(const Args<T>&, int64_t, T*, T*, T*, T*);
+using BackwardItem = void (*)(const Args<T>&, int64_t, T*, T*, T*, T*, const T**);
 
 template <typename T>
-void forward_item_sse2(const Args<T>& a, int64_t item, T* p) {
-  forward_item<T, 16>(a, item, p);
+void forward_item_sse2(const Args<T>& a, int64_t item, T* p, const T** rows) {
+  forward_item<T, 16>(a, item, p, rows);
 }
 template <typename T>
-IGC_TARGET_AVX2 void forward_item_avx2(const Args<T>& a, int64_t item, T* p) {
-  forward_item<T, 32>(a, item, p);
+IGC_TARGET_AVX2 void forward_item_avx2(const Args<T>& a, int64_t item, T* p, const T** rows) {
+  forward_item<T, 32>(a, item, p, rows);
 }
 template <typename T>
-void backward_item_sse2(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial) {
-  backward_item<T, 16>(a, item, p, d, e, partial);
+void backward_item_sse2(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial,
+                        const T** rows) {
+  backward_item<T, 16>(a, item, p, d, e, partial, rows);
 }
 template <typename T>
 IGC_TARGET_AVX2 void backward_item_avx2(const Args<T>& a, int64_t item, T* p, T* d, T* e,
-                                        T* partial) {
-  backward_item<T, 32>(a, item, p, d, e, partial);
+                                        T* partial, const T** rows) {
+  backward_item<T, 32>(a, item, p, d, e, partial, rows);
 }
 template <typename T>
-void backward_images_item_sse2(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial) {
-  backward_images_item<T, 16>(a, item, p, d, e, partial);
+void backward_images_item_sse2(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial,
+                               const T** rows) {
+  backward_images_item<T, 16>(a, item, p, d, e, partial, rows);
 }
 template <typename T>
 IGC_TARGET_AVX2 void backward_images_item_avx2(const Args<T>& a, int64_t item, T* p, T* d, T* e,
-                                               T* partial) {
-  backward_images_item<T, 32>(a, item, p, d, e, partial);
+                                               T* partial, const T** rows) {
+  backward_images_item<T, 32>(a, item, p, d, e, partial, rows);
+}
+
+// Whether `g` (as_rows) is a pointwise conv: one row per image, 1x1, unit stride, no padding.
+bool pointwise(const ConvGeometry& g) {
+  return g.height == 1 && g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 &&
+         g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
+}
+
+// The GEMM that runs a pointwise conv's forward and data gradient in float (see pointwise_gemm);
+// null for other convs and for double, which take the correlation kernels.
+template <typename T>
+GemmKernel pointwise_gemm_kernel(const ConvGeometry& g) {
+  return std::is_same<T, float>::value && pointwise(g) ? pick_gemm() : nullptr;
 }
 
 // Images per backward item. A pointwise conv (as_rows: one row of H*W values per image) takes
@@ -490,10 +549,7 @@ IGC_TARGET_AVX2 void backward_images_item_avx2(const Args<T>& a, int64_t item, T
 constexpr int64_t kImageBlockValues = 1024;
 constexpr int64_t kImageBlockBytes = 256 * 1024;
 int64_t backward_images(const ConvGeometry& g, int64_t value_bytes) {
-  if (g.height != 1 || g.kernel_h != 1 || g.kernel_w != 1 || g.stride_h != 1 ||
-      g.stride_w != 1 || g.pad_h != 0 || g.pad_w != 0) {
-    return 1;
-  }
+  if (!pointwise(g)) return 1;
   const int64_t wanted = (kImageBlockValues + g.width - 1) / g.width;
   const int64_t image_bytes = (g.in_channels + g.filters) / g.groups * g.width * value_bytes;
   return std::max<int64_t>(
@@ -515,7 +571,7 @@ int conv_threads(const ConvGeometry& g) {
 
 // Workspace: [shared part][thread 0][thread 1]..., every piece 64-byte aligned.
 struct Workspace {
-  int64_t fwd_taps, bwd_taps, flipped, zeros, shared, per_thread, p, d, e, partial, total;
+  int64_t fwd_taps, bwd_taps, flipped, zeros, shared, per_thread, p, d, e, partial, rows, total;
 };
 
 template <typename T>
@@ -532,9 +588,9 @@ Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
   w.d = align_bytes(l.p_size * sizeof(T));
   w.e = w.d + (backward ? align_bytes(l.d_size * sizeof(T)) : 0);
   w.partial = w.e + (backward ? align_bytes(l.e_size * sizeof(T)) : 0);
-  w.per_thread =
-      w.partial +
-      (backward ? align_bytes((g.filters * l.cg * l.k2 + g.filters) * l.vw * sizeof(T)) : 0);
+  w.rows = w.partial +
+           (backward ? align_bytes((g.filters * l.cg * l.k2 + g.filters) * l.vw * sizeof(T)) : 0);
+  w.per_thread = w.rows + (pointwise(g) ? align_bytes(std::max(l.cg, l.fg) * sizeof(T*)) : 0);
   w.total = w.shared + conv_threads(g) * w.per_thread;
   return w;
 }
@@ -583,17 +639,19 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   fill_forward_taps<T>(g, l, fwd_taps);
   T* zeros = reinterpret_cast<T*>(ws + w.zeros);
   std::fill(zeros, zeros + std::max(l.cg, l.fg), T(0));
-  const Args<T> a{g,       l,       data,    weight, bias, out, nullptr, nullptr, fwd_taps,
-                  nullptr, nullptr, zeros,   false,  1};
+  const Args<T> a{g,       l,       data,  weight, bias, out, nullptr, nullptr, fwd_taps,
+                  nullptr, nullptr, zeros, false,  1,    pointwise_gemm_kernel<T>(g)};
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
   const int64_t items = g.batch * g.groups;
   const int threads = plan.threads;
 #pragma omp parallel num_threads(threads)
   {
-    T* p = reinterpret_cast<T*>(ws + w.shared + omp_get_thread_num() * w.per_thread + w.p);
-    std::memset(p, 0, l.p_size * sizeof(T));
+    char* mine = ws + w.shared + omp_get_thread_num() * w.per_thread;
+    T* p = reinterpret_cast<T*>(mine + w.p);
+    const T** rows = reinterpret_cast<const T**>(mine + w.rows);
+    if (!a.gemm) std::memset(p, 0, l.p_size * sizeof(T));
 #pragma omp for schedule(dynamic, 4)
-    for (int64_t item = 0; item < items; ++item) run(a, item, p);
+    for (int64_t item = 0; item < items; ++item) run(a, item, p, rows);
   }
 }
 
@@ -630,7 +688,8 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     }
   }
   const Args<T> a{g,        l,     data,  weight, nullptr, nullptr, out_grad, data_grad, fwd_taps,
-                  bwd_taps, flipped, zeros, bias_grad != nullptr, images};
+                  bwd_taps, flipped, zeros, bias_grad != nullptr, images,
+                  pointwise_gemm_kernel<T>(g)};
   const BackwardItem<T> run =
       images > 1 ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)
                  : (avx2 ? backward_item_avx2<T> : backward_item_sse2<T>);
@@ -646,12 +705,13 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     T* d = reinterpret_cast<T*>(mine + w.d);
     T* e = reinterpret_cast<T*>(mine + w.e);
     T* partial = reinterpret_cast<T*>(mine + w.partial);
+    const T** rows = reinterpret_cast<const T**>(mine + w.rows);
     std::memset(p, 0, l.p_size * sizeof(T));
     std::memset(d, 0, l.d_size * sizeof(T));
     std::memset(e, 0, l.e_size * sizeof(T));
     std::memset(partial, 0, reduced * l.vw * sizeof(T));
 #pragma omp for schedule(dynamic, 4)
-    for (int64_t item = 0; item < items; ++item) run(a, item, p, d, e, partial);
+    for (int64_t item = 0; item < items; ++item) run(a, item, p, d, e, partial, rows);
     // The implicit barrier above makes every thread's partial sums complete.
     const int team = omp_get_num_threads();
 #pragma omp for schedule(static)

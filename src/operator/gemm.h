@@ -1,0 +1,42 @@
+// The float GEMM kernels shared by IGCBlock (its expansion and linear convs) and IGCConv (a
+// pointwise conv's forward and data gradient): register-blocked over rows of B given by pointer,
+// so a caller can hand over rows of channels in place, permuted or strided, without copying.
+#ifndef IGC_OPERATOR_GEMM_H_
+#define IGC_OPERATOR_GEMM_H_
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace igc {
+
+// c[m][n] = bias[m] + sum_k a[m * lda + k] * b[k][n] (+ r[m][n]), 0 <= m < M, 0 <= n < N.
+struct Gemm {
+  int64_t M, N, K;
+  const float* a;
+  int64_t lda;
+  const float* const* b;
+  float* c;
+  int64_t ldc;
+  const float* bias;
+  const float* r;  // nullptr: no residual
+  int64_t ldr;
+};
+
+using GemmKernel = void (*)(const Gemm&);
+
+// The GEMM for this CPU and environment: an 8 x 32 AVX-512 register block, a 6 x 16 AVX2+FMA
+// one, or portable C++ (see use_avx2_kernels / use_avx512_kernels). Single-threaded.
+GemmKernel pick_gemm();
+
+// Lanes below `count` of an 8-float AVX2 mask set (all for count >= 8, none for count <= 0).
+IGC_TARGET_AVX2 inline __m256i tail_mask(int64_t count) {
+  const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
+}
+
+}  // namespace igc
+
+#endif  // IGC_OPERATOR_GEMM_H_

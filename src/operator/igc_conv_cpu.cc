@@ -443,6 +443,41 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
   }
 }
 
+// Weight and bias gradient of a float pointwise conv over `count` images of a group as one GEMM,
+// added to `partial` (one value per weight, then per filter): dW[f][c] += sum over the images'
+// values of dy[f] * x[c], with D (the images' output-gradient rows, zero tails) as A and the
+// input transposed into P as B (a row of cg channels per value). The GEMM's product goes to
+// `scratch` (fg * cg values) first: its AVX2 tail recomputes columns, which an in-place
+// accumulation would add twice.
+template <typename T>
+void pointwise_weight_gemm(const Args<T>& a, int64_t n0, int64_t count, int64_t group, T* p,
+                           const T* d, T* partial, T* scratch, const T** rows) {
+  if constexpr (std::is_same<T, float>::value) {
+    const ConvGeometry& g = a.g;
+    const Layout& l = a.l;
+    const int64_t values = g.width, depth = count * l.wd;
+    for (int64_t r = 0; r < count; ++r) {
+      for (int64_t c = 0; c < l.cg; ++c) {
+        const T* x = a.data + ((n0 + r) * g.in_channels + group * l.cg + c) * values;
+        T* column = p + r * l.wd * l.cg + c;
+        for (int64_t v = 0; v < values; ++v) column[v * l.cg] = x[v];
+        for (int64_t v = values; v < l.wd; ++v) column[v * l.cg] = T(0);
+      }
+    }
+    for (int64_t k = 0; k < depth; ++k) rows[k] = p + k * l.cg;
+    a.gemm(Gemm{l.fg, l.cg, depth, d, l.d_chan, rows, scratch, l.cg, a.zeros, nullptr, 0});
+    T* dw = partial + group * l.fg * l.cg;
+    for (int64_t i = 0; i < l.fg * l.cg; ++i) dw[i] += scratch[i];
+    if (a.want_bias) {
+      for (int64_t f = 0; f < l.fg; ++f) {
+        T sum = 0;
+        for (int64_t k = 0; k < depth; ++k) sum += d[f * l.d_chan + k];
+        partial[g.filters * l.cg + group * l.fg + f] += sum;
+      }
+    }
+  }
+}
+
 // Backward of a pointwise conv (as_rows) for a block of a.images images: the layout `a.l` has one
 // row per image, so the weight gradient runs over all of them between one load and one store of
 // its partial sums.
@@ -453,6 +488,19 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   const Layout& l = a.l;
   const int64_t group = item % g.groups, n0 = item / g.groups * a.images;
   const int64_t count = std::min(a.images, g.batch - n0), values = g.width;
+  if (a.gemm) {
+    for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
+    for (int64_t f = 0; f < l.fg; ++f) {
+      const int64_t channel = conv_output_channel(g, group * l.fg + f);
+      for (int64_t r = 0; r < count; ++r) {
+        std::memcpy(d + f * l.d_chan + r * l.wd,
+                    a.out_grad + ((n0 + r) * g.filters + channel) * values, values * sizeof(T));
+      }
+    }
+    // The partial buffer holds one lane per value here; the rest of it is the GEMM's scratch.
+    const int64_t reduced = g.filters * l.cg + g.filters;
+    return pointwise_weight_gemm(a, n0, count, group, p, d, partial, partial + reduced, rows);
+  }
   // Only [0, values) of each row is written: the zero tails stay from the start.
   for (int64_t c = 0; c < l.cg; ++c) {
     for (int64_t r = 0; r < count; ++r) {
@@ -590,7 +638,9 @@ Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
   w.partial = w.e + (backward ? align_bytes(l.e_size * sizeof(T)) : 0);
   w.rows = w.partial +
            (backward ? align_bytes((g.filters * l.cg * l.k2 + g.filters) * l.vw * sizeof(T)) : 0);
-  w.per_thread = w.rows + (pointwise(g) ? align_bytes(std::max(l.cg, l.fg) * sizeof(T*)) : 0);
+  // Row pointers of the pointwise GEMMs: cg or fg rows, and the weight gradient's values.
+  const int64_t rows = std::max({l.cg, l.fg, backward ? l.ho * l.wd : 0});
+  w.per_thread = w.rows + (pointwise(g) ? align_bytes(rows * sizeof(T*)) : 0);
   w.total = w.shared + conv_threads(g) * w.per_thread;
   return w;
 }
@@ -691,8 +741,10 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
                   bwd_taps, flipped, zeros, bias_grad != nullptr, images,
                   pointwise_gemm_kernel<T>(g)};
   const BackwardItem<T> run =
-      images > 1 ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)
-                 : (avx2 ? backward_item_avx2<T> : backward_item_sse2<T>);
+      images > 1 || a.gemm ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)
+                           : (avx2 ? backward_item_avx2<T> : backward_item_sse2<T>);
+  // Partial sums per value: l.vw lanes, or one from the GEMM.
+  const int64_t lanes = a.gemm ? 1 : l.vw;
   const int64_t items = (g.batch + images - 1) / images * g.groups;
   const int64_t weight_size = g.filters * l.cg * l.k2;
   const int64_t reduced = weight_size + g.filters;
@@ -709,7 +761,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     std::memset(p, 0, l.p_size * sizeof(T));
     std::memset(d, 0, l.d_size * sizeof(T));
     std::memset(e, 0, l.e_size * sizeof(T));
-    std::memset(partial, 0, reduced * l.vw * sizeof(T));
+    std::memset(partial, 0, reduced * lanes * sizeof(T));
 #pragma omp for schedule(dynamic, 4)
     for (int64_t item = 0; item < items; ++item) run(a, item, p, d, e, partial, rows);
     // The implicit barrier above makes every thread's partial sums complete.
@@ -718,8 +770,8 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     for (int64_t i = 0; i < reduced; ++i) {
       T s = 0;
       for (int t = 0; t < team; ++t) {
-        const T* lanes = reinterpret_cast<const T*>(thread_base + t * w.per_thread + w.partial);
-        for (int64_t k = 0; k < l.vw; ++k) s += lanes[i * l.vw + k];
+        const T* sums = reinterpret_cast<const T*>(thread_base + t * w.per_thread + w.partial);
+        for (int64_t k = 0; k < lanes; ++k) s += sums[i * lanes + k];
       }
       if (i < weight_size) {
         weight_grad[i] = s;

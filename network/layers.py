@@ -12,9 +12,10 @@ import mxnet as mx
 
 PERMUTATIONS = ("reorder", "reshape")
 CONV_IMPLS = ("auto", "mxnet", "igc")
-# conv_impl='auto' fuses a group conv + permutation into IGCConv where the groups are narrow
-# enough for IGCConv to beat oneDNN's Convolution + Reorder in training (docs/igc_conv.md).
-IGC_CONV_MAX_GROUP_WIDTH = {3: 8, 1: 24}
+# conv_impl='auto' fuses a group conv + permutation into IGCConv where IGCConv beats oneDNN's
+# Convolution + Reorder in training (docs/igc_conv.md): a 3x3 conv with groups this narrow, and
+# every 1x1 conv (its passes are GEMMs).
+IGC_CONV_MAX_GROUP_WIDTH = {3: 8}
 DEVICES = ("cpu", "gpu")
 PLUGIN_OPS = ("Reorder", "IGCConv", "BatchNormMoments", "BatchNormApply", "IGCBlock")
 
@@ -169,7 +170,7 @@ def _igc_conv(data, name, num_filter, kernel, stride, groups, interleave):
 
 
 def _narrow(num_filter, groups, kernel):
-    return num_filter // groups <= IGC_CONV_MAX_GROUP_WIDTH.get(kernel, 0)
+    return kernel == 1 or num_filter // groups <= IGC_CONV_MAX_GROUP_WIDTH.get(kernel, 0)
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class Ops:
 
     permutation: 'reorder' (the plugin's Reorder) or 'reshape' (the pure-symbol permutation).
     fuse_permuted: when a group conv followed by a permutation is one IGCConv: 'always',
-    'narrow' (groups no wider than IGC_CONV_MAX_GROUP_WIDTH) or 'never'.
+    'narrow' (1x1, or groups no wider than IGC_CONV_MAX_GROUP_WIDTH) or 'never'.
     native: the plugin's BatchNorm kernels, and IGCConv for the convolutions without a
     permutation that are 1x1 (grouped, or dense with unit stride) or narrow group convs,
     instead of MXNet's."""

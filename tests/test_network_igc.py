@@ -111,7 +111,7 @@ def _ops_by_layer(symbol, suffix):
 
 @pytest.mark.parametrize("name,config,permutation,primary_fused,secondary_fused", [
     ("plain_igc", {}, "reorder", True, True),              # 2 and 24 channels per group
-    ("resnet_igc_imgnet_d18", {"variant": "igc_l100m2"}, "reorder", True, False),  # 2 / 100
+    ("resnet_igc_imgnet_d18", {"variant": "igc_l100m2"}, "reorder", True, True),  # 2 / 100
     ("resnet_igc_imgnet_d18", {"variant": "igc_l4m32"}, "reorder", False, True),   # 32 / 4
     ("resnet_igc_imgnet_d18", {"variant": "igc_l16m16"}, "reorder", False, True),  # 16 / 16
     ("plain_igc", {}, "reshape", False, False),            # no plugin wanted

@@ -611,6 +611,13 @@ ConvGeometry backward_item_geometry(ConvGeometry g, int64_t value_bytes) {
   return g;
 }
 
+// Items handed out at a time: 4, or more where there are so many (small) items that taking them
+// four at a time would make the threads contend for the shared counter; still at least 32
+// hand-outs per thread, so that a slow thread leaves little behind.
+int64_t item_chunk(int64_t items, int threads) {
+  return std::max<int64_t>(4, items / (32 * static_cast<int64_t>(threads)));
+}
+
 int conv_threads(const ConvGeometry& g) {
   const int64_t macs = g.batch * g.filters * g.out_height() * g.out_width() *
                        (g.in_channels / g.groups) * g.kernel_h * g.kernel_w;
@@ -700,7 +707,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
     T* p = reinterpret_cast<T*>(mine + w.p);
     const T** rows = reinterpret_cast<const T**>(mine + w.rows);
     if (!a.gemm) std::memset(p, 0, l.p_size * sizeof(T));
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, item_chunk(items, threads))
     for (int64_t item = 0; item < items; ++item) run(a, item, p, rows);
   }
 }
@@ -762,7 +769,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     std::memset(d, 0, l.d_size * sizeof(T));
     std::memset(e, 0, l.e_size * sizeof(T));
     std::memset(partial, 0, reduced * lanes * sizeof(T));
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(dynamic, item_chunk(items, threads))
     for (int64_t item = 0; item < items; ++item) run(a, item, p, d, e, partial, rows);
     // The implicit barrier above makes every thread's partial sums complete.
     const int team = omp_get_num_threads();

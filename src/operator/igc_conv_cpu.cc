@@ -392,7 +392,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
 // (filters), each value as a vector of l.vw lanes.
 template <typename T, int kBytes>
 IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, T* partial,
-                              const T** rows) {
+                              const T**) {
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
   const int64_t n = item / g.groups, group = item % g.groups;
@@ -414,14 +414,10 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
     }
   }
   const int64_t in_plane = g.height * g.width;
-  if (a.gemm) {
-    pointwise_gemm(a, n, group, true, rows);
-  } else {
-    correlate_planes<T, kBytes>(d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2,
-                                l.fg * l.k2, l.fg * l.k2, a.zeros,
-                                a.data_grad + (n * g.in_channels + group * l.cg) * in_plane,
-                                in_plane, l.cg, g.height, g.width);
-  }
+  correlate_planes<T, kBytes>(d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2,
+                              l.fg * l.k2, l.fg * l.k2, a.zeros,
+                              a.data_grad + (n * g.in_channels + group * l.cg) * in_plane,
+                              in_plane, l.cg, g.height, g.width);
   // With unit strides D already holds the output gradient with zero tails.
   const int64_t e_pitch = unit_stride ? l.wd : l.wo_pad;
   const int64_t e_stride = unit_stride ? l.d_chan : l.e_chan;
@@ -488,27 +484,7 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   const Layout& l = a.l;
   const int64_t group = item % g.groups, n0 = item / g.groups * a.images;
   const int64_t count = std::min(a.images, g.batch - n0), values = g.width;
-  if (a.gemm) {
-    for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
-    for (int64_t f = 0; f < l.fg; ++f) {
-      const int64_t channel = conv_output_channel(g, group * l.fg + f);
-      for (int64_t r = 0; r < count; ++r) {
-        std::memcpy(d + f * l.d_chan + r * l.wd,
-                    a.out_grad + ((n0 + r) * g.filters + channel) * values, values * sizeof(T));
-      }
-    }
-    // The partial buffer holds one lane per value here; the rest of it is the GEMM's scratch.
-    const int64_t reduced = g.filters * l.cg + g.filters;
-    return pointwise_weight_gemm(a, n0, count, group, p, d, partial, partial + reduced, rows);
-  }
   // Only [0, values) of each row is written: the zero tails stay from the start.
-  for (int64_t c = 0; c < l.cg; ++c) {
-    for (int64_t r = 0; r < count; ++r) {
-      std::memcpy(p + c * l.p_chan + r * l.wq,
-                  a.data + ((n0 + r) * g.in_channels + group * l.cg + c) * values,
-                  values * sizeof(T));
-    }
-  }
   for (int64_t f = 0; f < l.fg; ++f) {
     const int64_t channel = conv_output_channel(g, group * l.fg + f);
     for (int64_t r = 0; r < count; ++r) {
@@ -516,15 +492,24 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
                   a.out_grad + ((n0 + r) * g.filters + channel) * values, values * sizeof(T));
     }
   }
-  for (int64_t r = 0; r < count; ++r) {
-    if (a.gemm) {
-      pointwise_gemm(a, n0 + r, group, true, rows);
-    } else {
-      correlate_planes<T, kBytes>(d + r * l.wd, l.wd, a.bwd_taps,
-                                  a.flipped + group * l.cg * l.fg, l.fg, l.fg, a.zeros,
-                                  a.data_grad + ((n0 + r) * g.in_channels + group * l.cg) * values,
-                                  values, l.cg, 1, values);
+  if (a.gemm) {
+    for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
+    // The partial buffer holds one lane per value here; the rest of it is the GEMM's scratch.
+    const int64_t reduced = g.filters * l.cg + g.filters;
+    return pointwise_weight_gemm(a, n0, count, group, p, d, partial, partial + reduced, rows);
+  }
+  for (int64_t c = 0; c < l.cg; ++c) {
+    for (int64_t r = 0; r < count; ++r) {
+      std::memcpy(p + c * l.p_chan + r * l.wq,
+                  a.data + ((n0 + r) * g.in_channels + group * l.cg + c) * values,
+                  values * sizeof(T));
     }
+  }
+  for (int64_t r = 0; r < count; ++r) {
+    correlate_planes<T, kBytes>(d + r * l.wd, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg,
+                                l.fg, l.fg, a.zeros,
+                                a.data_grad + ((n0 + r) * g.in_channels + group * l.cg) * values,
+                                values, l.cg, 1, values);
   }
   for (int64_t f = 0; f < l.fg;) {
     const int64_t filter = group * l.fg + f;

@@ -1,5 +1,6 @@
 """Shared fixtures: the project on sys.path, the operator plugin, the authors' released graphs."""
 import os
+import subprocess
 import sys
 
 import pytest
@@ -18,6 +19,22 @@ def ops():
     """Loads build/libigc_ops.so (or $IGC_OPS_LIB) once; mx.nd/mx.sym.Reorder exist afterwards."""
     import utility
     return utility.load_ops()
+
+
+@pytest.fixture(scope="session")
+def run_on_threads(ops):
+    """run(module, statement, threads): in a fresh process with OMP_NUM_THREADS=threads (OpenMP
+    reads it once, at start-up) and the plugin loaded, imports the test module `module` as `t`
+    and runs `statement`, which must succeed."""
+    tests = os.path.join(ROOT, "tests")
+
+    def run(module, statement, threads):
+        script = (f"import sys; sys.path[:0] = [{ROOT!r}, {tests!r}]; import utility; "
+                  f"utility.load_ops(); import {module} as t; {statement}")
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS=str(threads)), timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return run
 
 
 @pytest.fixture(scope="session")

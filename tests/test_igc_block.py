@@ -2,9 +2,6 @@
 same block built from MXNet's Convolution, the plugin's Reorder, clip and elemwise_add, on both
 kernels (AVX-512, AVX2+FMA and the portable one), on 1 and 3 threads; bad input is a one-line
 error."""
-import os
-import subprocess
-import sys
 
 import mxnet as mx
 import numpy as np
@@ -121,18 +118,11 @@ def test_a_switch_that_is_neither_0_nor_1_is_a_clear_error(ops, variable, value,
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_threads_split_images_and_bands(ops, threads):
+def test_threads_split_images_and_bands(run_on_threads, threads):
     """Batch 1 on 3 threads splits an image into 3 bands of rows (uneven), batch 2 gives whole
     images; the result must not depend on it."""
-    script = ("import sys; sys.path[:0] = [{root!r}, {tests!r}]; import utility; "
-              "utility.load_ops(); import test_igc_block as t; "
-              "[t.check_case(c) for c in (t.CASES[1], t.CASES[3], t.CASES[5], t.CASES[12])]")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    result = subprocess.run([sys.executable, "-c", script.format(root=os.path.dirname(here),
-                                                                 tests=here)],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_on_threads("test_igc_block", "[t.check_case(c) for c in "
+                   "(t.CASES[1], t.CASES[3], t.CASES[5], t.CASES[12])]", threads)
 
 
 def test_non_finite_leftovers_in_the_workspace_do_not_leak(ops):

@@ -2,9 +2,6 @@
 followed by the pure-symbol permutation (reshape -> swapaxes -> reshape), and the networks built
 with conv_impl='igc' against conv_impl='mxnet'."""
 import json
-import os
-import subprocess
-import sys
 
 import mxnet as mx
 import numpy as np
@@ -110,18 +107,11 @@ def test_sse2_baseline_path_equals_convolution_plus_permutation(ops, case, monke
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_results_do_not_depend_on_the_thread_count(ops, threads):
+def test_results_do_not_depend_on_the_thread_count(run_on_threads, threads):
     """Items (images x groups, or blocks of images for a pointwise backward) are dealt out to
     the threads dynamically and the weight gradient is summed over per-thread partials."""
-    script = ("import sys; sys.path[:0] = [{root!r}, {tests!r}]; import utility; "
-              "utility.load_ops(); import test_igc_conv as t; "
-              "[t.check_against_reference(c) for c in (t.CASES[2], t.CASES[3], t.CASES[-2])]")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    result = subprocess.run([sys.executable, "-c", script.format(root=os.path.dirname(here),
-                                                                 tests=here)],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_on_threads("test_igc_conv", "[t.check_against_reference(c) for c in "
+                   "(t.CASES[2], t.CASES[3], t.CASES[-2])]", threads)
 
 
 def test_baseline_switch_other_than_0_or_1_is_a_clear_error(ops, monkeypatch):

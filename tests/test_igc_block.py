@@ -23,6 +23,7 @@ CASES = [
     (1, 64, 14, 14, 6, 64, 4, 1, True),     # 4 groups
     (1, 8, 3, 30, 6, 8, 2, 2, True),
     (2, 96, 12, 12, 6, 96, 2, 1, True),     # several bands per image
+    (1, 40, 7, 7, 6, 40, 1, 1, False),      # linear conv summing 240 planes, residual, 49 columns
 ]
 
 

@@ -31,6 +31,24 @@ using GemmKernel = void (*)(const Gemm&);
 // one, or portable C++ (see use_avx2_kernels / use_avx512_kernels). Single-threaded.
 GemmKernel pick_gemm();
 
+// c[m * ldc + n] += sum over s < S, k < L of a[m * lda + s * a_seg + k] * b[n * ldb + s * b_seg + k],
+// 0 <= m < M, 0 <= n < N: dot products of rows (a pointwise conv's weight gradient: output-
+// gradient rows against input rows, S images of L values each). Reads nothing past a row's L.
+struct RowDots {
+  int64_t M, N, S, L;
+  const float* a;
+  int64_t lda, a_seg;
+  const float* b;
+  int64_t ldb, b_seg;
+  float* c;
+  int64_t ldc;
+};
+
+using RowDotsKernel = void (*)(const RowDots&);
+
+// 4 x 3 blocks of 8-lane dot products with AVX2+FMA, or portable C++ (as pick_gemm chooses).
+RowDotsKernel pick_row_dots();
+
 // Lanes below `count` of an 8-float AVX2 mask set (all for count >= 8, none for count <= 0).
 IGC_TARGET_AVX2 inline __m256i tail_mask(int64_t count) {
   const __m256i index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

@@ -37,25 +37,32 @@ void gemm_portable(const Gemm& g) {
 }
 
 
-// kRows x 16 block at (m0, n0): MR rows (MR <= kRows), all 16 columns unless kTail (then the
-// masks say which columns exist).
-template <int MR, bool kTail>
-IGC_TARGET_AVX2 inline void block_avx2(const Gemm& g, int64_t m0, int64_t n0, __m256i mask0,
-                                       __m256i mask1) {
+// Rows of B per pass (a multiple of 8): a 16-column slice of that many rows (8 KB) stays in the L1
+// cache while every block of weight rows runs over it.
+constexpr int64_t kDepth = 128;
+
+template <bool kTail>
+IGC_TARGET_AVX2 inline __m256 load(const float* p, __m256i mask) {
+  return kTail ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);
+}
+
+// c[m0 .. m0 + MR)[n0 .. n0 + 16) over the B rows [k0, k1): starting from the bias when kFirst,
+// else from what c holds (the passes before); + r when kLast. kTail: only the columns the masks
+// keep exist.
+template <int MR, bool kFirst, bool kLast, bool kTail>
+IGC_TARGET_AVX2 inline void block_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t m0,
+                                       int64_t n0, __m256i mask0, __m256i mask1) {
   __m256 acc0[MR], acc1[MR];
 #pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm256_set1_ps(g.bias[m0 + i]);
+  for (int i = 0; i < MR; ++i) {
+    const float* c = g.c + (m0 + i) * g.ldc + n0;
+    acc0[i] = kFirst ? _mm256_set1_ps(g.bias[m0 + i]) : load<kTail>(c, mask0);
+    acc1[i] = kFirst ? acc0[i] : load<kTail>(c + 8, mask1);
+  }
   const float* a = g.a + m0 * g.lda;
-  for (int64_t k = 0; k < g.K; ++k) {
-    if ((k & 15) == 0) {  // the next block's weight rows: at batch 1 they come from memory
-#pragma GCC unroll 6
-      for (int i = 0; i < MR; ++i) {
-        _mm_prefetch(reinterpret_cast<const char*>(a + (MR + i) * g.lda + k), _MM_HINT_T0);
-      }
-    }
+  for (int64_t k = k0; k < k1; ++k) {
     const float* b = g.b[k] + n0;
-    const __m256 b0 = kTail ? _mm256_maskload_ps(b, mask0) : _mm256_loadu_ps(b);
-    const __m256 b1 = kTail ? _mm256_maskload_ps(b + 8, mask1) : _mm256_loadu_ps(b + 8);
+    const __m256 b0 = load<kTail>(b, mask0), b1 = load<kTail>(b + 8, mask1);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       const __m256 w = _mm256_broadcast_ss(a + i * g.lda + k);
@@ -66,11 +73,10 @@ IGC_TARGET_AVX2 inline void block_avx2(const Gemm& g, int64_t m0, int64_t n0, __
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
     float* c = g.c + (m0 + i) * g.ldc + n0;
-    if (g.r) {
+    if (kLast && g.r) {
       const float* r = g.r + (m0 + i) * g.ldr + n0;
-      acc0[i] = _mm256_add_ps(acc0[i], kTail ? _mm256_maskload_ps(r, mask0) : _mm256_loadu_ps(r));
-      acc1[i] = _mm256_add_ps(acc1[i],
-                              kTail ? _mm256_maskload_ps(r + 8, mask1) : _mm256_loadu_ps(r + 8));
+      acc0[i] = _mm256_add_ps(acc0[i], load<kTail>(r, mask0));
+      acc1[i] = _mm256_add_ps(acc1[i], load<kTail>(r + 8, mask1));
     }
     if (kTail) {
       _mm256_maskstore_ps(c, mask0, acc0[i]);
@@ -82,36 +88,48 @@ IGC_TARGET_AVX2 inline void block_avx2(const Gemm& g, int64_t m0, int64_t n0, __
   }
 }
 
-template <bool kTail>
-IGC_TARGET_AVX2 inline void rows_avx2(const Gemm& g, int64_t m0, int64_t rows, int64_t n0,
-                                      __m256i mask0, __m256i mask1) {
-  switch (rows) {
-    case 6: block_avx2<6, kTail>(g, m0, n0, mask0, mask1); break;
-    case 5: block_avx2<5, kTail>(g, m0, n0, mask0, mask1); break;
-    case 4: block_avx2<4, kTail>(g, m0, n0, mask0, mask1); break;
-    case 3: block_avx2<3, kTail>(g, m0, n0, mask0, mask1); break;
-    case 2: block_avx2<2, kTail>(g, m0, n0, mask0, mask1); break;
-    default: block_avx2<1, kTail>(g, m0, n0, mask0, mask1); break;
+// Every block of weight rows over the columns [n0, n0 + 16) and the B rows [k0, k1).
+template <bool kFirst, bool kLast, bool kTail>
+IGC_TARGET_AVX2 void column_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t n0,
+                                 __m256i mask0, __m256i mask1) {
+  int64_t m0 = 0;
+  for (; m0 + kRows <= g.M; m0 += kRows) {
+    block_avx2<kRows, kFirst, kLast, kTail>(g, k0, k1, m0, n0, mask0, mask1);
+  }
+  switch (g.M - m0) {
+    case 5: block_avx2<5, kFirst, kLast, kTail>(g, k0, k1, m0, n0, mask0, mask1); break;
+    case 4: block_avx2<4, kFirst, kLast, kTail>(g, k0, k1, m0, n0, mask0, mask1); break;
+    case 3: block_avx2<3, kFirst, kLast, kTail>(g, k0, k1, m0, n0, mask0, mask1); break;
+    case 2: block_avx2<2, kFirst, kLast, kTail>(g, k0, k1, m0, n0, mask0, mask1); break;
+    case 1: block_avx2<1, kFirst, kLast, kTail>(g, k0, k1, m0, n0, mask0, mask1); break;
+    default: break;
   }
 }
 
+// Columns outer, weight rows inner. The whole 16-column blocks go in passes of about kDepth rows
+// of B (each pass but the first adds to what the one before stored: the same order of summation
+// as one pass); a last partial block is one pass over all of B: the last 16 columns again (the
+// same values, and masked stores are slow on some CPUs), or masked when N < 16.
 IGC_TARGET_AVX2 void gemm_avx2(const Gemm& g) {
-  const int64_t panel = panel_columns(g.K, g.N, kCols);
   const __m256i all = _mm256_set1_epi32(-1);
-  for (int64_t p0 = 0; p0 < g.N; p0 += panel) {
-    const int64_t p1 = std::min(g.N, p0 + panel);
-    for (int64_t m0 = 0; m0 < g.M; m0 += kRows) {
-      const int64_t rows = std::min<int64_t>(kRows, g.M - m0);
-      int64_t n0 = p0;
-      for (; n0 + kCols <= p1; n0 += kCols) rows_avx2<false>(g, m0, rows, n0, all, all);
-      if (n0 < p1 && p1 >= kCols) {
-        // The last 16 columns again: the same values, and masked stores are slow on some CPUs.
-        rows_avx2<false>(g, m0, rows, p1 - kCols, all, all);
-      } else if (n0 < p1) {
-        const int64_t left = p1 - n0;
-        rows_avx2<true>(g, m0, rows, n0, tail_mask(left), tail_mask(left - 8));
-      }
+  const int64_t whole = g.N / kCols * kCols;
+  const int64_t passes = std::max<int64_t>(1, (g.K + kDepth - 1) / kDepth);
+  const int64_t depth = (g.K + passes - 1) / passes;
+  for (int64_t k0 = 0; k0 < g.K; k0 += depth) {
+    const int64_t k1 = std::min(g.K, k0 + depth);
+    const bool first = k0 == 0, last = k1 == g.K;
+    for (int64_t n0 = 0; n0 < whole; n0 += kCols) {
+      if (first && last) column_avx2<true, true, false>(g, k0, k1, n0, all, all);
+      else if (first) column_avx2<true, false, false>(g, k0, k1, n0, all, all);
+      else if (last) column_avx2<false, true, false>(g, k0, k1, n0, all, all);
+      else column_avx2<false, false, false>(g, k0, k1, n0, all, all);
     }
+  }
+  if (whole == g.N) return;
+  if (whole > 0) {
+    column_avx2<true, true, false>(g, 0, g.K, g.N - kCols, all, all);
+  } else {
+    column_avx2<true, true, true>(g, 0, g.K, 0, tail_mask(g.N), tail_mask(g.N - 8));
   }
 }
 
@@ -183,7 +201,95 @@ IGC_TARGET_AVX512 void gemm_avx512(const Gemm& g) {
   }
 }
 
+void row_dots_portable(const RowDots& d) {
+  for (int64_t m = 0; m < d.M; ++m) {
+    for (int64_t n = 0; n < d.N; ++n) {
+      float sum = 0;
+      for (int64_t s = 0; s < d.S; ++s) {
+        const float* a = d.a + m * d.lda + s * d.a_seg;
+        const float* b = d.b + n * d.ldb + s * d.b_seg;
+        for (int64_t k = 0; k < d.L; ++k) sum += a[k] * b[k];
+      }
+      d.c[m * d.ldc + n] += sum;
+    }
+  }
+}
+
+IGC_TARGET_AVX2 inline float horizontal_sum(__m256 v) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+
+// Rows [m0, m0 + MR) of a against rows [n0, n0 + NR) of b: MR x NR vectors of partial sums (12 of
+// the 16 registers at 4 x 3), each row vector loaded once per 8 values.
+template <int MR, int NR>
+IGC_TARGET_AVX2 void dots_block_avx2(const RowDots& d, int64_t m0, int64_t n0) {
+  __m256 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  }
+  const int64_t whole = d.L / 8 * 8;
+  const __m256i mask = tail_mask(d.L - whole);
+  for (int64_t s = 0; s < d.S; ++s) {
+    const float* a = d.a + m0 * d.lda + s * d.a_seg;
+    const float* b = d.b + n0 * d.ldb + s * d.b_seg;
+    for (int64_t k = 0; k < whole; k += 8) {
+      __m256 bv[NR];
+#pragma GCC unroll 3
+      for (int j = 0; j < NR; ++j) bv[j] = _mm256_loadu_ps(b + j * d.ldb + k);
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+        const __m256 av = _mm256_loadu_ps(a + i * d.lda + k);
+#pragma GCC unroll 3
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+      }
+    }
+    if (whole < d.L) {  // masked loads read nothing past the rows and give zeros
+      __m256 bv[NR];
+#pragma GCC unroll 3
+      for (int j = 0; j < NR; ++j) bv[j] = _mm256_maskload_ps(b + j * d.ldb + whole, mask);
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+        const __m256 av = _mm256_maskload_ps(a + i * d.lda + whole, mask);
+#pragma GCC unroll 3
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(av, bv[j], acc[i][j]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 3
+    for (int j = 0; j < NR; ++j) d.c[(m0 + i) * d.ldc + n0 + j] += horizontal_sum(acc[i][j]);
+  }
+}
+
+template <int MR>
+IGC_TARGET_AVX2 void dots_rows_avx2(const RowDots& d, int64_t m0) {
+  int64_t n0 = 0;
+  for (; n0 + 3 <= d.N; n0 += 3) dots_block_avx2<MR, 3>(d, m0, n0);
+  if (d.N - n0 == 2) dots_block_avx2<MR, 2>(d, m0, n0);
+  else if (d.N - n0 == 1) dots_block_avx2<MR, 1>(d, m0, n0);
+}
+
+IGC_TARGET_AVX2 void row_dots_avx2(const RowDots& d) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= d.M; m0 += 4) dots_rows_avx2<4>(d, m0);
+  switch (d.M - m0) {
+    case 3: dots_rows_avx2<3>(d, m0); break;
+    case 2: dots_rows_avx2<2>(d, m0); break;
+    case 1: dots_rows_avx2<1>(d, m0); break;
+    default: break;
+  }
+}
+
 }  // namespace
+
+RowDotsKernel pick_row_dots() {
+  return use_avx2_kernels() ? row_dots_avx2 : row_dots_portable;
+}
 
 GemmKernel pick_gemm() {
   if (!use_avx2_kernels()) return gemm_portable;

@@ -29,6 +29,10 @@ constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
 // the multiply-adds (two per cycle, ~4 cycles each) and stay in 16 registers.
 constexpr int kBlockVectors = 8;
 constexpr int kBlockTaps = 8;
+// A float pointwise conv's weight gradient takes row dot products on planes of at least this
+// many values (16x16 and up: measured faster there), else the input transposed and a GEMM
+// (faster on 8x8 and 4x4 planes, where the rows are a few vectors long).
+constexpr int64_t kDotsMinValues = 256;
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t align_bytes(int64_t bytes) { return round_up(bytes, 64); }
@@ -89,6 +93,7 @@ struct Args {
   bool want_bias;           // backward: compute the bias gradient
   int64_t images;           // backward: images per item (see backward_images)
   GemmKernel gemm;          // float pointwise convs: the forward and data gradient, else null
+  RowDotsKernel dots;       // float pointwise convs: the weight gradient, else null
 };
 
 template <typename T, int kBytes>
@@ -474,6 +479,30 @@ void pointwise_weight_gemm(const Args<T>& a, int64_t n0, int64_t count, int64_t 
   }
 }
 
+// Weight and bias gradient of a float pointwise conv over `count` images of a group, added to
+// `partial` (one value per weight, then per filter): dW[f][c] += sum over the images' values of
+// dy[f] * x[c], as dot products of D's rows (the output gradient) with the input's rows in place.
+template <typename T>
+void pointwise_weight_dots(const Args<T>& a, int64_t n0, int64_t count, int64_t group,
+                           const T* d, T* partial) {
+  if constexpr (std::is_same<T, float>::value) {
+    const ConvGeometry& g = a.g;
+    const Layout& l = a.l;
+    const int64_t values = g.width;
+    a.dots(RowDots{l.fg, l.cg, count, values, d, l.d_chan, l.wd,
+                   a.data + (n0 * g.in_channels + group * l.cg) * values, values,
+                   g.in_channels * values, partial + group * l.fg * l.cg, l.cg});
+    if (a.want_bias) {
+      const int64_t depth = count * l.wd;
+      for (int64_t f = 0; f < l.fg; ++f) {
+        T sum = 0;
+        for (int64_t k = 0; k < depth; ++k) sum += d[f * l.d_chan + k];
+        partial[g.filters * l.cg + group * l.fg + f] += sum;
+      }
+    }
+  }
+}
+
 // Backward of a pointwise conv (as_rows) for a block of a.images images: the layout `a.l` has one
 // row per image, so the weight gradient runs over all of them between one load and one store of
 // its partial sums.
@@ -495,6 +524,7 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   if (a.gemm) {
     for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
     // The partial buffer holds one lane per value here; the rest of it is the GEMM's scratch.
+    if (values >= kDotsMinValues) return pointwise_weight_dots(a, n0, count, group, d, partial);
     const int64_t reduced = g.filters * l.cg + g.filters;
     return pointwise_weight_gemm(a, n0, count, group, p, d, partial, partial + reduced, rows);
   }
@@ -572,6 +602,12 @@ bool pointwise(const ConvGeometry& g) {
 template <typename T>
 GemmKernel pointwise_gemm_kernel(const ConvGeometry& g) {
   return std::is_same<T, float>::value && pointwise(g) ? pick_gemm() : nullptr;
+}
+
+// The row dot products of a float pointwise conv's weight gradient (see pointwise_weight_dots).
+template <typename T>
+RowDotsKernel pointwise_dots_kernel(const ConvGeometry& g) {
+  return std::is_same<T, float>::value && pointwise(g) ? pick_row_dots() : nullptr;
 }
 
 // Images per backward item. A pointwise conv (as_rows: one row of H*W values per image) takes
@@ -682,7 +718,8 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   T* zeros = reinterpret_cast<T*>(ws + w.zeros);
   std::fill(zeros, zeros + std::max(l.cg, l.fg), T(0));
   const Args<T> a{g,       l,       data,  weight, bias, out, nullptr, nullptr, fwd_taps,
-                  nullptr, nullptr, zeros, false,  1,    pointwise_gemm_kernel<T>(g)};
+                  nullptr, nullptr, zeros, false,  1,    pointwise_gemm_kernel<T>(g),
+                  nullptr};
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
   const int64_t items = g.batch * g.groups;
   const int threads = plan.threads;
@@ -731,11 +768,11 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
   }
   const Args<T> a{g,        l,     data,  weight, nullptr, nullptr, out_grad, data_grad, fwd_taps,
                   bwd_taps, flipped, zeros, bias_grad != nullptr, images,
-                  pointwise_gemm_kernel<T>(g)};
+                  pointwise_gemm_kernel<T>(g), pointwise_dots_kernel<T>(g)};
   const BackwardItem<T> run =
       images > 1 || a.gemm ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)
                            : (avx2 ? backward_item_avx2<T> : backward_item_sse2<T>);
-  // Partial sums per value: l.vw lanes, or one from the GEMM.
+  // Partial sums per value: l.vw lanes, or one from the row dot products.
   const int64_t lanes = a.gemm ? 1 : l.vw;
   const int64_t items = (g.batch + images - 1) / images * g.groups;
   const int64_t weight_size = g.filters * l.cg * l.k2;

@@ -24,6 +24,7 @@ CASES = [
     (1, 8, 3, 30, 6, 8, 2, 2, True),
     (2, 96, 12, 12, 6, 96, 2, 1, True),     # several bands per image
     (1, 40, 7, 7, 6, 40, 1, 1, False),      # linear conv summing 240 planes, residual, 49 columns
+    (2, 16, 13, 13, 6, 24, 2, 2, True),     # stride 2: 7 outputs per row (a tail past 4)
 ]
 
 

@@ -82,14 +82,11 @@ IGC_TARGET_AVX2 inline __m256 load8(const float* p, bool tail, __m256i mask) {
   return tail ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);
 }
 
-// Even and odd elements of p[0..16): evens = p[0], p[2], ..., odds = p[1], p[3], ...
-IGC_TARGET_AVX2 inline void deinterleave(const float* p, bool tail, __m256i mask0, __m256i mask1,
-                                         __m256* evens, __m256* odds) {
+// The even elements of (a, b): a[0], a[2], a[4], a[6], b[0], b[2], b[4], b[6].
+IGC_TARGET_AVX2 inline __m256 evens(__m256 a, __m256 b) {
   const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-  const __m256 a = _mm256_permutevar8x32_ps(load8(p, tail, mask0), order);
-  const __m256 b = _mm256_permutevar8x32_ps(load8(p + 8, tail, mask1), order);
-  *evens = _mm256_permute2f128_ps(a, b, 0x20);
-  *odds = _mm256_permute2f128_ps(a, b, 0x31);
+  return _mm256_permute2f128_ps(_mm256_permutevar8x32_ps(a, order),
+                                _mm256_permutevar8x32_ps(b, order), 0x20);
 }
 
 // 8 outputs at q: the three column taps summed separately; the left (kx = 0) and right (kx = 2)
@@ -120,27 +117,38 @@ IGC_TARGET_AVX2 inline void dw_s1_at(const float* e, int64_t W, const __m256* w,
   else _mm256_storeu_ps(d + q, out);
 }
 
-// Stride 2, outputs [x, x + 8) of one row: taps at 2x - 1, 2x, 2x + 1.
+// Stride 2, outputs [x, x + n) of one row (n <= 8): taps at 2x - 1, 2x, 2x + 1. The three
+// column taps are summed at every input column 2x .. 2x + 15 as if the stride were 1 (twice the
+// multiply-adds, contiguous loads) and the even columns are kept: three shuffles per sum, where
+// splitting each input row into even and odd columns took eight per row.
 IGC_TARGET_AVX2 inline void dw_s2_at(const float* e, int64_t W, const __m256* w, __m256 bias,
                                      const float* masks, int64_t Wout, int64_t x, int64_t n,
                                      float* d) {
   const bool tail = n < 8;
   const __m256i all = _mm256_set1_epi32(-1);
   const __m256i m0 = tail ? tail_mask(2 * n) : all, m1 = tail ? tail_mask(2 * n - 8) : all;
-  const __m256i m2 = tail ? tail_mask(2 * n - 1) : all, m3 = tail ? tail_mask(2 * n - 9) : all;
-  __m256 s0 = _mm256_setzero_ps(), s1 = bias, s2 = _mm256_setzero_ps();
+  __m256 s[2][3];
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {
+    s[h][0] = _mm256_setzero_ps();
+    s[h][1] = bias;
+    s[h][2] = _mm256_setzero_ps();
+  }
 #pragma GCC unroll 3
   for (int ky = 0; ky < 3; ++ky) {
     const float* p = e + ky * W + 2 * x - 1;
-    __m256 t0, t1, t2, unused;
-    deinterleave(p, tail, m0, m1, &t0, &t1);
-    deinterleave(p + 2, tail, m2, m3, &t2, &unused);
-    s0 = _mm256_fmadd_ps(w[ky * 3], t0, s0);
-    s1 = _mm256_fmadd_ps(w[ky * 3 + 1], t1, s1);
-    s2 = _mm256_fmadd_ps(w[ky * 3 + 2], t2, s2);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256i mask = h ? m1 : m0;
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx) {
+        s[h][kx] = _mm256_fmadd_ps(w[ky * 3 + kx], load8(p + 8 * h + kx, tail, mask), s[h][kx]);
+      }
+    }
   }
   const __m256i mask = tail ? tail_mask(n) : all;
-  const __m256 out = dw_combine(s0, s1, s2, masks + x, masks + Wout + x, tail, mask);
+  const __m256 out = dw_combine(evens(s[0][0], s[1][0]), evens(s[0][1], s[1][1]),
+                                evens(s[0][2], s[1][2]), masks + x, masks + Wout + x, tail, mask);
   if (tail) _mm256_maskstore_ps(d + x, mask, out);
   else _mm256_storeu_ps(d + x, out);
 }

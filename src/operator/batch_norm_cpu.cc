@@ -30,11 +30,16 @@ IGC_INLINE T activate(T v) {
 }
 
 // 1 where the gradient passes the activation (its input v inside the linear range, boundaries
-// included as in MXNet's clip), else 0; branch-free so that the loops vectorise.
+// included as in MXNet's clip), else 0 (also for NaN). The quiet comparisons (isgreater etc.)
+// cannot raise a floating-point exception, so the compiler may evaluate them on whole vectors:
+// with `v > 0` it kept ReLU's backward scalar and branching, one mispredicted branch per element
+// on real gradients (5x slower than ReLU6's).
 template <typename T, int kAct>
 IGC_INLINE T pass_mask(T v) {
-  if (kAct == kBnRelu) return static_cast<T>(v > T(0));
-  if (kAct == kBnRelu6) return static_cast<T>((v >= T(0)) & (v <= T(6)));
+  if constexpr (kAct == kBnRelu) return static_cast<T>(__builtin_isgreater(v, T(0)));
+  if constexpr (kAct == kBnRelu6) {
+    return static_cast<T>(__builtin_isgreaterequal(v, T(0)) & __builtin_islessequal(v, T(6)));
+  }
   return T(1);
 }
 

@@ -481,23 +481,29 @@ void pointwise_weight_gemm(const Args<T>& a, int64_t n0, int64_t count, int64_t 
 
 // Weight and bias gradient of a float pointwise conv over `count` images of a group, added to
 // `partial` (one value per weight, then per filter): dW[f][c] += sum over the images' values of
-// dy[f] * x[c], as dot products of D's rows (the output gradient) with the input's rows in place.
+// dy[f] * x[c], as dot products of the output gradient's rows with the input's rows, both read
+// in place (a group's consecutive filters are G channels apart in an interleaved output).
 template <typename T>
 void pointwise_weight_dots(const Args<T>& a, int64_t n0, int64_t count, int64_t group,
-                           const T* d, T* partial) {
+                           T* partial) {
   if constexpr (std::is_same<T, float>::value) {
     const ConvGeometry& g = a.g;
     const Layout& l = a.l;
-    const int64_t values = g.width;
-    a.dots(RowDots{l.fg, l.cg, count, values, d, l.d_chan, l.wd,
+    const int64_t values = g.width, first = group * l.fg;
+    const T* dy = a.out_grad + (n0 * g.filters + conv_output_channel(g, first)) * values;
+    const int64_t filter_step = (g.interleave ? g.groups : 1) * values;
+    const int64_t image_step = g.filters * values;
+    a.dots(RowDots{l.fg, l.cg, count, values, dy, filter_step, image_step,
                    a.data + (n0 * g.in_channels + group * l.cg) * values, values,
-                   g.in_channels * values, partial + group * l.fg * l.cg, l.cg});
+                   g.in_channels * values, partial + first * l.cg, l.cg});
     if (a.want_bias) {
-      const int64_t depth = count * l.wd;
       for (int64_t f = 0; f < l.fg; ++f) {
         T sum = 0;
-        for (int64_t k = 0; k < depth; ++k) sum += d[f * l.d_chan + k];
-        partial[g.filters * l.cg + group * l.fg + f] += sum;
+        for (int64_t r = 0; r < count; ++r) {
+          const T* row = dy + f * filter_step + r * image_step;
+          for (int64_t v = 0; v < values; ++v) sum += row[v];
+        }
+        partial[g.filters * l.cg + first + f] += sum;
       }
     }
   }
@@ -513,6 +519,10 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   const Layout& l = a.l;
   const int64_t group = item % g.groups, n0 = item / g.groups * a.images;
   const int64_t count = std::min(a.images, g.batch - n0), values = g.width;
+  if (a.gemm && values >= kDotsMinValues) {  // every pass reads the output gradient in place
+    for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
+    return pointwise_weight_dots(a, n0, count, group, partial);
+  }
   // Only [0, values) of each row is written: the zero tails stay from the start.
   for (int64_t f = 0; f < l.fg; ++f) {
     const int64_t channel = conv_output_channel(g, group * l.fg + f);
@@ -524,7 +534,6 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   if (a.gemm) {
     for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
     // The partial buffer holds one lane per value here; the rest of it is the GEMM's scratch.
-    if (values >= kDotsMinValues) return pointwise_weight_dots(a, n0, count, group, d, partial);
     const int64_t reduced = g.filters * l.cg + g.filters;
     return pointwise_weight_gemm(a, n0, count, group, p, d, partial, partial + reduced, rows);
   }

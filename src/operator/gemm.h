@@ -55,6 +55,11 @@ IGC_TARGET_AVX2 inline __m256i tail_mask(int64_t count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
 }
 
+// 8 floats at p, or (tail) only the lanes `mask` keeps, the others zero and not read.
+IGC_TARGET_AVX2 inline __m256 load8(const float* p, bool tail, __m256i mask) {
+  return tail ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);
+}
+
 }  // namespace igc
 
 #endif  // IGC_OPERATOR_GEMM_H_

@@ -36,15 +36,9 @@ void gemm_portable(const Gemm& g) {
   }
 }
 
-
 // Rows of B per pass (a multiple of 8): a 16-column slice of that many rows (8 KB) stays in the L1
 // cache while every block of weight rows runs over it.
 constexpr int64_t kDepth = 128;
-
-template <bool kTail>
-IGC_TARGET_AVX2 inline __m256 load(const float* p, __m256i mask) {
-  return kTail ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);
-}
 
 // c[m0 .. m0 + MR)[n0 .. n0 + 16) over the B rows [k0, k1): starting from the bias when kFirst,
 // else from what c holds (the passes before); + r when kLast. kTail: only the columns the masks
@@ -56,13 +50,13 @@ IGC_TARGET_AVX2 inline void block_avx2(const Gemm& g, int64_t k0, int64_t k1, in
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
     const float* c = g.c + (m0 + i) * g.ldc + n0;
-    acc0[i] = kFirst ? _mm256_set1_ps(g.bias[m0 + i]) : load<kTail>(c, mask0);
-    acc1[i] = kFirst ? acc0[i] : load<kTail>(c + 8, mask1);
+    acc0[i] = kFirst ? _mm256_set1_ps(g.bias[m0 + i]) : load8(c, kTail, mask0);
+    acc1[i] = kFirst ? acc0[i] : load8(c + 8, kTail, mask1);
   }
   const float* a = g.a + m0 * g.lda;
   for (int64_t k = k0; k < k1; ++k) {
     const float* b = g.b[k] + n0;
-    const __m256 b0 = load<kTail>(b, mask0), b1 = load<kTail>(b + 8, mask1);
+    const __m256 b0 = load8(b, kTail, mask0), b1 = load8(b + 8, kTail, mask1);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       const __m256 w = _mm256_broadcast_ss(a + i * g.lda + k);
@@ -75,8 +69,8 @@ IGC_TARGET_AVX2 inline void block_avx2(const Gemm& g, int64_t k0, int64_t k1, in
     float* c = g.c + (m0 + i) * g.ldc + n0;
     if (kLast && g.r) {
       const float* r = g.r + (m0 + i) * g.ldr + n0;
-      acc0[i] = _mm256_add_ps(acc0[i], load<kTail>(r, mask0));
-      acc1[i] = _mm256_add_ps(acc1[i], load<kTail>(r + 8, mask1));
+      acc0[i] = _mm256_add_ps(acc0[i], load8(r, kTail, mask0));
+      acc1[i] = _mm256_add_ps(acc1[i], load8(r + 8, kTail, mask1));
     }
     if (kTail) {
       _mm256_maskstore_ps(c, mask0, acc0[i]);

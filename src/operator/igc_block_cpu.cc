@@ -78,10 +78,6 @@ IGC_TARGET_AVX2 inline __m256 clamp6(__m256 v) {
   return _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), _mm256_set1_ps(6.0f));
 }
 
-IGC_TARGET_AVX2 inline __m256 load8(const float* p, bool tail, __m256i mask) {
-  return tail ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);
-}
-
 // The even elements of (a, b): a[0], a[2], a[4], a[6], b[0], b[2], b[4], b[6].
 IGC_TARGET_AVX2 inline __m256 evens(__m256 a, __m256 b) {
   const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);

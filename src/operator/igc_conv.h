@@ -30,6 +30,11 @@ inline int64_t conv_output_channel(const ConvGeometry& g, int64_t filter) {
   return reorder_source(filter, g.filters, g.filters / g.groups);  // Reorder(G)'s inverse
 }
 
+// Stored channels between consecutive filters of a group: G in an interleaved output, else 1.
+inline int64_t conv_filter_channel_step(const ConvGeometry& g) {
+  return g.interleave ? g.groups : 1;
+}
+
 // Bytes of temporary memory `conv_forward_cpu` / `conv_backward_cpu` need for `dtype`
 // (kFloat32 or kFloat64) on the threads they will use; 0 for an unsupported dtype.
 int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype);

@@ -360,10 +360,9 @@ void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, 
       for (int64_t c = 0; c < l.cg; ++c) {
         rows[c] = a.data + (n * g.in_channels + group * l.cg + c) * values;
       }
-      // Consecutive filters of a group are G channels apart in an interleaved output.
       a.gemm(Gemm{l.fg, values, l.cg, a.weight + first * l.cg, l.cg, rows,
                   a.out + (n * g.filters + conv_output_channel(g, first)) * values,
-                  g.interleave ? g.groups * values : values, a.bias ? a.bias + first : a.zeros,
+                  conv_filter_channel_step(g) * values, a.bias ? a.bias + first : a.zeros,
                   nullptr, 0});
     } else {
       for (int64_t f = 0; f < l.fg; ++f) {
@@ -384,8 +383,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
   if (a.gemm) return pointwise_gemm(a, n, group, false, rows);
   fill_padded_input(a, n, group, p);
   const int64_t plane = l.ho * l.wo;
-  // Consecutive filters of a group are G channels apart in an interleaved output.
-  const int64_t out_stride = g.interleave ? g.groups * plane : plane;
+  const int64_t out_stride = conv_filter_channel_step(g) * plane;
   const int64_t first = group * l.fg;
   correlate_planes<T, kBytes>(p, g.stride_h * l.wq, a.fwd_taps, a.weight + first * l.cg * l.k2,
                               l.cg * l.k2, l.cg * l.k2, a.bias ? a.bias + first : a.zeros,
@@ -482,7 +480,7 @@ void pointwise_weight_gemm(const Args<T>& a, int64_t n0, int64_t count, int64_t 
 // Weight and bias gradient of a float pointwise conv over `count` images of a group, added to
 // `partial` (one value per weight, then per filter): dW[f][c] += sum over the images' values of
 // dy[f] * x[c], as dot products of the output gradient's rows with the input's rows, both read
-// in place (a group's consecutive filters are G channels apart in an interleaved output).
+// in place.
 template <typename T>
 void pointwise_weight_dots(const Args<T>& a, int64_t n0, int64_t count, int64_t group,
                            T* partial) {
@@ -491,7 +489,7 @@ void pointwise_weight_dots(const Args<T>& a, int64_t n0, int64_t count, int64_t 
     const Layout& l = a.l;
     const int64_t values = g.width, first = group * l.fg;
     const T* dy = a.out_grad + (n0 * g.filters + conv_output_channel(g, first)) * values;
-    const int64_t filter_step = (g.interleave ? g.groups : 1) * values;
+    const int64_t filter_step = conv_filter_channel_step(g) * values;
     const int64_t image_step = g.filters * values;
     a.dots(RowDots{l.fg, l.cg, count, values, dy, filter_step, image_step,
                    a.data + (n0 * g.in_channels + group * l.cg) * values, values,
@@ -519,9 +517,10 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   const Layout& l = a.l;
   const int64_t group = item % g.groups, n0 = item / g.groups * a.images;
   const int64_t count = std::min(a.images, g.batch - n0), values = g.width;
-  if (a.gemm && values >= kDotsMinValues) {  // every pass reads the output gradient in place
+  if (a.gemm) {
     for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
-    return pointwise_weight_dots(a, n0, count, group, partial);
+    // On planes this large every pass reads the output gradient in place.
+    if (values >= kDotsMinValues) return pointwise_weight_dots(a, n0, count, group, partial);
   }
   // Only [0, values) of each row is written: the zero tails stay from the start.
   for (int64_t f = 0; f < l.fg; ++f) {
@@ -532,7 +531,6 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
     }
   }
   if (a.gemm) {
-    for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
     // The partial buffer holds one lane per value here; the rest of it is the GEMM's scratch.
     const int64_t reduced = g.filters * l.cg + g.filters;
     return pointwise_weight_gemm(a, n0, count, group, p, d, partial, partial + reduced, rows);

@@ -88,15 +88,15 @@ def _check_t1(t1_expansion):
 
 def _block(ops, data, name, kin, kout, t, stride, groups, t1_expansion):
     hidden = kin * t
-    out = data
+    out, permuted = data, 1
     if t != 1 or t1_expansion:
         out = ops.group_conv(out, f"{name}-exp-conv2d", hidden, 1, 1, groups)
         out = ops.batchnorm(out, f"{name}-exp-batchnorm", eps=BN_EPS)
-        if groups > 1:
-            out = ops.permute(out, groups, f"{name}-permute")
+        permuted = groups
     out = ops.conv_bn_act(out, f"{name}-depthwise-conv2d", f"{name}-depthwise-batchnorm",
                           f"{name}-depthwise-relu6", hidden, 3, stride, num_group=hidden,
-                          act="relu6", eps=BN_EPS)
+                          act="relu6", eps=BN_EPS, permuted=permuted,
+                          perm_name=f"{name}-permute")
     out = ops.group_conv(out, f"{name}-linear-conv2d", kout, 1, 1, groups)
     out = ops.batchnorm(out, f"{name}-linear-batchnorm", eps=BN_EPS)
     if stride == 1 and kin == kout:
@@ -106,7 +106,8 @@ def _block(ops, data, name, kin, kout, t, stride, groups, t1_expansion):
 
 def build_inverted_residual(num_classes, ops, plan, t1_expansion):
     """The graph for `plan`; the permutation follows a BatchNorm, so it cannot fuse into the
-    convolution before it."""
+    convolution before it: with the native ops the depthwise conv after it reads its input
+    planes in permuted order instead (`Ops.group_conv`)."""
     stem, *stages, head = plan
     data = ops.conv_bn_act(mx.sym.var("data"), "first-3x3-conv-conv2d",
                            "first-3x3-conv-batchnorm", "first-3x3-conv-relu6", stem.width, 3,

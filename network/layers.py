@@ -160,13 +160,16 @@ def classifier(data, num_classes, fc_name="fc_score"):
     return mx.sym.SoftmaxOutput(data, name="softmax")
 
 
-def _igc_conv(data, name, num_filter, kernel, stride, groups, interleave):
+def _igc_conv(data, name, num_filter, kernel, stride, groups, interleave, input_branches=1):
     """IGCConv `name` with the weight `{name}_weight` of the Convolution it replaces (same name
-    and shape, so checkpoints interchange)."""
+    and shape, so checkpoints interchange); input_branches > 1 reads the permutation with that
+    many branches of `data`."""
     pad = kernel // 2
+    extra = {"input_branches": input_branches} if input_branches > 1 else {}
     return _native_op("IGCConv")(data, mx.sym.var(f"{name}_weight"), num_filter=num_filter,
                                  kernel=(kernel, kernel), stride=(stride, stride), pad=(pad, pad),
-                                 num_group=groups, no_bias=True, interleave=interleave, name=name)
+                                 num_group=groups, no_bias=True, interleave=interleave, name=name,
+                                 **extra)
 
 
 def _narrow(num_filter, groups, kernel):
@@ -200,26 +203,38 @@ class Ops:
         data = conv(data, name, num_filter, kernel, stride, num_group=groups)
         return self.permute(data, groups, perm_name)
 
-    def group_conv(self, data, name, num_filter, kernel, stride, groups):
+    def group_conv(self, data, name, num_filter, kernel, stride, groups, permuted=1,
+                   perm_name=None):
         """A (group) convolution `name` with no permutation after it: IGCConv (interleave=False)
         with the native ops where the kernel is 1x1 with groups or unit stride, or the groups
         are narrow (its plain-NCHW output and data gradient meet the plugin's BatchNorm without a
-        oneDNN layout conversion), else Convolution."""
+        oneDNN layout conversion), else Convolution. permuted=g > 1: the convolution reads the
+        permutation with g branches of `data` (IGCV3's, between its expansion BatchNorm and
+        its depthwise conv). A depthwise IGCConv (one filter and, as in IGCV3, one input
+        channel per group) reads the permuted planes itself (input_branches=g: no permuted copy
+        in memory, forward or backward); else the permutation is node `perm_name` before the
+        convolution."""
         pointwise = kernel == 1 and (groups > 1 or stride == 1)
-        if self.native and (pointwise or groups > 1 and _narrow(num_filter, groups, kernel)):
-            return _igc_conv(data, name, num_filter, kernel, stride, groups, False)
+        igc = self.native and (pointwise or groups > 1 and _narrow(num_filter, groups, kernel))
+        if permuted > 1 and not (igc and groups == num_filter):
+            data, permuted = self.permute(data, permuted, perm_name), 1
+        if igc:
+            return _igc_conv(data, name, num_filter, kernel, stride, groups, False, permuted)
         return conv(data, name, num_filter, kernel, stride, num_group=groups)
 
     def batchnorm(self, data, name, momentum=0.9, eps=2e-5, act=None, act_name=None):
         return batchnorm(data, name, momentum, eps, act, act_name, self.native)
 
     def conv_bn_act(self, data, conv_name, bn_name, act_name, num_filter, kernel, stride=1,
-                    num_group=1, act="relu", momentum=0.9, eps=2e-5):
-        """Conv -> BN [-> activation]; act_name=None leaves the activation out. A grouped conv
-        (IGCV3's depthwise 3x3) is a `group_conv`: with the native ops its plain-NCHW output
-        and data gradient meet the plugin's BatchNorm and Reorder with no oneDNN layout
-        conversion in between, which costs more than the convolution (docs/performance.md)."""
-        data = self.group_conv(data, conv_name, num_filter, kernel, stride, num_group)
+                    num_group=1, act="relu", momentum=0.9, eps=2e-5, permuted=1,
+                    perm_name=None):
+        """[Permutation ->] conv -> BN [-> activation]; act_name=None leaves the activation out.
+        A grouped conv (IGCV3's depthwise 3x3) is a `group_conv` (which also places the
+        permutation): with the native ops its plain-NCHW output and data gradient meet the
+        plugin's BatchNorm with no oneDNN layout conversion in between, which costs more than
+        the convolution (docs/performance.md)."""
+        data = self.group_conv(data, conv_name, num_filter, kernel, stride, num_group, permuted,
+                               perm_name)
         return self.batchnorm(data, bn_name, momentum, eps, None if act_name is None else act,
                               act_name)
 

@@ -43,16 +43,31 @@ CASES = [
     # tail), 3 images per item and a short last block, 7 filters x 5 channels per group.
     (20, 10, 17, 17, 14, 2, (1, 1), (1, 1), (0, 0), True, True, "float32"),
 ]
+# input_branches=B: the conv reads Reorder(B) of its data (one input channel per group). (case,
+# B) with C/B != B, so that reading the inverse permutation would fail: IGCV3's depthwise shape
+# at stride 1 and 2, two filters per group with a strided column, an interleaved output too, and
+# a 1x1 kernel (kept off the pointwise GEMM path, which reads channels in place).
+PERMUTED_CASES = [
+    ((2, 12, 9, 11, 12, 12, (3, 3), (1, 1), (1, 1), True, False, "float64"), 2),
+    ((3, 24, 8, 8, 24, 24, (3, 3), (2, 2), (1, 1), False, False, "float32"), 3),
+    ((2, 6, 5, 19, 12, 6, (3, 3), (1, 2), (1, 1), True, False, "float64"), 3),
+    ((3, 16, 7, 7, 16, 16, (3, 3), (1, 1), (1, 1), False, True, "float32"), 2),
+    ((2, 8, 5, 5, 8, 8, (1, 1), (1, 1), (0, 0), True, False, "float32"), 4),
+]
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}  # relative to the largest reference magnitude
 
 
-def conv_symbols(case, weight_name="w"):
+def conv_symbols(case, weight_name="w", input_branches=1):
     """(IGCConv symbol, reference symbol) over variables data, w[, b]."""
     _, _, _, _, f, g, kernel, stride, pad, bias, interleave, _ = case
-    inputs = [mx.sym.var("data"), mx.sym.var(weight_name)] + ([mx.sym.var("b")] if bias else [])
+    data = mx.sym.var("data")
+    params = [mx.sym.var(weight_name)] + ([mx.sym.var("b")] if bias else [])
     attrs = dict(num_filter=f, kernel=kernel, stride=stride, pad=pad, num_group=g, no_bias=not bias)
-    igc = mx.sym.IGCConv(*inputs, interleave=interleave, **attrs)
-    ref = mx.sym.Convolution(*inputs, **attrs)
+    extra = {"input_branches": input_branches} if input_branches > 1 else {}
+    igc = mx.sym.IGCConv(data, *params, interleave=interleave, **attrs, **extra)
+    if input_branches > 1:
+        data = layers.permute(data, input_branches, "ref_in", "reshape")
+    ref = mx.sym.Convolution(data, *params, **attrs)
     return igc, layers.permute(ref, g, "ref_perm", "reshape") if interleave else ref
 
 
@@ -81,8 +96,8 @@ def assert_close(got, want, dtype, what):
     assert err <= TOLERANCE[dtype], f"{what}: max relative error {err:.3g}"
 
 
-def check_against_reference(case):
-    igc, ref = conv_symbols(case)
+def check_against_reference(case, input_branches=1):
+    igc, ref = conv_symbols(case, input_branches=input_branches)
     arrays = random_inputs(case)
     out_shape = ref.infer_shape(**{k: v.shape for k, v in arrays.items()})[1][0]
     out_grad = np.random.RandomState(1).uniform(-1, 1, out_shape).astype(case[-1])
@@ -105,10 +120,24 @@ def test_forward_and_gradients_equal_convolution_plus_permutation(ops, case):
     check_against_reference(case)
 
 
+@pytest.mark.parametrize("case, branches", PERMUTED_CASES,
+                         ids=[f"{case_id(c)}-in{b}" for c, b in PERMUTED_CASES])
+def test_permuted_input_equals_permutation_plus_convolution(ops, case, branches):
+    check_against_reference(case, branches)
+
+
 @pytest.mark.parametrize("case", [CASES[i] for i in (1, 3, 9, 13, -4, -1)], ids=case_id)
 def test_sse2_baseline_path_equals_convolution_plus_permutation(ops, case, monkeypatch):
     monkeypatch.setenv("IGC_CONV_BASELINE", "1")  # read on every call by the kernels
     check_against_reference(case)
+
+
+@pytest.mark.parametrize("case, branches", PERMUTED_CASES[1:3],
+                         ids=[f"{case_id(c)}-in{b}" for c, b in PERMUTED_CASES[1:3]])
+def test_sse2_baseline_permuted_input_equals_permutation_plus_convolution(ops, case, branches,
+                                                                         monkeypatch):
+    monkeypatch.setenv("IGC_CONV_BASELINE", "1")
+    check_against_reference(case, branches)
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -116,7 +145,8 @@ def test_results_do_not_depend_on_the_thread_count(run_on_threads, threads):
     """Items (images x groups, or blocks of images for a pointwise backward) are dealt out to
     the threads dynamically and the weight gradient is summed over per-thread partials."""
     run_on_threads("test_igc_conv", "[t.check_against_reference(c) for c in "
-                   "(t.CASES[2], t.CASES[3], t.CASES[-4], t.CASES[-1])]", threads)
+                   "(t.CASES[2], t.CASES[3], t.CASES[-4], t.CASES[-1])] + "
+                   "[t.check_against_reference(*t.PERMUTED_CASES[1])]", threads)
 
 
 def test_baseline_switch_other_than_0_or_1_is_a_clear_error(ops, monkeypatch):
@@ -192,6 +222,11 @@ def call_op(data_shape=(2, 8, 6, 6), weight_shape=(8, 2, 3, 3), dtype="float32",
     ({}, {"weight_shape": (8, 4, 3, 3)}, ["IGCConv", "'weight'", "(8, 4, 3, 3)", "(8, 2, 3, 3)"]),
     ({}, {"data_shape": (2, 8, 6)}, ["IGCConv", "rank 4", "(2, 8, 6)"]),
     ({}, {"dtype": "float16"}, ["IGCConv", "float16"]),
+    (dict(input_branches=0), {}, ["IGCConv", "'input_branches'", "'0'"]),
+    (dict(input_branches=3, num_group=8), {"weight_shape": (8, 1, 3, 3)},
+     ["IGCConv", "'input_branches'=3", "does not divide", "input channel count 8"]),
+    (dict(input_branches=2), {},
+     ["IGCConv", "'input_branches'=2", "one input channel per group", "'num_group'=4"]),
 ])
 def test_invalid_attributes_raise_clear_errors(ops, attrs, shapes, expected):
     with pytest.raises(mx.base.MXNetError) as err:
@@ -234,6 +269,10 @@ def test_igc_network_equals_mxnet_network_outputs_and_gradients(ops, build):
     assert nets["igc"].list_auxiliary_states() == nets["mxnet"].list_auxiliary_states()
     assert any(n["op"] == "IGCConv" for n in _nodes(nets["igc"]))
     assert not any(n["op"] == "IGCConv" for n in _nodes(nets["mxnet"]))
+    if build is build_igcv3_cifar:  # IGCV3's permutation read by the depthwise IGCConv
+        assert not any(n["op"] == "Reorder" for n in _nodes(nets["igc"]))
+        assert any(n["op"] == "Reorder" for n in _nodes(nets["mxnet"]))
+        assert any(n.get("attrs", {}).get("input_branches") == "2" for n in _nodes(nets["igc"]))
     exes = {impl: bind_network(sym) for impl, sym in nets.items()}
     rng = np.random.RandomState(0)
     data = rng.uniform(-1, 1, (4, 3, 32, 32)).astype("float32")

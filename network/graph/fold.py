@@ -9,7 +9,8 @@ the permutations onto the convolution's filters: weight * scale per filter, bias
 (+ bias * scale). The plugin BatchNorm's fused activation becomes clip (ReLU6) or Activation
 (ReLU) after it. A BatchNorm with no such convolution (or with fold=False) becomes MXNet's
 BatchNorm(use_global_stats=True) over the same parameters. An IGCConv without interleave becomes
-the equivalent Convolution.
+the equivalent Convolution, and an IGCConv's input permutation (input_branches) a Reorder before
+it.
 """
 import mxnet as mx
 import numpy as np
@@ -137,7 +138,13 @@ def _inference_batchnorm(graph, site, node, entry):
 def _conv(op, inputs, name, attrs):
     """A convolution node; an IGCConv without interleave becomes MXNet's Convolution (same
     attributes and weight layout): IGCConv's edge is in training (its backward), oneDNN's
-    inference kernels are at least as fast."""
+    inference kernels are at least as fast. An IGCConv's input permutation (input_branches)
+    becomes a Reorder node `{name}_input_permute` before it, the form that the block fusion,
+    the permutation removal and the ONNX writer read."""
+    branches = int(attrs.pop("input_branches", 1)) if op == "IGCConv" else 1
+    if branches > 1:
+        inputs = [mx.sym.Reorder(inputs[0], branch_factor=branches, name=f"{name}_input_permute"),
+                  *inputs[1:]]
     if op == "IGCConv" and not is_true(attrs.get("interleave")):
         op, attrs = "Convolution", {k: v for k, v in attrs.items() if k != "interleave"}
     return getattr(mx.sym, op)(*inputs, name=name, **attrs)

@@ -5,7 +5,11 @@
 // With G groups, C input channels and F filters, group g maps input channels g*(C/G) .. to the
 // logical outputs g*(F/G) + f, f < F/G. The weight is laid out as MXNet's Convolution:
 // (F, C/G, kernel_h, kernel_w). With `interleave`, logical output g*(F/G) + f is stored as channel
-// f*G + g, which is Reorder(branch_factor=G) applied to the plain result.
+// f*G + g, which is Reorder(branch_factor=G) applied to the plain result. With `input_branches`
+// B > 1 (one input channel per group only) the convolution reads Reorder(branch_factor=B) of the
+// data instead of the data: input channel c is data channel reorder_source(c, C, B), and the data
+// gradient is written back to that channel (IGCV3's permutation between its expansion BatchNorm
+// and its depthwise conv, with no permuted copy in memory).
 #ifndef IGC_OPERATOR_IGC_CONV_H_
 #define IGC_OPERATOR_IGC_CONV_H_
 
@@ -19,6 +23,7 @@ struct ConvGeometry {
   int64_t batch, in_channels, height, width;
   int64_t filters, groups, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
   bool interleave;
+  int64_t input_branches = 1;
 
   int64_t out_height() const { return (height + 2 * pad_h - kernel_h) / stride_h + 1; }
   int64_t out_width() const { return (width + 2 * pad_w - kernel_w) / stride_w + 1; }
@@ -28,6 +33,12 @@ struct ConvGeometry {
 inline int64_t conv_output_channel(const ConvGeometry& g, int64_t filter) {
   if (!g.interleave) return filter;
   return reorder_source(filter, g.filters, g.filters / g.groups);  // Reorder(G)'s inverse
+}
+
+// Channel of the data that input channel `c` of the convolution reads (and whose gradient it
+// writes).
+inline int64_t conv_input_channel(const ConvGeometry& g, int64_t c) {
+  return g.input_branches > 1 ? reorder_source(c, g.in_channels, g.input_branches) : c;
 }
 
 // Stored channels between consecutive filters of a group: G in an interleaved output, else 1.

@@ -114,7 +114,9 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
   const int64_t ix_end = std::min(g.width, col_end - g.pad_w);
   const int64_t iy_end = std::min(g.height, l.hp - g.pad_h);
   for (int64_t c = 0; c < l.cg; ++c) {
-    const T* src = a.data + ((n * g.in_channels + group * l.cg + c) * g.height) * g.width;
+    const T* src =
+        a.data + ((n * g.in_channels + conv_input_channel(g, group * l.cg + c)) * g.height) *
+                     g.width;
     T* dst = p + c * l.p_chan;
     for (int64_t iy = 0; iy < iy_end; ++iy) {
       const T* row = src + iy * g.width;
@@ -417,10 +419,11 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
     }
   }
   const int64_t in_plane = g.height * g.width;
-  correlate_planes<T, kBytes>(d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2,
-                              l.fg * l.k2, l.fg * l.k2, a.zeros,
-                              a.data_grad + (n * g.in_channels + group * l.cg) * in_plane,
-                              in_plane, l.cg, g.height, g.width);
+  // The group's cg gradient planes are consecutive channels (a permuted input has cg = 1).
+  correlate_planes<T, kBytes>(
+      d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2, l.fg * l.k2, l.fg * l.k2,
+      a.zeros, a.data_grad + (n * g.in_channels + conv_input_channel(g, group * l.cg)) * in_plane,
+      in_plane, l.cg, g.height, g.width);
   // With unit strides D already holds the output gradient with zero tails.
   const int64_t e_pitch = unit_stride ? l.wd : l.wo_pad;
   const int64_t e_stride = unit_stride ? l.d_chan : l.e_chan;
@@ -598,10 +601,11 @@ IGC_TARGET_AVX2 void backward_images_item_avx2(const Args<T>& a, int64_t item, T
   backward_images_item<T, 32>(a, item, p, d, e, partial, rows);
 }
 
-// Whether `g` (as_rows) is a pointwise conv: one row per image, 1x1, unit stride, no padding.
+// Whether `g` (as_rows) is a pointwise conv: one row per image, 1x1, unit stride, no padding, and
+// channels in place (the pointwise paths read a group's input channels as consecutive rows).
 bool pointwise(const ConvGeometry& g) {
   return g.height == 1 && g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 &&
-         g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0;
+         g.stride_w == 1 && g.pad_h == 0 && g.pad_w == 0 && g.input_branches == 1;
 }
 
 // The GEMM that runs a pointwise conv's forward and data gradient in float (see pointwise_gemm);

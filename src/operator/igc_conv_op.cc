@@ -1,6 +1,7 @@
 // Registration of `IGCConv` with MXNet's extension API: attribute parsing and validation, shape
 // and type inference, and the dispatch to the kernels in igc_conv_cpu.cc.
 // Inputs: data (N, C, H, W), weight (F, C/G, kh, kw) and, unless no_bias, bias (F,).
+// input_branches=B > 1 (one input channel per group): the conv reads Reorder(B) of data.
 // Every user error is reported through IGC_ERROR and surfaces as an MXNetError in Python.
 #include <mxnet/lib_api.h>
 
@@ -26,7 +27,7 @@ const char kOp[] = "IGCConv";
 
 struct Params {
   int64_t num_filter = 0, kernel_h = 0, kernel_w = 0, stride_h = 1, stride_w = 1, pad_h = 0,
-          pad_w = 0, num_group = 1;
+          pad_w = 0, num_group = 1, input_branches = 1;
   bool no_bias = false, interleave = false;
 };
 
@@ -83,11 +84,12 @@ bool parse_bool(const Attrs& attrs, const char* name, bool* value) {
 bool parse_params(const Attrs& attrs, Params* p) {
   if (!igc::check_known_attrs(kOp, attrs,
                               {"num_filter", "kernel", "stride", "pad", "dilate", "num_group",
-                               "no_bias", "interleave"})) {
+                               "no_bias", "interleave", "input_branches"})) {
     return false;
   }
   if (!parse_scalar(attrs, "num_filter", true, &p->num_filter) ||
       !parse_scalar(attrs, "num_group", false, &p->num_group) ||
+      !parse_scalar(attrs, "input_branches", false, &p->input_branches) ||
       !parse_pair(attrs, "kernel", true, 1, &p->kernel_h, &p->kernel_w) ||
       !parse_pair(attrs, "stride", false, 1, &p->stride_h, &p->stride_w) ||
       !parse_pair(attrs, "pad", false, 0, &p->pad_h, &p->pad_w) ||
@@ -160,6 +162,27 @@ bool match_shape(const char* input, const Shape& data, const Shape& expected, Sh
   return false;
 }
 
+// A permuted input (input_branches > 1) needs branches dividing the channels and one input
+// channel per group: the kernels then map each group to one data channel.
+bool check_input_branches(const Params& p, const Shape& data) {
+  if (p.input_branches == 1) return true;
+  const int64_t channels = data[1];
+  if (channels % p.input_branches != 0) {
+    IGC_ERROR << kOp << ": attribute 'input_branches'=" << p.input_branches
+              << " does not divide the input channel count " << channels << " of data shape "
+              << igc::shape_string(data);
+    return false;
+  }
+  if (channels != p.num_group) {
+    IGC_ERROR << kOp << ": attribute 'input_branches'=" << p.input_branches
+              << " needs one input channel per group (num_group = input channels), got "
+                 "'num_group'="
+              << p.num_group << " for " << channels << " input channels";
+    return false;
+  }
+  return true;
+}
+
 MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
                           std::vector<Shape>* out_shapes) {
   Params p;
@@ -173,6 +196,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
               << igc::shape_string(data);
     return MX_FAIL;
   }
+  if (!check_input_branches(p, data)) return MX_FAIL;
   const int64_t padded_h = data[2] + 2 * p.pad_h, padded_w = data[3] + 2 * p.pad_w;
   if (padded_h < p.kernel_h || padded_w < p.kernel_w) {
     IGC_ERROR << kOp << ": attribute 'kernel'=(" << p.kernel_h << ", " << p.kernel_w
@@ -209,6 +233,7 @@ bool geometry(const Attrs& attrs, const MXTensor& data, const MXTensor& weight,
               << " do not match the attributes";
     return false;
   }
+  if (!check_input_branches(*p, {data.shape.begin(), data.shape.end()})) return false;
   const int dtype = data.dtype;
   if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
     IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(data.dtype)
@@ -221,7 +246,7 @@ bool geometry(const Attrs& attrs, const MXTensor& data, const MXTensor& weight,
   }
   *g = igc::ConvGeometry{data.shape[0], data.shape[1], data.shape[2], data.shape[3],
                          p->num_filter, p->num_group, p->kernel_h, p->kernel_w, p->stride_h,
-                         p->stride_w, p->pad_h, p->pad_w, p->interleave};
+                         p->stride_w, p->pad_h, p->pad_w, p->interleave, p->input_branches};
   return true;
 }
 

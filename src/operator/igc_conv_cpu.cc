@@ -34,6 +34,10 @@ constexpr int kBlockTaps = 8;
 // (faster on 8x8 and 4x4 planes, where the rows are a few vectors long).
 constexpr int64_t kDotsMinValues = 256;
 
+bool pointwise(const ConvGeometry& g);
+template <typename T>
+bool row_dots_backward(const ConvGeometry& g);
+
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t align_bytes(int64_t bytes) { return round_up(bytes, 64); }
 
@@ -523,7 +527,7 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   if (a.gemm) {
     for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
     // On planes this large every pass reads the output gradient in place.
-    if (values >= kDotsMinValues) return pointwise_weight_dots(a, n0, count, group, partial);
+    if (row_dots_backward<T>(g)) return pointwise_weight_dots(a, n0, count, group, partial);
   }
   // Only [0, values) of each row is written: the zero tails stay from the start.
   for (int64_t f = 0; f < l.fg; ++f) {
@@ -621,6 +625,14 @@ RowDotsKernel pointwise_dots_kernel(const ConvGeometry& g) {
   return std::is_same<T, float>::value && pointwise(g) ? pick_row_dots() : nullptr;
 }
 
+// Whether a backward takes the row-dot path (see backward_images_item): float, pointwise, planes
+// of at least kDotsMinValues. It reads every operand in place, so the item buffers P, D and E and
+// the weight-gradient GEMM's row pointers are left out of its workspace.
+template <typename T>
+bool row_dots_backward(const ConvGeometry& g) {
+  return std::is_same<T, float>::value && pointwise(g) && g.width >= kDotsMinValues;
+}
+
 // Images per backward item. A pointwise conv (as_rows: one row of H*W values per image) takes
 // images until a row block has about kImageBlockValues values: on small planes (4x4, 7x7) one
 // image's products are fewer than the loads and stores of the weight gradient's partial sums
@@ -666,19 +678,20 @@ Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
   const Layout l(backward ? backward_item_geometry(g, sizeof(T)) : g,
                  (avx2 ? 32 : 16) / sizeof(T));
   Workspace w{};
+  const bool in_place = backward && row_dots_backward<T>(g);
   w.fwd_taps = 0;
   w.bwd_taps = align_bytes(l.cg * l.k2 * sizeof(int64_t));
   w.flipped = w.bwd_taps + (backward ? align_bytes(l.fg * l.k2 * sizeof(int64_t)) : 0);
   w.zeros = w.flipped + (backward ? align_bytes(g.filters * l.cg * l.k2 * sizeof(T)) : 0);
   w.shared = w.zeros + align_bytes(std::max(l.cg, l.fg) * sizeof(T));
   w.p = 0;
-  w.d = align_bytes(l.p_size * sizeof(T));
-  w.e = w.d + (backward ? align_bytes(l.d_size * sizeof(T)) : 0);
-  w.partial = w.e + (backward ? align_bytes(l.e_size * sizeof(T)) : 0);
+  w.d = in_place ? 0 : align_bytes(l.p_size * sizeof(T));
+  w.e = w.d + (backward && !in_place ? align_bytes(l.d_size * sizeof(T)) : 0);
+  w.partial = w.e + (backward && !in_place ? align_bytes(l.e_size * sizeof(T)) : 0);
   w.rows = w.partial +
            (backward ? align_bytes((g.filters * l.cg * l.k2 + g.filters) * l.vw * sizeof(T)) : 0);
   // Row pointers of the pointwise GEMMs: cg or fg rows, and the weight gradient's values.
-  const int64_t rows = std::max({l.cg, l.fg, backward ? l.ho * l.wd : 0});
+  const int64_t rows = std::max({l.cg, l.fg, backward && !in_place ? l.ho * l.wd : 0});
   w.per_thread = w.rows + (pointwise(g) ? align_bytes(rows * sizeof(T*)) : 0);
   w.total = w.shared + conv_threads(g) * w.per_thread;
   return w;
@@ -798,9 +811,11 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     T* e = reinterpret_cast<T*>(mine + w.e);
     T* partial = reinterpret_cast<T*>(mine + w.partial);
     const T** rows = reinterpret_cast<const T**>(mine + w.rows);
-    std::memset(p, 0, l.p_size * sizeof(T));
-    std::memset(d, 0, l.d_size * sizeof(T));
-    std::memset(e, 0, l.e_size * sizeof(T));
+    if (!row_dots_backward<T>(g)) {  // the row-dot path has no item buffers
+      std::memset(p, 0, l.p_size * sizeof(T));
+      std::memset(d, 0, l.d_size * sizeof(T));
+      std::memset(e, 0, l.e_size * sizeof(T));
+    }
     std::memset(partial, 0, reduced * lanes * sizeof(T));
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
     for (int64_t item = 0; item < items; ++item) run(a, item, p, d, e, partial, rows);

@@ -34,10 +34,6 @@ constexpr int kBlockTaps = 8;
 // (faster on 8x8 and 4x4 planes, where the rows are a few vectors long).
 constexpr int64_t kDotsMinValues = 256;
 
-bool pointwise(const ConvGeometry& g);
-template <typename T>
-bool row_dots_backward(const ConvGeometry& g);
-
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t align_bytes(int64_t bytes) { return round_up(bytes, 64); }
 
@@ -97,7 +93,7 @@ struct Args {
   bool want_bias;           // backward: compute the bias gradient
   int64_t images;           // backward: images per item (see backward_images)
   GemmKernel gemm;          // float pointwise convs: the forward and data gradient, else null
-  RowDotsKernel dots;       // float pointwise convs: the weight gradient, else null
+  RowDotsKernel dots;       // the row-dot backward (see row_dots_backward), else null
 };
 
 template <typename T, int kBytes>
@@ -527,7 +523,7 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   if (a.gemm) {
     for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
     // On planes this large every pass reads the output gradient in place.
-    if (row_dots_backward<T>(g)) return pointwise_weight_dots(a, n0, count, group, partial);
+    if (a.dots) return pointwise_weight_dots(a, n0, count, group, partial);
   }
   // Only [0, values) of each row is written: the zero tails stay from the start.
   for (int64_t f = 0; f < l.fg; ++f) {
@@ -619,18 +615,18 @@ GemmKernel pointwise_gemm_kernel(const ConvGeometry& g) {
   return std::is_same<T, float>::value && pointwise(g) ? pick_gemm() : nullptr;
 }
 
-// The row dot products of a float pointwise conv's weight gradient (see pointwise_weight_dots).
-template <typename T>
-RowDotsKernel pointwise_dots_kernel(const ConvGeometry& g) {
-  return std::is_same<T, float>::value && pointwise(g) ? pick_row_dots() : nullptr;
-}
-
 // Whether a backward takes the row-dot path (see backward_images_item): float, pointwise, planes
 // of at least kDotsMinValues. It reads every operand in place, so the item buffers P, D and E and
 // the weight-gradient GEMM's row pointers are left out of its workspace.
 template <typename T>
 bool row_dots_backward(const ConvGeometry& g) {
   return std::is_same<T, float>::value && pointwise(g) && g.width >= kDotsMinValues;
+}
+
+// The row dot products of that path's weight gradient (see pointwise_weight_dots), else null.
+template <typename T>
+RowDotsKernel pointwise_dots_kernel(const ConvGeometry& g) {
+  return row_dots_backward<T>(g) ? pick_row_dots() : nullptr;
 }
 
 // Images per backward item. A pointwise conv (as_rows: one row of H*W values per image) takes
@@ -811,7 +807,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     T* e = reinterpret_cast<T*>(mine + w.e);
     T* partial = reinterpret_cast<T*>(mine + w.partial);
     const T** rows = reinterpret_cast<const T**>(mine + w.rows);
-    if (!row_dots_backward<T>(g)) {  // the row-dot path has no item buffers
+    if (!a.dots) {  // the row-dot path has no item buffers
       std::memset(p, 0, l.p_size * sizeof(T));
       std::memset(d, 0, l.d_size * sizeof(T));
       std::memset(e, 0, l.e_size * sizeof(T));

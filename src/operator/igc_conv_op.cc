@@ -162,17 +162,21 @@ bool match_shape(const char* input, const Shape& data, const Shape& expected, Sh
   return false;
 }
 
+// Whether attribute `name`'s `value` divides the channel count of `data` (an error if not).
+bool divides_channels(const char* name, int64_t value, const Shape& data) {
+  if (data[1] % value == 0) return true;
+  IGC_ERROR << kOp << ": attribute '" << name << "'=" << value
+            << " does not divide the input channel count " << data[1] << " of data shape "
+            << igc::shape_string(data);
+  return false;
+}
+
 // A permuted input (input_branches > 1) needs branches dividing the channels and one input
 // channel per group: the kernels then map each group to one data channel.
 bool check_input_branches(const Params& p, const Shape& data) {
   if (p.input_branches == 1) return true;
+  if (!divides_channels("input_branches", p.input_branches, data)) return false;
   const int64_t channels = data[1];
-  if (channels % p.input_branches != 0) {
-    IGC_ERROR << kOp << ": attribute 'input_branches'=" << p.input_branches
-              << " does not divide the input channel count " << channels << " of data shape "
-              << igc::shape_string(data);
-    return false;
-  }
   if (channels != p.num_group) {
     IGC_ERROR << kOp << ": attribute 'input_branches'=" << p.input_branches
               << " needs one input channel per group (num_group = input channels), got "
@@ -190,13 +194,9 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
   const Shape& data = in_shapes->at(0);
   if (!igc::check_nchw_data(kOp, data)) return MX_FAIL;
   const int64_t channels = data[1];
-  if (channels % p.num_group != 0) {
-    IGC_ERROR << kOp << ": attribute 'num_group'=" << p.num_group
-              << " does not divide the input channel count " << channels << " of data shape "
-              << igc::shape_string(data);
+  if (!divides_channels("num_group", p.num_group, data) || !check_input_branches(p, data)) {
     return MX_FAIL;
   }
-  if (!check_input_branches(p, data)) return MX_FAIL;
   const int64_t padded_h = data[2] + 2 * p.pad_h, padded_w = data[3] + 2 * p.pad_w;
   if (padded_h < p.kernel_h || padded_w < p.kernel_w) {
     IGC_ERROR << kOp << ": attribute 'kernel'=(" << p.kernel_h << ", " << p.kernel_w

@@ -1,11 +1,13 @@
 """The IGCBlock op (src/operator/igc_block.h): one folded IGCV3 / MobileNetV2 block equals the
 same block built from MXNet's Convolution, the plugin's Reorder, clip and elemwise_add, on both
-kernels (AVX-512, AVX2+FMA and the portable one), on 1 and 3 threads; bad input is a one-line
-error."""
+kernels (AVX-512, AVX2+FMA and the portable one), on 1 and 3 threads, with its weights as they
+are and packed (packed_weights, the channel-blocked kernel); bad input is a one-line error."""
 
 import mxnet as mx
 import numpy as np
 import pytest
+
+from network.graph.blocks import pack_1x1
 
 NAMES = ("data", "exp_weight", "exp_bias", "dw_weight", "dw_bias", "lin_weight", "lin_bias")
 # (batch, channels, height, width, expansion t, out channels, groups, stride, interleave)
@@ -26,6 +28,25 @@ CASES = [
     (1, 40, 7, 7, 6, 40, 1, 1, False),      # linear conv summing 240 planes, residual, 49 columns
     (2, 16, 13, 13, 6, 24, 2, 2, True),     # stride 2: 7 outputs per row (a tail past 4)
 ]
+
+
+# Extra shapes for the packed kernel (multiples of 8 expanded and output channels per group):
+# fewer pixels than a register block, panels of 8 filters, stride 2 on odd widths.
+PACKED_EXTRA = [
+    (1, 8, 1, 1, 2, 8, 1, 1, False),        # one pixel, one panel of 8
+    (1, 16, 2, 2, 3, 16, 2, 2, True),       # 4 input pixels, 1 output; panels of 16 + 8
+    (2, 16, 5, 5, 4, 24, 1, 1, False),      # 25 pixels: the last block moved back; 16 + 8 filters
+    (1, 24, 3, 11, 2, 16, 1, 2, False),     # stride 2, odd width
+    (3, 32, 6, 9, 3, 32, 4, 1, True),       # 4 groups, 3 images
+]
+
+
+def packable(case):
+    _, c, _, _, t, f, g, _, _ = case
+    return (c * t // g) % 8 == 0 and (f // g) % 8 == 0
+
+
+PACKED_CASES = [c for c in CASES if packable(c)] + PACKED_EXTRA
 
 
 def case_id(c):
@@ -60,10 +81,17 @@ def reference_symbol(case, residual):
     return out + v["data"] if residual else out
 
 
-def block_symbol(case, residual):
+def block_symbol(case, residual, packed=False):
     _, c, _, _, t, f, g, stride, interleave = case
     return mx.sym.IGCBlock(*(mx.sym.var(n) for n in NAMES), expanded=c * t, num_filter=f,
-                           num_group=g, stride=stride, interleave=interleave, residual=residual)
+                           num_group=g, stride=stride, interleave=interleave, residual=residual,
+                           packed_weights=packed)
+
+
+def packed_arrays(case, arrays):
+    g = case[6]
+    return dict(arrays, exp_weight=pack_1x1(arrays["exp_weight"], g),
+                lin_weight=pack_1x1(arrays["lin_weight"], g))
 
 
 def run(symbol, arrays):
@@ -75,19 +103,55 @@ def residual_choices(case):
     return (False, True) if case[7] == 1 and case[1] == case[5] else (False,)
 
 
-def check_case(case):
+def check_case(case, packed=False):
     for residual in residual_choices(case):
         arrays = block_arrays(case, residual)
         want = run(reference_symbol(case, residual), arrays)
-        got = run(block_symbol(case, residual), arrays)
+        got = run(block_symbol(case, residual, packed),
+                  packed_arrays(case, arrays) if packed else arrays)
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
                                    err_msg=f"{case_id(case)} residual={residual}")
 
 
+def check_packed_case(case):
+    check_case(case, packed=True)
+
+
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_block_equals_its_stock_ops(ops, case):
     check_case(case)
+
+
+@pytest.mark.parametrize("case", PACKED_CASES, ids=case_id)
+def test_packed_block_equals_its_stock_ops(ops, case):
+    check_packed_case(case)
+
+
+def test_pack_1x1_layout():
+    """Per group, per panel of 16 filters (then 8), the panel's K x width transpose."""
+    f, k, g = 48, 3, 2  # 24 filters per group: panels of 16 and 8
+    weight = np.arange(f * k, dtype=np.float32).reshape(f, k, 1, 1)
+    packed = pack_1x1(weight, g)
+    assert packed.shape == (f * k,) and packed.dtype == np.float32
+    at = 0
+    for grp in range(g):
+        for f0, width in ((0, 16), (16, 8)):
+            first = grp * 24 + f0
+            for c in range(k):
+                np.testing.assert_array_equal(packed[at:at + width],
+                                              weight[first:first + width, c, 0, 0])
+                at += width
+    assert at == f * k
+
+
+@pytest.mark.parametrize("variable, value", [("DNNL_MAX_CPU_ISA", "AVX2"),
+                                              ("IGC_CONV_BASELINE", "1")])
+@pytest.mark.parametrize("case", PACKED_CASES[:5] + PACKED_EXTRA[:3], ids=case_id)
+def test_packed_portable_kernel_equals_the_stock_ops(ops, case, variable, value, monkeypatch):
+    """IGC_CONV_BASELINE=1 runs the packed layouts through the portable C++ kernel."""
+    monkeypatch.setenv(variable, value)
+    check_packed_case(case)
 
 
 @pytest.mark.parametrize("variable, value", [("IGC_BLOCK_AVX2", "1"),
@@ -124,16 +188,21 @@ def test_threads_split_images_and_bands(run_on_threads, threads):
     """Batch 1 on 3 threads splits an image into 3 bands of rows (uneven), batch 2 gives whole
     images; the result must not depend on it."""
     run_on_threads("test_igc_block", "[t.check_case(c) for c in "
-                   "(t.CASES[1], t.CASES[3], t.CASES[5], t.CASES[12])]", threads)
+                   "(t.CASES[1], t.CASES[3], t.CASES[5], t.CASES[12])]; "
+                   "[t.check_packed_case(c) for c in "
+                   "(t.CASES[1], t.CASES[3], t.CASES[12], t.PACKED_EXTRA[1], t.PACKED_EXTRA[4])]",
+                   threads)
 
 
-def test_non_finite_leftovers_in_the_workspace_do_not_leak(ops):
+@pytest.mark.parametrize("packed", [False, True])
+def test_non_finite_leftovers_in_the_workspace_do_not_leak(ops, packed):
     """The depthwise kernel reads (and masks off) memory beside each band; a call whose buffers
     were full of NaN must not change the next call's result."""
     case = CASES[12]
     arrays = block_arrays(case, True)
-    poisoned = dict(arrays, data=np.full_like(arrays["data"], np.nan))
-    symbol = block_symbol(case, True)
+    inputs = packed_arrays(case, arrays) if packed else arrays
+    poisoned = dict(inputs, data=np.full_like(arrays["data"], np.nan))
+    symbol = block_symbol(case, True, packed)
     executor = symbol.bind(mx.cpu(), {k: mx.nd.array(v) for k, v in poisoned.items()})
     assert np.isnan(executor.forward(is_train=False)[0].asnumpy()).all()
     executor.arg_dict["data"][:] = arrays["data"]
@@ -149,6 +218,10 @@ def test_non_finite_leftovers_in_the_workspace_do_not_leak(ops):
     (dict(expanded=0), "'expanded' must be an integer >= 1"),
     (dict(interleave="maybe"), "'interleave' must be True or False"),
     (dict(pad=1), "unknown attribute 'pad'"),
+    (dict(packed_weights=True, num_filter=4, residual=False),
+     r"packed_weights needs multiples of 8 expanded and output channels per group, got "
+     r"expanded=24, num_filter=4, num_group=2"),
+    (dict(packed_weights="sometimes"), "'packed_weights' must be True or False"),
 ])
 def test_bad_attributes_are_one_line_errors(ops, attrs, message):
     base = dict(expanded=24, num_filter=8, num_group=2, stride=1, interleave=True)
@@ -167,3 +240,13 @@ def test_wrong_weight_shape_and_dtype_are_named(ops):
         symbol.infer_shape(**dict(shapes, dw_weight=(24, 1, 5, 5)))
     with pytest.raises(mx.MXNetError, match="only float32 is supported"):
         symbol.infer_type(data="float64")
+
+
+def test_packed_weight_shapes_are_flat(ops):
+    symbol = block_symbol((1, 8, 6, 6, 3, 16, 1, 1, False), False, packed=True)
+    shapes = dict(data=(1, 8, 6, 6), exp_weight=(24 * 8,), exp_bias=(24,), dw_weight=(24, 1, 3, 3),
+                  dw_bias=(24,), lin_weight=(16 * 24,), lin_bias=(16,))
+    assert symbol.infer_shape(**shapes)[1] == [(1, 16, 6, 6)]
+    with pytest.raises(mx.MXNetError, match=r"input 'lin_weight' has shape \(16, 24, 1, 1\), "
+                                            r"expected \(384,\)"):
+        symbol.infer_shape(**dict(shapes, lin_weight=(16, 24, 1, 1)))

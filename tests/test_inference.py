@@ -114,6 +114,29 @@ def test_optimized_graph_has_no_batchnorm_and_gives_the_training_graphs_outputs(
         {"IGCBlock"} if fuse else set())
 
 
+@pytest.mark.parametrize("name, blocks, packed", [("mobilenetv2_cifar", 17, 17),
+                                                   ("igcv3_cifar", 32, 28)])
+def test_blocks_with_multiples_of_8_channels_per_group_get_packed_weights(ops, name, blocks,
+                                                                         packed):
+    """IGCV3's 2-group blocks with 24 output channels (12 per group) keep the unpacked kernel;
+    a packed block reads `{weight}_packed` (flat) instead of its two 1x1 weights."""
+    shape = (BATCH, 3, 32, 32)
+    symbol = _logits(network.get_symbol(name, 10))
+    args, aux = _random_params(symbol, shape, np.random.default_rng(0))
+    opt_symbol, opt_args, _ = network.optimize_for_inference(symbol, args, aux)
+    nodes = json.loads(opt_symbol.tojson())["nodes"]
+    fused = [n for n in nodes if n["op"] == "IGCBlock"]
+    assert len(fused) == blocks
+    assert sum(n["attrs"].get("packed_weights") == "True" for n in fused) == packed
+    for n in fused:
+        weights = [nodes[i[0]]["name"] for i in n["inputs"]][1::2][:3:2]  # exp, lin weights
+        is_packed = n["attrs"].get("packed_weights") == "True"
+        assert all(w.endswith("_weight_packed") == is_packed for w in weights), weights
+        for w in weights:
+            assert opt_args[w].ndim == (1 if is_packed else 4)
+            assert w.removesuffix("_packed") not in opt_args or not is_packed
+
+
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "kept"])
 def test_a_released_graph_folds_across_its_permutations_too(released_symbols_dir, ops, fold):
     # The authors' IGC-L100M2 file: conv2 -> Reorder(2) -> BatchNorm in every unit.

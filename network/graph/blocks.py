@@ -75,10 +75,32 @@ def _block_name(first, last):
     return f"{prefix or first}-fused"
 
 
-def fuse_blocks(symbol, args):
+PANEL = 16  # filters per panel of IGCBlock's packed 1x1 weights (src/operator/igc_block.h)
+
+
+def pack_1x1(weight, groups):
+    """A 1x1 conv weight (F, K, 1, 1) with `groups` groups in IGCBlock's packed layout: per
+    group, per panel of 16 filters (the last one 8 when F / groups is an odd multiple of 8), the
+    K x width transpose of the panel's rows; one flat float32 array of F * K values."""
+    filters, inputs = weight.shape[:2]
+    w = np.asarray(weight, dtype=np.float32).reshape(groups, filters // groups, inputs)
+    return np.concatenate([w[g, f0:f0 + PANEL].T.ravel() for g in range(groups)
+                           for f0 in range(0, filters // groups, PANEL)])
+
+
+def packable(site):
+    """Whether IGCBlock's packed (channel-blocked) kernel takes the site: multiples of 8 expanded
+    and output channels per group."""
+    return (site["expanded"] // site["num_group"]) % 8 == 0 and (
+        site["num_filter"] // site["num_group"]) % 8 == 0
+
+
+def fuse_blocks(symbol, args, pack=True):
     """Each site of `_block_sites` becomes one IGCBlock over the same weights (see
     src/operator/igc_block.h): the expanded tensor then lives only in cache-sized bands, and the
-    permutation is an index table."""
+    permutation is an index table. With `pack` (and a `packable` site) the two 1x1 weights are
+    added to `args` in the packed layout as `{weight}_packed`, which the block reads instead (its
+    channel-blocked kernel)."""
     graph = Graph(symbol)
     sites = _block_sites(graph, args)
     if not sites:
@@ -89,12 +111,20 @@ def fuse_blocks(symbol, args):
         if i not in sites:
             return None
         site = sites[i]
+        params, packed = list(site["params"]), pack and packable(site)
+        if packed:
+            for j in (0, 4):  # the expansion and the linear conv weights
+                name = f"{params[j]}_packed"
+                weight = args[params[j]]
+                weight = weight.asnumpy() if hasattr(weight, "asnumpy") else weight
+                args[name] = mx.nd.array(pack_1x1(weight, site["num_group"]), dtype=np.float32)
+                params[j] = name
         # The weights carry their shapes: MXNet 1.9 sizes the buffer of input shapes it hands a
         # plugin op by the sum of their ranks, counting an unknown shape as -1.
-        weights = [mx.sym.var(p, shape=tuple(args[p].shape)) for p in site["params"]]
+        weights = [mx.sym.var(p, shape=tuple(args[p].shape)) for p in params]
         return [block_op(entry(site["data"]), *weights, expanded=site["expanded"],
                          num_filter=site["num_filter"], num_group=site["num_group"],
                          stride=site["stride"], interleave=site["interleave"],
-                         residual=site["residual"], name=site["name"])]
+                         residual=site["residual"], packed_weights=packed, name=site["name"])]
 
     return graph.rebuild(fused)

@@ -5,10 +5,13 @@ prediction and the ONNX writer all run.
 2. On the CPU (device='cpu', fuse_blocks=True, float32 weights) every folded IGCV3 /
    MobileNetV2 block becomes one `IGCBlock` of the plugin over the same weights (`blocks`): its
    kernel keeps the expanded tensor in cache-sized bands and reads the permutation as an index
-   table. `fuse_blocks=False` (the ONNX writer's choice) or a GPU keeps stock MXNet ops.
+   table; where each group has multiples of 8 expanded and output channels its two 1x1 weights
+   are packed (`{weight}_packed`) for the channel-blocked kernel. `fuse_blocks=False` (the ONNX
+   writer's choice) or a GPU keeps stock MXNet ops.
 3. IGCV3's remaining permutations vanish into grouped-convolution order (`interleave`).
 The result computes the training graph's inference outputs (up to float rounding) and loads the
-same parameter names, plus a `{conv}_bias` per folded convolution.
+same parameter names, plus a `{conv}_bias` per folded convolution (and, for packed `IGCBlock`s,
+`{conv}_weight_packed` in place of the 1x1 weights).
 """
 from ..layers import DEVICES, check_choice, runs_on
 from .blocks import fuse_blocks as _fuse_blocks

@@ -34,6 +34,25 @@ void block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_ex
                        const float* b_exp, const float* w_dw, const float* b_dw,
                        const float* w_lin, const float* b_lin, float* y, void* workspace);
 
+// Packed weights (IGCBlock's packed_weights=True; igc_block_packed_cpu.cc): the same block with
+// channel-blocked buffers. Each 1x1 conv's weight (F filters, g groups, K inputs per group) is
+// packed per group and, within a group, per panel of 16 filters (the last panel 8 when F/g is an
+// odd multiple of 8), each panel K rows x its width: packed[c][j] = W[f0 + j][c]. w_dw, the
+// biases and the data as above. Needs E/g and C_out/g multiples of 8.
+const char* packed_block_error(const BlockGeometry& g);  // empty, or what is wrong
+int64_t packed_block_workspace_bytes(const BlockGeometry& g);
+void packed_block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_exp,
+                              const float* b_exp, const float* w_dw, const float* b_dw,
+                              const float* w_lin, const float* b_lin, float* y, void* workspace);
+
+// How both kernels share a call among threads: each work item is one image's output rows
+// [chunk j of `chunks`); more than one chunk only when there are fewer images than threads.
+struct BlockSplit {
+  int64_t chunks, items;
+  int threads;
+};
+BlockSplit block_split(const BlockGeometry& g);
+
 }  // namespace igc
 
 #endif  // IGC_OPERATOR_IGC_BLOCK_H_

@@ -209,8 +209,7 @@ Kernels pick_kernels() {
 // output rows [chunk j of `chunks`).
 struct Plan {
   int64_t band_rows, e_rows, e_plane, d_plane, masks, table, per_thread_floats;
-  int64_t chunks, items;
-  int threads;
+  BlockSplit split;
 };
 
 Plan make_plan(const BlockGeometry& g) {
@@ -227,13 +226,7 @@ Plan make_plan(const BlockGeometry& g) {
   p.per_thread_floats = 2 * kGuard + align_floats(g.expanded * p.e_plane) +
                         align_floats(g.expanded * p.d_plane) + align_floats(p.masks) +
                         align_floats(2 * p.table);
-  const int64_t macs = g.batch * (g.height * g.width * g.expanded * (g.in_channels / g.groups) +
-                                  Hout * Wout * g.expanded * (9 + g.out_channels / g.groups));
-  const int64_t max_threads = macs < kMinParallelMacs ? 1 : std::max(1, omp_get_max_threads());
-  p.chunks = g.batch >= max_threads ? 1
-             : std::min<int64_t>(Hout, (max_threads + g.batch - 1) / g.batch);
-  p.items = g.batch * p.chunks;
-  p.threads = static_cast<int>(std::min<int64_t>(max_threads, p.items));
+  p.split = block_split(g);
   return p;
 }
 
@@ -319,6 +312,19 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
 
 }  // namespace
 
+BlockSplit block_split(const BlockGeometry& g) {
+  const int64_t Hout = g.out_height(), Wout = g.out_width();
+  const int64_t macs = g.batch * (g.height * g.width * g.expanded * (g.in_channels / g.groups) +
+                                  Hout * Wout * g.expanded * (9 + g.out_channels / g.groups));
+  const int64_t max_threads = macs < kMinParallelMacs ? 1 : std::max(1, omp_get_max_threads());
+  BlockSplit s{};
+  s.chunks = g.batch >= max_threads ? 1
+             : std::min<int64_t>(Hout, (max_threads + g.batch - 1) / g.batch);
+  s.items = g.batch * s.chunks;
+  s.threads = static_cast<int>(std::min<int64_t>(max_threads, s.items));
+  return s;
+}
+
 const char* block_geometry_error(const BlockGeometry& g) {
   if (g.batch < 1 || g.in_channels < 1 || g.height < 1 || g.width < 1 || g.expanded < 1 ||
       g.out_channels < 1) {
@@ -337,7 +343,7 @@ const char* block_geometry_error(const BlockGeometry& g) {
 
 int64_t block_workspace_bytes(const BlockGeometry& g) {
   const Plan p = make_plan(g);
-  return 4 * p.per_thread_floats * p.threads + 64;
+  return 4 * p.per_thread_floats * p.split.threads + 64;
 }
 
 void block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_exp,
@@ -345,13 +351,13 @@ void block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_ex
                        const float* w_lin, const float* b_lin, float* y, void* workspace) {
   const Kernels kern = pick_kernels();  // IGC_CONV_BASELINE is read on every call (tests)
   const Plan p = make_plan(g);
-  const int64_t Hout = g.out_height();
+  const int64_t Hout = g.out_height(), chunks = p.split.chunks;
   float* ws = reinterpret_cast<float*>(
       (reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
-#pragma omp parallel for schedule(static) num_threads(p.threads)
-  for (int64_t item = 0; item < p.items; ++item) {
-    const int64_t image = item / p.chunks, chunk = item % p.chunks;
-    const int64_t begin = chunk * Hout / p.chunks, end = (chunk + 1) * Hout / p.chunks;
+#pragma omp parallel for schedule(static) num_threads(p.split.threads)
+  for (int64_t item = 0; item < p.split.items; ++item) {
+    const int64_t image = item / chunks, chunk = item % chunks;
+    const int64_t begin = chunk * Hout / chunks, end = (chunk + 1) * Hout / chunks;
     if (begin == end) continue;
     run_item(g, p, kern, image, begin, end, x, w_exp, b_exp, w_dw, b_dw, w_lin, b_lin, y,
              ws + omp_get_thread_num() * p.per_thread_floats);

@@ -4,7 +4,9 @@
 // Inputs: data (N, C, H, W), exp_weight (E, C/G, 1, 1), exp_bias (E,), dw_weight (E, 1, 3, 3),
 // dw_bias (E,), lin_weight (num_filter, E/G, 1, 1), lin_bias (num_filter,).
 // Attributes: expanded (E), num_filter, num_group (G, default 1), stride (1 or 2, default 1),
-// interleave (Reorder(G) after the expansion, default False), residual (add data, default False).
+// interleave (Reorder(G) after the expansion, default False), residual (add data, default False),
+// packed_weights (default False): exp_weight (E * C/G,) and lin_weight (num_filter * E/G,) in
+// the packed layout of igc_block.h, run by the channel-blocked kernel.
 #include <mxnet/lib_api.h>
 
 #include <climits>
@@ -32,12 +34,12 @@ constexpr int kNumInputs = 7;
 
 struct Params {
   int64_t expanded = 0, num_filter = 0, num_group = 1, stride = 1;
-  bool interleave = false, residual = false;
+  bool interleave = false, residual = false, packed = false;
 };
 
 bool parse_params(const Attrs& attrs, Params* p) {
   if (!igc::check_known_attrs(kOp, attrs, {"expanded", "num_filter", "num_group", "stride",
-                                           "interleave", "residual"})) {
+                                           "interleave", "residual", "packed_weights"})) {
     return false;
   }
   if (!igc::parse_count_attr(kOp, attrs, "expanded", true, &p->expanded) ||
@@ -45,7 +47,8 @@ bool parse_params(const Attrs& attrs, Params* p) {
       !igc::parse_count_attr(kOp, attrs, "num_group", false, &p->num_group) ||
       !igc::parse_count_attr(kOp, attrs, "stride", false, &p->stride) ||
       !igc::parse_bool_attr(kOp, attrs, "interleave", &p->interleave) ||
-      !igc::parse_bool_attr(kOp, attrs, "residual", &p->residual)) {
+      !igc::parse_bool_attr(kOp, attrs, "residual", &p->residual) ||
+      !igc::parse_bool_attr(kOp, attrs, "packed_weights", &p->packed)) {
     return false;
   }
   if (p->stride > 2) {
@@ -55,6 +58,12 @@ bool parse_params(const Attrs& attrs, Params* p) {
   if (p->expanded % p->num_group || p->num_filter % p->num_group) {
     IGC_ERROR << kOp << ": attribute 'num_group'=" << p->num_group << " must divide 'expanded'="
               << p->expanded << " and 'num_filter'=" << p->num_filter;
+    return false;
+  }
+  if (p->packed && ((p->expanded / p->num_group) % 8 || (p->num_filter / p->num_group) % 8)) {
+    IGC_ERROR << kOp << ": packed_weights needs multiples of 8 expanded and output channels per "
+              << "group, got expanded=" << p->expanded << ", num_filter=" << p->num_filter
+              << ", num_group=" << p->num_group;
     return false;
   }
   return true;
@@ -113,8 +122,9 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
               << " input channels, got stride " << p.stride << ", num_filter " << F;
     return MX_FAIL;
   }
-  const Shape expected[kNumInputs] = {data, {E, C / G, 1, 1}, {E}, {E, 1, 3, 3}, {E},
-                                      {F, E / G, 1, 1}, {F}};
+  const Shape expected[kNumInputs] = {
+      data, p.packed ? Shape{E * (C / G)} : Shape{E, C / G, 1, 1}, {E}, {E, 1, 3, 3}, {E},
+      p.packed ? Shape{F * (E / G)} : Shape{F, E / G, 1, 1}, {F}};
   for (int i = 1; i < kNumInputs; ++i) {
     Shape& s = in_shapes->at(i);
     if (s.empty()) {
@@ -149,12 +159,13 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     return MX_FAIL;
   }
   const igc::BlockGeometry g = geometry(p, in[0].shape);
-  const char* problem = igc::block_geometry_error(g);
+  const char* problem = p.packed ? igc::packed_block_error(g) : igc::block_geometry_error(g);
   if (problem[0] != '\0') {
     IGC_ERROR << kOp << ": " << problem;
     return MX_FAIL;
   }
-  const int64_t bytes = igc::block_workspace_bytes(g);
+  const int64_t bytes =
+      p.packed ? igc::packed_block_workspace_bytes(g) : igc::block_workspace_bytes(g);
   if (bytes > INT_MAX) {
     IGC_ERROR << kOp << ": needs " << bytes << " bytes of workspace, more than MXNet can lend";
     return MX_FAIL;
@@ -165,8 +176,9 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     return MX_FAIL;
   }
   auto f = [&](int i) { return static_cast<const float*>(in[i].data_ptr); };
-  igc::block_forward_cpu(g, f(0), f(1), f(2), f(3), f(4), f(5), f(6),
-                         static_cast<float*>(outputs->at(0).data_ptr), ws);
+  const auto run = p.packed ? igc::packed_block_forward_cpu : igc::block_forward_cpu;
+  run(g, f(0), f(1), f(2), f(3), f(4), f(5), f(6), static_cast<float*>(outputs->at(0).data_ptr),
+      ws);
   return MX_SUCCESS;
 }
 

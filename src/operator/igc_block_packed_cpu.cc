@@ -1,0 +1,405 @@
+// CPU kernel of IGCBlock on packed weights (see igc_block.h, "Packed weights"). Per image and
+// band of output rows, as the plain kernel, but the expanded tensors live channel-blocked: e and d
+// hold 8 channels per pixel side by side ([E / 8][rows][columns][8]), so that
+//   1. the expansion conv computes 16 (or 8) filters x 6 pixels per register block: a vector of
+//      packed weights times a broadcast input pixel, stored as whole 8-channel vectors of e (whose
+//      rows carry a zero column on either side: the depthwise padding);
+//   2. the depthwise conv + bias + ReLU6 is nine vector multiply-adds per 8 channels of an output
+//      pixel, with no masks or shuffles for the edges or stride 2;
+//   3. the linear conv computes 16 (or 8) filters x 6 pixels the same way (a broadcast of d per
+//      channel, which also reads the permutation as an offset table) and writes the block's NCHW
+//      output through a small transposition.
+// Vectors along the filters leave no idle lanes on 7x7 and 14x14 planes (49 and 196 columns),
+// where the plain kernel's 16-column blocks do. AVX2+FMA, or portable C++ (the same layouts).
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common.h"
+#include "gemm.h"
+#include "igc_block.h"
+
+namespace igc {
+namespace {
+
+// The e + d buffers of one thread stay about this size (well inside a 1 MB L2 cache).
+constexpr int64_t kBandBytes = 384 * 1024;
+// Pixels per register block of the 1x1 convs: 6 x 16 filters or 12 x 8 (12 accumulators each).
+constexpr int kPixels = 6, kMostPixels = 12;
+
+struct Plan {
+  int64_t band_rows, e_rows, e_row, e_plane, d_plane, per_thread_floats;
+  BlockSplit split;
+};
+
+Plan make_plan(const BlockGeometry& g) {
+  Plan p{};
+  const int64_t Hout = g.out_height(), Wout = g.out_width();
+  const int64_t row_bytes = 4 * g.expanded * (g.stride * (g.width + 2) + Wout);
+  p.band_rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(row_bytes, 1), 1, Hout);
+  p.e_rows = (p.band_rows - 1) * g.stride + 3;
+  p.e_row = (g.width + 2) * 8;  // floats per row of an 8-channel block of e, padding included
+  p.e_plane = p.e_rows * p.e_row;
+  p.d_plane = p.band_rows * Wout * 8;
+  const int64_t blocks = g.expanded / 8;
+  // [e][d][depthwise weights + biases, 80 per block][pixel offsets][input rows][channel offsets]
+  p.per_thread_floats = blocks * (p.e_plane + p.d_plane + 80) +
+                        2 * (p.e_rows * g.width + g.in_channels + g.expanded) + 16;
+  p.split = block_split(g);
+  return p;
+}
+
+// Packed panels: K rows of `width` (16 or 8) filters. One call computes a panel over N pixels.
+struct ExpandPanel {
+  int64_t K, N, width;
+  const float* w;             // K x width
+  const float* bias;          // width
+  const float* const* rows;   // K input rows of N pixels
+  float* e;                   // the panel's first 8-channel block of e
+  int64_t e_plane;
+  const int64_t* pixel;       // offset in a block of e of each pixel's 8 channels
+};
+
+struct LinearPanel {
+  int64_t K, N, width;
+  const float* w;             // K x width
+  const float* bias;          // width
+  const float* d;             // the d buffer
+  const int64_t* channel;     // offset in d of each of the K channels read (pixel 0)
+  float* y;                   // the panel's first output row (N pixels), rows ldy apart
+  int64_t ldy;
+  const float* r;             // the residual's first row or nullptr, rows ldr apart
+  int64_t ldr;
+};
+
+void expand_portable(const ExpandPanel& a) {
+  for (int64_t j = 0; j < a.width; ++j) {
+    float* e = a.e + (j / 8) * a.e_plane + j % 8;
+    for (int64_t n = 0; n < a.N; ++n) {
+      float acc = a.bias[j];
+      for (int64_t k = 0; k < a.K; ++k) acc += a.w[k * a.width + j] * a.rows[k][n];
+      e[a.pixel[n]] = acc;
+    }
+  }
+}
+
+void linear_portable(const LinearPanel& a) {
+  for (int64_t j = 0; j < a.width; ++j) {
+    for (int64_t n = 0; n < a.N; ++n) {
+      float acc = a.bias[j];
+      for (int64_t k = 0; k < a.K; ++k) acc += a.w[k * a.width + j] * a.d[a.channel[k] + n * 8];
+      a.y[j * a.ldy + n] = a.r ? acc + a.r[j * a.ldr + n] : acc;
+    }
+  }
+}
+
+// Depthwise 3x3 + bias + ReLU6 of one 8-channel block over `rows` output rows: e has the
+// (rows - 1) * S + 3 input rows of `e_row` floats (zero columns at both ends), d gets rows x Wout.
+// w: 9 taps x 8 channels, bias: 8 channels.
+void depthwise_portable(int stride, const float* e, int64_t e_row, int64_t Wout, int64_t rows,
+                        const float* w, const float* bias, float* d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t x = 0; x < Wout; ++x) {
+      const float* in = e + r * stride * e_row + x * stride * 8;
+      for (int c = 0; c < 8; ++c) {
+        float acc = bias[c];
+        for (int ky = 0; ky < 3; ++ky) {
+          for (int kx = 0; kx < 3; ++kx) acc += w[(ky * 3 + kx) * 8 + c] * in[ky * e_row + kx * 8 + c];
+        }
+        d[(r * Wout + x) * 8 + c] = std::min(std::max(acc, 0.0f), 6.0f);
+      }
+    }
+  }
+}
+
+// MR pixels from `n0` x NV vectors of 8 filters: acc = bias + sum_k w[k] * b(k, n0 + i), where
+// b(k, n) = row(k)[n * kStride].
+template <int MR, int NV, int kStride, typename Row>
+IGC_TARGET_AVX2 __attribute__((always_inline)) inline void panel_block(
+    int64_t K, const float* w, int64_t width, const float* bias, Row row, int64_t n0,
+    __m256 (&acc)[kMostPixels][2]) {
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+    for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_loadu_ps(bias + 8 * j);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    __m256 wv[NV];
+#pragma GCC unroll 2
+    for (int j = 0; j < NV; ++j) wv[j] = _mm256_loadu_ps(w + k * width + 8 * j);
+    const float* b = row(k) + n0 * kStride;
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const __m256 bv = _mm256_broadcast_ss(b + i * kStride);
+#pragma GCC unroll 2
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(wv[j], bv, acc[i][j]);
+    }
+  }
+}
+
+template <int MR, int NV>
+IGC_TARGET_AVX2 __attribute__((always_inline)) inline void expand_pixels(const ExpandPanel& a,
+                                                                         int64_t n0) {
+  __m256 acc[kMostPixels][2];
+  panel_block<MR, NV, 1>(a.K, a.w, a.width, a.bias, [&](int64_t k) { return a.rows[k]; }, n0,
+                         acc);
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+    for (int j = 0; j < NV; ++j) _mm256_storeu_ps(a.e + j * a.e_plane + a.pixel[n0 + i], acc[i][j]);
+  }
+}
+
+template <int MR, int NV>
+IGC_TARGET_AVX2 __attribute__((always_inline)) inline void linear_pixels(const LinearPanel& a,
+                                                                         int64_t n0) {
+  __m256 acc[kMostPixels][2];
+  panel_block<MR, NV, 8>(a.K, a.w, a.width, a.bias, [&](int64_t k) { return a.d + a.channel[k]; },
+                         n0, acc);
+  alignas(32) float out[kMostPixels][16];  // pixel-major; the output is filter-major
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+    for (int j = 0; j < NV; ++j) _mm256_store_ps(&out[i][8 * j], acc[i][j]);
+  }
+  for (int j = 0; j < 8 * NV; ++j) {
+    float* y = a.y + j * a.ldy + n0;
+    if (a.r) {
+      const float* r = a.r + j * a.ldr + n0;
+#pragma GCC unroll 12
+      for (int i = 0; i < MR; ++i) y[i] = out[i][j] + r[i];
+    } else {
+#pragma GCC unroll 12
+      for (int i = 0; i < MR; ++i) y[i] = out[i][j];
+    }
+  }
+}
+
+// Every pixel of a panel: blocks of 6 (16 filters) or 12 (8 filters) pixels, the last one moved
+// back to end at N (it recomputes a few pixels: the same values); fewer pixels in smaller blocks.
+struct Expand {
+  template <int MR, int NV>
+  IGC_TARGET_AVX2 static void at(const ExpandPanel& a, int64_t n0) { expand_pixels<MR, NV>(a, n0); }
+};
+
+struct Linear {
+  template <int MR, int NV>
+  IGC_TARGET_AVX2 static void at(const LinearPanel& a, int64_t n0) { linear_pixels<MR, NV>(a, n0); }
+};
+
+template <typename Op, int NV, typename Panel>
+IGC_TARGET_AVX2 void all_pixels(const Panel& a) {
+  constexpr int kBlock = NV == 2 ? kPixels : kMostPixels;
+  switch (a.N < kPixels ? a.N : 0) {
+    case 5: Op::template at<5, NV>(a, 0); return;
+    case 4: Op::template at<4, NV>(a, 0); return;
+    case 3: Op::template at<3, NV>(a, 0); return;
+    case 2: Op::template at<2, NV>(a, 0); return;
+    case 1: Op::template at<1, NV>(a, 0); return;
+    default: break;
+  }
+  if (a.N < kBlock) {  // 6 .. 11 pixels, 8 filters
+    Op::template at<kPixels, NV>(a, 0);
+    Op::template at<kPixels, NV>(a, a.N - kPixels);
+    return;
+  }
+  int64_t n0 = 0;
+  for (; n0 + kBlock <= a.N; n0 += kBlock) Op::template at<kBlock, NV>(a, n0);
+  if (n0 < a.N) Op::template at<kBlock, NV>(a, a.N - kBlock);
+}
+
+IGC_TARGET_AVX2 void expand_avx2(const ExpandPanel& a) {
+  if (a.width == 16) all_pixels<Expand, 2>(a);
+  else all_pixels<Expand, 1>(a);
+}
+
+IGC_TARGET_AVX2 void linear_avx2(const LinearPanel& a) {
+  if (a.width == 16) all_pixels<Linear, 2>(a);
+  else all_pixels<Linear, 1>(a);
+}
+
+template <int S>
+IGC_TARGET_AVX2 void depthwise_s(const float* e, int64_t e_row, int64_t Wout, int64_t rows,
+                                 const float* w, const float* bias, float* d) {
+  __m256 wv[9];
+  for (int t = 0; t < 9; ++t) wv[t] = _mm256_loadu_ps(w + 8 * t);
+  const __m256 bv = _mm256_loadu_ps(bias), zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = e + r * S * e_row;
+    float* out = d + r * Wout * 8;
+    for (int64_t x = 0; x < Wout; ++x) {
+      const float* q = in + x * S * 8;
+      __m256 a0 = bv, a1 = zero, a2 = zero;  // the three column taps, summed at the end
+#pragma GCC unroll 3
+      for (int ky = 0; ky < 3; ++ky) {
+        const float* row = q + ky * e_row;
+        a0 = _mm256_fmadd_ps(wv[ky * 3], _mm256_loadu_ps(row), a0);
+        a1 = _mm256_fmadd_ps(wv[ky * 3 + 1], _mm256_loadu_ps(row + 8), a1);
+        a2 = _mm256_fmadd_ps(wv[ky * 3 + 2], _mm256_loadu_ps(row + 16), a2);
+      }
+      const __m256 sum = _mm256_add_ps(_mm256_add_ps(a0, a1), a2);
+      _mm256_storeu_ps(out + x * 8, _mm256_min_ps(_mm256_max_ps(sum, zero), six));
+    }
+  }
+}
+
+IGC_TARGET_AVX2 void depthwise_avx2(int stride, const float* e, int64_t e_row, int64_t Wout,
+                                    int64_t rows, const float* w, const float* bias, float* d) {
+  if (stride == 1) depthwise_s<1>(e, e_row, Wout, rows, w, bias, d);
+  else depthwise_s<2>(e, e_row, Wout, rows, w, bias, d);
+}
+
+struct Kernels {
+  void (*expand)(const ExpandPanel&);
+  void (*linear)(const LinearPanel&);
+  void (*depthwise)(int, const float*, int64_t, int64_t, int64_t, const float*, const float*,
+                    float*);
+};
+
+Kernels pick_kernels() {
+  if (use_avx2_kernels()) return {expand_avx2, linear_avx2, depthwise_avx2};
+  return {expand_portable, linear_portable, depthwise_portable};
+}
+
+inline int64_t panel_width(int64_t filters, int64_t f0) { return std::min<int64_t>(16, filters - f0); }
+
+// One image's output rows [row_begin, row_end).
+void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_t image,
+              int64_t row_begin, int64_t row_end, const float* x, const float* w_exp,
+              const float* b_exp, const float* w_dw, const float* b_dw, const float* w_lin,
+              const float* b_lin, float* y, float* ws) {
+  const int64_t H = g.height, W = g.width, S = g.stride, E = g.expanded, blocks = E / 8;
+  const int64_t Hout = g.out_height(), Wout = g.out_width();
+  const int64_t G = g.groups, in_per_group = g.in_channels / G, k = E / G;
+  const int64_t out_per_group = g.out_channels / G;
+  float* e = ws;
+  float* d = e + blocks * p.e_plane;
+  float* dw = d + blocks * p.d_plane;  // per 8-channel block: 9 taps x 8, then 8 biases
+  int64_t* pixel = reinterpret_cast<int64_t*>(dw + blocks * 80);
+  const float** rows = reinterpret_cast<const float**>(pixel + p.e_rows * W);
+  int64_t* channel = reinterpret_cast<int64_t*>(rows + g.in_channels);
+  const float* x_image = x + image * g.in_channels * H * W;
+  float* y_image = y + image * g.out_channels * Hout * Wout;
+  // Expansion filter (channel of e) that the permutation puts at position `pos`, and back.
+  auto plane_at = [&](int64_t pos) { return g.interleave ? reorder_source(pos, E, G) : pos; };
+  auto position_of = [&](int64_t f) { return g.interleave ? reorder_source(f, E, k) : f; };
+  for (int64_t f = 0; f < E; ++f) {  // channel f of e gets the depthwise filter of its position
+    const int64_t pos = position_of(f);
+    float* block = dw + (f / 8) * 80;
+    for (int t = 0; t < 9; ++t) block[t * 8 + f % 8] = w_dw[pos * 9 + t];
+    block[72 + f % 8] = b_dw[pos];
+  }
+  for (int64_t b = 0; b < blocks; ++b) {  // the padding columns; the expansion writes the rest
+    for (int64_t r = 0; r < p.e_rows; ++r) {
+      float* row = e + b * p.e_plane + r * p.e_row;
+      std::memset(row, 0, sizeof(float) * 8);
+      std::memset(row + p.e_row - 8, 0, sizeof(float) * 8);
+    }
+  }
+
+  int64_t have_first = 0, have_count = 0;  // input rows held in e: [have_first, +have_count)
+  for (int64_t o0 = row_begin; o0 < row_end; o0 += p.band_rows) {
+    const int64_t rows_out = std::min(p.band_rows, row_end - o0);
+    const int64_t first = o0 * S - 1, count = (rows_out - 1) * S + 3;
+    int64_t reuse = 0;
+    if (have_count > 0 && first >= have_first && first < have_first + have_count) {
+      reuse = std::min(have_first + have_count - first, count);
+      if (first != have_first) {
+        for (int64_t b = 0; b < blocks; ++b) {
+          float* plane = e + b * p.e_plane;
+          std::memmove(plane, plane + (first - have_first) * p.e_row,
+                       sizeof(float) * reuse * p.e_row);
+        }
+      }
+    }
+    const int64_t from = first + reuse, to = first + count;
+    const int64_t lo = std::clamp<int64_t>(from, 0, H), hi = std::clamp<int64_t>(to, 0, H);
+    for (int64_t b = 0; b < blocks; ++b) {  // padding rows (above and below the image) are zeros
+      float* plane = e + b * p.e_plane;
+      if (from < lo) std::memset(plane + (from - first) * p.e_row, 0, sizeof(float) * (lo - from) * p.e_row);
+      const int64_t zero_from = std::max(hi, from);
+      if (zero_from < to) {
+        std::memset(plane + (zero_from - first) * p.e_row, 0,
+                    sizeof(float) * (to - zero_from) * p.e_row);
+      }
+    }
+    if (lo < hi) {
+      for (int64_t n = 0, r = lo - first, c = 0; n < (hi - lo) * W; ++n) {
+        pixel[n] = r * p.e_row + (c + 1) * 8;
+        if (++c == W) c = 0, ++r;
+      }
+      for (int64_t grp = 0; grp < G; ++grp) {
+        for (int64_t c = 0; c < in_per_group; ++c) {
+          rows[c] = x_image + ((grp * in_per_group + c) * H + lo) * W;
+        }
+        const float* w = w_exp + grp * k * in_per_group;
+        for (int64_t f0 = 0; f0 < k; f0 += 16) {
+          const int64_t width = panel_width(k, f0);
+          kern.expand(ExpandPanel{in_per_group, (hi - lo) * W, width, w + f0 * in_per_group,
+                                  b_exp + grp * k + f0, rows, e + (grp * k + f0) / 8 * p.e_plane,
+                                  p.e_plane, pixel});
+        }
+      }
+    }
+    have_first = first;
+    have_count = count;
+
+    for (int64_t b = 0; b < blocks; ++b) {
+      kern.depthwise(static_cast<int>(S), e + b * p.e_plane, p.e_row, Wout, rows_out,
+                     dw + b * 80, dw + b * 80 + 72, d + b * p.d_plane);
+    }
+
+    for (int64_t grp = 0; grp < G; ++grp) {
+      for (int64_t c = 0; c < k; ++c) {
+        const int64_t source = plane_at(grp * k + c);
+        channel[c] = (source / 8) * p.d_plane + source % 8;
+      }
+      const float* w = w_lin + grp * out_per_group * k;
+      for (int64_t f0 = 0; f0 < out_per_group; f0 += 16) {
+        const int64_t f = grp * out_per_group + f0;
+        kern.linear(LinearPanel{k, rows_out * Wout, panel_width(out_per_group, f0), w + f0 * k,
+                                b_lin + f, d, channel, y_image + (f * Hout + o0) * Wout,
+                                Hout * Wout, g.residual ? x_image + (f * H + o0) * W : nullptr,
+                                H * W});
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const char* packed_block_error(const BlockGeometry& g) {
+  const char* problem = block_geometry_error(g);
+  if (problem[0] != '\0') return problem;
+  if ((g.expanded / g.groups) % 8 || (g.out_channels / g.groups) % 8) {
+    return "packed weights need multiples of 8 expanded and output channels per group";
+  }
+  return "";
+}
+
+int64_t packed_block_workspace_bytes(const BlockGeometry& g) {
+  const Plan p = make_plan(g);
+  return 4 * p.per_thread_floats * p.split.threads + 64;
+}
+
+void packed_block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_exp,
+                              const float* b_exp, const float* w_dw, const float* b_dw,
+                              const float* w_lin, const float* b_lin, float* y, void* workspace) {
+  const Kernels kern = pick_kernels();  // IGC_CONV_BASELINE is read on every call (tests)
+  const Plan p = make_plan(g);
+  const int64_t Hout = g.out_height(), chunks = p.split.chunks;
+  float* ws = reinterpret_cast<float*>(
+      (reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
+#pragma omp parallel for schedule(static) num_threads(p.split.threads)
+  for (int64_t item = 0; item < p.split.items; ++item) {
+    const int64_t image = item / chunks, chunk = item % chunks;
+    const int64_t begin = chunk * Hout / chunks, end = (chunk + 1) * Hout / chunks;
+    if (begin == end) continue;
+    run_item(g, p, kern, image, begin, end, x, w_exp, b_exp, w_dw, b_dw, w_lin, b_lin, y,
+             ws + omp_get_thread_num() * p.per_thread_floats);
+  }
+}
+
+}  // namespace igc

@@ -119,7 +119,8 @@ def test_optimized_graph_has_no_batchnorm_and_gives_the_training_graphs_outputs(
 def test_blocks_with_multiples_of_8_channels_per_group_get_packed_weights(ops, name, blocks,
                                                                          packed):
     """IGCV3's 2-group blocks with 24 output channels (12 per group) keep the unpacked kernel;
-    a packed block reads `{weight}_packed` (flat) instead of its two 1x1 weights."""
+    a packed block reads `{weight}_packed` (flat) instead of its two 1x1 weights; with
+    pack_blocks=False none is packed, and the outputs agree."""
     shape = (BATCH, 3, 32, 32)
     symbol = _logits(network.get_symbol(name, 10))
     args, aux = _random_params(symbol, shape, np.random.default_rng(0))
@@ -128,6 +129,14 @@ def test_blocks_with_multiples_of_8_channels_per_group_get_packed_weights(ops, n
     fused = [n for n in nodes if n["op"] == "IGCBlock"]
     assert len(fused) == blocks
     assert sum(n["attrs"].get("packed_weights") == "True" for n in fused) == packed
+    unpacked, unpacked_args, unpacked_aux = network.optimize_for_inference(symbol, args, aux,
+                                                                           pack_blocks=False)
+    assert not any(n["attrs"].get("packed_weights") == "True"
+                   for n in json.loads(unpacked.tojson())["nodes"] if n["op"] == "IGCBlock")
+    data = mx.nd.array(np.random.default_rng(1).standard_normal(shape))
+    want = _predict(unpacked, unpacked_args, unpacked_aux, data)
+    np.testing.assert_allclose(_predict(opt_symbol, opt_args, {}, data), want, rtol=0,
+                               atol=1e-4 * np.abs(want).max())
     for n in fused:
         weights = [nodes[i[0]]["name"] for i in n["inputs"]][1::2][:3:2]  # exp, lin weights
         is_packed = n["attrs"].get("packed_weights") == "True"

@@ -21,11 +21,12 @@ from .view import Graph, to_numpy
 
 
 def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True,
-                           fuse_blocks=True, device="cpu"):
+                           fuse_blocks=True, device="cpu", pack_blocks=True):
     """(symbol, arg_params, aux_params) for inference on `device` ('cpu' or 'gpu'); see the
     module docstring. fold_batchnorm=False keeps every BatchNorm (as MXNet's,
     use_global_stats=True) unfolded; fuse_blocks=False (or a GPU) keeps the folded blocks as
-    stock ops instead of the plugin's IGCBlock."""
+    stock ops instead of the plugin's IGCBlock; pack_blocks=False keeps every IGCBlock on its
+    unpacked weights (the kernel with an AVX-512 GEMM) instead of the channel-blocked one."""
     check_choice("device", device, DEVICES)
     graph = Graph(symbol)
     special, changed = fold_batchnorms(graph, to_numpy({**arg_params, **aux_params}),
@@ -33,7 +34,7 @@ def optimize_for_inference(symbol, arg_params, aux_params, fold_batchnorm=True,
     out = graph.rebuild(special)
     new_args = {**arg_params, **changed}
     if fold_batchnorm and fuse_blocks and runs_on("IGCBlock", device):
-        out = _fuse_blocks(out, new_args)
+        out = _fuse_blocks(out, new_args, pack=pack_blocks)
     out = remove_interleaves(out, new_args)
     keep_args, keep_aux = set(out.list_arguments()), set(out.list_auxiliary_states())
     return (out, {k: v for k, v in new_args.items() if k in keep_args},

@@ -45,8 +45,9 @@ Plan make_plan(const BlockGeometry& g) {
   p.d_plane = p.band_rows * Wout * 8;
   const int64_t blocks = g.expanded / 8;
   // [e][d][depthwise weights + biases, 80 per block][pixel offsets][input rows][channel offsets]
-  p.per_thread_floats = blocks * (p.e_plane + p.d_plane + 80) +
-                        2 * (p.e_rows * g.width + g.in_channels + g.expanded) + 16;
+  // (a multiple of 16 floats: every thread's part starts on a 64-byte boundary)
+  p.per_thread_floats = (blocks * (p.e_plane + p.d_plane + 80) +
+                         2 * (p.e_rows * g.width + g.in_channels + g.expanded) + 15) / 16 * 16;
   p.split = block_split(g);
   return p;
 }

@@ -5,6 +5,8 @@ interleaved rounds; a process per network and thread count):
 - MXNet: the project's graph as a `Module` bound for inference (for_training=False);
 - MXNet optimized: the same on `network.optimize_for_inference(symbol, arg_params, aux_params)`
   when the network package has it;
+- MXNet unpacked (--unpacked): the same with pack_blocks=False (every IGCBlock on its unpacked
+  weights: the kernel with an AVX-512 GEMM, against the channel-blocked one);
 - PyTorch: the peer in benchmarks/peers, eval mode under no_grad (checked to have exactly the
   MXNet graph's parameter count before timing);
 - ONNX Runtime: the peer exported with torch.onnx.export (dynamic batch), all graph
@@ -14,6 +16,7 @@ Ratios are ONNX Runtime ms / MXNet ms (above 1 = MXNet is faster) and ONNX Runti
     python benchmarks/inference_peers.py                 # batch 1 and 16, 1 and 2 threads
     python benchmarks/inference_peers.py --quick         # 3 rounds
     python benchmarks/inference_peers.py --threads 1 --batches 1 --networks igcv3
+    python benchmarks/inference_peers.py --unpacked      # + the unpacked IGCBlock kernel
 """
 import argparse
 import os
@@ -92,6 +95,10 @@ def measure(payload):
                 fns["MXNet optimized"] = mxnet_forward(
                     mx, *network.optimize_for_inference(symbol, arg_params, aux_params), batch,
                     data)
+                if payload.get("unpacked"):
+                    fns["MXNet unpacked"] = mxnet_forward(
+                        mx, *network.optimize_for_inference(symbol, arg_params, aux_params,
+                                                            pack_blocks=False), batch, data)
                 x = torch.from_numpy(data)
 
                 def torch_forward():
@@ -114,6 +121,9 @@ def parent(argv=None):
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up calls (default: 2)")
     parser.add_argument("--quick", action="store_true", help="3 rounds after 1 warm-up call")
+    parser.add_argument("--unpacked", action="store_true",
+                        help="also time the optimized graph with pack_blocks=False (the unpacked "
+                             "IGCBlock kernel, with its AVX-512 GEMM)")
     args = parser.parse_args(argv)
     threads = harness.parse_threads(parser, args.threads)
     try:
@@ -131,7 +141,8 @@ def parent(argv=None):
 
     results = {(name, t): harness.run_child(
         __file__, dict(threads=t, rounds=rounds, warmup=warmup, batches=batches,
-                       networks=[name]), t) for name in networks for t in threads}
+                       networks=[name], unpacked=args.unpacked), t)
+        for name in networks for t in threads}
     harness.print_header(f"Inference, {SIZE}x{SIZE}, median of {rounds} interleaved rounds",
                          "mxnet", "torch", "onnxruntime")
     first = next(iter(results.values()))

@@ -11,6 +11,7 @@
 #define IGC_OPERATOR_IGC_BLOCK_H_
 
 #include <cstdint>
+#include <functional>
 
 namespace igc {
 
@@ -46,12 +47,20 @@ void packed_block_forward_cpu(const BlockGeometry& g, const float* x, const floa
                               const float* w_lin, const float* b_lin, float* y, void* workspace);
 
 // How both kernels share a call among threads: each work item is one image's output rows
-// [chunk j of `chunks`); more than one chunk only when there are fewer images than threads.
+// [chunk j of `chunks`); more than one chunk only when there are fewer images than threads. Each
+// thread works in its own `per_thread_floats` of the workspace.
 struct BlockSplit {
-  int64_t chunks, items;
+  int64_t chunks, items, per_thread_floats;
   int threads;
+
+  int64_t workspace_bytes() const { return 4 * per_thread_floats * threads + 64; }
 };
-BlockSplit block_split(const BlockGeometry& g);
+BlockSplit block_split(const BlockGeometry& g, int64_t per_thread_floats);
+
+// Runs item(image, row_begin, row_end, the thread's floats) for every work item of `split` on
+// its threads; `workspace` holds split.workspace_bytes().
+void run_block_items(const BlockGeometry& g, const BlockSplit& split, void* workspace,
+                     const std::function<void(int64_t, int64_t, int64_t, float*)>& item);
 
 }  // namespace igc
 

@@ -226,7 +226,7 @@ Plan make_plan(const BlockGeometry& g) {
   p.per_thread_floats = 2 * kGuard + align_floats(g.expanded * p.e_plane) +
                         align_floats(g.expanded * p.d_plane) + align_floats(p.masks) +
                         align_floats(2 * p.table);
-  p.split = block_split(g);
+  p.split = block_split(g, p.per_thread_floats);
   return p;
 }
 
@@ -312,7 +312,7 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
 
 }  // namespace
 
-BlockSplit block_split(const BlockGeometry& g) {
+BlockSplit block_split(const BlockGeometry& g, int64_t per_thread_floats) {
   const int64_t Hout = g.out_height(), Wout = g.out_width();
   const int64_t macs = g.batch * (g.height * g.width * g.expanded * (g.in_channels / g.groups) +
                                   Hout * Wout * g.expanded * (9 + g.out_channels / g.groups));
@@ -322,7 +322,22 @@ BlockSplit block_split(const BlockGeometry& g) {
              : std::min<int64_t>(Hout, (max_threads + g.batch - 1) / g.batch);
   s.items = g.batch * s.chunks;
   s.threads = static_cast<int>(std::min<int64_t>(max_threads, s.items));
+  s.per_thread_floats = per_thread_floats;
   return s;
+}
+
+void run_block_items(const BlockGeometry& g, const BlockSplit& split, void* workspace,
+                     const std::function<void(int64_t, int64_t, int64_t, float*)>& item) {
+  const int64_t Hout = g.out_height(), chunks = split.chunks;
+  float* ws = reinterpret_cast<float*>(
+      (reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
+#pragma omp parallel for schedule(static) num_threads(split.threads)
+  for (int64_t i = 0; i < split.items; ++i) {
+    const int64_t image = i / chunks, chunk = i % chunks;
+    const int64_t begin = chunk * Hout / chunks, end = (chunk + 1) * Hout / chunks;
+    if (begin == end) continue;
+    item(image, begin, end, ws + omp_get_thread_num() * split.per_thread_floats);
+  }
 }
 
 const char* block_geometry_error(const BlockGeometry& g) {
@@ -342,8 +357,7 @@ const char* block_geometry_error(const BlockGeometry& g) {
 }
 
 int64_t block_workspace_bytes(const BlockGeometry& g) {
-  const Plan p = make_plan(g);
-  return 4 * p.per_thread_floats * p.split.threads + 64;
+  return make_plan(g).split.workspace_bytes();
 }
 
 void block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_exp,
@@ -351,17 +365,10 @@ void block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_ex
                        const float* w_lin, const float* b_lin, float* y, void* workspace) {
   const Kernels kern = pick_kernels();  // IGC_CONV_BASELINE is read on every call (tests)
   const Plan p = make_plan(g);
-  const int64_t Hout = g.out_height(), chunks = p.split.chunks;
-  float* ws = reinterpret_cast<float*>(
-      (reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
-#pragma omp parallel for schedule(static) num_threads(p.split.threads)
-  for (int64_t item = 0; item < p.split.items; ++item) {
-    const int64_t image = item / chunks, chunk = item % chunks;
-    const int64_t begin = chunk * Hout / chunks, end = (chunk + 1) * Hout / chunks;
-    if (begin == end) continue;
-    run_item(g, p, kern, image, begin, end, x, w_exp, b_exp, w_dw, b_dw, w_lin, b_lin, y,
-             ws + omp_get_thread_num() * p.per_thread_floats);
-  }
+  run_block_items(g, p.split, workspace, [&](int64_t image, int64_t begin, int64_t end,
+                                             float* ws) {
+    run_item(g, p, kern, image, begin, end, x, w_exp, b_exp, w_dw, b_dw, w_lin, b_lin, y, ws);
+  });
 }
 
 }  // namespace igc

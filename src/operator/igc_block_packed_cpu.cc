@@ -12,7 +12,6 @@
 // Vectors along the filters leave no idle lanes on 7x7 and 14x14 planes (49 and 196 columns),
 // where the plain kernel's 16-column blocks do. AVX2+FMA, or portable C++ (the same layouts).
 #include <immintrin.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -48,7 +47,7 @@ Plan make_plan(const BlockGeometry& g) {
   // (a multiple of 16 floats: every thread's part starts on a 64-byte boundary)
   p.per_thread_floats = (blocks * (p.e_plane + p.d_plane + 80) +
                          2 * (p.e_rows * g.width + g.in_channels + g.expanded) + 15) / 16 * 16;
-  p.split = block_split(g);
+  p.split = block_split(g, p.per_thread_floats);
   return p;
 }
 
@@ -381,8 +380,7 @@ const char* packed_block_error(const BlockGeometry& g) {
 }
 
 int64_t packed_block_workspace_bytes(const BlockGeometry& g) {
-  const Plan p = make_plan(g);
-  return 4 * p.per_thread_floats * p.split.threads + 64;
+  return make_plan(g).split.workspace_bytes();
 }
 
 void packed_block_forward_cpu(const BlockGeometry& g, const float* x, const float* w_exp,
@@ -390,17 +388,10 @@ void packed_block_forward_cpu(const BlockGeometry& g, const float* x, const floa
                               const float* w_lin, const float* b_lin, float* y, void* workspace) {
   const Kernels kern = pick_kernels();  // IGC_CONV_BASELINE is read on every call (tests)
   const Plan p = make_plan(g);
-  const int64_t Hout = g.out_height(), chunks = p.split.chunks;
-  float* ws = reinterpret_cast<float*>(
-      (reinterpret_cast<uintptr_t>(workspace) + 63) / 64 * 64);
-#pragma omp parallel for schedule(static) num_threads(p.split.threads)
-  for (int64_t item = 0; item < p.split.items; ++item) {
-    const int64_t image = item / chunks, chunk = item % chunks;
-    const int64_t begin = chunk * Hout / chunks, end = (chunk + 1) * Hout / chunks;
-    if (begin == end) continue;
-    run_item(g, p, kern, image, begin, end, x, w_exp, b_exp, w_dw, b_dw, w_lin, b_lin, y,
-             ws + omp_get_thread_num() * p.per_thread_floats);
-  }
+  run_block_items(g, p.split, workspace, [&](int64_t image, int64_t begin, int64_t end,
+                                             float* ws) {
+    run_item(g, p, kern, image, begin, end, x, w_exp, b_exp, w_dw, b_dw, w_lin, b_lin, y, ws);
+  });
 }
 
 }  // namespace igc

@@ -42,6 +42,12 @@ CASES = [
     # Weight gradient as row dot products (planes of >= 256 values): 289 values (a vector's
     # tail), 3 images per item and a short last block, 7 filters x 5 channels per group.
     (20, 10, 17, 17, 14, 2, (1, 1), (1, 1), (0, 0), True, True, "float32"),
+    # The AVX2 GEMM with its A in panels and more than 32 rows (a copy of each pass's B slice):
+    # 32x32 planes (rows 4 KB apart), 40 filters (a 4-row last panel) over 136 inputs (two
+    # passes) forward, 136 rows over 40 in the data gradient; 3x3 planes (fewer columns than one
+    # block: masked, no copy) with 38 filters, and 24 images (3 per weight-gradient item).
+    (2, 136, 32, 32, 40, 1, (1, 1), (1, 1), (0, 0), False, False, "float32"),
+    (24, 40, 3, 3, 38, 1, (1, 1), (1, 1), (0, 0), True, True, "float32"),
 ]
 # input_branches=B: the conv reads Reorder(B) of its data (one input channel per group). (case,
 # B) with C/B != B, so that reading the inverse permutation would fail: IGCV3's depthwise shape
@@ -126,7 +132,7 @@ def test_permuted_input_equals_permutation_plus_convolution(ops, case, branches)
     check_against_reference(case, branches)
 
 
-@pytest.mark.parametrize("case", [CASES[i] for i in (1, 3, 9, 13, -4, -1)], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[i] for i in (1, 3, 9, 13, -6, -3, -1)], ids=case_id)
 def test_sse2_baseline_path_equals_convolution_plus_permutation(ops, case, monkeypatch):
     monkeypatch.setenv("IGC_CONV_BASELINE", "1")  # read on every call by the kernels
     check_against_reference(case)
@@ -145,7 +151,8 @@ def test_results_do_not_depend_on_the_thread_count(run_on_threads, threads):
     """Items (images x groups, or blocks of images for a pointwise backward) are dealt out to
     the threads dynamically and the weight gradient is summed over per-thread partials."""
     run_on_threads("test_igc_conv", "[t.check_against_reference(c) for c in "
-                   "(t.CASES[2], t.CASES[3], t.CASES[-4], t.CASES[-1])] + "
+                   "(t.CASES[2], t.CASES[3], t.CASES[-6], t.CASES[-3], t.CASES[-2], "
+                   "t.CASES[-1])] + "
                    "[t.check_against_reference(*t.PERMUTED_CASES[1])]", threads)
 
 

@@ -13,6 +13,8 @@
 namespace igc {
 
 // c[m][n] = bias[m] + sum_k a[m * lda + k] * b[k][n] (+ r[m][n]), 0 <= m < M, 0 <= n < N.
+// `panels`, when not null, holds the same A packed by pack_gemm_panels: the AVX2 kernel then
+// reads it instead of a (the other kernels always read a).
 struct Gemm {
   int64_t M, N, K;
   const float* a;
@@ -23,9 +25,18 @@ struct Gemm {
   const float* bias;
   const float* r;  // nullptr: no residual
   int64_t ldr;
+  const float* panels;
 };
 
 using GemmKernel = void (*)(const Gemm&);
+
+// A (M x K, rows lda apart) as the AVX2 kernel's register blocks read it: ceil(M / kGemmPanelRows) panels of
+// K x kGemmPanelRows values, row i of a panel at offset i of each group (rows past M zero), so that a
+// block's weights are one sequential stream instead of one per row. gemm_panel_floats is the size;
+// 0 where the picked kernel reads rows in place (portable C++, AVX-512), and nothing to pack.
+constexpr int64_t kGemmPanelRows = 6;
+int64_t gemm_panel_floats(int64_t M, int64_t K);
+void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* panels);
 
 // The GEMM for this CPU and environment: an 8 x 32 AVX-512 register block, a 6 x 16 AVX2+FMA
 // one, or portable C++ (see use_avx2_kernels / use_avx512_kernels). Single-threaded.

@@ -284,7 +284,7 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
         }
         kern.gemm(Gemm{k, (hi - lo) * W, in_per_group, w_exp + grp * k * in_per_group,
                        in_per_group, table, e + grp * k * p.e_plane + (lo - first) * W,
-                       p.e_plane, b_exp + grp * k, nullptr, 0});
+                       p.e_plane, b_exp + grp * k, nullptr, 0, nullptr});
       }
     }
     have_first = first;
@@ -305,7 +305,7 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
       const int64_t first_out = grp * out_per_group;
       kern.gemm(Gemm{out_per_group, rows * Wout, k, w_lin + first_out * k, k, table,
                      y_image + (first_out * Hout + o0) * Wout, Hout * Wout, b_lin + first_out,
-                     g.residual ? x_image + (first_out * H + o0) * W : nullptr, H * W});
+                     g.residual ? x_image + (first_out * H + o0) * W : nullptr, H * W, nullptr});
     }
   }
 }

@@ -93,6 +93,8 @@ struct Args {
   bool want_bias;           // backward: compute the bias gradient
   int64_t images;           // backward: images per item (see backward_images)
   GemmKernel gemm;          // float pointwise convs: the forward and data gradient, else null
+  const float* panels;      // the GEMM's A of each group packed (see gemm_panels), or null
+  int64_t panel_floats;     // per group
   RowDotsKernel dots;       // the row-dot backward (see row_dots_backward), else null
 };
 
@@ -358,6 +360,7 @@ void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, 
     const ConvGeometry& g = a.g;
     const Layout& l = a.l;
     const int64_t values = g.width, first = group * l.fg;
+    const float* panels = a.panels ? a.panels + group * a.panel_floats : nullptr;
     if (!data_grad) {
       for (int64_t c = 0; c < l.cg; ++c) {
         rows[c] = a.data + (n * g.in_channels + group * l.cg + c) * values;
@@ -365,14 +368,14 @@ void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, 
       a.gemm(Gemm{l.fg, values, l.cg, a.weight + first * l.cg, l.cg, rows,
                   a.out + (n * g.filters + conv_output_channel(g, first)) * values,
                   conv_filter_channel_step(g) * values, a.bias ? a.bias + first : a.zeros,
-                  nullptr, 0});
+                  nullptr, 0, panels});
     } else {
       for (int64_t f = 0; f < l.fg; ++f) {
         rows[f] = a.out_grad + (n * g.filters + conv_output_channel(g, first + f)) * values;
       }
       a.gemm(Gemm{l.cg, values, l.fg, a.flipped + group * l.cg * l.fg, l.fg, rows,
                   a.data_grad + (n * g.in_channels + group * l.cg) * values, values, a.zeros,
-                  nullptr, 0});
+                  nullptr, 0, panels});
     }
   }
 }
@@ -467,7 +470,8 @@ void pointwise_weight_gemm(const Args<T>& a, int64_t n0, int64_t count, int64_t 
       }
     }
     for (int64_t k = 0; k < depth; ++k) rows[k] = p + k * l.cg;
-    a.gemm(Gemm{l.fg, l.cg, depth, d, l.d_chan, rows, scratch, l.cg, a.zeros, nullptr, 0});
+    a.gemm(Gemm{l.fg, l.cg, depth, d, l.d_chan, rows, scratch, l.cg, a.zeros, nullptr, 0,
+                nullptr});
     T* dw = partial + group * l.fg * l.cg;
     for (int64_t i = 0; i < l.fg * l.cg; ++i) dw[i] += scratch[i];
     if (a.want_bias) {
@@ -633,15 +637,21 @@ RowDotsKernel pointwise_dots_kernel(const ConvGeometry& g) {
 // images until a row block has about kImageBlockValues values: on small planes (4x4, 7x7) one
 // image's products are fewer than the loads and stores of the weight gradient's partial sums
 // they update. Bounded by the item's input and output rows fitting in kImageBlockBytes (they are
-// reread from cache, once per pair of filters) and by at least 8 items for the threads.
+// reread from cache, once per pair of filters), or kGemmBlockBytes where the weight gradient is
+// a GEMM over copies of them (float planes under kDotsMinValues: each item writes and adds a
+// filters x channels product, which more images per item amortise), and by at least 8 items for
+// the threads.
 constexpr int64_t kImageBlockValues = 1024;
 constexpr int64_t kImageBlockBytes = 256 * 1024;
+constexpr int64_t kGemmBlockBytes = 1024 * 1024;
 int64_t backward_images(const ConvGeometry& g, int64_t value_bytes) {
   if (!pointwise(g)) return 1;
   const int64_t wanted = (kImageBlockValues + g.width - 1) / g.width;
   const int64_t image_bytes = (g.in_channels + g.filters) / g.groups * g.width * value_bytes;
+  const bool gemm = value_bytes == sizeof(float) && g.width < kDotsMinValues;
+  const int64_t budget = gemm ? kGemmBlockBytes : kImageBlockBytes;
   return std::max<int64_t>(
-      1, std::min({wanted, kImageBlockBytes / image_bytes, g.batch * g.groups / 8, g.batch}));
+      1, std::min({wanted, budget / image_bytes, g.batch * g.groups / 8, g.batch}));
 }
 
 // The geometry a backward item is laid out for: a pointwise item has one row per image.
@@ -666,8 +676,18 @@ int conv_threads(const ConvGeometry& g) {
 
 // Workspace: [shared part][thread 0][thread 1]..., every piece 64-byte aligned.
 struct Workspace {
-  int64_t fwd_taps, bwd_taps, flipped, zeros, shared, per_thread, p, d, e, partial, rows, total;
+  int64_t fwd_taps, bwd_taps, flipped, zeros, panels, shared, per_thread, p, d, e, partial, rows,
+      total;
 };
+
+// Floats per group of the pointwise GEMM's packed A (the weights forward, the flipped weights for
+// the data gradient): what the AVX2 GEMM reads as panels; 0 for other convs and kernels.
+template <typename T>
+int64_t gemm_panels(const ConvGeometry& g, bool backward, bool avx2) {
+  if (!std::is_same<T, float>::value || !pointwise(g) || !avx2) return 0;
+  const int64_t cg = g.in_channels / g.groups, fg = g.filters / g.groups;
+  return backward ? gemm_panel_floats(cg, fg) : gemm_panel_floats(fg, cg);
+}
 
 template <typename T>
 Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
@@ -679,7 +699,8 @@ Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
   w.bwd_taps = align_bytes(l.cg * l.k2 * sizeof(int64_t));
   w.flipped = w.bwd_taps + (backward ? align_bytes(l.fg * l.k2 * sizeof(int64_t)) : 0);
   w.zeros = w.flipped + (backward ? align_bytes(g.filters * l.cg * l.k2 * sizeof(T)) : 0);
-  w.shared = w.zeros + align_bytes(std::max(l.cg, l.fg) * sizeof(T));
+  w.panels = w.zeros + align_bytes(std::max(l.cg, l.fg) * sizeof(T));
+  w.shared = w.panels + align_bytes(g.groups * gemm_panels<T>(g, backward, avx2) * sizeof(float));
   w.p = 0;
   w.d = in_place ? 0 : align_bytes(l.p_size * sizeof(T));
   w.e = w.d + (backward && !in_place ? align_bytes(l.d_size * sizeof(T)) : 0);
@@ -726,6 +747,23 @@ void fill_forward_taps(const ConvGeometry& g, const Layout& l, int64_t* taps) {
   }
 }
 
+// Inside a parallel region: every group's A (rows x cols values per group, consecutive) packed
+// into its panels (panel_floats apart), the panels shared out over the team; the
+// implicit barrier at the end leaves them all ready.
+template <typename T>
+void pack_panels(const T* a, int64_t rows, int64_t cols, int64_t groups, float* panels,
+                 int64_t panel_floats) {
+  if constexpr (std::is_same<T, float>::value) {
+    const int64_t blocks = (rows + kGemmPanelRows - 1) / kGemmPanelRows;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < groups * blocks; ++i) {
+      const int64_t group = i / blocks, m0 = i % blocks * kGemmPanelRows;
+      pack_gemm_panels(a + (group * rows + m0) * cols, cols, std::min(kGemmPanelRows, rows - m0),
+                       cols, panels + group * panel_floats + m0 * cols);
+    }
+  }
+}
+
 template <typename T>
 void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bias, T* out,
              char* ws, int64_t ws_bytes) {
@@ -737,9 +775,11 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   fill_forward_taps<T>(g, l, fwd_taps);
   T* zeros = reinterpret_cast<T*>(ws + w.zeros);
   std::fill(zeros, zeros + std::max(l.cg, l.fg), T(0));
+  const int64_t panel_floats = gemm_panels<T>(g, false, avx2);
+  float* panels = panel_floats ? reinterpret_cast<float*>(ws + w.panels) : nullptr;
   const Args<T> a{g,       l,       data,  weight, bias, out, nullptr, nullptr, fwd_taps,
                   nullptr, nullptr, zeros, false,  1,    pointwise_gemm_kernel<T>(g),
-                  nullptr};
+                  panels,  panel_floats, nullptr};
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
   const int64_t items = g.batch * g.groups;
   const int threads = plan.threads;
@@ -749,6 +789,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
     T* p = reinterpret_cast<T*>(mine + w.p);
     const T** rows = reinterpret_cast<const T**>(mine + w.rows);
     if (!a.gemm) std::memset(p, 0, l.p_size * sizeof(T));
+    if (panels) pack_panels(weight, l.fg, l.cg, g.groups, panels, panel_floats);
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
     for (int64_t item = 0; item < items; ++item) run(a, item, p, rows);
   }
@@ -786,9 +827,12 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
       }
     }
   }
+  const int64_t panel_floats = gemm_panels<T>(g, true, avx2);
+  float* panels = panel_floats ? reinterpret_cast<float*>(ws + w.panels) : nullptr;
   const Args<T> a{g,        l,     data,  weight, nullptr, nullptr, out_grad, data_grad, fwd_taps,
                   bwd_taps, flipped, zeros, bias_grad != nullptr, images,
-                  pointwise_gemm_kernel<T>(g), pointwise_dots_kernel<T>(g)};
+                  pointwise_gemm_kernel<T>(g), panels, panel_floats,
+                  pointwise_dots_kernel<T>(g)};
   const BackwardItem<T> run =
       images > 1 || a.gemm ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)
                            : (avx2 ? backward_item_avx2<T> : backward_item_sse2<T>);
@@ -813,6 +857,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
       std::memset(e, 0, l.e_size * sizeof(T));
     }
     std::memset(partial, 0, reduced * lanes * sizeof(T));
+    if (panels) pack_panels(flipped, l.cg, l.fg, g.groups, panels, panel_floats);
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
     for (int64_t item = 0; item < items; ++item) run(a, item, p, d, e, partial, rows);
     // The implicit barrier above makes every thread's partial sums complete.

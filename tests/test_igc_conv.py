@@ -49,6 +49,16 @@ CASES = [
     (2, 136, 32, 32, 40, 1, (1, 1), (1, 1), (0, 0), False, False, "float32"),
     (24, 40, 3, 3, 38, 1, (1, 1), (1, 1), (0, 0), True, True, "float32"),
 ]
+# Depthwise 3x3 at unit stride (one input and one output plane per group: the stencil kernel of
+# the forward and the data gradient, in blocks of 4 rows x 2 vectors or 8 rows x 1 vector): 11,
+# 9, 6 and 13 rows (every short last block of rows), 20, 9 and 10 columns (two-vector blocks, a
+# one-vector block, partial vectors), float32 and float64.
+STENCIL_CASES = [
+    (2, 6, 11, 20, 6, 6, (3, 3), (1, 1), (1, 1), True, False, "float32"),
+    (3, 5, 9, 9, 5, 5, (3, 3), (1, 1), (1, 1), False, True, "float32"),
+    (2, 3, 6, 10, 3, 3, (3, 3), (1, 1), (1, 1), False, False, "float32"),
+    (2, 4, 13, 20, 4, 4, (3, 3), (1, 1), (1, 1), True, False, "float64"),
+]
 # input_branches=B: the conv reads Reorder(B) of its data (one input channel per group). (case,
 # B) with C/B != B, so that reading the inverse permutation would fail: IGCV3's depthwise shape
 # at stride 1 and 2, two filters per group with a strided column, an interleaved output too, and
@@ -123,6 +133,17 @@ def case_id(c):
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_forward_and_gradients_equal_convolution_plus_permutation(ops, case):
+    check_against_reference(case)
+
+
+@pytest.mark.parametrize("case", STENCIL_CASES, ids=case_id)
+def test_depthwise_unit_stride_equals_convolution(ops, case):
+    check_against_reference(case)
+
+
+@pytest.mark.parametrize("case", STENCIL_CASES[:2], ids=case_id)
+def test_sse2_baseline_depthwise_unit_stride_equals_convolution(ops, case, monkeypatch):
+    monkeypatch.setenv("IGC_CONV_BASELINE", "1")
     check_against_reference(case)
 
 

@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 
 #include "igc_conv.h"
 #include "common.h"
@@ -249,6 +248,102 @@ IGC_INLINE void correlate_planes_fb(const T* in, int64_t row_step, const int64_t
 #undef IGC_BLOCK
 }
 
+// out[y][x] = init + sum over ky, kx < 3 of w[ky * 3 + kx] * in[(y + ky) * row_step + x + kx],
+// for R rows x PV vectors of output columns from (y0, x0): a 3x3 kernel at unit stride (a
+// depthwise conv's forward and data gradient). Every input vector loaded serves each output row
+// of the block that reads it, (R + 2) * 3 loads per column vector instead of R * 9; each sum
+// still takes its nine terms in the order of correlate_block.
+template <typename T, int kBytes, int R, int PV>
+IGC_INLINE void stencil3_block(const T* in, int64_t row_step, const T* w, T init, int64_t y0,
+                               int64_t x0, T* out, int64_t out_w) {
+  typedef typename Vec<T, kBytes>::type V;
+  typedef typename Vec<T, kBytes>::unaligned VU;
+  constexpr int kW = Vec<T, kBytes>::kWidth;
+  if constexpr (R * PV <= kBlockVectors) {
+    V acc[R][PV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+      for (int v = 0; v < PV; ++v) acc[r][v] = V{} + init;
+    }
+#pragma GCC unroll 10
+    for (int ir = 0; ir < R + 2; ++ir) {
+      const T* row = in + (y0 + ir) * row_step + x0;
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx) {
+#pragma GCC unroll 2
+        for (int v = 0; v < PV; ++v) {
+          const V x = *reinterpret_cast<const VU*>(row + kx + v * kW);
+#pragma GCC unroll 3
+          for (int ky = 2; ky >= 0; --ky) {  // output rows ir - 2 .. ir, first to last
+            const int r = ir - ky;
+            if (r >= 0 && r < R) acc[r][v] += w[ky * 3 + kx] * x;
+          }
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      T* dst = out + (y0 + r) * out_w + x0;
+#pragma GCC unroll 2
+      for (int v = 0; v < PV; ++v) {
+        const int64_t count = out_w - x0 - v * kW;
+        if (count >= kW) {
+          *reinterpret_cast<VU*>(dst + v * kW) = acc[r][v];
+        } else {
+          for (int64_t i = 0; i < count; ++i) dst[v * kW + i] = acc[r][v][i];
+        }
+      }
+    }
+  }
+}
+
+// One output plane of a 3x3 unit-stride kernel (see stencil3_block): columns in blocks of 2
+// vectors (1 for a last odd one), rows in blocks of 8 / that many.
+template <typename T, int kBytes>
+IGC_INLINE void stencil3_plane(const T* in, int64_t row_step, const T* w, T init, T* out,
+                               int64_t out_h, int64_t out_w) {
+  constexpr int kW = Vec<T, kBytes>::kWidth;
+  const int64_t per_row = (out_w + kW - 1) / kW;
+#define IGC_STENCIL(R, PV) \
+  stencil3_block<T, kBytes, R, PV>(in, row_step, w, init, y, x0, out, out_w)
+  for (int64_t x0 = 0, v = 0; v < per_row; v += 2, x0 += 2 * kW) {
+    int64_t y = 0;
+    if (v + 2 <= per_row) {
+      for (; y + 4 <= out_h; y += 4) IGC_STENCIL(4, 2);
+      switch (out_h - y) {
+        case 3: IGC_STENCIL(3, 2); break;
+        case 2: IGC_STENCIL(2, 2); break;
+        case 1: IGC_STENCIL(1, 2); break;
+        default: break;
+      }
+    } else {
+      for (; y + 8 <= out_h; y += 8) IGC_STENCIL(8, 1);
+      switch (out_h - y) {
+        case 7: IGC_STENCIL(7, 1); break;
+        case 6: IGC_STENCIL(6, 1); break;
+        case 5: IGC_STENCIL(5, 1); break;
+        case 4: IGC_STENCIL(4, 1); break;
+        case 3: IGC_STENCIL(3, 1); break;
+        case 2: IGC_STENCIL(2, 1); break;
+        case 1: IGC_STENCIL(1, 1); break;
+        default: break;
+      }
+    }
+  }
+#undef IGC_STENCIL
+}
+
+// Whether the 9 taps are a 3x3 kernel at unit stride on rows row_step apart: taps[ky * 3 + kx]
+// = taps[0] + ky * row_step + kx.
+inline bool unit_stencil3(const int64_t* taps, int64_t num_taps, int64_t row_step) {
+  if (num_taps != 9) return false;
+  for (int t = 0; t < 9; ++t) {
+    if (taps[t] != taps[0] + t / 3 * row_step + t % 3) return false;
+  }
+  return true;
+}
+
 // num_planes output planes (see correlate_block), two at a time where possible: sharing each
 // input load between two planes halves the loads per multiply-add.
 template <typename T, int kBytes>
@@ -256,6 +351,9 @@ IGC_INLINE void correlate_planes(const T* in, int64_t row_step, const int64_t* t
                                  int64_t w_stride, int64_t num_taps, const T* init, T* out,
                                  int64_t out_stride, int64_t num_planes, int64_t out_h,
                                  int64_t out_w) {
+  if (num_planes == 1 && unit_stencil3(taps, num_taps, row_step)) {
+    return stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
+  }
   int64_t f = 0;
   for (; f + 2 <= num_planes; f += 2) {
     correlate_planes_fb<T, kBytes, 2>(in, row_step, taps, w + f * w_stride, w_stride, num_taps,

@@ -59,6 +59,15 @@ STENCIL_CASES = [
     (2, 3, 6, 10, 3, 3, (3, 3), (1, 1), (1, 1), False, False, "float32"),
     (2, 4, 13, 20, 4, 4, (3, 3), (1, 1), (1, 1), True, False, "float64"),
 ]
+# Column stride 2 in float32 (the AVX2 split of input rows into column phases, 16 values at a
+# time, and the spread of the output gradient over every other column): padding 0, 1 and 2
+# (the first input column in the second phase for odd padding), rows of 37, 40 and 18 values
+# (whole blocks and tails), 3x3 and 5x5 kernels, row stride 2 and 1.
+STRIDE2_CASES = [
+    (2, 6, 11, 37, 6, 6, (3, 3), (2, 2), (0, 0), True, False, "float32"),
+    (2, 4, 8, 40, 8, 2, (5, 5), (2, 2), (2, 2), False, True, "float32"),
+    (2, 3, 9, 18, 3, 3, (3, 3), (1, 2), (1, 1), True, False, "float32"),
+]
 # input_branches=B: the conv reads Reorder(B) of its data (one input channel per group). (case,
 # B) with C/B != B, so that reading the inverse permutation would fail: IGCV3's depthwise shape
 # at stride 1 and 2, two filters per group with a strided column, an interleaved output too, and
@@ -133,6 +142,11 @@ def case_id(c):
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_forward_and_gradients_equal_convolution_plus_permutation(ops, case):
+    check_against_reference(case)
+
+
+@pytest.mark.parametrize("case", STRIDE2_CASES, ids=case_id)
+def test_column_stride_2_equals_convolution(ops, case):
     check_against_reference(case)
 
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "igc_conv.h"
 #include "common.h"
@@ -105,8 +106,37 @@ struct Vec {
   static constexpr int kWidth = kBytes / sizeof(T);
 };
 
+// Stride-2 column phases of one row with AVX2: even[j] = row[2j], odd[j] = row[2j + 1] for the
+// `count` values row[0 .. count), 16 at a time (two permutes and two blends of halves).
+IGC_TARGET_AVX2 inline void split_phases_avx2(const float* row, int64_t count, float* even,
+                                              float* odd) {
+  const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(row + i), order);
+    const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(row + i + 8), order);
+    _mm256_storeu_ps(even + i / 2, _mm256_permute2f128_ps(a, b, 0x20));
+    _mm256_storeu_ps(odd + i / 2, _mm256_permute2f128_ps(a, b, 0x31));
+  }
+  for (; i < count; ++i) (i % 2 ? odd : even)[i / 2] = row[i];
+}
+
+// out[2x] = row[x] and out[2x + 1] = 0 for x < count (the last odd slot only where a whole
+// vector of 8 values ends): a stride-2 output gradient row spread over the zero-dilated D.
+IGC_TARGET_AVX2 inline void dilate2_avx2(const float* row, int64_t count, float* out) {
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t x = 0;
+  for (; x + 8 <= count; x += 8) {
+    const __m256 v = _mm256_loadu_ps(row + x);
+    const __m256 lo = _mm256_unpacklo_ps(v, zero), hi = _mm256_unpackhi_ps(v, zero);
+    _mm256_storeu_ps(out + 2 * x, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(out + 2 * x + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+  for (; x < count; ++x) out[2 * x] = row[x];
+}
+
 // Copies the group's input channels of sample n into the interior of P (padding stays zero).
-template <typename T>
+template <typename T, int kBytes>
 IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T* p) {
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
@@ -124,6 +154,15 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
       T* drow = dst + (iy + g.pad_h) * l.wq;
       if (g.stride_w == 1) {
         if (ix_end > 0) std::memcpy(drow + g.pad_w, row, ix_end * sizeof(T));
+      } else if (kBytes == 32 && std::is_same<T, float>::value && g.stride_w == 2) {
+        if constexpr (kBytes == 32 && std::is_same<T, float>::value) {
+          // Input column ix goes to phase (ix + pad_w) % 2, column (ix + pad_w) / 2: from the
+          // first ix with (ix + pad_w) even, even offsets go to phase 0 and odd ones to 1.
+          const int64_t ix0 = std::min(g.pad_w % 2, ix_end);
+          if (ix0 == 1) drow[l.p_phase + g.pad_w / 2] = row[0];
+          const int64_t q0 = (ix0 + g.pad_w) / 2;
+          split_phases_avx2(row + ix0, ix_end - ix0, drow + q0, drow + l.p_phase + q0);
+        }
       } else {
         for (int64_t phase = 0; phase < g.stride_w; ++phase) {
           // Input columns ix with (ix + pad_w) % stride_w == phase, from the first >= 0.
@@ -484,7 +523,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
   const Layout& l = a.l;
   const int64_t n = item / g.groups, group = item % g.groups;
   if (a.gemm) return pointwise_gemm(a, n, group, false, rows);
-  fill_padded_input(a, n, group, p);
+  fill_padded_input<T, kBytes>(a, n, group, p);
   const int64_t plane = l.ho * l.wo;
   const int64_t out_stride = conv_filter_channel_step(g) * plane;
   const int64_t first = group * l.fg;
@@ -503,7 +542,7 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
   const Layout& l = a.l;
   const int64_t n = item / g.groups, group = item % g.groups;
   const bool unit_stride = g.stride_h == 1 && g.stride_w == 1;
-  fill_padded_input(a, n, group, p);
+  fill_padded_input<T, kBytes>(a, n, group, p);
   for (int64_t f = 0; f < l.fg; ++f) {
     const int64_t filter = group * l.fg + f;
     const T* dy = a.out_grad + (n * g.filters + conv_output_channel(g, filter)) * l.ho * l.wo;
@@ -513,6 +552,8 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
       T* drow = dchan + y * g.stride_h * l.wd;
       if (g.stride_w == 1) {
         std::memcpy(drow, row, l.wo * sizeof(T));
+      } else if (kBytes == 32 && std::is_same<T, float>::value && g.stride_w == 2) {
+        if constexpr (kBytes == 32 && std::is_same<T, float>::value) dilate2_avx2(row, l.wo, drow);
       } else {
         for (int64_t x = 0; x < l.wo; ++x) drow[x * g.stride_w] = row[x];
       }

@@ -450,6 +450,46 @@ IGC_INLINE void weight_grad_taps(const T* in, int64_t row_step, const int64_t* t
   }
 }
 
+// The weight (and bias) gradient of one filter with a 3x3 kernel at unit stride (taps[ky * 3 +
+// kx] = ky * row_step + kx from `in`, see unit_stencil3): sums[t] and bias_sum as in
+// weight_grad_taps, in one pass. Down each column of vectors, input row i is loaded once (three
+// column shifts) for the up to 3 output-gradient rows i - 2 .. i that pair with it, which stay
+// in registers as the rows roll by: 3 loads + 1 for 9 multiply-adds, where the tap passes
+// loaded 10 and ran the ninth tap as one chain.
+// Planes with fewer rows take the tap passes: two of the out_h + 2 rolling steps load no output
+// gradient (4x4 planes: 7.4 ms against 6.8 ms for a 64 x 960 x 4 x 4 backward).
+constexpr int64_t kStencilMinRows = 8;
+
+template <typename T, int kBytes, bool kBias>
+IGC_INLINE void weight_grad_stencil3(const T* in, int64_t row_step, const T* e, int64_t e_pitch,
+                                     int64_t out_h, int64_t wo_pad, T* sums, T* bias_sum) {
+  typedef typename Vec<T, kBytes>::type V;
+  typedef typename Vec<T, kBytes>::unaligned VU;
+  constexpr int kW = Vec<T, kBytes>::kWidth;
+  V acc[9];
+  for (int t = 0; t < 9; ++t) acc[t] = *reinterpret_cast<VU*>(sums + t * kW);
+  V acc_bias = kBias ? *reinterpret_cast<VU*>(bias_sum) : V{};
+  for (int64_t x = 0; x < wo_pad; x += kW) {
+    V e2 = V{}, e1 = V{};  // output-gradient rows i - 2 and i - 1 (zero above the plane)
+    for (int64_t i = 0; i < out_h + 2; ++i) {
+      const V e0 = i < out_h ? *reinterpret_cast<const VU*>(e + i * e_pitch + x) : V{};
+      if (kBias) acc_bias += e0;
+      const T* row = in + i * row_step + x;
+#pragma GCC unroll 3
+      for (int kx = 0; kx < 3; ++kx) {
+        const V v = *reinterpret_cast<const VU*>(row + kx);
+        acc[kx] += e0 * v;
+        acc[3 + kx] += e1 * v;
+        acc[6 + kx] += e2 * v;
+      }
+      e2 = e1;
+      e1 = e0;
+    }
+  }
+  for (int t = 0; t < 9; ++t) *reinterpret_cast<VU*>(sums + t * kW) = acc[t];
+  if (kBias) *reinterpret_cast<VU*>(bias_sum) = acc_bias;
+}
+
 // Weight (and bias) gradient of FB filters over all their cg*k2 taps, kBlockTaps / FB at a time.
 template <typename T, int kBytes, int FB>
 IGC_INLINE void weight_grad_filters(const T* in, int64_t row_step, const int64_t* taps,
@@ -571,6 +611,19 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
   const int64_t e_stride = unit_stride ? l.d_chan : l.e_chan;
   const T* e0 = unit_stride ? d + (g.kernel_h - 1) * l.wd + g.kernel_w - 1 : e;
   const int64_t taps = l.cg * l.k2;
+  if (l.fg == 1 && l.ho >= kStencilMinRows &&
+      unit_stencil3(a.fwd_taps, taps, g.stride_h * l.wq)) {
+    T* sums = partial + group * taps * l.vw;
+    const T* in = p + a.fwd_taps[0];
+    if (a.want_bias) {
+      weight_grad_stencil3<T, kBytes, true>(in, l.wq, e0, e_pitch, l.ho, l.wo_pad, sums,
+                                            partial + (g.filters * taps + group) * l.vw);
+    } else {
+      weight_grad_stencil3<T, kBytes, false>(in, l.wq, e0, e_pitch, l.ho, l.wo_pad, sums,
+                                             nullptr);
+    }
+    return;
+  }
   for (int64_t f = 0; f < l.fg;) {
     const int64_t filter = group * l.fg + f;
     T* sums = partial + filter * taps * l.vw;

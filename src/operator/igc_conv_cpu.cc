@@ -98,6 +98,10 @@ struct Args {
   RowDotsKernel dots;       // the row-dot backward (see row_dots_backward), else null
 };
 
+// Whether kernels built for T and kBytes may call the AVX2 float helpers below.
+template <typename T, int kBytes>
+constexpr bool kAvx2Float = kBytes == 32 && std::is_same<T, float>::value;
+
 template <typename T, int kBytes>
 struct Vec {
   typedef T type __attribute__((vector_size(kBytes)));
@@ -154,8 +158,8 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
       T* drow = dst + (iy + g.pad_h) * l.wq;
       if (g.stride_w == 1) {
         if (ix_end > 0) std::memcpy(drow + g.pad_w, row, ix_end * sizeof(T));
-      } else if (kBytes == 32 && std::is_same<T, float>::value && g.stride_w == 2) {
-        if constexpr (kBytes == 32 && std::is_same<T, float>::value) {
+      } else if (kAvx2Float<T, kBytes> && g.stride_w == 2) {
+        if constexpr (kAvx2Float<T, kBytes>) {
           // Input column ix goes to phase (ix + pad_w) % 2, column (ix + pad_w) / 2: from the
           // first ix with (ix + pad_w) even, even offsets go to phase 0 and odd ones to 1.
           const int64_t ix0 = std::min(g.pad_w % 2, ix_end);
@@ -174,6 +178,22 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
           }
         }
       }
+    }
+  }
+}
+
+// PV accumulated vectors of one output row at dst (`left` values of the row from there): whole
+// vectors stored at once, the part of the last one inside the row value by value.
+template <typename T, int kBytes, int PV>
+IGC_INLINE void store_row(T* dst, const typename Vec<T, kBytes>::type* acc, int64_t left) {
+  typedef typename Vec<T, kBytes>::unaligned VU;
+  constexpr int kW = Vec<T, kBytes>::kWidth;
+  for (int v = 0; v < PV; ++v) {
+    const int64_t count = left - v * kW;
+    if (count >= kW) {
+      *reinterpret_cast<VU*>(dst + v * kW) = acc[v];
+    } else {
+      for (int64_t i = 0; i < count; ++i) dst[v * kW + i] = acc[v][i];
     }
   }
 }
@@ -213,15 +233,8 @@ IGC_INLINE void correlate_block(const T* in, int64_t row_step, const int64_t* ta
     }
     for (int f = 0; f < FB; ++f) {
       for (int r = 0; r < R; ++r) {
-        T* dst = out + f * out_stride + (y0 + r) * out_w + x0;
-        for (int v = 0; v < PV; ++v) {
-          const int64_t count = out_w - x0 - v * kW;
-          if (count >= kW) {
-            *reinterpret_cast<VU*>(dst + v * kW) = acc[f][r][v];
-          } else {
-            for (int64_t i = 0; i < count; ++i) dst[v * kW + i] = acc[f][r][v][i];
-          }
-        }
+        store_row<T, kBytes, PV>(out + f * out_stride + (y0 + r) * out_w + x0, acc[f][r],
+                                 out_w - x0);
       }
     }
   }
@@ -323,16 +336,7 @@ IGC_INLINE void stencil3_block(const T* in, int64_t row_step, const T* w, T init
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      T* dst = out + (y0 + r) * out_w + x0;
-#pragma GCC unroll 2
-      for (int v = 0; v < PV; ++v) {
-        const int64_t count = out_w - x0 - v * kW;
-        if (count >= kW) {
-          *reinterpret_cast<VU*>(dst + v * kW) = acc[r][v];
-        } else {
-          for (int64_t i = 0; i < count; ++i) dst[v * kW + i] = acc[r][v][i];
-        }
-      }
+      store_row<T, kBytes, PV>(out + (y0 + r) * out_w + x0, acc[r], out_w - x0);
     }
   }
 }
@@ -592,8 +596,8 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
       T* drow = dchan + y * g.stride_h * l.wd;
       if (g.stride_w == 1) {
         std::memcpy(drow, row, l.wo * sizeof(T));
-      } else if (kBytes == 32 && std::is_same<T, float>::value && g.stride_w == 2) {
-        if constexpr (kBytes == 32 && std::is_same<T, float>::value) dilate2_avx2(row, l.wo, drow);
+      } else if (kAvx2Float<T, kBytes> && g.stride_w == 2) {
+        if constexpr (kAvx2Float<T, kBytes>) dilate2_avx2(row, l.wo, drow);
       } else {
         for (int64_t x = 0; x < l.wo; ++x) drow[x * g.stride_w] = row[x];
       }

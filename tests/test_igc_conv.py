@@ -48,6 +48,13 @@ CASES = [
     # block: masked, no copy) with 38 filters, and 24 images (3 per weight-gradient item).
     (2, 136, 32, 32, 40, 1, (1, 1), (1, 1), (0, 0), False, False, "float32"),
     (24, 40, 3, 3, 38, 1, (1, 1), (1, 1), (0, 0), True, True, "float32"),
+    # Short sums with more than 32 rows (B packed in chunks, weight rows outer): 144 filters
+    # over 24 inputs on 15x15 (14 whole column blocks and a last partial one); the data gradient
+    # (24 rows over 144, two passes) reads B in place.
+    (2, 24, 15, 15, 144, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
+    # Few rows on rows of 2115 values (B copied 128 columns at a time, the next block
+    # prefetched): 8 filters over 136 inputs (two passes), 16 full blocks, a short one and a tail.
+    (2, 136, 45, 47, 8, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
 ]
 # Depthwise 3x3 at unit stride (one input and one output plane per group: the stencil kernel of
 # the forward and the data gradient, in blocks of 4 rows x 2 vectors or 8 rows x 1 vector): 11,
@@ -167,7 +174,7 @@ def test_permuted_input_equals_permutation_plus_convolution(ops, case, branches)
     check_against_reference(case, branches)
 
 
-@pytest.mark.parametrize("case", [CASES[i] for i in (1, 3, 9, 13, -6, -3, -1)], ids=case_id)
+@pytest.mark.parametrize("case", [CASES[i] for i in (1, 3, 9, 13, -8, -5, -3, -2, -1)], ids=case_id)
 def test_sse2_baseline_path_equals_convolution_plus_permutation(ops, case, monkeypatch):
     monkeypatch.setenv("IGC_CONV_BASELINE", "1")  # read on every call by the kernels
     check_against_reference(case)
@@ -186,8 +193,8 @@ def test_results_do_not_depend_on_the_thread_count(run_on_threads, threads):
     """Items (images x groups, or blocks of images for a pointwise backward) are dealt out to
     the threads dynamically and the weight gradient is summed over per-thread partials."""
     run_on_threads("test_igc_conv", "[t.check_against_reference(c) for c in "
-                   "(t.CASES[2], t.CASES[3], t.CASES[-6], t.CASES[-3], t.CASES[-2], "
-                   "t.CASES[-1])] + "
+                   "(t.CASES[2], t.CASES[3], t.CASES[-8], t.CASES[-5], t.CASES[-4], "
+                   "t.CASES[-3], t.CASES[-2], t.CASES[-1])] + "
                    "[t.check_against_reference(*t.PERMUTED_CASES[1])]", threads)
 
 

@@ -39,11 +39,28 @@ void gemm_portable(const Gemm& g) {
 // Rows of B per pass (a multiple of 8): a 16-column slice of that many rows (8 KB) stays in the L1
 // cache while every block of weight rows runs over it.
 constexpr int64_t kDepth = 128;
-// With more rows of A than this, each pass first copies its 16-column slice of B into one
-// contiguous buffer: rows of 1024 or 4096 values lie a multiple of 4 KB apart and would all
-// compete for the same L1 sets. With fewer, the copy costs more than it saves (measured: the
-// 32 x 32 plane 144 -> 24 conv 7.6 -> 13 ms with a copy made by its first block of rows).
+// Where B is read from: its rows of 1024 or 4096 values lie a multiple of 4 KB apart, so that a
+// 16-column slice of them competes for the same L1 sets, and each slice touches one line of as
+// many pages as B has rows (a 24 x 144 x 1024 product read in place ran at 59 GFLOP/s from
+// cache, 72 with rows padded off the 4 KB multiple):
+// - More rows of A than kCopyBRows and K <= kDepth (an expansion's short sums): B packed in
+//   chunks of columns (kPackedFloats values), and each block of weight rows runs over a whole
+//   chunk before the next block: the blocks' outputs then go out as a few rows written
+//   sequentially, where column-outer order wrote one line into each of M rows per slice (MXNet,
+//   1 thread: 16 x 16 x 112 x 112 -> 96 forward 12.2-12.9 -> 8.8 ms, 16 x 24 x 56 x 56 -> 144
+//   5.1-5.2 -> 4.6-4.7 ms; the 32 x 32 planes' expansions no faster).
+// - More rows than kCopyBRows and longer sums: each pass copies its 16-column slice first.
+// - Up to kCopyBRows rows on rows of kWideMinColumns values and more (the 56 x 56 and 112 x 112
+//   planes): too few blocks share a 16-column slice to pay for its copy alone, so a pass copies
+//   kWideCols columns at a time (runs of 512 bytes per row) and prefetches the next block's as
+//   it copies: 16 x 144 x 56 x 56 -> 24 forward 7.2-7.4 -> 6.1-6.5 ms, 16 x 32 x 112 x 112 ->
+//   16 5.5 -> 4.7-4.9 ms (MXNet, 1 thread).
+// - Up to kCopyBRows rows on shorter rows: B is read in place (copies lost there: the 32 x 32
+//   plane 144 -> 24 conv 7.7 -> 8.2-8.5 ms with the copies above, 7.6 -> 13 ms with a copy of
+//   each 16-column slice made by its first block of rows).
 constexpr int64_t kCopyBRows = 32;
+constexpr int64_t kWideCols = 128, kWideMinColumns = 2048;
+constexpr int64_t kPackedFloats = 32768;  // 128 KB: the chunk stays in the L2 cache
 
 // Where a register block reads A and B. A: rows in place (a + i * lda + k) or a panel of
 // pack_gemm_panels (a + k * kRows + i). B: rows by pointer (b[k] + n0) or the pass's copy
@@ -127,57 +144,130 @@ IGC_TARGET_AVX2 void column_avx2(const Gemm& g, const float* copy, int64_t k0, i
 #undef IGC_GEMM_REST
 }
 
-// One pass over whole 16-column blocks: the B rows [k0, k1), copied first when kCopy.
-template <bool kFirst, bool kLast, bool kPanel, bool kCopy>
-IGC_TARGET_AVX2 void pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole,
-                               float* copy) {
+// Copies the 16-column slices [n0, n1) of the B rows [k0, k1) to `copy`, slice after slice
+// (the slice at n in copy + (n - n0) * (k1 - k0), row k of it (k - k0) * 16 values in).
+IGC_TARGET_AVX2 inline void copy_slices(const Gemm& g, int64_t k0, int64_t k1, int64_t n0,
+                                        int64_t n1, float* copy) {
+  const int64_t depth = k1 - k0;
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* b = g.b[k] + n0;
+    float* dst = copy + (k - k0) * kCols;
+    for (int64_t n = 0; n < n1 - n0; n += kCols) {
+      _mm256_store_ps(dst + n * depth, _mm256_loadu_ps(b + n));
+      _mm256_store_ps(dst + n * depth + 8, _mm256_loadu_ps(b + n + 8));
+    }
+  }
+}
+
+// Up to kCopyBRows rows of A on long rows of B: the whole 16-column blocks in copies of kWideCols
+// columns, the next block's prefetched as each is copied (see kCopyBRows).
+template <bool kFirst, bool kLast, bool kPanel>
+IGC_TARGET_AVX2 void wide_pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
   const __m256i all = _mm256_set1_epi32(-1);
-  for (int64_t n0 = 0; n0 < whole; n0 += kCols) {
-    if (kCopy) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const float* b = g.b[k] + n0;
-        float* dst = copy + (k - k0) * kCols;
-        _mm256_store_ps(dst, _mm256_loadu_ps(b));
-        _mm256_store_ps(dst + 8, _mm256_loadu_ps(b + 8));
+  const int64_t depth = k1 - k0;
+  alignas(32) float copy[kDepth * kWideCols];
+  for (int64_t w0 = 0; w0 < whole; w0 += kWideCols) {
+    const int64_t w1 = std::min(whole, w0 + kWideCols);
+    copy_slices(g, k0, k1, w0, w1, copy);
+    const int64_t next = std::min(whole - w1, kWideCols);  // the next block's columns
+    for (int64_t k = k0; k < k1 && next > 0; ++k) {
+      for (int64_t n = 0; n < next; n += kCols) {
+        _mm_prefetch(reinterpret_cast<const char*>(g.b[k] + w1 + n), _MM_HINT_T0);
       }
     }
-    column_avx2<kFirst, kLast, false, kPanel, kCopy>(g, copy, k0, k1, n0, all, all);
+    for (int64_t n0 = w0; n0 < w1; n0 += kCols) {
+      column_avx2<kFirst, kLast, false, kPanel, true>(g, copy + (n0 - w0) * depth, k0, k1, n0,
+                                                      all, all);
+    }
+  }
+}
+
+// One pass over whole 16-column blocks over the B rows [k0, k1), B read as kCopyBRows says.
+template <bool kFirst, bool kLast, bool kPanel>
+IGC_TARGET_AVX2 void pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
+  const __m256i all = _mm256_set1_epi32(-1);
+  if (g.M <= kCopyBRows && g.N >= kWideMinColumns) {
+    return wide_pass_avx2<kFirst, kLast, kPanel>(g, k0, k1, whole);
+  }
+  if (g.M <= kCopyBRows) {
+    for (int64_t n0 = 0; n0 < whole; n0 += kCols) {
+      column_avx2<kFirst, kLast, false, kPanel, false>(g, nullptr, k0, k1, n0, all, all);
+    }
+    return;
+  }
+  alignas(32) float copy[kDepth * kCols];
+  for (int64_t n0 = 0; n0 < whole; n0 += kCols) {
+    copy_slices(g, k0, k1, n0, n0 + kCols, copy);
+    column_avx2<kFirst, kLast, false, kPanel, true>(g, copy, k0, k1, n0, all, all);
   }
 }
 
 template <bool kPanel>
-IGC_TARGET_AVX2 void passes_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole,
-                                 float* copy) {
+IGC_TARGET_AVX2 void passes_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
   const bool first = k0 == 0, last = k1 == g.K;
-  if (copy) {
-    if (first && last) pass_avx2<true, true, kPanel, true>(g, k0, k1, whole, copy);
-    else if (first) pass_avx2<true, false, kPanel, true>(g, k0, k1, whole, copy);
-    else if (last) pass_avx2<false, true, kPanel, true>(g, k0, k1, whole, copy);
-    else pass_avx2<false, false, kPanel, true>(g, k0, k1, whole, copy);
-  } else {
-    if (first && last) pass_avx2<true, true, kPanel, false>(g, k0, k1, whole, copy);
-    else if (first) pass_avx2<true, false, kPanel, false>(g, k0, k1, whole, copy);
-    else if (last) pass_avx2<false, true, kPanel, false>(g, k0, k1, whole, copy);
-    else pass_avx2<false, false, kPanel, false>(g, k0, k1, whole, copy);
+  if (first && last) pass_avx2<true, true, kPanel>(g, k0, k1, whole);
+  else if (first) pass_avx2<true, false, kPanel>(g, k0, k1, whole);
+  else if (last) pass_avx2<false, true, kPanel>(g, k0, k1, whole);
+  else pass_avx2<false, false, kPanel>(g, k0, k1, whole);
+}
+
+// The register blocks of MR weight rows from m0 over the 16-column blocks [n0, n1), all of B's
+// rows in one pass, from the packed chunk `packed` (see rows_outer_avx2).
+template <int MR, bool kPanel>
+IGC_TARGET_AVX2 void row_block_avx2(const Gemm& g, int64_t m0, int64_t n0, int64_t n1,
+                                    const float* packed) {
+  const __m256i all = _mm256_set1_epi32(-1);
+  const float* a = kPanel ? g.panels + m0 * g.K : g.a + m0 * g.lda;
+  for (int64_t n = n0; n < n1; n += kCols) {
+    block_avx2<MR, true, true, false, kPanel, true>(g, Operands{a, packed + (n - n0) * g.K}, 0,
+                                                    g.K, m0, n, all, all);
   }
 }
 
-// Columns outer, weight rows inner. The whole 16-column blocks go in passes of about kDepth rows
-// of B (each pass but the first adds to what the one before stored: the same order of summation
-// as one pass); a last partial block is one pass over all of B: the last 16 columns again (the
-// same values, and masked stores are slow on some CPUs), or masked when N < 16. A panel or a copy
-// of B changes where values are read, not the order of the sums.
+// Whole 16-column blocks with K <= kDepth and more than kCopyBRows rows of A: B packed in chunks
+// of columns, weight rows outer within a chunk (see kCopyBRows).
+template <bool kPanel>
+IGC_TARGET_AVX2 void rows_outer_avx2(const Gemm& g, int64_t whole) {
+  alignas(32) float packed[kPackedFloats];
+  const int64_t most = std::max<int64_t>(kCols, kPackedFloats / g.K / kCols * kCols);
+  const int64_t chunks = (whole + most - 1) / most;
+  const int64_t width = (whole / kCols + chunks - 1) / chunks * kCols;  // even chunks
+  for (int64_t n0 = 0; n0 < whole; n0 += width) {
+    const int64_t n1 = std::min(whole, n0 + width);
+    copy_slices(g, 0, g.K, n0, n1, packed);
+    int64_t m0 = 0;
+    for (; m0 + kRows <= g.M; m0 += kRows) row_block_avx2<kRows, kPanel>(g, m0, n0, n1, packed);
+    switch (g.M - m0) {
+      case 5: row_block_avx2<5, kPanel>(g, m0, n0, n1, packed); break;
+      case 4: row_block_avx2<4, kPanel>(g, m0, n0, n1, packed); break;
+      case 3: row_block_avx2<3, kPanel>(g, m0, n0, n1, packed); break;
+      case 2: row_block_avx2<2, kPanel>(g, m0, n0, n1, packed); break;
+      case 1: row_block_avx2<1, kPanel>(g, m0, n0, n1, packed); break;
+      default: break;
+    }
+  }
+}
+
+// The whole 16-column blocks go in passes of about kDepth rows of B (each pass but the first adds
+// to what the one before stored: the same order of summation as one pass), columns outer and
+// weight rows inner, or weight rows outer within chunks of columns where K fits one pass (see
+// kCopyBRows); a last partial block is one pass over all of B: the last 16 columns again (the
+// same values, and masked stores are slow on some CPUs), or masked when N < 16. Panels and
+// copies of B change where values are read, not the order of the sums.
 IGC_TARGET_AVX2 void gemm_avx2(const Gemm& g) {
-  alignas(32) float copy[kDepth * kCols];
-  float* const b_copy = g.M > kCopyBRows ? copy : nullptr;
   const __m256i all = _mm256_set1_epi32(-1);
   const int64_t whole = g.N / kCols * kCols;
-  const int64_t passes = std::max<int64_t>(1, (g.K + kDepth - 1) / kDepth);
-  const int64_t depth = (g.K + passes - 1) / passes;
-  for (int64_t k0 = 0; k0 < g.K; k0 += depth) {
-    const int64_t k1 = std::min(g.K, k0 + depth);
-    if (g.panels) passes_avx2<true>(g, k0, k1, whole, b_copy);
-    else passes_avx2<false>(g, k0, k1, whole, b_copy);
+  if (g.M > kCopyBRows && g.K <= kDepth) {
+    if (whole > 0 && g.panels) rows_outer_avx2<true>(g, whole);
+    else if (whole > 0) rows_outer_avx2<false>(g, whole);
+  } else {
+    const int64_t passes = std::max<int64_t>(1, (g.K + kDepth - 1) / kDepth);
+    const int64_t depth = (g.K + passes - 1) / passes;
+    for (int64_t k0 = 0; k0 < g.K; k0 += depth) {
+      const int64_t k1 = std::min(g.K, k0 + depth);
+      if (g.panels) passes_avx2<true>(g, k0, k1, whole);
+      else passes_avx2<false>(g, k0, k1, whole);
+    }
   }
   if (whole == g.N) return;
   if (whole > 0) {

@@ -56,7 +56,7 @@ constexpr int64_t kDepth = 128;
 //   it copies: 16 x 144 x 56 x 56 -> 24 forward 7.2-7.4 -> 6.1-6.5 ms, 16 x 32 x 112 x 112 ->
 //   16 5.5 -> 4.7-4.9 ms (MXNet, 1 thread).
 // - Up to kCopyBRows rows on shorter rows: B is read in place (copies lost there: the 32 x 32
-//   plane 144 -> 24 conv 7.7 -> 8.2-8.5 ms with the copies above, 7.6 -> 13 ms with a copy of
+//   plane 144 -> 24 conv 7.7-7.8 -> 8.2-8.9 ms with the copies above, 7.6 -> 13 ms with a copy of
 //   each 16-column slice made by its first block of rows).
 constexpr int64_t kCopyBRows = 32;
 constexpr int64_t kWideCols = 128, kWideMinColumns = 2048;

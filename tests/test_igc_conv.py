@@ -55,6 +55,11 @@ CASES = [
     # Few rows on rows of 2115 values (B copied 128 columns at a time, the next block
     # prefetched): 8 filters over 136 inputs (two passes), 16 full blocks, a short one and a tail.
     (2, 136, 45, 47, 8, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
+    # Rows 1 to 4 values past a multiple of 16 (the last columns along the weight rows, 12 / T
+    # panels at a time and fewer for the rest): 4x5 planes (T = 4) with 80 filters over 40
+    # inputs (14 and 7 panels), 5x10 planes (T = 2) with 70 filters (a 4-row last panel) over 30.
+    (3, 40, 4, 5, 80, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
+    (2, 30, 5, 10, 70, 1, (1, 1), (1, 1), (0, 0), False, False, "float32"),
 ]
 # Depthwise 3x3 at unit stride (one input and one output plane per group: the stencil kernel of
 # the forward and the data gradient, in blocks of 4 rows x 2 vectors or 8 rows x 1 vector): 11,
@@ -174,7 +179,11 @@ def test_permuted_input_equals_permutation_plus_convolution(ops, case, branches)
     check_against_reference(case, branches)
 
 
-@pytest.mark.parametrize("case", [CASES[i] for i in (1, 3, 9, 13, -8, -5, -3, -2, -1)], ids=case_id)
+# The baseline on a stride-2 conv, rectangular kernels and every pointwise GEMM path above.
+SSE2_CASES = [CASES[i] for i in (1, 3, 9, 13, -10, -7, -5, -4, -3, -2, -1)]
+
+
+@pytest.mark.parametrize("case", SSE2_CASES, ids=case_id)
 def test_sse2_baseline_path_equals_convolution_plus_permutation(ops, case, monkeypatch):
     monkeypatch.setenv("IGC_CONV_BASELINE", "1")  # read on every call by the kernels
     check_against_reference(case)
@@ -193,8 +202,8 @@ def test_results_do_not_depend_on_the_thread_count(run_on_threads, threads):
     """Items (images x groups, or blocks of images for a pointwise backward) are dealt out to
     the threads dynamically and the weight gradient is summed over per-thread partials."""
     run_on_threads("test_igc_conv", "[t.check_against_reference(c) for c in "
-                   "(t.CASES[2], t.CASES[3], t.CASES[-8], t.CASES[-5], t.CASES[-4], "
-                   "t.CASES[-3], t.CASES[-2], t.CASES[-1])] + "
+                   "(t.CASES[2], t.CASES[3], t.CASES[-10], t.CASES[-7], t.CASES[-6], "
+                   "t.CASES[-5], t.CASES[-4], t.CASES[-3], t.CASES[-2], t.CASES[-1])] + "
                    "[t.check_against_reference(*t.PERMUTED_CASES[1])]", threads)
 
 

@@ -248,12 +248,78 @@ IGC_TARGET_AVX2 void rows_outer_avx2(const Gemm& g, int64_t whole) {
   }
 }
 
+// The last T < 5 columns from n0 for P panels of A from row m0 (see tail_avx2): per k, one vector
+// of each panel's 6 weights times a broadcast of each column's B value; P x T chains of sums.
+template <int P, int T>
+IGC_TARGET_AVX2 void tail_panels_avx2(const Gemm& g, int64_t m0, int64_t n0) {
+  __m256 acc[P][T];
+#pragma GCC unroll 12
+  for (int p = 0; p < P; ++p) {
+    const int64_t first = m0 + p * kRows, rows = std::min<int64_t>(kRows, g.M - first);
+    const __m256 bias = _mm256_maskload_ps(g.bias + first, tail_mask(rows));
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) acc[p][t] = bias;
+  }
+  const float* a = g.panels + m0 * g.K;
+  const __m256i six = tail_mask(kRows);
+  for (int64_t k = 0; k < g.K; ++k) {
+    __m256 b[T];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) b[t] = _mm256_broadcast_ss(g.b[k] + n0 + t);
+    // The 8-lane loads take 2 weights of the next k too, into lanes no store reads; the last k
+    // masks them off (nothing is read past the panels).
+    const bool last = k + 1 == g.K;
+#pragma GCC unroll 12
+    for (int p = 0; p < P; ++p) {
+      const float* w = a + p * kRows * g.K + k * kRows;
+      const __m256 wv = last ? _mm256_maskload_ps(w, six) : _mm256_loadu_ps(w);
+#pragma GCC unroll 4
+      for (int t = 0; t < T; ++t) acc[p][t] = _mm256_fmadd_ps(wv, b[t], acc[p][t]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int p = 0; p < P; ++p) {
+    const int64_t first = m0 + p * kRows, rows = std::min<int64_t>(kRows, g.M - first);
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) {
+      alignas(32) float v[8];
+      _mm256_store_ps(v, acc[p][t]);
+      for (int64_t i = 0; i < rows; ++i) g.c[(first + i) * g.ldc + n0 + t] = v[i];
+    }
+  }
+}
+
+// The last T columns from n0 (N past a multiple of 16, T < 5), A in panels, no residual (the
+// forward and data gradient of a pointwise IGCConv): where a 16-column block would recompute up
+// to 15 whole columns again (a 7x7 plane: 64 columns for 49), vectors run along the weight rows
+// instead, 12 / T panels at a time: T multiply-adds per panel and k where the block takes 12.
+// Each sum in the block's order (bias, then k = 0, 1, ..).
+template <int T>
+IGC_TARGET_AVX2 void tail_avx2(const Gemm& g, int64_t n0) {
+  constexpr int P = 12 / T;
+  const int64_t panels = (g.M + kRows - 1) / kRows;
+  int64_t q = 0;
+  for (; q + P <= panels; q += P) tail_panels_avx2<P, T>(g, q * kRows, n0);
+  switch (panels - q) {
+#define IGC_TAIL_REST(R) \
+  case R:                \
+    if constexpr (R < P) tail_panels_avx2<R, T>(g, q * kRows, n0); \
+    break;
+    IGC_TAIL_REST(11) IGC_TAIL_REST(10) IGC_TAIL_REST(9) IGC_TAIL_REST(8) IGC_TAIL_REST(7)
+    IGC_TAIL_REST(6) IGC_TAIL_REST(5) IGC_TAIL_REST(4) IGC_TAIL_REST(3) IGC_TAIL_REST(2)
+    IGC_TAIL_REST(1)
+#undef IGC_TAIL_REST
+    default: break;
+  }
+}
+
 // The whole 16-column blocks go in passes of about kDepth rows of B (each pass but the first adds
 // to what the one before stored: the same order of summation as one pass), columns outer and
 // weight rows inner, or weight rows outer within chunks of columns where K fits one pass (see
-// kCopyBRows); a last partial block is one pass over all of B: the last 16 columns again (the
-// same values, and masked stores are slow on some CPUs), or masked when N < 16. Panels and
-// copies of B change where values are read, not the order of the sums.
+// kCopyBRows); a last partial block is one pass over all of B: up to 4 columns along the weight
+// rows (tail_avx2, with panels), else the last 16 columns again (the same values, and masked
+// stores are slow on some CPUs), or masked when N < 16. Panels and copies of B change where
+// values are read, not the order of the sums.
 IGC_TARGET_AVX2 void gemm_avx2(const Gemm& g) {
   const __m256i all = _mm256_set1_epi32(-1);
   const int64_t whole = g.N / kCols * kCols;
@@ -270,6 +336,14 @@ IGC_TARGET_AVX2 void gemm_avx2(const Gemm& g) {
     }
   }
   if (whole == g.N) return;
+  if (whole > 0 && g.panels && !g.r && g.N - whole < 5) {
+    switch (g.N - whole) {
+      case 1: return tail_avx2<1>(g, whole);
+      case 2: return tail_avx2<2>(g, whole);
+      case 3: return tail_avx2<3>(g, whole);
+      default: return tail_avx2<4>(g, whole);
+    }
+  }
   if (whole > 0) {
     if (g.panels) {
       column_avx2<true, true, false, true, false>(g, nullptr, 0, g.K, g.N - kCols, all, all);

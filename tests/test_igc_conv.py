@@ -79,6 +79,13 @@ STRIDE2_CASES = [
     (2, 6, 11, 37, 6, 6, (3, 3), (2, 2), (0, 0), True, False, "float32"),
     (2, 4, 8, 40, 8, 2, (5, 5), (2, 2), (2, 2), False, True, "float32"),
     (2, 3, 9, 18, 3, 3, (3, 3), (1, 2), (1, 1), True, False, "float32"),
+    # Depthwise 3x3 at stride 2, padding 1 (the data gradient by phases from the undilated
+    # output gradient): 13 x 53 (a last even row, three 16-column blocks and 5 columns past
+    # them), 12 x 50 (a last odd row reading the zero row below, 2 columns past the blocks),
+    # 7 x 16 (one block, nothing past it).
+    (2, 5, 13, 53, 5, 5, (3, 3), (2, 2), (1, 1), True, False, "float32"),
+    (3, 4, 12, 50, 4, 4, (3, 3), (2, 2), (1, 1), False, False, "float32"),
+    (2, 3, 7, 16, 3, 3, (3, 3), (2, 2), (1, 1), True, False, "float32"),
 ]
 # input_branches=B: the conv reads Reorder(B) of its data (one input channel per group). (case,
 # B) with C/B != B, so that reading the inverse permutation would fail: IGCV3's depthwise shape

@@ -678,10 +678,11 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
   const int64_t in_plane = g.height * g.width;
   // The group's cg gradient planes are consecutive channels (a permuted input has cg = 1).
   T* data_grad = a.data_grad + (n * g.in_channels + conv_input_channel(g, group * l.cg)) * in_plane;
-  if constexpr (kAvx2Float<T, kBytes>) {
-    if (phases) data_grad_s2_avx2(d, l.wd, a.weight + group * 9, data_grad, g.height, g.width);
-  }
-  if (!phases) {
+  if (phases) {
+    if constexpr (kAvx2Float<T, kBytes>) {
+      data_grad_s2_avx2(d, l.wd, a.weight + group * 9, data_grad, g.height, g.width);
+    }
+  } else {
     correlate_planes<T, kBytes>(d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2,
                                 l.fg * l.k2, l.fg * l.k2, a.zeros, data_grad, in_plane, l.cg,
                                 g.height, g.width);

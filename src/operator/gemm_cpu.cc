@@ -511,8 +511,8 @@ IGC_TARGET_AVX2 void row_dots_avx2(const RowDots& d) {
 
 }  // namespace
 
-int64_t gemm_panel_floats(int64_t M, int64_t K) {
-  if (!use_avx2_kernels() || use_avx512_kernels()) return 0;
+int64_t gemm_panel_floats(GemmKernel kernel, int64_t M, int64_t K) {
+  if (kernel != gemm_avx2) return 0;
   return (M + kRows - 1) / kRows * kRows * K;
 }
 
@@ -534,9 +534,9 @@ RowDotsKernel pick_row_dots() {
   return use_avx2_kernels() ? row_dots_avx2 : row_dots_portable;
 }
 
-GemmKernel pick_gemm() {
+GemmKernel pick_gemm(bool avx512_allowed) {
   if (!use_avx2_kernels()) return gemm_portable;
-  return use_avx512_kernels() ? gemm_avx512 : gemm_avx2;
+  return avx512_allowed && use_avx512_kernels() ? gemm_avx512 : gemm_avx2;
 }
 
 }  // namespace igc

@@ -202,7 +202,7 @@ struct Kernels {
 };
 
 Kernels pick_kernels() {
-  return {pick_gemm(), use_avx2_kernels() ? depthwise_avx2 : depthwise_portable};
+  return {pick_gemm(true), use_avx2_kernels() ? depthwise_avx2 : depthwise_portable};
 }
 
 // How a call is cut into work: bands of `band_rows` output rows; each work item is one image's

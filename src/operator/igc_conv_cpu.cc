@@ -886,10 +886,11 @@ bool pointwise(const ConvGeometry& g) {
 }
 
 // The GEMM that runs a pointwise conv's forward and data gradient in float (see pointwise_gemm);
-// null for other convs and for double, which take the correlation kernels.
+// null for other convs and for double, which take the correlation kernels. The AVX2 one where
+// AVX-512 exists too: its panels and reads of B beat the plain AVX-512 register block here.
 template <typename T>
 GemmKernel pointwise_gemm_kernel(const ConvGeometry& g) {
-  return std::is_same<T, float>::value && pointwise(g) ? pick_gemm() : nullptr;
+  return std::is_same<T, float>::value && pointwise(g) ? pick_gemm(false) : nullptr;
 }
 
 // Whether a backward takes the row-dot path (see backward_images_item): float, pointwise, planes
@@ -959,7 +960,8 @@ template <typename T>
 int64_t gemm_panels(const ConvGeometry& g, bool backward, bool avx2) {
   if (!std::is_same<T, float>::value || !pointwise(g) || !avx2) return 0;
   const int64_t cg = g.in_channels / g.groups, fg = g.filters / g.groups;
-  return backward ? gemm_panel_floats(cg, fg) : gemm_panel_floats(fg, cg);
+  const GemmKernel kernel = pick_gemm(false);
+  return backward ? gemm_panel_floats(kernel, cg, fg) : gemm_panel_floats(kernel, fg, cg);
 }
 
 template <typename T>

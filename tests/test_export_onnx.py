@@ -148,6 +148,33 @@ def test_onnx_keeps_the_exported_size_where_a_reshape_fixes_it(ops):
         run_onnx(model, np.zeros((1, 3, 40, 40), np.float32))
 
 
+@pytest.mark.parametrize("interleave", [False, True])
+def test_an_igcconv_with_fused_relu6_exports_as_conv_then_clip(interleave, ops):
+    """IGCConv(act='relu6'), which optimize_for_inference makes of a stem conv + clip, exports
+    as Conv -> Clip(0, 6) (-> the permutation) and ONNX Runtime gives MXNet's probabilities."""
+    def classifier(act):
+        conv = mx.sym.IGCConv(mx.sym.var("data"), mx.sym.var("conv0_weight"),
+                              mx.sym.var("conv0_bias"), num_filter=8, kernel=(3, 3), pad=(1, 1),
+                              num_group=2, interleave=interleave, act=act, name="conv0")
+        pool = mx.sym.Pooling(conv, kernel=(1, 1), global_pool=True, pool_type="avg")
+        fc = mx.sym.FullyConnected(mx.sym.flatten(pool), num_hidden=NUM_CLASSES, name="fc")
+        return conv, mx.sym.SoftmaxOutput(fc, name="softmax")
+
+    conv, symbol = classifier("relu6")
+    shape = (2, 4, 9, 9)
+    arg_params, aux_params, data = random_params(symbol, shape, seed=3)
+    arg_params["conv0_weight"] = arg_params["conv0_weight"] * 20  # outputs past 6 and below 0
+    pre = forward(classifier("none")[0], arg_params, aux_params, data)
+    assert (pre > 6).any() and (pre < 0).any()
+    model = to_onnx(symbol, arg_params, aux_params, shape[1:])
+    assert [n.op_type for n in model.graph.node][:2] == ["Conv", "Clip"]
+    got, want = run_onnx(model, data), forward(symbol, arg_params, aux_params, data)
+    assert np.abs(got - want).max() <= TOLERANCE
+    # the comparison can fail: the same graph without the clip
+    unclipped = forward(classifier("none")[1], arg_params, aux_params, data)
+    assert np.abs(got - unclipped).max() > 100 * TOLERANCE
+
+
 def test_a_wrong_permutation_in_the_onnx_graph_is_caught_by_the_comparison(ops):
     # The comparison above can fail: swap g and C/g in one exported permutation.
     symbol = network.get_symbol("plain_igc", NUM_CLASSES, depth=8, conv_impl="mxnet")

@@ -255,6 +255,50 @@ def test_shared_weight_gets_the_sum_of_both_uses(ops):
         assert_close(got[name], want[name], case[-1], f"gradient of {name}")
 
 
+# act='relu6' (the inference fusion of conv + clip(0, 6)): the stem shape (3 -> 32, 3x3, stride 2)
+# on odd sizes, an interleaved grouped conv, a pointwise one (the GEMM path), float64.
+ACT_CASES = [
+    (2, 3, 17, 23, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32"),
+    (2, 8, 9, 11, 12, 4, (3, 3), (1, 1), (1, 1), True, True, "float32"),
+    (2, 16, 7, 7, 24, 2, (1, 1), (1, 1), (0, 0), False, True, "float32"),
+    (2, 6, 9, 11, 6, 3, (3, 3), (2, 2), (1, 1), True, True, "float64"),
+]
+
+
+@pytest.mark.parametrize("case", ACT_CASES, ids=case_id)
+@pytest.mark.parametrize("baseline", ["0", "1"], ids=["avx2", "sse2"])
+def test_relu6_act_equals_the_conv_then_clip_nan_included(ops, case, baseline, monkeypatch):
+    """Every output clipped to [0, 6] as MXNet's clip does, the same values (NaN stays NaN, in
+    the places a NaN input spreads to), whichever kernel ran."""
+    monkeypatch.setenv("IGC_CONV_BASELINE", baseline)
+    igc, _ = conv_symbols(case)
+    arrays = random_inputs(case)
+    arrays["data"] = arrays["data"] * 8  # outputs on both sides of 0 and of 6
+    arrays["data"][0, 0, 1, 2] = np.nan
+    fused = mx.sym.IGCConv(*igc.get_children(), **{**igc.list_attr(), "act": "relu6"})
+    args = {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()}
+    got = fused.bind(mx.cpu(), args).forward()[0].asnumpy()
+    want = mx.sym.clip(igc, 0, 6).bind(mx.cpu(), args).forward()[0].asnumpy()
+    assert np.isnan(want).any() and (want == 6).any() and (want == 0).any() and (
+        (want > 0) & (want < 6)).any()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_relu6_act_has_no_backward_and_says_so(ops):
+    case = ACT_CASES[0]
+    igc, _ = conv_symbols(case)
+    fused = mx.sym.IGCConv(*igc.get_children(), **{**igc.list_attr(), "act": "relu6"})
+    arrays = random_inputs(case)
+    exe = fused.bind(mx.cpu(), {k: mx.nd.array(v) for k, v in arrays.items()},
+                     args_grad={k: mx.nd.zeros(v.shape) for k, v in arrays.items()})
+    exe.forward(is_train=True)
+    with pytest.raises(mx.base.MXNetError) as err:
+        exe.backward(mx.nd.ones(exe.outputs[0].shape))
+        mx.nd.waitall()
+    assert "IGCConv: attribute 'act'='relu6' is an inference fusion" in str(err.value)
+    assert "has no backward" in str(err.value)
+
+
 def test_symbol_infers_weight_bias_and_output_shapes(ops):
     sym = mx.sym.IGCConv(mx.sym.var("data"), mx.sym.var("w"), mx.sym.var("b"), num_filter=12,
                          kernel=(3, 3), stride=(2, 2), pad=(1, 1), num_group=4, interleave=True)
@@ -288,6 +332,7 @@ def call_op(data_shape=(2, 8, 6, 6), weight_shape=(8, 2, 3, 3), dtype="float32",
     ({}, {"data_shape": (2, 8, 6)}, ["IGCConv", "rank 4", "(2, 8, 6)"]),
     ({}, {"dtype": "float16"}, ["IGCConv", "float16"]),
     (dict(input_branches=0), {}, ["IGCConv", "'input_branches'", "'0'"]),
+    (dict(act="relu"), {}, ["IGCConv", "'act' must be none or relu6", "'relu'"]),
     (dict(input_branches=3, num_group=8), {"weight_shape": (8, 1, 3, 3)},
      ["IGCConv", "'input_branches'=3", "does not divide", "input channel count 8"]),
     (dict(input_branches=2), {},

@@ -111,7 +111,16 @@ def test_optimized_graph_has_no_batchnorm_and_gives_the_training_graphs_outputs(
         assert not ops_after & {"Reorder", "SwapAxis"}
         assert ("IGCBlock" in ops_after) == fuse
     assert ops_after <= ops_before | {"clip", "Activation", "Convolution", "Concat"} | (
-        {"IGCBlock"} if fuse else set())
+        {"IGCBlock", "IGCConv"} if fuse else set())
+    if fuse and network.network_info(name)["family"] in ("igcv3", "mobilenetv2"):
+        # The stem conv + clip that feeds the first IGCBlock is one IGCConv(act='relu6'): plain
+        # NCHW out, no oneDNN layout for MXNet to convert before the block.
+        nodes = json.loads(opt_symbol.tojson())["nodes"]
+        fused_stems = [i for i, n in enumerate(nodes)
+                       if n["op"] == "IGCConv" and n["attrs"].get("act") == "relu6"]
+        first_block = next(n for n in nodes if n["op"] == "IGCBlock")
+        assert (len(fused_stems) == 1) == (nodes[first_block["inputs"][0][0]]["op"] == "IGCConv")
+        assert len(fused_stems) == (0 if config.get("t1_expansion") is False else 1)
 
 
 @pytest.mark.parametrize("name, blocks, packed", [("mobilenetv2_cifar", 17, 17),

@@ -127,4 +127,54 @@ def fuse_blocks(symbol, args, pack=True):
                          stride=site["stride"], interleave=site["interleave"],
                          residual=site["residual"], packed_weights=packed, name=site["name"])]
 
-    return graph.rebuild(fused)
+    return _plain_convs_before_blocks(graph.rebuild(fused), args)
+
+
+def _plain_convs_before_blocks(symbol, args):
+    """Each Convolution -> clip(0, 6) that only IGCBlocks read (the stem) becomes one IGCConv
+    with act='relu6' over the same weights. A oneDNN convolution writes a blocked layout (NHWC
+    or 8- / 16-channel blocks), which MXNet converts to plain NCHW before a plugin op reads it:
+    for the 3 -> 32 stem at 112x112 that conversion alone took longer than the conv itself."""
+    graph = Graph(symbol)
+    convs = {}  # clip node id -> conv node id
+    for c, node in enumerate(graph.nodes):
+        attrs = node.get("attrs", {})
+        if node["op"] != "clip" or [float(attrs.get(k, "nan")) for k in ("a_min", "a_max")] != [
+                0.0, 6.0]:
+            continue
+        conv = node["inputs"][0][0]
+        readers = graph.readers_of((c, 0))
+        if (graph.op(conv) != "Convolution" or graph.readers_of((conv, 0)) != [c]
+                or not readers or any(r == "head" or graph.op(r) != "IGCBlock" for r in readers)):
+            continue
+        cattrs = graph.attrs(conv)
+        kernel = int_tuple(cattrs.get("kernel"))
+        if (is_true(cattrs.get("no_bias")) or cattrs.get("layout", "NCHW") not in ("NCHW", "None")
+                or len(kernel) != 2 or int_tuple(cattrs.get("dilate"), (1, 1)) not in ((1, 1), ())
+                or any(np.dtype(getattr(args.get(graph.name(e)), "dtype", None) or np.float64)
+                       != np.float32 for e in graph.nodes[conv]["inputs"][1:])
+                or graph.op(graph.nodes[conv]["inputs"][0][0]) != "null"):
+            continue
+        convs[c] = conv
+    if not convs:
+        return symbol
+    replaced = set(convs.values())
+    conv_op = getattr(mx.sym, "IGCConv")
+
+    def plain(i, node, entry):
+        if i in replaced:
+            return []
+        if node["op"] == "null" and node["name"] in args:  # the blocks' weights keep their shapes
+            return [mx.sym.var(node["name"], shape=tuple(args[node["name"]].shape))]
+        if i not in convs:
+            return None
+        conv = graph.nodes[convs[i]]
+        attrs = conv.get("attrs", {})
+        return [conv_op(*[entry(e) for e in conv["inputs"]], num_filter=int(attrs["num_filter"]),
+                        kernel=int_tuple(attrs["kernel"]),
+                        stride=int_tuple(attrs.get("stride"), (1, 1)) or (1, 1),
+                        pad=int_tuple(attrs.get("pad"), (0, 0)) or (0, 0),
+                        num_group=int(attrs.get("num_group", "1")), act="relu6",
+                        name=conv["name"])]
+
+    return graph.rebuild(plain)

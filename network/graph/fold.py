@@ -60,8 +60,8 @@ def fold_target(graph, x, reader):
         x, reader = found[1], found[2]
     else:
         return None
-    if graph.op(x) not in CONVS:
-        return None
+    if graph.op(x) not in CONVS or graph.attrs(x).get("act", "none") != "none":
+        return None  # a fused activation sits between the conv and the BatchNorm
     if graph.op(x) == "IGCConv" and is_true(graph.attrs(x).get("interleave")):
         groups.append(int(graph.attrs(x).get("num_group", 1)))
     channels = int(graph.attrs(x)["num_filter"])
@@ -146,5 +146,9 @@ def _conv(op, inputs, name, attrs):
         inputs = [mx.sym.Reorder(inputs[0], branch_factor=branches, name=f"{name}_input_permute"),
                   *inputs[1:]]
     if op == "IGCConv" and not is_true(attrs.get("interleave")):
-        op, attrs = "Convolution", {k: v for k, v in attrs.items() if k != "interleave"}
+        act = attrs.get("act", "none")
+        attrs = {k: v for k, v in attrs.items() if k not in ("interleave", "act")}
+        conv = mx.sym.Convolution(*inputs, name=name, **attrs)
+        # act='relu6' (a graph optimize_for_inference made): the clip it fused, as a node
+        return conv if act == "none" else mx.sym.clip(conv, 0, 6, name=f"{name}_relu6")
     return getattr(mx.sym, op)(*inputs, name=name, **attrs)

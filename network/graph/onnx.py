@@ -85,10 +85,15 @@ def _convolution(emitter, graph, i, inputs):
     conv = [inputs[0], emitter.constant(f"{name}_W", emitter.param(names[1]))]
     if not is_true(attrs.get("no_bias")):
         conv.append(emitter.constant(f"{name}_B", emitter.param(names[2])))
-    out = emitter.node("Conv", conv, name + ("_conv" if interleave else ""),
+    act = attrs.get("act", "none")  # IGCConv's fused activation (optimize_for_inference)
+    out = emitter.node("Conv", conv, name + ("_conv" if interleave or act != "none" else ""),
                        kernel_shape=list(kernel), strides=_spatial(attrs, "stride", kernel, 1),
                        pads=_spatial(attrs, "pad", kernel, 0) * 2, group=groups,
                        dilations=_spatial(attrs, "dilate", kernel, 1))
+    if act == "relu6":
+        out = emitter.node("Clip", [out, emitter.constant(f"{name}_min", np.array(0, np.float32)),
+                                    emitter.constant(f"{name}_max", np.array(6, np.float32))],
+                           name + ("_act" if interleave else ""))
     return emitter.permute(out, graph.shape(i), groups, name) if interleave else out
 
 

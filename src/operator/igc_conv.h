@@ -51,13 +51,20 @@ inline int64_t conv_filter_channel_step(const ConvGeometry& g) {
 int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype);
 int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype);
 
+// Activation applied to the forward output (attribute `act`): an inference fusion, so that a
+// conv + clip(0, 6) that feeds plugin ops runs as one plugin op writing plain NCHW. ReLU6 is
+// v < 0 ? 0 : (v > 6 ? 6 : v), as MXNet's clip (NaN stays NaN).
+enum ConvActivation { kConvNone = 0, kConvRelu6 = 1 };
+
 // `bias` may be null. The sizes must be valid (groups divide channels and filters, output >= 1x1);
 // the registration file checks them. `workspace` holds `workspace_bytes`, what the function above
 // asked for (a smaller one makes the call use fewer threads or narrower vectors, never overrun
 // it). Multi-threaded with OpenMP, vectorised (AVX2+FMA when the CPU has it, SSE2 otherwise, or
-// always SSE2 when the environment sets IGC_CONV_BASELINE=1).
+// always SSE2 when the environment sets IGC_CONV_BASELINE=1). `act` is a ConvActivation, applied
+// to each work item's output planes as soon as they are written (while they are in cache).
 void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const void* weight,
-                      const void* bias, void* out, void* workspace, int64_t workspace_bytes);
+                      const void* bias, void* out, void* workspace, int64_t workspace_bytes,
+                      int act = kConvNone);
 
 // Writes (never accumulates) every gradient: data_grad, weight_grad and, when not null, bias_grad.
 void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, const void* data,

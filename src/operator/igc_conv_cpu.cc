@@ -1039,9 +1039,21 @@ void pack_panels(const T* a, int64_t rows, int64_t cols, int64_t groups, float* 
   }
 }
 
+// ReLU6 on the planes of work item `item` (an image's group of filters) of `out`, as MXNet's
+// clip(0, 6) (NaN stays NaN).
+template <typename T>
+void relu6_item(const ConvGeometry& g, int64_t item, T* out) {
+  const int64_t n = item / g.groups, group = item % g.groups, fg = g.filters / g.groups;
+  const int64_t plane = g.out_height() * g.out_width();
+  for (int64_t f = group * fg; f < (group + 1) * fg; ++f) {
+    T* y = out + (n * g.filters + conv_output_channel(g, f)) * plane;
+    for (int64_t i = 0; i < plane; ++i) y[i] = y[i] < T(0) ? T(0) : (y[i] > T(6) ? T(6) : y[i]);
+  }
+}
+
 template <typename T>
 void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bias, T* out,
-             char* ws, int64_t ws_bytes) {
+             char* ws, int64_t ws_bytes, int act) {
   const Plan plan = make_plan<T>(g, false, ws_bytes);
   const bool avx2 = plan.avx2;
   const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
@@ -1066,7 +1078,10 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
     if (!a.gemm) std::memset(p, 0, l.p_size * sizeof(T));
     if (panels) pack_panels(weight, l.fg, l.cg, g.groups, panels, panel_floats);
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
-    for (int64_t item = 0; item < items; ++item) run(a, item, p, rows);
+    for (int64_t item = 0; item < items; ++item) {
+      run(a, item, p, rows);
+      if (act == kConvRelu6) relu6_item(g, item, out);
+    }
   }
 }
 
@@ -1183,17 +1198,17 @@ int64_t conv_backward_workspace_bytes(const ConvGeometry& geometry, int dtype) {
 
 void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
                       const void* weight, const void* bias, void* out, void* workspace,
-                      int64_t workspace_bytes) {
+                      int64_t workspace_bytes, int act) {
   const ConvGeometry g = as_rows(geometry);
   char* ws = static_cast<char*>(workspace);
   if (dtype == kFloat32) {
     forward(g, static_cast<const float*>(data), static_cast<const float*>(weight),
             static_cast<const float*>(bias), static_cast<float*>(out), ws,
-            workspace_bytes);
+            workspace_bytes, act);
   } else if (dtype == kFloat64) {
     forward(g, static_cast<const double*>(data), static_cast<const double*>(weight),
             static_cast<const double*>(bias), static_cast<double*>(out), ws,
-            workspace_bytes);
+            workspace_bytes, act);
   }
 }
 

@@ -2,6 +2,8 @@
 // and type inference, and the dispatch to the kernels in igc_conv_cpu.cc.
 // Inputs: data (N, C, H, W), weight (F, C/G, kh, kw) and, unless no_bias, bias (F,).
 // input_branches=B > 1 (one input channel per group): the conv reads Reorder(B) of data.
+// act=relu6 clips the output to [0, 6]: an inference fusion made by
+// network.optimize_for_inference; such an op has no backward (a clear error if one is asked for).
 // Every user error is reported through IGC_ERROR and surfaces as an MXNetError in Python.
 #include <mxnet/lib_api.h>
 
@@ -28,6 +30,7 @@ const char kOp[] = "IGCConv";
 struct Params {
   int64_t num_filter = 0, kernel_h = 0, kernel_w = 0, stride_h = 1, stride_w = 1, pad_h = 0,
           pad_w = 0, num_group = 1, input_branches = 1;
+  int act = igc::kConvNone;
   bool no_bias = false, interleave = false;
 };
 
@@ -84,7 +87,17 @@ bool parse_bool(const Attrs& attrs, const char* name, bool* value) {
 bool parse_params(const Attrs& attrs, Params* p) {
   if (!igc::check_known_attrs(kOp, attrs,
                               {"num_filter", "kernel", "stride", "pad", "dilate", "num_group",
-                               "no_bias", "interleave", "input_branches"})) {
+                               "no_bias", "interleave", "input_branches", "act"})) {
+    return false;
+  }
+  const auto act = attrs.find("act");
+  const std::string act_name = act == attrs.end() ? "none" : act->second;
+  if (act_name == "none") {
+    p->act = igc::kConvNone;
+  } else if (act_name == "relu6") {
+    p->act = igc::kConvRelu6;
+  } else {
+    IGC_ERROR << kOp << ": attribute 'act' must be none or relu6, got '" << act_name << "'";
     return false;
   }
   if (!parse_scalar(attrs, "num_filter", true, &p->num_filter) ||
@@ -273,7 +286,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   if (!ws) return MX_FAIL;
   igc::conv_forward_cpu(g, dtype, inputs->at(0).data_ptr, inputs->at(1).data_ptr,
                         p.no_bias ? nullptr : inputs->at(2).data_ptr, outputs->at(0).data_ptr, ws,
-                        bytes);
+                        bytes, p.act);
   return MX_SUCCESS;
 }
 
@@ -284,6 +297,12 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   Params p;
   if (!igc::check_env_switches(kOp)) return MX_FAIL;
   if (!geometry(attrs, inputs->at(1), inputs->at(2), &g, &p)) return MX_FAIL;
+  if (p.act != igc::kConvNone) {
+    IGC_ERROR << kOp << ": attribute 'act'='" << attrs.at("act")
+              << "' is an inference fusion (network.optimize_for_inference) and has no backward; "
+                 "train with act='none' and a separate activation";
+    return MX_FAIL;
+  }
   const int dtype = inputs->at(1).dtype;
   const int64_t bytes = igc::conv_backward_workspace_bytes(g, dtype);
   void* ws = workspace(res, bytes);

@@ -97,6 +97,7 @@ struct Args {
   const float* panels;      // the GEMM's A of each group packed (see gemm_panels), or null
   int64_t panel_floats;     // per group
   RowDotsKernel dots;       // the row-dot backward (see row_dots_backward), else null
+  bool relu6 = false;       // forward: act='relu6' (see relu6_planes)
 };
 
 // Whether kernels built for T and kBytes may call the AVX2 float helpers below.
@@ -454,24 +455,58 @@ inline bool unit_stencil3(const int64_t* taps, int64_t num_taps, int64_t row_ste
   return true;
 }
 
+// ReLU6 on `count` planes of `values` values, `stride` apart, as MXNet's clip(0, 6): v < 0 ? 0 :
+// (v > 6 ? 6 : v), so NaN stays NaN (forward with act='relu6', on planes just written).
+template <typename T>
+IGC_INLINE void relu6_values(T* y, int64_t from, int64_t values) {
+  for (int64_t i = from; i < values; ++i) y[i] = y[i] < T(0) ? T(0) : (y[i] > T(6) ? T(6) : y[i]);
+}
+
+// The same 8 values at a time: max(0, v) and min(6, v) return their second operand v when it is
+// NaN (and -0 for -0, as the comparisons above).
+IGC_TARGET_AVX2 inline void relu6_values_avx2(float* y, int64_t values) {
+  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+  int64_t i = 0;
+  for (; i + 8 <= values; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_min_ps(six, _mm256_max_ps(zero, _mm256_loadu_ps(y + i))));
+  }
+  relu6_values(y, i, values);
+}
+
+template <typename T, int kBytes>
+IGC_INLINE void relu6_planes(T* out, int64_t stride, int64_t count, int64_t values) {
+  for (int64_t f = 0; f < count; ++f) {
+    if constexpr (kAvx2Float<T, kBytes>) {
+      relu6_values_avx2(out + f * stride, values);
+    } else {
+      relu6_values(out + f * stride, 0, values);
+    }
+  }
+}
+
 // num_planes output planes (see correlate_block), two at a time where possible: sharing each
-// input load between two planes halves the loads per multiply-add.
+// input load between two planes halves the loads per multiply-add. With `relu6` each pair is
+// clipped as soon as it is written (while it is in cache).
 template <typename T, int kBytes>
 IGC_INLINE void correlate_planes(const T* in, int64_t row_step, const int64_t* taps, const T* w,
                                  int64_t w_stride, int64_t num_taps, const T* init, T* out,
                                  int64_t out_stride, int64_t num_planes, int64_t out_h,
-                                 int64_t out_w) {
+                                 int64_t out_w, bool relu6 = false) {
   if (num_planes == 1 && unit_stencil3(taps, num_taps, row_step)) {
-    return stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
+    stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
+    if (relu6) relu6_planes<T, kBytes>(out, out_stride, 1, out_h * out_w);
+    return;
   }
   int64_t f = 0;
   for (; f + 2 <= num_planes; f += 2) {
     correlate_planes_fb<T, kBytes, 2>(in, row_step, taps, w + f * w_stride, w_stride, num_taps,
                                       init + f, out + f * out_stride, out_stride, out_h, out_w);
+    if (relu6) relu6_planes<T, kBytes>(out + f * out_stride, out_stride, 2, out_h * out_w);
   }
   if (f < num_planes) {
     correlate_planes_fb<T, kBytes, 1>(in, row_step, taps, w + f * w_stride, w_stride, num_taps,
                                       init + f, out + f * out_stride, out_stride, out_h, out_w);
+    if (relu6) relu6_planes<T, kBytes>(out + f * out_stride, out_stride, 1, out_h * out_w);
   }
 }
 
@@ -633,15 +668,22 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
   const int64_t n = item / g.groups, group = item % g.groups;
-  if (a.gemm) return pointwise_gemm(a, n, group, false, rows);
-  fill_padded_input<T, kBytes>(a, n, group, p);
   const int64_t plane = l.ho * l.wo;
   const int64_t out_stride = conv_filter_channel_step(g) * plane;
+  if (a.gemm) {
+    pointwise_gemm(a, n, group, false, rows);
+    if (a.relu6) {
+      relu6_planes<T, kBytes>(a.out + (n * g.filters + conv_output_channel(g, group * l.fg)) * plane,
+                   out_stride, l.fg, plane);
+    }
+    return;
+  }
+  fill_padded_input<T, kBytes>(a, n, group, p);
   const int64_t first = group * l.fg;
   correlate_planes<T, kBytes>(p, g.stride_h * l.wq, a.fwd_taps, a.weight + first * l.cg * l.k2,
                               l.cg * l.k2, l.cg * l.k2, a.bias ? a.bias + first : a.zeros,
                               a.out + (n * g.filters + conv_output_channel(g, first)) * plane,
-                              out_stride, l.fg, l.ho, l.wo);
+                              out_stride, l.fg, l.ho, l.wo, a.relu6);
 }
 
 // `partial` accumulates this thread's weight gradient (filters*cg*k2) then bias gradient
@@ -1039,18 +1081,6 @@ void pack_panels(const T* a, int64_t rows, int64_t cols, int64_t groups, float* 
   }
 }
 
-// ReLU6 on the planes of work item `item` (an image's group of filters) of `out`, as MXNet's
-// clip(0, 6) (NaN stays NaN).
-template <typename T>
-void relu6_item(const ConvGeometry& g, int64_t item, T* out) {
-  const int64_t n = item / g.groups, group = item % g.groups, fg = g.filters / g.groups;
-  const int64_t plane = g.out_height() * g.out_width();
-  for (int64_t f = group * fg; f < (group + 1) * fg; ++f) {
-    T* y = out + (n * g.filters + conv_output_channel(g, f)) * plane;
-    for (int64_t i = 0; i < plane; ++i) y[i] = y[i] < T(0) ? T(0) : (y[i] > T(6) ? T(6) : y[i]);
-  }
-}
-
 template <typename T>
 void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bias, T* out,
              char* ws, int64_t ws_bytes, int act) {
@@ -1066,7 +1096,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   float* panels = panel_floats ? reinterpret_cast<float*>(ws + w.panels) : nullptr;
   const Args<T> a{g,       l,       data,  weight, bias, out, nullptr, nullptr, fwd_taps,
                   nullptr, nullptr, zeros, false,  1,    pointwise_gemm_kernel<T>(g),
-                  panels,  panel_floats, nullptr};
+                  panels,  panel_floats, nullptr, act == kConvRelu6};
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
   const int64_t items = g.batch * g.groups;
   const int threads = plan.threads;
@@ -1078,10 +1108,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
     if (!a.gemm) std::memset(p, 0, l.p_size * sizeof(T));
     if (panels) pack_panels(weight, l.fg, l.cg, g.groups, panels, panel_floats);
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
-    for (int64_t item = 0; item < items; ++item) {
-      run(a, item, p, rows);
-      if (act == kConvRelu6) relu6_item(g, item, out);
-    }
+    for (int64_t item = 0; item < items; ++item) run(a, item, p, rows);
   }
 }
 

@@ -155,6 +155,24 @@ def test_blocks_with_multiples_of_8_channels_per_group_get_packed_weights(ops, n
             assert w.removesuffix("_packed") not in opt_args or not is_packed
 
 
+@pytest.mark.parametrize("name", ["mobilenetv2_cifar", "igcv3_cifar", "plain_igc"])
+def test_optimizing_an_optimized_graph_changes_nothing(ops, name):
+    """A saved inference graph can go through optimize_for_inference again (scoring and the
+    ONNX export do): the plugin ops keep their weights' shapes (MXNet's extension API needs
+    them), the stem stays one IGCConv, and the graph, parameters and outputs are the same."""
+    shape = (BATCH, 3, 32, 32)
+    symbol = _logits(network.get_symbol(name, 10))
+    args, aux = _random_params(symbol, shape, np.random.default_rng(0))
+    once = network.optimize_for_inference(symbol, args, aux)
+    twice = network.optimize_for_inference(*once)
+    nodes = [[(n["op"], n["name"], n.get("attrs", {})) for n in json.loads(s.tojson())["nodes"]]
+             for s in (once[0], twice[0])]
+    assert nodes[0] == nodes[1]
+    assert sorted(once[1]) == sorted(twice[1]) and not twice[2]
+    data = mx.nd.array(np.random.default_rng(1).standard_normal(shape))
+    np.testing.assert_array_equal(_predict(*twice, data), _predict(*once, data))
+
+
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "kept"])
 def test_a_released_graph_folds_across_its_permutations_too(released_symbols_dir, ops, fold):
     # The authors' IGC-L100M2 file: conv2 -> Reorder(2) -> BatchNorm in every unit.

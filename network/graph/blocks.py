@@ -103,8 +103,8 @@ def fuse_blocks(symbol, args, pack=True):
     channel-blocked kernel)."""
     graph = Graph(symbol)
     sites = _block_sites(graph, args)
-    if not sites:
-        return symbol
+    if not sites:  # no new block; an optimized graph's own blocks may still follow a stem
+        return _plain_convs_before_blocks(symbol, args)
     block_op = getattr(mx.sym, "IGCBlock")
 
     def fused(i, node, entry):

@@ -33,8 +33,8 @@ def to_numpy(params):
 
 def stock_node(node, inputs, attrs=None):
     """The outputs of `node` (a variable, or its op over `inputs`, with `attrs` if given)."""
-    if node["op"] == "null":
-        return [mx.sym.var(node["name"])]
+    if node["op"] == "null":  # attributes kept: a plugin op's weights need their __shape__
+        return [mx.sym.var(node["name"], attr=dict(node.get("attrs", {})) or None)]
     attrs = dict(node.get("attrs", {})) if attrs is None else attrs
     sym = getattr(mx.sym, node["op"])(*inputs, name=node["name"], **attrs)
     return [sym[k] for k in range(len(sym.list_outputs()))]

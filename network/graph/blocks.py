@@ -21,6 +21,18 @@ def _fusable_conv(node, kernel, stride=(1,)):
     return strides[0]
 
 
+def _is_relu6(node):
+    """Whether `node` is clip(0, 6)."""
+    return node["op"] == "clip" and [float(node.get("attrs", {}).get(k, "nan"))
+                                     for k in ("a_min", "a_max")] == [0.0, 6.0]
+
+
+def _all_float32(args, names):
+    """Whether every parameter in `names` is float32 (a missing one counts as float64)."""
+    return all(np.dtype(getattr(args.get(p), "dtype", None) or np.float64) == np.float32
+               for p in names)
+
+
 def _block_sites(graph, args):
     """Folded IGCV3 / MobileNetV2 blocks: 1x1 expansion conv (g groups) -> [permutation(g)] ->
     3x3 depthwise conv -> clip(0, 6) -> 1x1 linear conv (g groups) -> [elemwise_add with the
@@ -46,16 +58,14 @@ def _block_sites(graph, args):
         if stride is None or int(graph.nodes[dw]["attrs"].get("num_group", "1")) != channels:
             continue
         act = graph.only_reader(dw, ("clip",))
-        if act is None or [float(graph.nodes[act]["attrs"].get(k, "nan"))
-                           for k in ("a_min", "a_max")] != [0.0, 6.0]:
+        if act is None or not _is_relu6(graph.nodes[act]):
             continue
         lin = graph.only_reader(act, ("Convolution",))
         if (lin is None or _fusable_conv(graph.nodes[lin], 1) is None
                 or int(graph.nodes[lin]["attrs"].get("num_group", "1")) != g):
             continue
         params = weights(exp) + weights(graph.nodes[dw]) + weights(graph.nodes[lin])
-        if any(np.dtype(getattr(args.get(p), "dtype", None) or np.float64) != np.float32
-               for p in params):
+        if not _all_float32(args, params):
             continue
         data = tuple(exp["inputs"][0][:2])
         out, residual = lin, False
@@ -131,16 +141,15 @@ def fuse_blocks(symbol, args, pack=True):
 
 
 def _plain_convs_before_blocks(symbol, args):
-    """Each Convolution -> clip(0, 6) that only IGCBlocks read (the stem) becomes one IGCConv
-    with act='relu6' over the same weights. A oneDNN convolution writes a blocked layout (NHWC
-    or 8- / 16-channel blocks), which MXNet converts to plain NCHW before a plugin op reads it:
-    for the 3 -> 32 stem at 112x112 that conversion alone took longer than the conv itself."""
+    """Each Convolution of the graph's input -> clip(0, 6) that only IGCBlocks read (the stem)
+    becomes one IGCConv with act='relu6' over the same weights. A oneDNN convolution writes a
+    blocked layout (NHWC or 8- / 16-channel blocks), which MXNet converts to plain NCHW before a
+    plugin op reads it: for the 3 -> 32 stem at 112x112 that conversion alone took longer than
+    the conv itself."""
     graph = Graph(symbol)
     convs = {}  # clip node id -> conv node id
     for c, node in enumerate(graph.nodes):
-        attrs = node.get("attrs", {})
-        if node["op"] != "clip" or [float(attrs.get(k, "nan")) for k in ("a_min", "a_max")] != [
-                0.0, 6.0]:
+        if not _is_relu6(node):
             continue
         conv = node["inputs"][0][0]
         readers = graph.readers_of((c, 0))
@@ -151,8 +160,7 @@ def _plain_convs_before_blocks(symbol, args):
         kernel = int_tuple(cattrs.get("kernel"))
         if (is_true(cattrs.get("no_bias")) or cattrs.get("layout", "NCHW") not in ("NCHW", "None")
                 or len(kernel) != 2 or int_tuple(cattrs.get("dilate"), (1, 1)) not in ((1, 1), ())
-                or any(np.dtype(getattr(args.get(graph.name(e)), "dtype", None) or np.float64)
-                       != np.float32 for e in graph.nodes[conv]["inputs"][1:])
+                or not _all_float32(args, graph.input_names(conv)[1:])
                 or graph.op(graph.nodes[conv]["inputs"][0][0]) != "null"):
             continue
         convs[c] = conv
@@ -164,8 +172,6 @@ def _plain_convs_before_blocks(symbol, args):
     def plain(i, node, entry):
         if i in replaced:
             return []
-        if node["op"] == "null" and node["name"] in args:  # the blocks' weights keep their shapes
-            return [mx.sym.var(node["name"], shape=tuple(args[node["name"]].shape))]
         if i not in convs:
             return None
         conv = graph.nodes[convs[i]]

@@ -455,8 +455,7 @@ inline bool unit_stencil3(const int64_t* taps, int64_t num_taps, int64_t row_ste
   return true;
 }
 
-// ReLU6 on `count` planes of `values` values, `stride` apart, as MXNet's clip(0, 6): v < 0 ? 0 :
-// (v > 6 ? 6 : v), so NaN stays NaN (forward with act='relu6', on planes just written).
+// ReLU6 on y[from, values) as MXNet's clip(0, 6): v < 0 ? 0 : (v > 6 ? 6 : v), so NaN stays NaN.
 template <typename T>
 IGC_INLINE void relu6_values(T* y, int64_t from, int64_t values) {
   for (int64_t i = from; i < values; ++i) y[i] = y[i] < T(0) ? T(0) : (y[i] > T(6) ? T(6) : y[i]);
@@ -473,6 +472,8 @@ IGC_TARGET_AVX2 inline void relu6_values_avx2(float* y, int64_t values) {
   relu6_values(y, i, values);
 }
 
+// ReLU6 on `count` planes of `values` values, `stride` apart (forward with act='relu6', on
+// planes just written).
 template <typename T, int kBytes>
 IGC_INLINE void relu6_planes(T* out, int64_t stride, int64_t count, int64_t values) {
   for (int64_t f = 0; f < count; ++f) {
@@ -667,22 +668,18 @@ template <typename T, int kBytes>
 IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** rows) {
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
-  const int64_t n = item / g.groups, group = item % g.groups;
+  const int64_t n = item / g.groups, group = item % g.groups, first = group * l.fg;
   const int64_t plane = l.ho * l.wo;
   const int64_t out_stride = conv_filter_channel_step(g) * plane;
+  T* out = a.out + (n * g.filters + conv_output_channel(g, first)) * plane;
   if (a.gemm) {
     pointwise_gemm(a, n, group, false, rows);
-    if (a.relu6) {
-      relu6_planes<T, kBytes>(a.out + (n * g.filters + conv_output_channel(g, group * l.fg)) * plane,
-                   out_stride, l.fg, plane);
-    }
+    if (a.relu6) relu6_planes<T, kBytes>(out, out_stride, l.fg, plane);
     return;
   }
   fill_padded_input<T, kBytes>(a, n, group, p);
-  const int64_t first = group * l.fg;
   correlate_planes<T, kBytes>(p, g.stride_h * l.wq, a.fwd_taps, a.weight + first * l.cg * l.k2,
-                              l.cg * l.k2, l.cg * l.k2, a.bias ? a.bias + first : a.zeros,
-                              a.out + (n * g.filters + conv_output_channel(g, first)) * plane,
+                              l.cg * l.k2, l.cg * l.k2, a.bias ? a.bias + first : a.zeros, out,
                               out_stride, l.fg, l.ho, l.wo, a.relu6);
 }
 

@@ -38,6 +38,7 @@ PACKED_EXTRA = [
     (2, 16, 5, 5, 4, 24, 1, 1, False),      # 25 pixels: the last block moved back; 16 + 8 filters
     (1, 24, 3, 11, 2, 16, 1, 2, False),     # stride 2, odd width
     (3, 32, 6, 9, 3, 32, 4, 1, True),       # 4 groups, 3 images
+    (1, 8, 13, 13, 3, 24, 1, 1, False),     # 169 pixels: blocks of 6 and 5, of 12 and 11 pixels
 ]
 
 

@@ -98,6 +98,22 @@ PERMUTED_CASES = [
     ((3, 16, 7, 7, 16, 16, (3, 3), (1, 1), (1, 1), False, True, "float32"), 2),
     ((2, 8, 5, 5, 8, 8, (1, 1), (1, 1), (0, 0), True, False, "float32"), 4),
 ]
+# Depthwise 3x3, padding 1, on small float32 planes (the channel-at-a-time kernels of
+# igc_depthwise_cpu.cc): unit stride on rows of 4, 8, 3 and 1 values (rows shorter than a
+# vector), 16 rows; stride 2 from 8x8, 16x16, odd 9x5 and 15x13, a 16-column row; with and
+# without bias, interleaved outputs, enough work for several threads (16 x 128 x 4 x 4).
+DEPTHWISE_SMALL_CASES = [
+    (16, 128, 4, 4, 128, 128, (3, 3), (1, 1), (1, 1), True, False, "float32"),
+    (3, 24, 8, 8, 24, 24, (3, 3), (1, 1), (1, 1), False, True, "float32"),
+    (2, 6, 5, 3, 6, 6, (3, 3), (1, 1), (1, 1), True, False, "float32"),
+    (2, 4, 16, 8, 4, 4, (3, 3), (1, 1), (1, 1), True, True, "float32"),
+    (3, 5, 1, 1, 5, 5, (3, 3), (1, 1), (1, 1), True, False, "float32"),
+    (16, 96, 8, 8, 96, 96, (3, 3), (2, 2), (1, 1), True, False, "float32"),
+    (2, 8, 16, 16, 8, 8, (3, 3), (2, 2), (1, 1), False, True, "float32"),
+    (2, 6, 9, 5, 6, 6, (3, 3), (2, 2), (1, 1), True, False, "float32"),
+    (2, 4, 15, 13, 4, 4, (3, 3), (2, 2), (1, 1), True, True, "float32"),
+    (2, 3, 2, 16, 3, 3, (3, 3), (2, 2), (1, 1), False, False, "float32"),
+]
 TOLERANCE = {"float32": 2e-5, "float64": 1e-12}  # relative to the largest reference magnitude
 
 
@@ -180,6 +196,44 @@ def test_sse2_baseline_depthwise_unit_stride_equals_convolution(ops, case, monke
     check_against_reference(case)
 
 
+@pytest.mark.parametrize("case", DEPTHWISE_SMALL_CASES, ids=case_id)
+def test_depthwise_on_small_planes_equals_convolution(ops, case):
+    check_against_reference(case)
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_SMALL_CASES[:1] + DEPTHWISE_SMALL_CASES[5:6],
+                         ids=case_id)
+def test_depthwise_on_small_planes_with_permuted_input(ops, case):
+    check_against_reference(case, 4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_weight_gradient_ignores_columns_outside_each_tap(ops, stride):
+    """An infinite value in the last input column reaches only the taps that read it: the
+    small-plane kernel's vectors reach past the row, and a 0 * inf there would make every tap
+    NaN."""
+    n, c, h, w = 2, 3, 6, 6
+    rng = np.random.RandomState(0)
+    x = rng.uniform(-1, 1, (n, c, h, w)).astype("float32")
+    x[:, :, 2, w - 1] = np.inf
+    weight = rng.uniform(-1, 1, (c, 1, 3, 3)).astype("float32")
+    ho = (h - 1) // stride + 1
+    dy = rng.uniform(0.5, 1, (n, c, ho, ho)).astype("float32")  # positive: no inf - inf
+    sym = mx.sym.IGCConv(mx.sym.var("data"), mx.sym.var("w"), num_filter=c, num_group=c,
+                         kernel=(3, 3), stride=(stride, stride), pad=(1, 1), no_bias=True)
+    _, grads = run_forward_backward(sym, {"data": x, "w": weight}, dy)
+    padded = np.pad(x.astype("float64"), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for ky in range(3):
+        for kx in range(3):
+            window = padded[:, :, ky:ky + stride * ho:stride, kx:kx + stride * ho:stride]
+            want = (np.where(dy != 0, window, 0) * dy).sum(axis=(0, 2, 3))
+            got = grads["w"][:, 0, ky, kx]
+            assert np.array_equal(np.isinf(got), np.isinf(want)), (ky, kx, got, want)
+            finite = np.isfinite(want)
+            np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5)
+    assert np.isinf(grads["w"]).any() and np.isfinite(grads["w"]).any()
+
+
 @pytest.mark.parametrize("case, branches", PERMUTED_CASES,
                          ids=[f"{case_id(c)}-in{b}" for c, b in PERMUTED_CASES])
 def test_permuted_input_equals_permutation_plus_convolution(ops, case, branches):
@@ -210,7 +264,8 @@ def test_results_do_not_depend_on_the_thread_count(run_on_threads, threads):
     the threads dynamically and the weight gradient is summed over per-thread partials."""
     run_on_threads("test_igc_conv", "[t.check_against_reference(c) for c in "
                    "(t.CASES[2], t.CASES[3], t.CASES[-10], t.CASES[-7], t.CASES[-6], "
-                   "t.CASES[-5], t.CASES[-4], t.CASES[-3], t.CASES[-2], t.CASES[-1])] + "
+                   "t.CASES[-5], t.CASES[-4], t.CASES[-3], t.CASES[-2], t.CASES[-1], "
+                   "t.DEPTHWISE_SMALL_CASES[0], t.DEPTHWISE_SMALL_CASES[5])] + "
                    "[t.check_against_reference(*t.PERMUTED_CASES[1])]", threads)
 
 

@@ -71,6 +71,17 @@ void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, c
                        const void* weight, void* data_grad, void* weight_grad, void* bias_grad,
                        void* workspace, int64_t workspace_bytes);
 
+// Depthwise 3x3 convs with padding 1 on narrow planes (unit stride up to 8 columns, stride 2 up
+// to 16), float32 with AVX2 (igc_depthwise_cpu.cc): whether `g` is one the functions below take
+// (what conv_forward_cpu, without an activation, and conv_backward_cpu run for it). No
+// workspace; multi-threaded over blocks of channels (and images, forward).
+bool depthwise_small_conv(const ConvGeometry& g);
+void depthwise_small_forward(const ConvGeometry& g, const float* data, const float* weight,
+                             const float* bias, float* out);
+void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, const float* data,
+                              const float* weight, float* data_grad, float* weight_grad,
+                              float* bias_grad);
+
 }  // namespace igc
 
 #endif  // IGC_OPERATOR_IGC_CONV_H_

@@ -1223,6 +1223,12 @@ int64_t conv_backward_workspace_bytes(const ConvGeometry& geometry, int dtype) {
 void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
                       const void* weight, const void* bias, void* out, void* workspace,
                       int64_t workspace_bytes, int act) {
+  if (dtype == kFloat32 && act == kConvNone && depthwise_small_conv(geometry)) {
+    depthwise_small_forward(geometry, static_cast<const float*>(data),
+                            static_cast<const float*>(weight), static_cast<const float*>(bias),
+                            static_cast<float*>(out));
+    return;
+  }
   const ConvGeometry g = as_rows(geometry);
   char* ws = static_cast<char*>(workspace);
   if (dtype == kFloat32) {
@@ -1239,6 +1245,13 @@ void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
 void conv_backward_cpu(const ConvGeometry& geometry, int dtype, const void* out_grad,
                        const void* data, const void* weight, void* data_grad, void* weight_grad,
                        void* bias_grad, void* workspace, int64_t workspace_bytes) {
+  if (dtype == kFloat32 && depthwise_small_conv(geometry)) {
+    depthwise_small_backward(geometry, static_cast<const float*>(out_grad),
+                             static_cast<const float*>(data), static_cast<const float*>(weight),
+                             static_cast<float*>(data_grad), static_cast<float*>(weight_grad),
+                             static_cast<float*>(bias_grad));
+    return;
+  }
   const ConvGeometry g = as_rows(geometry);
   char* ws = static_cast<char*>(workspace);
   if (dtype == kFloat32) {

@@ -1,0 +1,301 @@
+// IGCConv's depthwise 3x3 convs (one input and one output plane per group, padding 1, stride 1 or
+// 2) on planes whose output rows fit one vector (unit stride up to 8 columns, stride 2 up to 16
+// input columns), float32 with AVX2+FMA: forward, data gradient and weight gradient. The general
+// path (igc_conv_cpu.cc) sets up one (image, channel) item at a time, a padded copy of the plane
+// included, which on such planes is most of the work (a 64 x 960 x 4 x 4 forward, 144
+// multiply-adds per item, ran at 3.6 GMAC/s). Here a work item is a block of channels of one
+// image (forward) or of every image (backward); each input row is loaded once (two vectors at
+// stride 2, split into even and odd columns) and its three column taps derived from it by
+// permutes; the weights stay in registers; the weight gradient keeps a vector of partial sums
+// per tap and channel over all images, reduced once (the same sums on any number of threads).
+// Forward and unit-stride data-gradient sums take their terms in the general path's order (taps
+// row by row); the stride-2 data gradient adds each value's 1, 2 or 4 terms directly.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common.h"
+#include "gemm.h"
+#include "igc_conv.h"
+
+namespace igc {
+namespace {
+
+// Planes taken (any height): unit stride up to 8 columns, stride 2 up to 16 (8 output columns).
+constexpr int64_t kMaxUnitWidth = 8, kMaxStride2Width = 16;
+// Below this many multiply-adds a call stays on the calling thread.
+constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
+
+struct Plane {
+  int64_t h, w, ho, wo;
+  int stride;
+};
+
+IGC_TARGET_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// The `count` values at x (at most 8) as a vector, zero past them; reads nothing past them.
+IGC_TARGET_AVX2 inline __m256 load_row(const float* x, int64_t count) {
+  if (count >= 8) return _mm256_loadu_ps(x);
+  if (count == 4) return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_loadu_ps(x), 0);
+  return _mm256_maskload_ps(x, tail_mask(count));
+}
+
+// The first `count` lanes of v to y, `room` floats from y to the end of the plane: where
+// room >= 8, a whole vector (masked stores are slow on AMD CPUs); the values past `count` land on
+// the plane's next rows, which are written after it.
+IGC_TARGET_AVX2 inline void store_row(float* y, int64_t count, __m256 v, int64_t room) {
+  if (count >= 8 || room >= 8) _mm256_storeu_ps(y, v);
+  else if (count == 4) _mm_storeu_ps(y, _mm256_castps256_ps128(v));
+  else _mm256_maskstore_ps(y, tail_mask(count), v);
+}
+
+// The three column taps of a row as vectors over its output columns: at unit stride on a row of
+// w values, v (lane x = row[x]), its shift right (lane x = row[x - 1], zero at 0) and left (lane
+// x = row[x + 1]); at stride 2 (w <= 16, wo outputs), row[2x - 1], row[2x] and row[2x + 1]. Lanes
+// past the output columns are zero (so that 0 * inf never enters a weight gradient).
+struct Taps {
+  __m256 t[3];
+};
+
+struct Shifts {
+  __m256i right, left;
+  __m256 right_keep, left_keep;  // lanes [1, wo) and [0, wo - 1)
+};
+
+IGC_TARGET_AVX2 inline Shifts make_shifts(const Plane& s) {
+  Shifts m;
+  m.right = _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6);
+  m.left = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i wo = _mm256_set1_epi32(static_cast<int>(s.wo));
+  const __m256i below = _mm256_cmpgt_epi32(wo, lanes);  // lane < wo
+  m.right_keep = _mm256_castsi256_ps(_mm256_andnot_si256(
+      _mm256_cmpeq_epi32(lanes, _mm256_setzero_si256()), below));
+  m.left_keep = _mm256_castsi256_ps(
+      _mm256_cmpgt_epi32(_mm256_sub_epi32(wo, _mm256_set1_epi32(1)), lanes));
+  return m;
+}
+
+IGC_TARGET_AVX2 inline Taps unit_taps(const float* row, const Plane& s, const Shifts& m) {
+  const __m256 v = load_row(row, s.w);
+  return Taps{{_mm256_and_ps(_mm256_permutevar8x32_ps(v, m.right), m.right_keep), v,
+               _mm256_and_ps(_mm256_permutevar8x32_ps(v, m.left), m.left_keep)}};
+}
+
+IGC_TARGET_AVX2 inline Taps stride2_taps(const float* row, const Plane& s, const Shifts& m) {
+  const __m256 a = load_row(row, s.w);
+  const __m256 b = s.w > 8 ? load_row(row + 8, s.w - 8) : _mm256_setzero_ps();
+  const __m256 even = _mm256_castpd_ps(_mm256_permute4x64_pd(
+      _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+  const __m256 odd = _mm256_castpd_ps(_mm256_permute4x64_pd(
+      _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+  // odd lanes past wo read past the row (zero); the shifted ones may hold row[2 wo - 1]
+  return Taps{{_mm256_and_ps(_mm256_permutevar8x32_ps(odd, m.right), m.right_keep), even, odd}};
+}
+
+IGC_TARGET_AVX2 inline Taps row_taps(const float* x, int64_t r, const Plane& s, const Shifts& m) {
+  if (r < 0 || r >= s.h) return Taps{{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
+  return s.stride == 1 ? unit_taps(x + r * s.w, s, m) : stride2_taps(x + r * s.w, s, m);
+}
+
+IGC_TARGET_AVX2 inline __m256 correlate_row(const Taps (&rows)[3], const __m256 (&w)[9],
+                                            __m256 acc) {
+  for (int ky = 0; ky < 3; ++ky) {
+    for (int kx = 0; kx < 3; ++kx) acc = _mm256_fmadd_ps(w[ky * 3 + kx], rows[ky].t[kx], acc);
+  }
+  return acc;
+}
+
+// The taps of input rows y S - 1, y S and y S + 1 for output row y = 0, 1, ... in turn, each
+// row's computed once: advance(y) before row y.
+struct RowWindow {
+  Taps rows[3];
+
+  IGC_TARGET_AVX2 RowWindow(const float* x, const Plane& s, const Shifts& m) {
+    rows[0] = rows[1] = Taps{{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
+    rows[2] = row_taps(x, -1, s, m);
+  }
+};
+
+IGC_TARGET_AVX2 __attribute__((always_inline)) inline void advance(RowWindow& r, const float* x,
+                                                                   int64_t y, const Plane& s,
+                                                                   const Shifts& m) {
+  const int64_t top = y * s.stride - 1;
+  if (s.stride == 1 && y > 0) {
+    r.rows[0] = r.rows[1];
+    r.rows[1] = r.rows[2];
+  } else {
+    r.rows[0] = r.rows[2];
+    r.rows[1] = row_taps(x, top + 1, s, m);
+  }
+  r.rows[2] = row_taps(x, top + 2, s, m);
+}
+
+// out[y][x] = init + sum over ky, kx of w[ky * 3 + kx] * x[y S + ky - 1][x S + kx - 1] (zero
+// outside the plane), the taps in that order, for the plane's ho x wo outputs.
+IGC_TARGET_AVX2 inline void correlate_plane(const float* x, const Plane& s, const Shifts& m,
+                                            const __m256 (&w)[9], __m256 init, float* out) {
+  RowWindow r(x, s, m);
+  for (int64_t y = 0; y < s.ho; ++y) {
+    advance(r, x, y, s, m);
+    store_row(out + y * s.wo, s.wo, correlate_row(r.rows, w, init), (s.ho - y) * s.wo);
+  }
+}
+
+// Output-gradient row r (zero past the plane) and the same shifted: lane c = dy[r][c + 1].
+IGC_TARGET_AVX2 inline void grad_row(const float* dy, int64_t r, const Plane& s, const Shifts& m,
+                                     __m256& d0, __m256& d1) {
+  d0 = r < s.ho ? load_row(dy + r * s.wo, s.wo) : _mm256_setzero_ps();
+  d1 = _mm256_and_ps(_mm256_permutevar8x32_ps(d0, m.left), m.left_keep);
+}
+
+// The data gradient of a stride-2 plane (h x w_in, w_in <= 16) from the output gradient dy (ho x
+// wo): input row 2r takes kernel row 1 from output row r, row 2r + 1 kernel rows 2 and 0 from
+// rows r and r + 1; even columns 2c kernel column 1 from column c, odd ones columns 2 and 0 from
+// c and c + 1.
+IGC_TARGET_AVX2 inline void data_grad_stride2(const float* dy, const Plane& s, const Shifts& m,
+                                              const __m256 (&w)[9], float* out) {
+  __m256 d0 = _mm256_setzero_ps(), d1 = d0, e0, e1;
+  grad_row(dy, 0, s, m, e0, e1);
+  for (int64_t i = 0; i < s.h; ++i) {
+    __m256 even, odd;
+    if (i % 2 == 0) {
+      d0 = e0, d1 = e1;
+      even = _mm256_mul_ps(w[4], d0);
+      odd = _mm256_fmadd_ps(w[3], d1, _mm256_mul_ps(w[5], d0));
+    } else {
+      grad_row(dy, i / 2 + 1, s, m, e0, e1);
+      even = _mm256_fmadd_ps(w[1], e0, _mm256_mul_ps(w[7], d0));
+      odd = _mm256_fmadd_ps(w[0], e1, _mm256_fmadd_ps(w[2], e0, _mm256_fmadd_ps(
+                                                                 w[6], d1, _mm256_mul_ps(w[8], d0))));
+    }
+    const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+    float* row = out + i * s.w;
+    const int64_t room = (s.h - i) * s.w;
+    if (s.w > 8) {
+      _mm256_storeu_ps(row, _mm256_permute2f128_ps(lo, hi, 0x20));
+      store_row(row + 8, s.w - 8, _mm256_permute2f128_ps(lo, hi, 0x31), room - 8);
+    } else {
+      store_row(row, s.w, _mm256_permute2f128_ps(lo, hi, 0x20), room);
+    }
+  }
+}
+
+IGC_TARGET_AVX2 inline void load_weights(const float* w, bool flip, __m256 (&v)[9]) {
+  for (int t = 0; t < 9; ++t) v[t] = _mm256_broadcast_ss(w + (flip ? 8 - t : t));
+}
+
+// Threads for `macs` multiply-adds in `items` work items.
+int threads_for(int64_t macs, int64_t items) {
+  if (macs < kMinParallelMacs) return 1;
+  return static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), items));
+}
+
+Plane plane_of(const ConvGeometry& g) {
+  return Plane{g.height, g.width, g.out_height(), g.out_width(), static_cast<int>(g.stride_h)};
+}
+
+// Channels per work item: a block's planes of one image are contiguous (a 64 x 960 x 4 x 4
+// forward a channel at a time over the images, planes 61 KB apart, ran 4x slower: out of reach
+// of the hardware prefetchers); the backward's per-tap sums of a block stay in L1.
+constexpr int64_t kBlockChannels = 16;
+
+IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_t n, int64_t c0,
+                                   int64_t c1, const float* data, const float* weight,
+                                   const float* bias, float* out) {
+  const Shifts m = make_shifts(s);
+  for (int64_t c = c0; c < c1; ++c) {
+    __m256 w[9];
+    load_weights(weight + c * 9, false, w);
+    const int64_t ic = conv_input_channel(g, c), oc = conv_output_channel(g, c);
+    correlate_plane(data + (n * g.in_channels + ic) * s.h * s.w, s, m, w,
+                    _mm256_set1_ps(bias ? bias[c] : 0.0f), out + (n * g.filters + oc) * s.ho * s.wo);
+  }
+}
+
+// Channels [c0, c1) over every image, images in order: each weight's sum is the same on any
+// number of threads.
+IGC_TARGET_AVX2 void backward_block(const ConvGeometry& g, const Plane& s, int64_t c0, int64_t c1,
+                                    const float* out_grad, const float* data, const float* weight,
+                                    float* data_grad, float* weight_grad, float* bias_grad) {
+  const Shifts m = make_shifts(s);
+  alignas(32) float partial[kBlockChannels][10][8] = {};  // 9 taps, then the bias
+  for (int64_t n = 0; n < g.batch; ++n) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t ic = conv_input_channel(g, c), oc = conv_output_channel(g, c);
+      const float* x = data + (n * g.in_channels + ic) * s.h * s.w;
+      const float* dy = out_grad + (n * g.filters + oc) * s.ho * s.wo;
+      float* dx = data_grad + (n * g.in_channels + ic) * s.h * s.w;
+      // The unit-stride data gradient is the same correlation over the output gradient with
+      // the kernel flipped (an h x w plane, as the output).
+      __m256 w[9], sums[10];
+      load_weights(weight + c * 9, s.stride == 1, w);
+      if (s.stride == 1) correlate_plane(dy, s, m, w, _mm256_setzero_ps(), dx);
+      else data_grad_stride2(dy, s, m, w, dx);
+      float (*p)[8] = partial[c - c0];
+      for (int t = 0; t < 10; ++t) sums[t] = _mm256_load_ps(p[t]);
+      RowWindow r(x, s, m);
+      for (int64_t y = 0; y < s.ho; ++y) {
+        advance(r, x, y, s, m);
+        const __m256 e = load_row(dy + y * s.wo, s.wo);
+        sums[9] = _mm256_add_ps(sums[9], e);
+        for (int ky = 0; ky < 3; ++ky) {
+          for (int kx = 0; kx < 3; ++kx) {
+            sums[ky * 3 + kx] = _mm256_fmadd_ps(e, r.rows[ky].t[kx], sums[ky * 3 + kx]);
+          }
+        }
+      }
+      for (int t = 0; t < 10; ++t) _mm256_store_ps(p[t], sums[t]);
+    }
+  }
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int t = 0; t < 9; ++t) weight_grad[c * 9 + t] = hsum(_mm256_load_ps(partial[c - c0][t]));
+    if (bias_grad) bias_grad[c] = hsum(_mm256_load_ps(partial[c - c0][9]));
+  }
+}
+
+}  // namespace
+
+bool depthwise_small_conv(const ConvGeometry& g) {
+  const bool depthwise = g.groups == g.in_channels && g.filters == g.groups &&
+                         g.kernel_h == 3 && g.kernel_w == 3 &&
+                         g.pad_h == 1 && g.pad_w == 1 && g.stride_h == g.stride_w;
+  if (!depthwise || !use_avx2_kernels()) return false;
+  if (g.stride_h == 1) return g.width <= kMaxUnitWidth;
+  return g.stride_h == 2 && g.width <= kMaxStride2Width;
+}
+
+void depthwise_small_forward(const ConvGeometry& g, const float* data, const float* weight,
+                             const float* bias, float* out) {
+  const Plane s = plane_of(g);
+  const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
+  const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 9, g.batch * blocks);
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
+  for (int64_t item = 0; item < g.batch * blocks; ++item) {
+    const int64_t n = item / blocks, c0 = item % blocks * kBlockChannels;
+    forward_block(g, s, n, c0, std::min(c0 + kBlockChannels, g.filters), data, weight, bias, out);
+  }
+}
+
+void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, const float* data,
+                              const float* weight, float* data_grad, float* weight_grad,
+                              float* bias_grad) {
+  const Plane s = plane_of(g);
+  const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
+  const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 27, blocks);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t c0 = b * kBlockChannels;
+    backward_block(g, s, c0, std::min(c0 + kBlockChannels, g.filters), out_grad, data, weight,
+                   data_grad, weight_grad, bias_grad);
+  }
+}
+
+}  // namespace igc

@@ -40,7 +40,7 @@ Plan make_plan(const BlockGeometry& g) {
   p.band_rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(row_bytes, 1), 1, Hout);
   // Every band streams both 1x1 convs' weights once: on small planes with many channels (7x7,
   // 960 expanded) they outweigh the whole image's buffers, and one band of up to twice the usual
-  // size is faster (a batch-1 MobileNetV2's last block 8 % on Zen 4, 2026-12-05).
+  // size is faster (a batch-1 MobileNetV2's last block by 4-8 % on Zen 4, 2026-12-05).
   const int64_t weight_bytes = 4 * g.expanded * (g.in_channels + g.out_channels) / g.groups;
   if (Hout * row_bytes <= 2 * kBandBytes && weight_bytes >= Hout * row_bytes) p.band_rows = Hout;
   p.e_rows = (p.band_rows - 1) * g.stride + 3;
@@ -163,8 +163,8 @@ template <int MR, int NV, int kPrefetch>
 IGC_TARGET_AVX2 __attribute__((always_inline)) inline void expand_pixels(const ExpandPanel& a,
                                                                          int64_t n0) {
   __m256 acc[kMostPixels][2];
-  panel_block<MR, NV, 1, kPrefetch>(a.K, a.w, a.width, a.bias, [&](int64_t k) { return a.rows[k]; }, n0,
-                         acc);
+  panel_block<MR, NV, 1, kPrefetch>(a.K, a.w, a.width, a.bias,
+                                    [&](int64_t k) { return a.rows[k]; }, n0, acc);
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
@@ -210,7 +210,7 @@ template <int C>
 IGC_TARGET_AVX2 __attribute__((always_inline)) inline __m256 load_first(const float* p) {
   if constexpr (C == 8) return _mm256_loadu_ps(p);
   if constexpr (C > 4) return _mm256_set_m128(load_first4<C - 4>(p + 4), _mm_loadu_ps(p));
-  return _mm256_castps128_ps256(load_first4<C>(p));
+  return _mm256_insertf128_ps(_mm256_setzero_ps(), load_first4<C>(p), 0);
 }
 
 // In place: v[i] lane j <- v[j] lane i.

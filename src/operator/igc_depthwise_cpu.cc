@@ -100,8 +100,12 @@ IGC_TARGET_AVX2 inline Taps stride2_taps(const float* row, const Plane& s, const
   return Taps{{_mm256_and_ps(_mm256_permutevar8x32_ps(odd, m.right), m.right_keep), even, odd}};
 }
 
+IGC_TARGET_AVX2 inline Taps zero_taps() {
+  return Taps{{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
+}
+
 IGC_TARGET_AVX2 inline Taps row_taps(const float* x, int64_t r, const Plane& s, const Shifts& m) {
-  if (r < 0 || r >= s.h) return Taps{{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
+  if (r < 0 || r >= s.h) return zero_taps();
   return s.stride == 1 ? unit_taps(x + r * s.w, s, m) : stride2_taps(x + r * s.w, s, m);
 }
 
@@ -119,7 +123,7 @@ struct RowWindow {
   Taps rows[3];
 
   IGC_TARGET_AVX2 RowWindow(const float* x, const Plane& s, const Shifts& m) {
-    rows[0] = rows[1] = Taps{{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
+    rows[0] = rows[1] = zero_taps();
     rows[2] = row_taps(x, -1, s, m);
   }
 };
@@ -173,8 +177,8 @@ IGC_TARGET_AVX2 inline void data_grad_stride2(const float* dy, const Plane& s, c
     } else {
       grad_row(dy, i / 2 + 1, s, m, e0, e1);
       even = _mm256_fmadd_ps(w[1], e0, _mm256_mul_ps(w[7], d0));
-      odd = _mm256_fmadd_ps(w[0], e1, _mm256_fmadd_ps(w[2], e0, _mm256_fmadd_ps(
-                                                                 w[6], d1, _mm256_mul_ps(w[8], d0))));
+      const __m256 from_r = _mm256_fmadd_ps(w[6], d1, _mm256_mul_ps(w[8], d0));
+      odd = _mm256_fmadd_ps(w[0], e1, _mm256_fmadd_ps(w[2], e0, from_r));
     }
     const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
     float* row = out + i * s.w;
@@ -215,8 +219,9 @@ IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_
     __m256 w[9];
     load_weights(weight + c * 9, false, w);
     const int64_t ic = conv_input_channel(g, c), oc = conv_output_channel(g, c);
-    correlate_plane(data + (n * g.in_channels + ic) * s.h * s.w, s, m, w,
-                    _mm256_set1_ps(bias ? bias[c] : 0.0f), out + (n * g.filters + oc) * s.ho * s.wo);
+    const __m256 init = _mm256_set1_ps(bias ? bias[c] : 0.0f);
+    correlate_plane(data + (n * g.in_channels + ic) * s.h * s.w, s, m, w, init,
+                    out + (n * g.filters + oc) * s.ho * s.wo);
   }
 }
 

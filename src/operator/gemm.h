@@ -71,6 +71,13 @@ IGC_TARGET_AVX2 inline __m256i tail_mask(int64_t count) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), index);
 }
 
+// The sum of v's 8 lanes: halves, then pairs, then the last two (one fixed order).
+IGC_TARGET_AVX2 inline float horizontal_sum(__m256 v) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+
 // 8 floats at p, or (tail) only the lanes `mask` keeps, the others zero and not read.
 IGC_TARGET_AVX2 inline __m256 load8(const float* p, bool tail, __m256i mask) {
   return tail ? _mm256_maskload_ps(p, mask) : _mm256_loadu_ps(p);

@@ -439,12 +439,6 @@ void row_dots_portable(const RowDots& d) {
   }
 }
 
-IGC_TARGET_AVX2 inline float horizontal_sum(__m256 v) {
-  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-}
-
 // Rows [m0, m0 + MR) of a against rows [n0, n0 + NR) of b: MR x NR vectors of partial sums (12 of
 // the 16 registers at 4 x 3), each row vector loaded once per 8 values.
 template <int MR, int NR>

@@ -33,13 +33,6 @@ struct Plane {
   int stride;
 };
 
-IGC_TARGET_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // The `count` values at x (at most 8) as a vector, zero past them; reads nothing past them.
 IGC_TARGET_AVX2 inline __m256 load_row(const float* x, int64_t count) {
   if (count >= 8) return _mm256_loadu_ps(x);
@@ -73,13 +66,8 @@ IGC_TARGET_AVX2 inline Shifts make_shifts(const Plane& s) {
   Shifts m;
   m.right = _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6);
   m.left = _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7);
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i wo = _mm256_set1_epi32(static_cast<int>(s.wo));
-  const __m256i below = _mm256_cmpgt_epi32(wo, lanes);  // lane < wo
-  m.right_keep = _mm256_castsi256_ps(_mm256_andnot_si256(
-      _mm256_cmpeq_epi32(lanes, _mm256_setzero_si256()), below));
-  m.left_keep = _mm256_castsi256_ps(
-      _mm256_cmpgt_epi32(_mm256_sub_epi32(wo, _mm256_set1_epi32(1)), lanes));
+  m.right_keep = _mm256_castsi256_ps(_mm256_andnot_si256(tail_mask(1), tail_mask(s.wo)));
+  m.left_keep = _mm256_castsi256_ps(tail_mask(s.wo - 1));
   return m;
 }
 
@@ -261,8 +249,9 @@ IGC_TARGET_AVX2 void backward_block(const ConvGeometry& g, const Plane& s, int64
     }
   }
   for (int64_t c = c0; c < c1; ++c) {
-    for (int t = 0; t < 9; ++t) weight_grad[c * 9 + t] = hsum(_mm256_load_ps(partial[c - c0][t]));
-    if (bias_grad) bias_grad[c] = hsum(_mm256_load_ps(partial[c - c0][9]));
+    const float (*p)[8] = partial[c - c0];
+    for (int t = 0; t < 9; ++t) weight_grad[c * 9 + t] = horizontal_sum(_mm256_load_ps(p[t]));
+    if (bias_grad) bias_grad[c] = horizontal_sum(_mm256_load_ps(p[9]));
   }
 }
 

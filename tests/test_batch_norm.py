@@ -43,8 +43,12 @@ def _run(native, act, shape, dtype, x, head, gamma, beta, moving_mean, moving_va
 
 # float32 only: MXNet's float64 BatchNorm refuses to leave its normalised output unused (the
 # float64 kernels are checked without it below).
+# Also many images of small planes (40 of 4x4), odd plane sizes (9x9) and rows longer than the
+# kernels' float chunk of 512 values (23x23: two chunks per row, summed in double).
 CASES = [((4, 6, 5, 7), None, "float32"), ((3, 5, 4, 9), "relu", "float32"),
-         ((8, 16, 8, 8), "relu6", "float32"), ((2, 3, 11), "relu6", "float32")]
+         ((8, 16, 8, 8), "relu6", "float32"), ((2, 3, 11), "relu6", "float32"),
+         ((40, 3, 4, 4), "relu6", "float32"), ((5, 7, 9, 9), "relu", "float32"),
+         ((2, 4, 23, 23), None, "float32")]
 
 
 @pytest.mark.parametrize("shape,act,dtype", CASES)
@@ -76,14 +80,16 @@ def test_native_batchnorm_equals_mxnet_batchnorm_and_numpy(ops, shape, act, dtyp
         rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (100, 5, 2, 3)])
 @pytest.mark.parametrize("baseline", ["0", "1"])
 @pytest.mark.parametrize("act", [None, "relu", "relu6"])
-def test_float64_moments_and_apply_equal_numpy(ops, act, baseline, monkeypatch):
+def test_float64_moments_and_apply_equal_numpy(ops, act, baseline, shape, monkeypatch):
     """The ops' float64 kernels, called directly (MXNet's float64 BatchNorm cannot sit between
-    them): float64 accuracy, forward and every gradient, on the AVX2 and the portable path."""
+    them): float64 accuracy, forward and every gradient, on the AVX2 and the portable path (also
+    100 images of small planes)."""
     monkeypatch.setenv("IGC_CONV_BASELINE", baseline)
     rng = np.random.default_rng(3)
-    shape, axes = (3, 5, 4, 6), (0, 2, 3)
+    axes = (0, 2, 3)
     x = rng.standard_normal(shape) * rng.uniform(0.5, 4, (1, 5, 1, 1)) + 2.0
     head = rng.standard_normal(shape)
     gamma, beta = rng.uniform(0.5, 3, 5), rng.uniform(-1, 4, 5)
@@ -142,3 +148,34 @@ def test_native_batchnorm_rejects_bad_attributes_and_shapes(ops):
     with pytest.raises(mx.base.MXNetError, match="BatchNormMoments: data must have rank >= 2"):
         mx.sym.BatchNormMoments(data).infer_shape(data=(5,))
 
+
+def kernel_results_digest():
+    """sha256 of the float32 kernels' outputs (summary, output, every gradient) on small (4x4)
+    and large (32x32) planes, with enough channels for several threads."""
+    import hashlib
+    digest = hashlib.sha256()
+    rng = np.random.default_rng(4)
+    for shape in [(48, 40, 4, 4), (6, 24, 32, 32)]:
+        c = shape[1]
+        x = rng.standard_normal(shape).astype("float32") * 2 + 1
+        head = rng.standard_normal(shape).astype("float32")
+        summary = mx.nd.BatchNormMoments(mx.nd.array(x)).asnumpy()
+        mean, sd = (summary[1] + summary[0]) / 2, (summary[1] - summary[0]) / 2
+        inputs = [mx.nd.array(a) for a in (x, rng.uniform(0.5, 3, c), rng.uniform(-1, 4, c),
+                                           mean.reshape(c), 1 / np.sqrt(sd.reshape(c) ** 2 + EPS))]
+        for array in inputs:
+            array.attach_grad()
+        with mx.autograd.record():
+            out = mx.nd.BatchNormApply(*inputs, act="relu6")
+        out.backward(mx.nd.array(head))
+        for array in [summary, out.asnumpy()] + [a.grad.asnumpy() for a in inputs[:3]]:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_kernel_results_do_not_depend_on_the_thread_count(ops, run_on_threads, threads):
+    """Every per-channel sum runs over images in a fixed order on whichever thread takes the
+    channel: the same bits on 1 and 3 threads as in this process."""
+    run_on_threads("test_batch_norm",
+                   f"assert t.kernel_results_digest() == {kernel_results_digest()!r}", threads)

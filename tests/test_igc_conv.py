@@ -60,6 +60,12 @@ CASES = [
     # inputs (14 and 7 panels), 5x10 planes (T = 2) with 70 filters (a 4-row last panel) over 30.
     (3, 40, 4, 5, 80, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
     (2, 30, 5, 10, 70, 1, (1, 1), (1, 1), (0, 0), False, False, "float32"),
+    # More inputs than filters on planes of 64 to 255 values: the weight gradient with the output
+    # gradient transposed (a GEMM over all input channels): 8x8 planes, 96 inputs over 32 filters
+    # with a bias; 9x13 planes (117 values: zero tails to a whole vector), 2 groups of 24
+    # inputs over 10 filters, interleaved, 10 images (blocks of several images).
+    (10, 96, 8, 8, 32, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
+    (10, 48, 9, 13, 20, 2, (1, 1), (1, 1), (0, 0), True, True, "float32"),
 ]
 # Depthwise 3x3 at unit stride (one input and one output plane per group: the stencil kernel of
 # the forward and the data gradient, in blocks of 4 rows x 2 vectors or 8 rows x 1 vector): 11,

@@ -765,6 +765,14 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
   }
 }
 
+// column[v * stride] = row[v] for v < values, and 0 up to v < wd: a row of one image's values as
+// a column of a transposed GEMM operand, zero-padded to the item's row length.
+template <typename T>
+IGC_INLINE void spread_row(const T* row, int64_t values, int64_t wd, int64_t stride, T* column) {
+  for (int64_t v = 0; v < values; ++v) column[v * stride] = row[v];
+  for (int64_t v = values; v < wd; ++v) column[v * stride] = T(0);
+}
+
 // Weight and bias gradient of a float pointwise conv over `count` images of a group as one GEMM,
 // added to `partial` (one value per weight, then per filter): dW[f][c] += sum over the images'
 // values of dy[f] * x[c], with D (the images' output-gradient rows, zero tails) as A and the
@@ -781,9 +789,7 @@ void pointwise_weight_gemm(const Args<T>& a, int64_t n0, int64_t count, int64_t 
     for (int64_t r = 0; r < count; ++r) {
       for (int64_t c = 0; c < l.cg; ++c) {
         const T* x = a.data + ((n0 + r) * g.in_channels + group * l.cg + c) * values;
-        T* column = p + r * l.wd * l.cg + c;
-        for (int64_t v = 0; v < values; ++v) column[v * l.cg] = x[v];
-        for (int64_t v = values; v < l.wd; ++v) column[v * l.cg] = T(0);
+        spread_row(x, values, l.wd, l.cg, p + r * l.wd * l.cg + c);
       }
     }
     for (int64_t k = 0; k < depth; ++k) rows[k] = p + k * l.cg;
@@ -830,9 +836,7 @@ void pointwise_weight_gemm_t(const Args<T>& a, int64_t n0, int64_t count, int64_
       for (int64_t f = 0; f < l.fg; ++f) {
         const int64_t channel = conv_output_channel(g, group * l.fg + f);
         const T* dy = a.out_grad + ((n0 + r) * g.filters + channel) * values;
-        T* column = d + r * l.wd * l.fg + f;
-        for (int64_t v = 0; v < values; ++v) column[v * l.fg] = dy[v];
-        for (int64_t v = values; v < l.wd; ++v) column[v * l.fg] = T(0);
+        spread_row(dy, values, l.wd, l.fg, d + r * l.wd * l.fg + f);
       }
     }
     for (int64_t k = 0; k < depth; ++k) rows[k] = d + k * l.fg;
@@ -892,13 +896,15 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   const Layout& l = a.l;
   const int64_t group = item % g.groups, n0 = item / g.groups * a.images;
   const int64_t count = std::min(a.images, g.batch - n0), values = g.width;
+  // On the GEMM paths the partial buffer holds one lane per value; the rest of it is the GEMM's
+  // scratch.
+  T* scratch = partial + g.filters * l.cg + g.filters;
   if (a.gemm) {
     for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
     // On planes this large every pass reads the output gradient in place.
     if (a.dots) return pointwise_weight_dots(a, n0, count, group, partial);
     if (transpose_output_grad(g)) {
-      const int64_t reduced = g.filters * l.cg + g.filters;
-      return pointwise_weight_gemm_t(a, n0, count, group, p, d, partial, partial + reduced, rows);
+      return pointwise_weight_gemm_t(a, n0, count, group, p, d, partial, scratch, rows);
     }
   }
   // Only [0, values) of each row is written: the zero tails stay from the start.
@@ -909,11 +915,7 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
                   a.out_grad + ((n0 + r) * g.filters + channel) * values, values * sizeof(T));
     }
   }
-  if (a.gemm) {
-    // The partial buffer holds one lane per value here; the rest of it is the GEMM's scratch.
-    const int64_t reduced = g.filters * l.cg + g.filters;
-    return pointwise_weight_gemm(a, n0, count, group, p, d, partial, partial + reduced, rows);
-  }
+  if (a.gemm) return pointwise_weight_gemm(a, n0, count, group, p, d, partial, scratch, rows);
   for (int64_t c = 0; c < l.cg; ++c) {
     for (int64_t r = 0; r < count; ++r) {
       std::memcpy(p + c * l.p_chan + r * l.wq,

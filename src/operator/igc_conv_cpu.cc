@@ -212,6 +212,24 @@ IGC_TARGET_AVX2 inline void data_grad_s2_avx2(const float* q, int64_t q_row, con
   }
 }
 
+// dst[i] = src[i] for i < count: a plane row copied into an item buffer. Inline vector moves for
+// float with AVX2: a row is a few vectors, and a call to memcpy per row (two per output row of a
+// depthwise backward) cost a tenth of a 32 x 32 plane's 3x3 depthwise pass.
+IGC_TARGET_AVX2 inline void copy_row_avx2(float* dst, const float* src, int64_t count) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) _mm256_storeu_ps(dst + i, _mm256_loadu_ps(src + i));
+  for (; i < count; ++i) dst[i] = src[i];
+}
+
+template <typename T, int kBytes>
+IGC_INLINE void copy_row(T* dst, const T* src, int64_t count) {
+  if constexpr (kAvx2Float<T, kBytes>) {
+    copy_row_avx2(dst, src, count);
+  } else {
+    std::memcpy(dst, src, count * sizeof(T));
+  }
+}
+
 // Copies the group's input channels of sample n into the interior of P (padding stays zero).
 template <typename T, int kBytes>
 IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T* p) {
@@ -230,7 +248,7 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
       const T* row = src + iy * g.width;
       T* drow = dst + (iy + g.pad_h) * l.wq;
       if (g.stride_w == 1) {
-        if (ix_end > 0) std::memcpy(drow + g.pad_w, row, ix_end * sizeof(T));
+        if (ix_end > 0) copy_row<T, kBytes>(drow + g.pad_w, row, ix_end);
       } else if (kAvx2Float<T, kBytes> && g.stride_w == 2) {
         if constexpr (kAvx2Float<T, kBytes>) {
           // Input column ix goes to phase (ix + pad_w) % 2, column (ix + pad_w) / 2: from the
@@ -708,15 +726,15 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
       const T* row = dy + y * l.wo;
       T* drow = dchan + y * g.stride_h * l.wd;
       if (phases) {
-        std::memcpy(d + (y + 1) * l.wd + 1, row, l.wo * sizeof(T));
+        copy_row<T, kBytes>(d + (y + 1) * l.wd + 1, row, l.wo);
       } else if (g.stride_w == 1) {
-        std::memcpy(drow, row, l.wo * sizeof(T));
+        copy_row<T, kBytes>(drow, row, l.wo);
       } else if (kAvx2Float<T, kBytes> && g.stride_w == 2) {
         if constexpr (kAvx2Float<T, kBytes>) dilate2_avx2(row, l.wo, drow);
       } else {
         for (int64_t x = 0; x < l.wo; ++x) drow[x * g.stride_w] = row[x];
       }
-      if (!unit_stride) std::memcpy(e + f * l.e_chan + y * l.wo_pad, row, l.wo * sizeof(T));
+      if (!unit_stride) copy_row<T, kBytes>(e + f * l.e_chan + y * l.wo_pad, row, l.wo);
     }
   }
   const int64_t in_plane = g.height * g.width;

@@ -179,3 +179,39 @@ def test_kernel_results_do_not_depend_on_the_thread_count(ops, run_on_threads, t
     channel: the same bits on 1 and 3 threads as in this process."""
     run_on_threads("test_batch_norm",
                    f"assert t.kernel_results_digest() == {kernel_results_digest()!r}", threads)
+
+
+def apply_results(shape, act, monkeypatch, no_stream):
+    """BatchNormApply's output and every gradient (float32) with IGC_NO_STREAM as given."""
+    monkeypatch.setenv("IGC_NO_STREAM", no_stream)
+    rng = np.random.default_rng(5)
+    c = shape[1]
+    x = rng.standard_normal(shape).astype("float32") * 2 + 1
+    inputs = [mx.nd.array(a) for a in (x, rng.uniform(0.5, 3, c), rng.uniform(-1, 4, c),
+                                       rng.uniform(0, 2, c), rng.uniform(0.5, 2, c))]
+    for array in inputs:
+        array.attach_grad()
+    with mx.autograd.record():
+        out = mx.nd.BatchNormApply(*inputs, act=act)
+    out.backward(mx.nd.array(rng.standard_normal(shape).astype("float32")))
+    return [out.asnumpy()] + [a.grad.asnumpy() for a in inputs[:3]], [a.asnumpy() for a in inputs]
+
+
+# Outputs of 16 MB and more are written with non-temporal stores: 32x32 planes (rows on 32-byte
+# boundaries) and 37x37 planes (rows start anywhere: plain stores before the first boundary and
+# after the last).
+@pytest.mark.parametrize("shape,act", [((64, 66, 32, 32), "relu6"), ((64, 50, 37, 37), "relu")])
+def test_streamed_outputs_have_the_bits_of_plain_stores(ops, shape, act, monkeypatch):
+    assert np.prod(shape) * 4 >= 16 << 20
+    streamed, (x, gamma, beta, mean, invstd) = apply_results(shape, act, monkeypatch, "0")
+    plain, _ = apply_results(shape, act, monkeypatch, "1")
+    for name, a, b in zip(["output", "data grad", "gamma grad", "beta grad"], streamed, plain):
+        assert np.array_equal(a, b), name
+    # and the output is the normalisation itself
+    per_channel = (1, -1, 1, 1)
+    scale = (gamma * invstd).reshape(per_channel)
+    shift = beta.reshape(per_channel) - mean.reshape(per_channel) * scale
+    expected = np.maximum(x * scale + shift, 0)
+    if act == "relu6":
+        expected = np.minimum(expected, 6)
+    np.testing.assert_allclose(streamed[0], expected, rtol=1e-5, atol=1e-5)

@@ -43,10 +43,11 @@ IGC_HOST_DEVICE I reorder_source(I c, I channels, I groups) {
 // Environment switches of the CPU kernels, read on every call (so tests can flip them):
 //   IGC_CONV_BASELINE=1  the portable C++ kernels instead of AVX2+FMA (IGCConv, the BatchNorm,
 //                        IGCBlock);
-//   IGC_BLOCK_AVX2=1     IGCBlock's AVX2 GEMM instead of its AVX-512 one (unpacked weights).
+//   IGC_BLOCK_AVX2=1     IGCBlock's AVX2 GEMM instead of its AVX-512 one (unpacked weights);
+//   IGC_NO_STREAM=1      plain stores where the BatchNorm streams a large output (stream.h).
 // Unset, empty or 0 is off, 1 is on; any other value is an error, which the registration files
 // report (bad_env_switch) before a kernel runs.
-constexpr const char* kEnvSwitches[] = {"IGC_CONV_BASELINE", "IGC_BLOCK_AVX2"};
+constexpr const char* kEnvSwitches[] = {"IGC_CONV_BASELINE", "IGC_BLOCK_AVX2", "IGC_NO_STREAM"};
 
 inline bool env_switch_on(const char* name) {
   const char* value = std::getenv(name);

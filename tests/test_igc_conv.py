@@ -78,10 +78,13 @@ STENCIL_CASES = [
     (2, 4, 13, 20, 4, 4, (3, 3), (1, 1), (1, 1), True, False, "float64"),
 ]
 # Column stride 2 in float32 (the AVX2 split of input rows into column phases, 16 values at a
-# time, and the spread of the output gradient over every other column): padding 0, 1 and 2
-# (the first input column in the second phase for odd padding), rows of 37, 40 and 18 values
-# (whole blocks and tails), 3x3 and 5x5 kernels, row stride 2 and 1.
+# time, then 8, then one by one, and the spread of the output gradient over every other column):
+# padding 0, 1 and 2 (even input columns in the second phase for odd padding), rows of 37, 40,
+# 18, 29 and 32 values (whole blocks, an 8-value step, tails), 3x3 and 5x5 kernels, row stride 2
+# and 1.
 STRIDE2_CASES = [
+    (2, 4, 10, 29, 4, 4, (3, 3), (2, 2), (1, 1), False, True, "float32"),
+    (3, 5, 6, 32, 10, 5, (3, 3), (2, 2), (1, 1), True, False, "float32"),
     (2, 6, 11, 37, 6, 6, (3, 3), (2, 2), (0, 0), True, False, "float32"),
     (2, 4, 8, 40, 8, 2, (5, 5), (2, 2), (2, 2), False, True, "float32"),
     (2, 3, 9, 18, 3, 3, (3, 3), (1, 2), (1, 1), True, False, "float32"),

@@ -118,7 +118,8 @@ struct Vec {
 };
 
 // Stride-2 column phases of one row with AVX2: even[j] = row[2j], odd[j] = row[2j + 1] for the
-// `count` values row[0 .. count), 16 at a time (two permutes and two blends of halves).
+// `count` values row[0 .. count), 16 at a time (two permutes and two blends of halves), then 8
+// (one permute, its halves stored), then one by one.
 IGC_TARGET_AVX2 inline void split_phases_avx2(const float* row, int64_t count, float* even,
                                               float* odd) {
   const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
@@ -128,6 +129,12 @@ IGC_TARGET_AVX2 inline void split_phases_avx2(const float* row, int64_t count, f
     const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(row + i + 8), order);
     _mm256_storeu_ps(even + i / 2, _mm256_permute2f128_ps(a, b, 0x20));
     _mm256_storeu_ps(odd + i / 2, _mm256_permute2f128_ps(a, b, 0x31));
+  }
+  if (i + 8 <= count) {
+    const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(row + i), order);
+    _mm_storeu_ps(even + i / 2, _mm256_castps256_ps128(a));
+    _mm_storeu_ps(odd + i / 2, _mm256_extractf128_ps(a, 1));
+    i += 8;
   }
   for (; i < count; ++i) (i % 2 ? odd : even)[i / 2] = row[i];
 }
@@ -251,12 +258,18 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
         if (ix_end > 0) copy_row<T, kBytes>(drow + g.pad_w, row, ix_end);
       } else if (kAvx2Float<T, kBytes> && g.stride_w == 2) {
         if constexpr (kAvx2Float<T, kBytes>) {
-          // Input column ix goes to phase (ix + pad_w) % 2, column (ix + pad_w) / 2: from the
-          // first ix with (ix + pad_w) even, even offsets go to phase 0 and odd ones to 1.
-          const int64_t ix0 = std::min(g.pad_w % 2, ix_end);
-          if (ix0 == 1) drow[l.p_phase + g.pad_w / 2] = row[0];
-          const int64_t q0 = (ix0 + g.pad_w) / 2;
-          split_phases_avx2(row + ix0, ix_end - ix0, drow + q0, drow + l.p_phase + q0);
+          // Input column ix goes to phase (ix + pad_w) % 2, column (ix + pad_w) / 2: with pad_w
+          // even, even columns to phase 0 and odd ones to phase 1 from column pad_w / 2; with
+          // pad_w odd, even columns to phase 1 from pad_w / 2 and odd ones to phase 0 from
+          // pad_w / 2 + 1 (the whole row in one split: a 32-value row is two 16-value blocks).
+          const int64_t half = g.pad_w / 2;
+          if (ix_end > 0) {
+            if (g.pad_w % 2 == 0) {
+              split_phases_avx2(row, ix_end, drow + half, drow + l.p_phase + half);
+            } else {
+              split_phases_avx2(row, ix_end, drow + l.p_phase + half, drow + half + 1);
+            }
+          }
         }
       } else {
         for (int64_t phase = 0; phase < g.stride_w; ++phase) {

@@ -93,6 +93,7 @@ bench: venv ops bench-venv
 	$(BPY) benchmarks/permutation_overhead.py $(QUICK)
 	$(BPY) benchmarks/train_peers.py $(QUICK)
 	$(BPY) benchmarks/inference_peers.py $(QUICK)
+	$(BPY) benchmarks/profile_step.py --family mobilenetv2_cifar
 
 # Makes the demo records, trains a small plain_igc on the CPU (about a minute on 2 cores),
 # prints the per-epoch table and writes curves.png.

@@ -161,3 +161,37 @@ def test_reorder_cuda_benchmark_times_back_to_back_calls_between_events(monkeypa
     assert big[0][10] == "(short)"
     assert "Tensors of at least 8 MB at >= 0.85x copy: 0 of 3; short: 64x256x16x16 g=2 float32" \
         in out
+
+
+def test_profile_step_lists_every_conv_layer_with_its_times(ops, capsys):
+    """benchmarks/profile_step.py on a tiny mobilenetv2_cifar step: one row per convolution of
+    the graph (the plugin's and oneDNN's), in graph order, with positive times and the
+    multiply-adds of its shapes; the op table has the convolutions and the BatchNorm passes."""
+    import profile_step
+
+    import network
+    assert profile_step.parent(["--family", "mobilenetv2_cifar", "--batch", "2", "--steps", "2",
+                                "--warmup", "1", "--top", "40"]) == 0
+    out = capsys.readouterr().out
+    layers = profile_step.conv_layers(network.get_symbol("mobilenetv2_cifar", 10), (2, 3, 32, 32))
+    assert len(layers) == 53 and {op for op, *_ in layers} == {"IGCConv", "Convolution"}
+    rows = [line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in {name for _, name, *_ in layers}]
+    assert [r[0] for r in rows] == [name for _, name, *_ in layers]
+    for row, (_, _, src, dst, kernel, groups, macs) in zip(rows, layers):
+        assert row[1:6] == ["x".join(map(str, src)), "x".join(map(str, dst)),
+                            "x".join(map(str, kernel)), str(groups), f"{macs / 1e6:.0f}"]
+        assert float(row[6]) > 0 and float(row[8]) > 0
+    # the first 1x1 conv after the stem: 2 images of 32x32, 32 -> 32 channels
+    assert layers[1][1:] == ("seq-0-block0-exp-conv2d", (2, 32, 32, 32), (2, 32, 32, 32),
+                             (1, 1), 1, 2 * 32 * 32 * 32 * 32)
+    for op in ("_backward_IGCConv", "IGCConv", "BatchNormApply", "_backward_BatchNormApply"):
+        assert any(line.split()[:1] == [op] for line in out.splitlines()), op
+
+
+def test_profile_step_refuses_bad_flags():
+    import profile_step
+    with pytest.raises(SystemExit):
+        profile_step.parent(["--family", "resnet50"])
+    with pytest.raises(SystemExit):
+        profile_step.parent(["--family", "igcv3_cifar", "--steps", "0"])

@@ -261,14 +261,13 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
           // Input column ix goes to phase (ix + pad_w) % 2, column (ix + pad_w) / 2: with pad_w
           // even, even columns to phase 0 and odd ones to phase 1 from column pad_w / 2; with
           // pad_w odd, even columns to phase 1 from pad_w / 2 and odd ones to phase 0 from
-          // pad_w / 2 + 1 (the whole row in one split: a 32-value row is two 16-value blocks).
+          // pad_w / 2 + 1 (the whole row in one split: a 32-value row is two 16-value blocks;
+          // a count of 0 or less splits nothing).
           const int64_t half = g.pad_w / 2;
-          if (ix_end > 0) {
-            if (g.pad_w % 2 == 0) {
-              split_phases_avx2(row, ix_end, drow + half, drow + l.p_phase + half);
-            } else {
-              split_phases_avx2(row, ix_end, drow + l.p_phase + half, drow + half + 1);
-            }
+          if (g.pad_w % 2 == 0) {
+            split_phases_avx2(row, ix_end, drow + half, drow + l.p_phase + half);
+          } else {
+            split_phases_avx2(row, ix_end, drow + l.p_phase + half, drow + half + 1);
           }
         }
       } else {

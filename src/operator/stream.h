@@ -18,10 +18,10 @@ namespace igc {
 // exceed a 32 MB L3, so their consumer reads them from memory either way.
 constexpr int64_t kStreamMinBytes = int64_t(16) << 20;
 
-// Whether a kernel streams an output of `bytes` (its AVX2 path; IGC_NO_STREAM=1 keeps plain
-// stores, see common.h).
+// Whether a kernel's AVX2 path (the caller picks it) streams an output of `bytes`:
+// IGC_NO_STREAM=1 keeps plain stores (see common.h).
 inline bool stream_output(int64_t bytes) {
-  return bytes >= kStreamMinBytes && !env_switch_on("IGC_NO_STREAM") && use_avx2_kernels();
+  return bytes >= kStreamMinBytes && !env_switch_on("IGC_NO_STREAM");
 }
 
 // dst[i] = src[i] for i < count, dst written with non-temporal stores where 32-byte aligned

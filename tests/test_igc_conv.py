@@ -329,12 +329,8 @@ ACT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", ACT_CASES, ids=case_id)
-@pytest.mark.parametrize("baseline", ["0", "1"], ids=["avx2", "sse2"])
-def test_relu6_act_equals_the_conv_then_clip_nan_included(ops, case, baseline, monkeypatch):
-    """Every output clipped to [0, 6] as MXNet's clip does, the same values (NaN stays NaN, in
-    the places a NaN input spreads to), whichever kernel ran."""
-    monkeypatch.setenv("IGC_CONV_BASELINE", baseline)
+def check_relu6_act(case):
+    """IGCConv with act='relu6' gives exactly clip(IGCConv, 0, 6), NaN included."""
     igc, _ = conv_symbols(case)
     arrays = random_inputs(case)
     arrays["data"] = arrays["data"] * 8  # outputs on both sides of 0 and of 6
@@ -346,6 +342,38 @@ def test_relu6_act_equals_the_conv_then_clip_nan_included(ops, case, baseline, m
     assert np.isnan(want).any() and (want == 6).any() and (want == 0).any() and (
         (want > 0) & (want < 6)).any()
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("case", ACT_CASES, ids=case_id)
+@pytest.mark.parametrize("baseline", ["0", "1"], ids=["avx2", "sse2"])
+def test_relu6_act_equals_the_conv_then_clip_nan_included(ops, case, baseline, monkeypatch):
+    """Every output clipped to [0, 6] as MXNet's clip does, the same values (NaN stays NaN, in
+    the places a NaN input spreads to), whichever kernel ran."""
+    monkeypatch.setenv("IGC_CONV_BASELINE", baseline)
+    check_relu6_act(case)
+
+
+# Fewer images x groups than threads: the forward splits each plane's output rows among the
+# threads (two chunks per thread, each copying only the input rows it reads): a batch-1 stem
+# (3 -> 32, 3x3, stride 2, 65 rows: chunks of 8 and 9 output rows on 2 threads), unit stride
+# on 23 rows, 2 groups on 3 threads (4 chunks each), a 5x5 kernel at row stride 2, float64.
+ROW_CHUNK_CASES = [
+    (1, 3, 65, 61, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32"),
+    (1, 8, 23, 30, 8, 1, (3, 3), (1, 1), (1, 1), False, False, "float32"),
+    (1, 16, 25, 19, 16, 2, (3, 3), (1, 1), (1, 1), True, True, "float64"),
+    (1, 4, 31, 24, 8, 1, (5, 5), (2, 1), (2, 2), True, False, "float32"),
+]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_forward_rows_split_among_threads_equal_convolution(run_on_threads, threads):
+    """The row chunks of a batch-1 forward together give every output row once, with and
+    without act='relu6', on both kernels."""
+    run_on_threads("test_igc_conv", "import os; cases = t.ROW_CHUNK_CASES; "
+                   "[t.check_against_reference(c) for c in cases]; "
+                   "[t.check_relu6_act(c) for c in cases]; "
+                   "os.environ['IGC_CONV_BASELINE'] = '1'; "
+                   "[t.check_against_reference(c) for c in cases]", threads)
 
 
 def test_relu6_act_has_no_backward_and_says_so(ops):

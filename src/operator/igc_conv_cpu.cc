@@ -103,6 +103,7 @@ struct Args {
   int64_t panel_floats;     // per group
   RowDotsKernel dots;       // the row-dot backward (see row_dots_backward), else null
   bool relu6 = false;       // forward: act='relu6' (see relu6_planes)
+  int64_t row_chunks = 1;   // forward: output-row chunks per image and group (forward_row_chunks)
 };
 
 // Whether kernels built for T and kBytes may call the AVX2 float helpers below.
@@ -239,19 +240,20 @@ IGC_INLINE void copy_row(T* dst, const T* src, int64_t count) {
 
 // Copies the group's input channels of sample n into the interior of P (padding stays zero).
 template <typename T, int kBytes>
-IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T* p) {
+IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T* p,
+                                  int64_t iy_begin = 0, int64_t iy_stop = INT64_MAX) {
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
   // Columns past this one are never read by a valid output.
   const int64_t col_end = (l.wo - 1) * g.stride_w + g.kernel_w;
   const int64_t ix_end = std::min(g.width, col_end - g.pad_w);
-  const int64_t iy_end = std::min(g.height, l.hp - g.pad_h);
+  const int64_t iy_end = std::min({g.height, l.hp - g.pad_h, iy_stop});
   for (int64_t c = 0; c < l.cg; ++c) {
     const T* src =
         a.data + ((n * g.in_channels + conv_input_channel(g, group * l.cg + c)) * g.height) *
                      g.width;
     T* dst = p + c * l.p_chan;
-    for (int64_t iy = 0; iy < iy_end; ++iy) {
+    for (int64_t iy = std::max<int64_t>(0, iy_begin); iy < iy_end; ++iy) {
       const T* row = src + iy * g.width;
       T* drow = dst + (iy + g.pad_h) * l.wq;
       if (g.stride_w == 1) {
@@ -703,6 +705,8 @@ template <typename T, int kBytes>
 IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** rows) {
   const ConvGeometry& g = a.g;
   const Layout& l = a.l;
+  const int64_t chunk = item % a.row_chunks;
+  item /= a.row_chunks;
   const int64_t n = item / g.groups, group = item % g.groups, first = group * l.fg;
   const int64_t plane = l.ho * l.wo;
   const int64_t out_stride = conv_filter_channel_step(g) * plane;
@@ -712,10 +716,24 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
     if (a.relu6) relu6_planes<T, kBytes>(out, out_stride, l.fg, plane);
     return;
   }
-  fill_padded_input<T, kBytes>(a, n, group, p);
-  correlate_planes<T, kBytes>(p, g.stride_h * l.wq, a.fwd_taps, a.weight + first * l.cg * l.k2,
-                              l.cg * l.k2, l.cg * l.k2, a.bias ? a.bias + first : a.zeros, out,
-                              out_stride, l.fg, l.ho, l.wo, a.relu6);
+  // Output rows [y0, y1) read the padded input rows [y0 * stride_h, (y1 - 1) * stride_h +
+  // kernel_h): with several chunks, each one zeroes those rows of P (its padding stays zero)
+  // instead of every thread zeroing all of P.
+  const int64_t y0 = chunk * l.ho / a.row_chunks, y1 = (chunk + 1) * l.ho / a.row_chunks;
+  if (y0 == y1) return;
+  const int64_t row_step = g.stride_h * l.wq;
+  if (a.row_chunks > 1) {
+    const int64_t r0 = y0 * g.stride_h, r1 = (y1 - 1) * g.stride_h + g.kernel_h;
+    for (int64_t q = 0; q < g.stride_w * l.cg; ++q) {  // every phase of every channel
+      std::memset(p + q * l.p_chan + r0 * l.wq, 0, (r1 - r0) * l.wq * sizeof(T));
+    }
+  }
+  fill_padded_input<T, kBytes>(a, n, group, p, y0 * g.stride_h - g.pad_h,
+                               (y1 - 1) * g.stride_h + g.kernel_h - g.pad_h);
+  correlate_planes<T, kBytes>(p + y0 * row_step, row_step, a.fwd_taps,
+                              a.weight + first * l.cg * l.k2, l.cg * l.k2, l.cg * l.k2,
+                              a.bias ? a.bias + first : a.zeros, out + y0 * l.wo, out_stride, l.fg,
+                              y1 - y0, l.wo, a.relu6);
 }
 
 // `partial` accumulates this thread's weight gradient (filters*cg*k2) then bias gradient
@@ -1080,6 +1098,16 @@ ConvGeometry backward_item_geometry(ConvGeometry g, int64_t value_bytes) {
   return g;
 }
 
+// Output-row chunks of each forward item (an image and group): 1, or where there are fewer items
+// than threads (a batch-1 stem: 1 x 3 x 224 x 224 -> 32, one item), two per thread, so that
+// every thread has rows and one that starts late leaves its second chunk to the others. Each
+// chunk copies only the input rows its output rows read. The pointwise GEMM keeps whole planes.
+int64_t forward_row_chunks(const ConvGeometry& g, bool gemm, int threads) {
+  const int64_t items = g.batch * g.groups;
+  if (gemm || threads <= 1 || items >= threads) return 1;
+  return std::min<int64_t>(g.out_height(), 2 * ((threads + items - 1) / items));
+}
+
 // Items handed out at a time: 4, or more where there are so many (small) items that taking them
 // four at a time would make the threads contend for the shared counter; still at least 32
 // hand-outs per thread, so that a slow thread leaves little behind. Where a thread has fewer than
@@ -1195,18 +1223,19 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   std::fill(zeros, zeros + std::max(l.cg, l.fg), T(0));
   const int64_t panel_floats = gemm_panels<T>(g, false, avx2);
   float* panels = panel_floats ? reinterpret_cast<float*>(ws + w.panels) : nullptr;
-  const Args<T> a{g,       l,       data,  weight, bias, out, nullptr, nullptr, fwd_taps,
+  Args<T> a{g,       l,       data,  weight, bias, out, nullptr, nullptr, fwd_taps,
                   nullptr, nullptr, zeros, false,  1,    pointwise_gemm_kernel<T>(g),
                   panels,  panel_floats, nullptr, act == kConvRelu6};
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
-  const int64_t items = g.batch * g.groups;
   const int threads = plan.threads;
+  a.row_chunks = forward_row_chunks(g, a.gemm != nullptr, threads);
+  const int64_t items = g.batch * g.groups * a.row_chunks;
 #pragma omp parallel num_threads(threads)
   {
     char* mine = ws + w.shared + omp_get_thread_num() * w.per_thread;
     T* p = reinterpret_cast<T*>(mine + w.p);
     const T** rows = reinterpret_cast<const T**>(mine + w.rows);
-    if (!a.gemm) std::memset(p, 0, l.p_size * sizeof(T));
+    if (!a.gemm && a.row_chunks == 1) std::memset(p, 0, l.p_size * sizeof(T));
     if (panels) pack_panels(weight, l.fg, l.cg, g.groups, panels, panel_floats);
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
     for (int64_t item = 0; item < items; ++item) run(a, item, p, rows);

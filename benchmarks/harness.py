@@ -180,6 +180,21 @@ def print_table(headers, rows):
         print(line(row))
 
 
+def pinned_env(pin):
+    """Child environment for `pin`: OpenMP's threads bound to CPUs (OMP_PROC_BIND=true: every
+    OpenMP runtime in the child, MXNet's and oneDNN's and PyTorch's, binds its calling thread to
+    the first CPU and each worker to the next), or explicitly not (false)."""
+    return {"OMP_PROC_BIND": "true" if pin else "false"}
+
+
+def ort_affinities(threads, cpus):
+    """ONNX Runtime's session.intra_op_thread_affinities for `threads` intra-op threads: the
+    pool's own threads (all but the calling one, which OpenMP binding put on cpus[0]) on
+    cpus[1], cpus[2], ... in turn, as the 1-based processor numbers ONNX Runtime takes; empty
+    for one thread."""
+    return ";".join(str(cpus[i % len(cpus)] + 1) for i in range(1, threads))
+
+
 def add_threads_flag(parser, default="1,2"):
     parser.add_argument("--threads", default=default,
                         help=f"comma-separated OpenMP thread counts, one process each "

@@ -13,10 +13,18 @@ interleaved rounds; a process per network and thread count):
   optimizations, intra-op threads = the thread count.
 Ratios are ONNX Runtime ms / MXNet ms (above 1 = MXNet is faster) and ONNX Runtime / PyTorch.
 
+Every timed call follows a 50 ms pause (a served model between requests). Threads are pinned to
+CPUs unless --no-pin: the calling thread to the first CPU, the workers to the others, by
+OMP_PROC_BIND=true for the OpenMP runtimes (MXNet with oneDNN and the plugin, PyTorch) and by
+session.intra_op_thread_affinities for ONNX Runtime's intra-op pool.
+Unpinned, a worker woken after the pause may start on its waker's CPU and share it for
+milliseconds (seen on a 2-vCPU VM: a 2-thread batch-1 MobileNetV2 in MXNet 9 ms, pinned 6 ms).
+
     python benchmarks/inference_peers.py                 # batch 1 and 16, 1 and 2 threads
     python benchmarks/inference_peers.py --quick         # 3 rounds
     python benchmarks/inference_peers.py --threads 1 --batches 1 --networks igcv3
     python benchmarks/inference_peers.py --unpacked      # + the unpacked IGCBlock kernel
+    python benchmarks/inference_peers.py --no-pin        # threads left where the OS puts them
 """
 import argparse
 import os
@@ -61,9 +69,16 @@ def mxnet_params(mx, symbol, batch):
 
 def measure(payload):
     """Runs in the child: rows of (network, batch, {variant: seconds})."""
-    import mxnet as mx
+    import mxnet as mx  # (pinned: its OpenMP runtime has put this thread on cpus[0] alone)
+    if payload["pin"]:
+        # PyTorch's OpenMP runtime takes its CPUs from this thread's affinity when it loads: all
+        # of them. Then this thread, which calls every runtime and starts MXNet's engine
+        # threads, goes back to the first CPU; each runtime's workers are bound to the others.
+        os.sched_setaffinity(0, payload["cpus"])
     import onnxruntime as ort
     import torch
+    if payload["pin"]:
+        os.sched_setaffinity(0, payload["cpus"][:1])
 
     import network
     import peers
@@ -85,6 +100,9 @@ def measure(payload):
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            affinities = harness.ort_affinities(threads, payload["cpus"])
+            if payload["pin"] and affinities:
+                options.add_session_config_entry("session.intra_op_thread_affinities", affinities)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
             for batch in payload["batches"]:
@@ -121,6 +139,8 @@ def parent(argv=None):
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default: 10)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up calls (default: 2)")
     parser.add_argument("--quick", action="store_true", help="3 rounds after 1 warm-up call")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="leave the threads unpinned (default: pinned, see above)")
     parser.add_argument("--unpacked", action="store_true",
                         help="also time the optimized graph with pack_blocks=False (the unpacked "
                              "IGCBlock kernel, with its AVX-512 GEMM)")
@@ -139,12 +159,18 @@ def parent(argv=None):
     if rounds < 1 or warmup < 0:
         parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
 
+    cpus = sorted(os.sched_getaffinity(0))
     results = {(name, t): harness.run_child(
         __file__, dict(threads=t, rounds=rounds, warmup=warmup, batches=batches,
-                       networks=[name], unpacked=args.unpacked), t)
+                       networks=[name], unpacked=args.unpacked, pin=args.pin, cpus=cpus), t,
+        harness.pinned_env(args.pin))
         for name in networks for t in threads}
     harness.print_header(f"Inference, {SIZE}x{SIZE}, median of {rounds} interleaved rounds",
                          "mxnet", "torch", "onnxruntime")
+    print("threads: " + ("pinned (OMP_PROC_BIND=true; ONNX Runtime's by "
+                         "session.intra_op_thread_affinities)" if args.pin else
+                         "not pinned (--no-pin: OMP_PROC_BIND=false)"))
+    print()
     first = next(iter(results.values()))
     variants = list(first["rows"][0][2])
     headers = ["network", "batch", "threads"] + [f"{v} ms" for v in variants]

@@ -195,3 +195,37 @@ def test_profile_step_refuses_bad_flags():
         profile_step.parent(["--family", "resnet50"])
     with pytest.raises(SystemExit):
         profile_step.parent(["--family", "igcv3_cifar", "--steps", "0"])
+
+
+@pytest.mark.parametrize("threads, cpus, want", [(1, [0, 1], ""), (2, [0, 1], "2"),
+                                                 (3, [4, 5, 6], "6;7"), (3, [0, 1], "2;1")])
+def test_onnxruntime_pool_threads_go_to_the_cpus_after_the_first(threads, cpus, want):
+    """1-based processor numbers, one per pool thread (the calling thread is not ORT's to pin),
+    starting after the CPU OpenMP binds the calling thread to, wrapping past the last."""
+    assert harness.ort_affinities(threads, cpus) == want
+
+
+@pytest.mark.parametrize("flags, pinned", [([], True), (["--no-pin"], False)])
+def test_inference_benchmark_pins_every_runtime_unless_told_not_to(monkeypatch, capsys, flags,
+                                                                   pinned):
+    """The children get OMP_PROC_BIND (true, or false with --no-pin), the payload says whether
+    to pin ONNX Runtime's pool and on which CPUs, and the header says which it was."""
+    import inference_peers
+    calls = []
+
+    def fake_child(script, payload, threads, extra_env=None):
+        calls.append((payload, threads, extra_env))
+        times = {"MXNet": 0.02, "MXNet optimized": 0.01, "PyTorch": 0.03, "ONNX Runtime": 0.012}
+        return {"rows": [(payload["networks"][0], b, times) for b in payload["batches"]]}
+
+    monkeypatch.setattr(harness, "run_child", fake_child)
+    assert inference_peers.parent(flags + ["--threads", "1,2", "--batches", "1",
+                                           "--networks", "mobilenetv2"]) == 0
+    assert [threads for _, threads, _ in calls] == [1, 2]
+    for payload, _, env in calls:
+        assert env == {"OMP_PROC_BIND": "true" if pinned else "false"}
+        assert payload["pin"] is pinned and payload["cpus"] == sorted(os.sched_getaffinity(0))
+    out = capsys.readouterr().out
+    assert ("threads: pinned (OMP_PROC_BIND=true" in out) is pinned
+    assert ("threads: not pinned (--no-pin" in out) is not pinned
+    assert "1.20x" in out  # ORT 12 ms / MXNet optimized 10 ms

@@ -1314,8 +1314,8 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   const int64_t panel_floats = gemm_panels<T>(g, false, avx2);
   float* panels = panel_floats ? reinterpret_cast<float*>(ws + w.panels) : nullptr;
   Args<T> a{g,       l,       data,  weight, bias, out, nullptr, nullptr, fwd_taps,
-                  nullptr, nullptr, zeros, false,  1,    pointwise_gemm_kernel<T>(g),
-                  panels,  panel_floats, nullptr, act == kConvRelu6};
+            nullptr, nullptr, zeros, false,  1,    pointwise_gemm_kernel<T>(g),
+            panels,  panel_floats, nullptr, act == kConvRelu6};
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
   const int threads = plan.threads;
   a.row_chunks = forward_row_chunks(g, a.gemm != nullptr, threads);

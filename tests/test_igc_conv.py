@@ -96,15 +96,15 @@ STRIDE2_CASES = [
     (3, 4, 12, 50, 4, 4, (3, 3), (2, 2), (1, 1), False, False, "float32"),
     (2, 3, 7, 16, 3, 3, (3, 3), (2, 2), (1, 1), True, False, "float32"),
 ]
-# Few taps per filter (input channels x kernel <= 64, 8k filters per group, float32: blocks of 6
-# pixels x 16 filters): 16 + 8 filters on 15 output columns (the last block moved back), 2
-# interleaved groups of 8 filters at unit stride, a 5 x 5 kernel (50 taps) on rows of exactly 6
-# outputs, 16 + 16 + 8 filters at strides (2, 1) with padding (1, 0).
+# Few taps per filter at column stride 2 (input channels x kernel <= 64, 8k filters per group,
+# float32: blocks of 6 pixels x 16 filters): 16 + 8 filters on 15 output columns (the last block
+# moved back), 2 interleaved groups of 8 filters at row stride 1, a 5 x 5 kernel (50 taps) on
+# rows of exactly 6 outputs, 16 + 16 + 8 filters at strides (1, 2) with padding (0, 1).
 FEW_TAPS_CASES = [
     (2, 3, 13, 29, 24, 1, (3, 3), (2, 2), (1, 1), True, False, "float32"),
-    (2, 6, 9, 17, 16, 2, (3, 3), (1, 1), (1, 1), False, True, "float32"),
-    (1, 2, 12, 6, 8, 1, (5, 5), (1, 1), (2, 2), True, False, "float32"),
-    (2, 3, 10, 11, 40, 1, (3, 3), (2, 1), (1, 0), True, False, "float32"),
+    (2, 6, 9, 17, 16, 2, (3, 3), (1, 2), (1, 1), False, True, "float32"),
+    (1, 2, 12, 11, 8, 1, (5, 5), (2, 2), (2, 2), True, False, "float32"),
+    (2, 3, 10, 11, 40, 1, (3, 3), (1, 2), (0, 1), True, False, "float32"),
 ]
 # input_branches=B: the conv reads Reorder(B) of its data (one input channel per group). (case,
 # B) with C/B != B, so that reading the inverse permutation would fail: IGCV3's depthwise shape

@@ -705,14 +705,15 @@ void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, 
 // Dense forward with few taps per filter (the stem: 3 channels x 3 x 3 = 27), float32 AVX2:
 // blocks of 6 output pixels x 16 filters (12 accumulators), each tap one broadcast of an input
 // value per pixel times a vector of 16 filters' weights, then 8 x 8 transpositions into the
-// filter rows. The correlation blocks above hold vectors of pixels instead, and their unaligned
-// loads from P split across cache lines: the 1 x 3 x 224 x 224 -> 32 stride-2 stem ran at 26-30
-// GMAC/s there, about 43 here (Zen 4, 1 thread).
+// filter rows. The correlation blocks above hold vectors of pixels instead: at column stride 2
+// (two phase planes per channel) the 1 x 3 x 224 x 224 -> 32 stem ran at 26-30 GMAC/s there,
+// about 43 here (Zen 4, 1 thread). At unit stride they keep it: the CIFAR stems (64 x 3 x 32 x
+// 32 -> 32 or 48) took 1-3 % longer here (in one process, alternating).
 constexpr int64_t kFewTaps = 64;
 constexpr int kTapPixels = 6;
 
-inline bool few_taps_forward(const Layout& l) {
-  return l.cg * l.k2 <= kFewTaps && l.fg % 8 == 0 && l.wo >= kTapPixels;
+inline bool few_taps_forward(const ConvGeometry& g, const Layout& l) {
+  return g.stride_w >= 2 && l.cg * l.k2 <= kFewTaps && l.fg % 8 == 0 && l.wo >= kTapPixels;
 }
 
 // Pixels x0 .. x0 + 5 of output row `orow` (filter rows out_stride apart) for the NV * 8
@@ -813,7 +814,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
   fill_padded_input<T, kBytes>(a, n, group, p, y0 * g.stride_h - g.pad_h,
                                (y1 - 1) * g.stride_h + g.kernel_h - g.pad_h);
   if constexpr (kAvx2Float<T, kBytes>) {
-    if (few_taps_forward(l)) {
+    if (few_taps_forward(g, l)) {
       few_taps_planes(p + y0 * row_step, row_step, a.fwd_taps, l.cg * l.k2,
                       a.weight + first * l.cg * l.k2, a.bias ? a.bias + first : a.zeros,
                       out + y0 * l.wo, out_stride, l.fg, y1 - y0, l.wo, a.relu6);

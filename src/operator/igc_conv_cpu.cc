@@ -502,11 +502,8 @@ IGC_INLINE void relu6_values(T* y, int64_t from, int64_t values) {
 // The same 8 values at a time: max(0, v) and min(6, v) return their second operand v when it is
 // NaN (and -0 for -0, as the comparisons above).
 IGC_TARGET_AVX2 inline void relu6_values_avx2(float* y, int64_t values) {
-  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
   int64_t i = 0;
-  for (; i + 8 <= values; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_min_ps(six, _mm256_max_ps(zero, _mm256_loadu_ps(y + i))));
-  }
+  for (; i + 8 <= values; i += 8) _mm256_storeu_ps(y + i, relu6_ps(_mm256_loadu_ps(y + i)));
   relu6_values(y, i, values);
 }
 
@@ -740,18 +737,15 @@ IGC_TARGET_AVX2 __attribute__((always_inline)) inline void few_taps_block(
       for (int j = 0; j < NV; ++j) acc[i][j] = _mm256_fmadd_ps(w[j], v, acc[i][j]);
     }
   }
-  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
 #pragma GCC unroll 2
   for (int j = 0; j < NV; ++j) {
     __m256 v[8];
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) v[i] = i < kTapPixels ? acc[i][j] : zero;
+    for (int i = 0; i < 8; ++i) v[i] = i < kTapPixels ? acc[i][j] : _mm256_setzero_ps();
     transpose8(v);
 #pragma GCC unroll 8
     for (int f = 0; f < 8; ++f) {
-      // (this order keeps a NaN, as MXNet's clip does)
-      const __m256 r = relu6 ? _mm256_min_ps(six, _mm256_max_ps(zero, v[f])) : v[f];
-      store_first<kTapPixels>(orow + (8 * j + f) * out_stride + x0, r);
+      store_first<kTapPixels>(orow + (8 * j + f) * out_stride + x0, relu6 ? relu6_ps(v[f]) : v[f]);
     }
   }
 }

@@ -1,6 +1,6 @@
 // Small AVX2 helpers shared by CPU kernels that keep register blocks of pixels x 8 filters
-// (the packed IGCBlock, IGCConv's dense few-channel forward): partial vector loads and stores
-// and an 8 x 8 transposition from pixel-major accumulators to filter-major rows.
+// (the packed IGCBlock, IGCConv's dense few-channel forward): partial vector loads and stores,
+// ReLU6 and an 8 x 8 transposition from pixel-major accumulators to filter-major rows.
 #ifndef IGC_OPERATOR_VEC_AVX2_H_
 #define IGC_OPERATOR_VEC_AVX2_H_
 
@@ -49,6 +49,11 @@ IGC_TARGET_AVX2 __attribute__((always_inline)) inline __m256 load_first(const fl
   if constexpr (C == 8) return _mm256_loadu_ps(p);
   if constexpr (C > 4) return _mm256_set_m128(load_first4<C - 4>(p + 4), _mm_loadu_ps(p));
   return _mm256_insertf128_ps(_mm256_setzero_ps(), load_first4<C>(p), 0);
+}
+
+// min(max(v, 0), 6) with a NaN kept (in this operand order), as MXNet's clip(0, 6) does.
+IGC_TARGET_AVX2 __attribute__((always_inline)) inline __m256 relu6_ps(__m256 v) {
+  return _mm256_min_ps(_mm256_set1_ps(6.0f), _mm256_max_ps(_mm256_setzero_ps(), v));
 }
 
 // In place: v[i] lane j <- v[j] lane i.

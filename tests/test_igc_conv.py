@@ -66,6 +66,12 @@ CASES = [
     # inputs over 10 filters, interleaved, 10 images (blocks of several images).
     (10, 96, 8, 8, 32, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
     (10, 48, 9, 13, 20, 2, (1, 1), (1, 1), (0, 0), True, True, "float32"),
+    # Row dot products on output-gradient rows a multiple of 4 KB apart (blocks of 4 copied
+    # first): 32x32 planes, 42 filters (10 copied blocks, 2 rows in place) over 24 inputs; 16x16
+    # planes of 4 interleaved groups (filter rows 4 planes = 4 KB apart), 5 filters x 4 inputs
+    # per group, 9 images (4 per item, each image a segment of the copy; a last item of 1).
+    (2, 24, 32, 32, 42, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
+    (9, 16, 16, 16, 20, 4, (1, 1), (1, 1), (0, 0), False, True, "float32"),
 ]
 # Depthwise 3x3 at unit stride (one input and one output plane per group: the stencil kernel of
 # the forward and the data gradient, in blocks of 4 rows x 2 vectors or 8 rows x 1 vector): 11,

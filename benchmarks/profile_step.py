@@ -29,26 +29,17 @@ CONV_OPS = ("IGCConv", "Convolution")
 
 def conv_layers(symbol, data_shape):
     """[(op, name, input shape, output shape, kernel, groups, multiply-adds)] in graph order."""
-    nodes = json.loads(symbol.tojson())["nodes"]
-    internals = symbol.get_internals()
-    _, shapes, _ = internals.infer_shape(data=data_shape)
-    out_shape = dict(zip(internals.list_outputs(), shapes))
-
-    def shape_of(node):
-        key = node["name"] if node["op"] == "null" else node["name"] + "_output"
-        return out_shape[key]
-
+    from network.graph.view import Graph, int_tuple
+    graph = Graph(symbol, data_shape)
     layers = []
-    for node in nodes:
+    for i, node in enumerate(graph.nodes):
         if node["op"] not in CONV_OPS:
             continue
-        attrs = node.get("attrs", {})
-        kernel = tuple(int(k) for k in attrs["kernel"].strip("()").split(",") if k.strip())
-        groups = int(attrs.get("num_group", 1))
-        src = shape_of(nodes[node["inputs"][0][0]])
-        dst = shape_of(node)
+        kernel = int_tuple(graph.attrs(i)["kernel"])
+        groups = int(graph.attrs(i).get("num_group", 1))
+        src, dst = graph.shape(node["inputs"][0][0]), graph.shape(i)
         macs = dst[0] * dst[1] * dst[2] * dst[3] * (src[1] // groups) * kernel[0] * kernel[1]
-        layers.append((node["op"], node["name"], tuple(src), tuple(dst), kernel, groups, macs))
+        layers.append((node["op"], node["name"], src, dst, kernel, groups, macs))
     return layers
 
 

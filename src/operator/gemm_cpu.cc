@@ -500,12 +500,13 @@ IGC_TARGET_AVX2 void dots_rows_avx2(const RowDots& d, int64_t m0) {
 // x 32 plane's 24 -> 144 expansion (a: the 144 output-gradient rows, b: the 24 input rows) ran
 // at 38-40 GMAC/s, 48 copied (16 -> 96: 29-36 -> 32-41; hot caches, 1 thread). With 24 rows of
 // a against 144 of b it ran alike either way, as on 16 x 16 planes.
+constexpr int64_t kPageFloats = 4096 / sizeof(float);
 constexpr int64_t kAliasedFloats = 1024;
 constexpr int64_t kAliasedStride = kAliasedFloats + 16;
 
 IGC_TARGET_AVX2 void row_dots_avx2(const RowDots& d) {
   int64_t m0 = 0;
-  if (d.lda % 1024 == 0 && d.S * d.L <= kAliasedFloats && d.N > 3) {
+  if (d.lda % kPageFloats == 0 && d.S * d.L <= kAliasedFloats && d.N > 3) {
     alignas(64) float copy[4 * kAliasedStride];
     RowDots c = d;
     c.a = copy;

@@ -64,6 +64,7 @@ def setup_process():
     overwrite the gradient (guard_grad_req)."""
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
     keep_freed_memory()
+    serial_caller()
     guard_grad_req()
 
 
@@ -91,6 +92,32 @@ def keep_freed_memory():
         return False  # not glibc
     return all(mallopt(option, value) == 1 for option, value in (
         (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2 ** 31 - 1)))
+
+
+# libgomp counts the threads of every team it has started (each team leader's workers) and, while
+# that count exceeds the CPUs, lets an idle worker spin 100 times instead of about 300,000 before
+# it sleeps in the kernel. MXNet runs every op on its engine worker, which leads one team; the
+# thread that drives MXNet leads another as soon as it makes a large synchronous copy (asnumpy,
+# mx.nd.array: a parallel copy). From then on, with as many OpenMP threads as CPUs, every worker
+# sleeps between two parallel regions and each region starts by waking it: a batch-1 MobileNetV2
+# on 2 threads made 60 context switches per call.
+SERIAL_CALLER_ENV = "IGC_SERIAL_CALLER"
+
+
+def serial_caller():
+    """Make the calling thread's own OpenMP regions (MXNet's synchronous copies) run on that
+    thread alone, so that MXNet's engine worker leads the only team and its workers keep
+    spinning between the ops' parallel regions. Ops keep their threads (the engine worker's
+    setting is its own). Call it from the thread that drives MXNet before it copies any array;
+    called by setup_process and the benchmarks; $IGC_SERIAL_CALLER=0 turns it off. True when
+    applied."""
+    if os.environ.get(SERIAL_CALLER_ENV, "1") == "0":
+        return False
+    import ctypes
+
+    import mxnet as mx
+    mx.base.check_call(mx.base._LIB.MXSetNumOMPThreads(ctypes.c_int(1)))
+    return True
 
 
 # lib_api hands a plugin op no write request (MXNet 1.9's CustomFComputeDispatcher drops it), so

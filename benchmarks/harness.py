@@ -8,6 +8,10 @@ process) and MXNet's subgraph chatter off; in the child, `measure(payload)` retu
 JSON can carry, which comes back as that thread count's result. Variants are timed with
 `interleaved_medians` (A, B, C, A, B, C, ...), so that load from other processes on a shared
 machine hits every variant alike, and each reports its median.
+
+A peer framework (PyTorch, ONNX Runtime) runs in a process of its own beside the child
+(`Peer`): the script's `peer(payload)` builds its functions there, and the child calls them in
+turn with its own, one process computing at a time.
 """
 import json
 import os
@@ -23,7 +27,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 CHILD_FLAG = "--harness-child"
+PEER_FLAG = "--harness-peer"
 RESULT_PREFIX = "HARNESS-RESULT "
+PEER_PREFIX = "HARNESS-PEER "
 
 
 def _cpuinfo():
@@ -126,6 +132,80 @@ def per_thread(script, payload, threads, extra_env=None):
     return {t: run_child(script, payload, t, extra_env) for t in threads}
 
 
+class Peer:
+    """Functions built and called in a process of their own: `peer(payload)` of `script` (see
+    `main`), which returns ({name: function}, info). `functions()` gives this process one
+    callable per name for interleaved_medians, `info` what the peer reported (JSON).
+
+    Why a process: MXNet and PyTorch link the same OpenMP runtime (libgomp.so.1; whichever
+    loads first serves both), and libgomp counts the worker threads of every team it has
+    started. MXNet's engine worker leads one team and PyTorch's calling thread another; once
+    that count exceeds the CPUs, libgomp lets an idle worker spin 100 times instead of about
+    300,000 before it sleeps in the kernel, and each parallel region of either framework starts
+    by waking one (a 2-thread mobilenetv2_cifar step with a PyTorch peer in its process made
+    about 1,560 voluntary context switches, 4 without). A user runs one framework per process.
+    The peer inherits the child's environment (threads, pinning); the pause before each call
+    (interleaved_medians) lets the other process's workers go idle first.
+    """
+
+    def __init__(self, script, payload):
+        self.script = os.path.basename(script)
+        self._proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(script), PEER_FLAG, json.dumps(payload)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        hello = json.loads(self._reply())
+        self.names, self.info = hello["names"], hello["info"]
+
+    def _reply(self):
+        for line in self._proc.stdout:
+            if line.startswith(PEER_PREFIX):
+                return line[len(PEER_PREFIX):]
+        sys.exit(f"benchmark peer process of {self.script} ended (exit code "
+                 f"{self._proc.wait()}) without a reply; its error is above")
+
+    def call(self, name):
+        """Runs `name` once in the peer; the seconds the peer timed around it."""
+        self._proc.stdin.write(name + "\n")
+        self._proc.stdin.flush()
+        return float(self._reply())
+
+    def functions(self):
+        return {name: PeerCall(self, name) for name in self.names}
+
+    def close(self):
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            self._proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PeerCall:
+    """One of a Peer's functions: a call runs it in the peer and returns the peer's own timing
+    of it (interleaved_medians takes that, not the pipe's round trip)."""
+
+    def __init__(self, peer, name):
+        self.peer, self.name = peer, name
+
+    def __call__(self):
+        return self.peer.call(self.name)
+
+
+def serve_peer(fns, info):
+    """The peer process's loop: announce the names, then run each name read from stdin and
+    write back its seconds, until stdin closes."""
+    print(PEER_PREFIX + json.dumps({"names": list(fns), "info": info}), flush=True)
+    for line in sys.stdin:
+        fn = fns[line.strip()]
+        t0 = time.perf_counter()
+        fn()
+        print(PEER_PREFIX + repr(time.perf_counter() - t0), flush=True)
+
+
 def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200, pause=0.0):
     """Median seconds per call of each function in the dict `fns`, called in turn each round.
 
@@ -150,8 +230,9 @@ def interleaved_medians(fns, rounds=5, warmup=1, min_time=0.0, max_rounds=200, p
             if pause:
                 time.sleep(pause)
             t0 = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - t0)
+            reported = fn()
+            elapsed = time.perf_counter() - t0
+            times[key].append(reported if isinstance(fn, PeerCall) else elapsed)
         done += 1
     return {key: statistics.median(v) for key, v in times.items()}
 
@@ -212,14 +293,19 @@ def parse_threads(parser, text):
     return threads
 
 
-def main(parent, measure):
-    """Entry point of a benchmark script: `measure(payload)` in a child, else `parent()`."""
-    if len(sys.argv) == 3 and sys.argv[1] == CHILD_FLAG:
+def main(parent, measure, peer=None):
+    """Entry point of a benchmark script: `measure(payload)` in a child, `peer(payload)` in a
+    peer process (see Peer), else `parent()`."""
+    if len(sys.argv) == 3 and sys.argv[1] in (CHILD_FLAG, PEER_FLAG):
         # As in the project's training and tools (utility.setup_process): freed memory is kept
-        # for reuse. Process-wide, so the PyTorch / ONNX Runtime peers in the same child get it
-        # too.
+        # for reuse, here for the peers too.
         import utility
         utility.keep_freed_memory()
+        if sys.argv[1] == PEER_FLAG:
+            serve_peer(*peer(json.loads(sys.argv[2])))
+            return 0
+        # and (MXNet's child only) this thread's own OpenMP regions stay on it
+        utility.serial_caller()
         result = measure(json.loads(sys.argv[2]))
         sys.stdout.flush()
         print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -1,7 +1,9 @@
 """Inference of IGCV3 and MobileNetV2 (224x224): the project vs PyTorch vs ONNX Runtime.
 
-Per network, batch size and thread count, interleaved in one process (harness.py: medians of
-interleaved rounds; a process per network and thread count):
+Per network, batch size and thread count, in turn (harness.py: medians of interleaved rounds):
+MXNet in a child process per network and thread count, PyTorch and ONNX Runtime in a peer
+process beside it (harness.Peer: MXNet and PyTorch share no OpenMP runtime, as in a user's
+process):
 - MXNet: the project's graph as a `Module` bound for inference (for_training=False);
 - MXNet optimized: the same on `network.optimize_for_inference(symbol, arg_params, aux_params)`
   when the network package has it;
@@ -68,28 +70,64 @@ def mxnet_params(mx, symbol, batch):
 
 
 def measure(payload):
-    """Runs in the child: rows of (network, batch, {variant: seconds})."""
+    """Runs in the child (MXNet only): rows of (network, batch, {variant: seconds}); PyTorch and
+    ONNX Runtime run in a peer process (harness.Peer) in turn with MXNet's variants."""
     import mxnet as mx  # (pinned: its OpenMP runtime has put this thread on cpus[0] alone)
-    if payload["pin"]:
-        # PyTorch's OpenMP runtime takes its CPUs from this thread's affinity when it loads: all
-        # of them. Then this thread, which calls every runtime and starts MXNet's engine
-        # threads, goes back to the first CPU; each runtime's workers are bound to the others.
-        os.sched_setaffinity(0, payload["cpus"])
-    import onnxruntime as ort
-    import torch
-    if payload["pin"]:
-        os.sched_setaffinity(0, payload["cpus"][:1])
 
     import network
-    import peers
     import utility
-    threads = payload["threads"]
-    torch.set_num_threads(threads)
     utility.load_ops()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with harness.Peer(__file__, payload) as peer:
+        remote = peer.functions()
         for name in payload["networks"]:
             symbol = network.get_symbol(name, CLASSES)
+            for batch in payload["batches"]:
+                arg_params, aux_params = mxnet_params(mx, symbol, batch)
+                data = input_batch(batch)
+                fns = {"MXNet": mxnet_forward(mx, symbol, arg_params, aux_params, batch, data)}
+                fns["MXNet optimized"] = mxnet_forward(
+                    mx, *network.optimize_for_inference(symbol, arg_params, aux_params), batch,
+                    data)
+                if payload.get("unpacked"):
+                    fns["MXNet unpacked"] = mxnet_forward(
+                        mx, *network.optimize_for_inference(symbol, arg_params, aux_params,
+                                                            pack_blocks=False), batch, data)
+                for runtime in PEER_RUNTIMES:
+                    fns[runtime] = remote[peer_key(runtime, name, batch)]
+                t = harness.interleaved_medians(fns, rounds=payload["rounds"],
+                                                warmup=payload["warmup"], pause=0.05)
+                rows.append((name, batch, t))
+    return {"rows": rows}
+
+
+PEER_RUNTIMES = ("PyTorch", "ONNX Runtime")
+
+
+def peer_key(runtime, name, batch):
+    return f"{runtime} {name} {batch}"
+
+
+def input_batch(batch):
+    """The input every runtime gets (the same values in the child and the peer)."""
+    return np.random.RandomState(0).uniform(-1, 1, (batch, 3, SIZE, SIZE)).astype(np.float32)
+
+
+def peer(payload):
+    """Runs in the peer process: PyTorch's eval-mode forward and ONNX Runtime's session on the
+    peer's ONNX export, per network and batch. With OMP_PROC_BIND, PyTorch's OpenMP runtime
+    binds this thread to the first CPU and its workers to the others (MXNet, which the peers
+    import for the parameter check, shares it and runs no op here); ONNX Runtime's pool goes to
+    the CPUs after the first by intra_op_thread_affinities."""
+    import onnxruntime as ort
+    import torch
+
+    import peers
+    threads = payload["threads"]
+    torch.set_num_threads(threads)
+    fns = {}
+    with tempfile.TemporaryDirectory() as tmp:  # ONNX Runtime reads the file once
+        for name in payload["networks"]:
             model = peers.build(name, CLASSES).eval()
             peers.check_param_count(name, model, CLASSES)
             onnx_path = os.path.join(tmp, f"{name}.onnx")
@@ -106,28 +144,16 @@ def measure(payload):
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
             for batch in payload["batches"]:
-                data = np.random.RandomState(0).uniform(-1, 1, (batch, 3, SIZE, SIZE)).astype(
-                    np.float32)
-                arg_params, aux_params = mxnet_params(mx, symbol, batch)
-                fns = {"MXNet": mxnet_forward(mx, symbol, arg_params, aux_params, batch, data)}
-                fns["MXNet optimized"] = mxnet_forward(
-                    mx, *network.optimize_for_inference(symbol, arg_params, aux_params), batch,
-                    data)
-                if payload.get("unpacked"):
-                    fns["MXNet unpacked"] = mxnet_forward(
-                        mx, *network.optimize_for_inference(symbol, arg_params, aux_params,
-                                                            pack_blocks=False), batch, data)
+                data = input_batch(batch)
                 x = torch.from_numpy(data)
 
-                def torch_forward():
+                def torch_forward(model=model, x=x):
                     with torch.no_grad():
                         model(x)
-                fns["PyTorch"] = torch_forward
-                fns["ONNX Runtime"] = lambda: session.run(None, {"data": data})
-                t = harness.interleaved_medians(fns, rounds=payload["rounds"],
-                                                warmup=payload["warmup"], pause=0.05)
-                rows.append((name, batch, t))
-    return {"rows": rows}
+                fns[peer_key("PyTorch", name, batch)] = torch_forward
+                fns[peer_key("ONNX Runtime", name, batch)] = (
+                    lambda session=session, data=data: session.run(None, {"data": data}))
+    return fns, {}
 
 
 def parent(argv=None):
@@ -191,4 +217,4 @@ def parent(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(harness.main(parent, measure))
+    sys.exit(harness.main(parent, measure, peer))

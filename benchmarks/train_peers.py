@@ -5,10 +5,11 @@ batch (no data loading; CIFAR rows: 64 images, 32x32, 10 classes; ImageNet rows:
 224x224, 1000 classes): the project as an MXNet `Module` with the
 builders' defaults (conv_impl='auto', the native Reorder), PyTorch as the peer in benchmarks/peers
 (train mode, cross-entropy loss). Before any timing each peer is checked to have exactly the MXNet
-graph's parameter count. Per family the two run in turn (harness.py: medians of interleaved
-rounds), in a process of their own per thread count (one per family, so that MXNet's memory pool
-does not carry one network's buffers into the next); ratio = PyTorch ms / project ms, above 1 =
-the project is faster.
+graph's parameter count. Per family and thread count the two run in turn (harness.py: medians
+of interleaved rounds) from a child process of their own (one per family, so that MXNet's memory
+pool does not carry one network's buffers into the next), PyTorch in a peer process beside it
+(harness.Peer: the two share no OpenMP runtime, as in a user's process); ratio = PyTorch ms /
+project ms, above 1 = the project is faster.
 
     python benchmarks/train_peers.py                       # 1 and 2 threads, 5 rounds
     python benchmarks/train_peers.py --quick               # 3 rounds, one warm-up step
@@ -84,19 +85,26 @@ def torch_step(name, config, shape):
 
 
 def measure(payload):
-    """Runs in the child: (params, project seconds, PyTorch seconds) of one family."""
-    import torch
-
-    import peers
+    """Runs in the child (MXNet only): (params, project seconds, PyTorch seconds) of one family,
+    the PyTorch step run by a peer process (harness.Peer) in turn with the project's."""
     import utility
-    torch.set_num_threads(payload["threads"])
     utility.load_ops()
     _, name, config, shape = FAMILIES[payload["family"]]
+    with harness.Peer(__file__, payload) as peer:
+        fns = {"project": mxnet_step(name, config, shape), **peer.functions()}
+        t = harness.interleaved_medians(fns, rounds=payload["rounds"], warmup=payload["warmup"],
+                                        pause=0.05)
+    return peer.info["params"], t["project"], t["pytorch"]
+
+
+def peer(payload):
+    """Runs in the peer process: the PyTorch step, and the parameter count both graphs have."""
+    import torch
+    torch.set_num_threads(payload["threads"])
+    import peers
+    _, name, config, shape = FAMILIES[payload["family"]]
     params = peers.mxnet_param_count(name, shape[2], **config)
-    fns = {"project": mxnet_step(name, config, shape), "pytorch": torch_step(name, config, shape)}
-    t = harness.interleaved_medians(fns, rounds=payload["rounds"], warmup=payload["warmup"],
-                                    pause=0.05)
-    return params, t["project"], t["pytorch"]
+    return {"pytorch": torch_step(name, config, shape)}, {"params": params}
 
 
 def parent(argv=None):
@@ -135,4 +143,4 @@ def parent(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(harness.main(parent, measure))
+    sys.exit(harness.main(parent, measure, peer))

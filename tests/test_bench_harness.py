@@ -49,6 +49,54 @@ def test_variants_are_called_in_interleaved_rounds():
     assert set(seconds) == {"a", "b", "c"} and all(s >= 0 for s in seconds.values())
 
 
+PEER_PROBE = f"""
+import json, os, sys, time
+sys.path.insert(0, {os.path.join(ROOT, "benchmarks")!r})
+import harness
+
+def measure(payload):
+    with harness.Peer(__file__, payload) as peer:
+        fns = {{"local": lambda: None, **peer.functions()}}
+        seconds = harness.interleaved_medians(fns, rounds=3, warmup=1)
+    return dict(peer.info, child_pid=os.getpid(), seconds=seconds)
+
+def peer(payload):
+    if payload.get("fail"):
+        raise RuntimeError("the peer cannot build its functions")
+    def record(name):
+        with open(payload["log"], "a") as log:
+            log.write(name + "\\n")
+        time.sleep(0.02)
+    fns = {{name: (lambda name=name: record(name)) for name in ("slow_a", "slow_b")}}
+    return fns, {{"peer_pid": os.getpid(), "omp": os.environ["OMP_NUM_THREADS"]}}
+
+sys.exit(harness.main(lambda: 0, measure, peer))
+"""
+
+
+def test_peer_functions_run_in_their_own_process_in_turn_with_the_childs(tmp_path):
+    script, log = tmp_path / "peer_probe.py", tmp_path / "calls.log"
+    script.write_text(PEER_PROBE)
+    result = harness.run_child(str(script), {"log": str(log)}, 3)
+    assert result["peer_pid"] != result["child_pid"] and result["omp"] == "3"
+    # warm-up (local, a, b), then 3 rounds rotating by one (local a b, a b local, b local a):
+    # the peer ran its calls in the order the child made them
+    assert log.read_text().split() == ["slow_a", "slow_b"] * 3 + ["slow_b", "slow_a"]
+    # the peer's own timing of each call (it sleeps 20 ms), not the child's of its pipe
+    assert min(result["seconds"]["slow_a"], result["seconds"]["slow_b"]) >= 0.02
+    assert set(result["seconds"]) == {"local", "slow_a", "slow_b"}
+
+
+def test_a_peer_that_fails_stops_the_child_with_its_error(tmp_path):
+    script = tmp_path / "peer_probe.py"
+    script.write_text(PEER_PROBE)
+    with pytest.raises(SystemExit) as err:
+        harness.run_child(str(script), {"log": str(tmp_path / "calls.log"), "fail": True}, 1)
+    message = str(err.value)
+    assert "the peer cannot build its functions" in message
+    assert "benchmark peer process of peer_probe.py ended (exit code 1) without a reply" in message
+
+
 @pytest.mark.parametrize("flags, isa", [
     (["sse2", "avx", "avx2", "avx512f", "avx512bw"], "avx512 (avx512bw avx512f)"),
     (["sse2", "avx", "avx2", "fma"], "avx2"),

@@ -1,5 +1,6 @@
 """utility.keep_freed_memory: freed buffers are reused instead of page-faulting in again; it and
-the other process-wide settings (utility.setup_process) are made by explicit calls only."""
+the other process-wide settings (utility.setup_process, serial_caller included) are made by
+explicit calls only."""
 import os
 import subprocess
 import sys
@@ -18,7 +19,8 @@ TOUCH = ("import ctypes, resource\n"
 
 def run(script, **env):
     env = dict({k: v for k, v in os.environ.items()
-                if k not in ("MXNET_SUBGRAPH_VERBOSE", "IGC_KEEP_FREED_MEMORY")},
+                if k not in ("MXNET_SUBGRAPH_VERBOSE", "IGC_KEEP_FREED_MEMORY",
+                             "IGC_SERIAL_CALLER")},
                PYTHONPATH=ROOT, **env)
     return subprocess.run([sys.executable, "-c", TOUCH + script], env=env, capture_output=True,
                           text=True, timeout=120, check=True).stdout.split()
@@ -38,10 +40,14 @@ def test_importing_the_project_changes_nothing_until_setup_process_is_called(ops
               "binds = (mx.symbol.Symbol.bind, mx.symbol.Symbol.simple_bind)\n"
               "import network, training, utility\n"
               "utility.load_ops()\n"
+              "omp = ctypes.CDLL('libgomp.so.1').omp_get_max_threads\n"
               "def state():\n"
               "    same = binds == (mx.symbol.Symbol.bind, mx.symbol.Symbol.simple_bind)\n"
-              "    print(os.environ.get('MXNET_SUBGRAPH_VERBOSE'), same, faults())\n"
+              "    print(os.environ.get('MXNET_SUBGRAPH_VERBOSE'), same, faults(), omp())\n"
               "state(); utility.setup_process(); state()\n")
-    verbose, binds_kept, faults, verbose_set, binds_after, faults_after = run(script)
-    assert (verbose, binds_kept) == ("None", "True") and int(faults) > PAGES // 2
-    assert (verbose_set, binds_after) == ("0", "False") and int(faults_after) < PAGES // 20
+    (verbose, binds_kept, faults, caller, verbose_set, binds_after, faults_after,
+     caller_after) = run(script, OMP_NUM_THREADS="2")
+    assert (verbose, binds_kept, caller) == ("None", "True", "2") and int(faults) > PAGES // 2
+    # the caller's own OpenMP regions serial (utility.serial_caller), the ops' threads untouched
+    assert (verbose_set, binds_after, caller_after) == ("0", "False", "1")
+    assert int(faults_after) < PAGES // 20

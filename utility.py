@@ -60,8 +60,9 @@ def setup_process():
     """The process-wide settings of the project's commands, made by their main() (train_model.py,
     train_imagenet.py, tools/score.py, predict.py, export_onnx.py), never on import: MXNet's
     per-bind "Subgraph backend MKLDNN is activated" line off (it would bury the log), freed
-    memory kept for reuse (keep_freed_memory) and grad_req 'add' refused where a plugin op would
-    overwrite the gradient (guard_grad_req)."""
+    memory kept for reuse (keep_freed_memory), the calling thread's own OpenMP regions serial
+    (serial_caller) and grad_req 'add' refused where a plugin op would overwrite the gradient
+    (guard_grad_req)."""
     os.environ.setdefault("MXNET_SUBGRAPH_VERBOSE", "0")
     keep_freed_memory()
     serial_caller()

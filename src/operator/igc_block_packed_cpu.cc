@@ -359,6 +359,9 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
     }
   }
 
+  // 64-byte lines of the linear conv's first panel, which the depthwise pass prefetches (the
+  // expansion's panels prefetch the one after them)
+  const int64_t lin_lines = k * panel_width(out_per_group, 0) / 16;
   int64_t have_first = 0, have_count = 0;  // input rows held in e: [have_first, +have_count)
   for (int64_t o0 = row_begin; o0 < row_end; o0 += p.band_rows) {
     const int64_t rows_out = std::min(p.band_rows, row_end - o0);
@@ -408,10 +411,8 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
     have_first = first;
     have_count = count;
 
-    // The linear conv's first panel (the expansion's panels prefetch the one after them)
-    const int64_t first_panel_lines = k * panel_width(out_per_group, 0) / 16;
     for (int64_t b = 0; b < blocks; ++b) {
-      for (int64_t l = b * first_panel_lines / blocks; l < (b + 1) * first_panel_lines / blocks; ++l) {
+      for (int64_t l = b * lin_lines / blocks, end = (b + 1) * lin_lines / blocks; l < end; ++l) {
         _mm_prefetch(reinterpret_cast<const char*>(w_lin + 16 * l), _MM_HINT_T1);
       }
       kern.depthwise(static_cast<int>(S), e + b * p.e_plane, p.e_row, Wout, rows_out,

@@ -9,7 +9,11 @@ graph's parameter count. Per family and thread count the two run in turn (harnes
 of interleaved rounds) from a child process of their own (one per family, so that MXNet's memory
 pool does not carry one network's buffers into the next), PyTorch in a peer process beside it
 (harness.Peer: the two share no OpenMP runtime, as in a user's process); ratio = PyTorch ms /
-project ms, above 1 = the project is faster.
+project ms, above 1 = the project is faster. With more than one thread count, each step's time on
+the first count against its time on the others is printed too, beside the same ratio for one
+memory-bound pass: the plugin's BatchNormApply (ReLU6) over the largest tensor of a
+`mobilenetv2_cifar` step (64 x 144 x 32 x 32, 38 MB in and 38 MB out), on the same threads in a
+child of its own: what the BatchNorm's passes can gain from more threads on this machine.
 
     python benchmarks/train_peers.py                       # 1 and 2 threads, 5 rounds
     python benchmarks/train_peers.py --quick               # 3 rounds, one warm-up step
@@ -37,6 +41,7 @@ FAMILIES = [
     ("resnet_igc_imgnet_d18 L100M2 224", "resnet_igc_imgnet_d18", dict(), IMAGENET),
 ]
 LR, MOMENTUM, WD = 0.01, 0.9, 1e-4
+MEMORY_SHAPE = (64, 144, 32, 32)  # the largest tensor of a mobilenetv2_cifar step (38 MB)
 
 
 def mxnet_step(name, config, shape):
@@ -84,9 +89,30 @@ def torch_step(name, config, shape):
     return step
 
 
+def memory_pass_seconds(rounds):
+    """Median seconds of one BatchNormApply (ReLU6) over a MEMORY_SHAPE tensor (a read and a
+    write pass, at memory speed) on this process's threads."""
+    import mxnet as mx
+
+    import utility
+    utility.load_ops()
+    channels = MEMORY_SHAPE[1]
+    x, y = mx.nd.ones(MEMORY_SHAPE), mx.nd.zeros(MEMORY_SHAPE)
+    stats = [mx.nd.ones(channels), mx.nd.zeros(channels), mx.nd.zeros(channels),
+             mx.nd.ones(channels)]  # gamma, beta, mean, invstd
+
+    def apply():
+        mx.nd.BatchNormApply(x, *stats, act="relu6", out=y)
+        y.wait_to_read()
+    return harness.interleaved_medians({"apply": apply}, rounds=rounds, warmup=1)["apply"]
+
+
 def measure(payload):
     """Runs in the child (MXNet only): (params, project seconds, PyTorch seconds) of one family,
-    the PyTorch step run by a peer process (harness.Peer) in turn with the project's."""
+    the PyTorch step run by a peer process (harness.Peer) in turn with the project's; or, for a
+    payload with "memory", the seconds of the memory-bound pass."""
+    if payload.get("memory"):
+        return memory_pass_seconds(payload["rounds"])
     import utility
     utility.load_ops()
     _, name, config, shape = FAMILIES[payload["family"]]
@@ -126,19 +152,39 @@ def parent(argv=None):
     if rounds < 1 or warmup < 0:
         parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
 
+    scaling = len(threads) > 1
     rows = []
     for name in wanted:
         label, _, _, (batch, side, _) = FAMILIES[index[name]]
+        first = None
         for t in threads:
             params, ours, peer = harness.run_child(
                 __file__, dict(threads=t, rounds=rounds, warmup=warmup, family=index[name]), t)
-            rows.append([label, f"{params:,}", f"{batch}x{side}²", t, f"{ours * 1e3:.0f}",
-                         f"{peer * 1e3:.0f}", harness.ratio(peer, ours)])
+            first = first or (ours, peer)
+            row = [label, f"{params:,}", f"{batch}x{side}²", t, f"{ours * 1e3:.0f}",
+                   f"{peer * 1e3:.0f}", harness.ratio(peer, ours)]
+            if scaling:
+                row += [harness.ratio(first[0], ours), harness.ratio(first[1], peer)]
+            rows.append(row)
+    memory = {t: harness.run_child(__file__, dict(threads=t, rounds=2 * rounds, memory=True), t)
+              for t in threads} if scaling else {}
     harness.print_header("Training step (fwd + bwd + SGD), synthetic data; median of "
                          f"{rounds} interleaved rounds", "mxnet", "torch")
-    harness.print_table(["network", "params", "batch", "threads", "project ms", "PyTorch ms",
-                         "PyTorch/project"], rows)
+    headers = ["network", "params", "batch", "threads", "project ms", "PyTorch ms",
+               "PyTorch/project"]
+    if scaling:
+        headers += [f"project vs {threads[0]} thread(s)", f"PyTorch vs {threads[0]} thread(s)"]
+    harness.print_table(headers, rows)
     print("PyTorch/project > 1: the project's step is faster. Parameter counts are checked equal.")
+    if scaling:
+        base = memory[threads[0]]
+        moved = 2 * 4 * int(np.prod(MEMORY_SHAPE))  # bytes read and written
+        print("One memory-bound pass (BatchNormApply, ReLU6, "
+              f"{'x'.join(map(str, MEMORY_SHAPE))}): " + ", ".join(
+                  f"{t} thread(s) {memory[t] * 1e3:.2f} ms ({moved / memory[t] / 1e9:.1f} GB/s"
+                  + (f", {harness.ratio(base, memory[t])} vs {threads[0]})" if t != threads[0]
+                     else ")") for t in threads))
+        print("(what the BatchNorm's passes, at memory speed, can gain from more threads here)")
     return 0
 
 

@@ -277,3 +277,45 @@ def test_inference_benchmark_pins_every_runtime_unless_told_not_to(monkeypatch, 
     assert ("threads: pinned (OMP_PROC_BIND=true" in out) is pinned
     assert ("threads: not pinned (--no-pin" in out) is not pinned
     assert "1.20x" in out  # ORT 12 ms / MXNet optimized 10 ms
+
+
+def test_training_benchmark_prints_each_steps_gain_from_threads_beside_a_memory_pass(monkeypatch,
+                                                                                     capsys):
+    """With 1 and 2 threads the table gains each step's time on 1 thread against 2 (project and
+    PyTorch), and a line gives the same for a pass at memory speed, run in a child of its own."""
+    import train_peers
+    calls = []
+
+    def fake_child(script, payload, threads, extra_env=None):
+        calls.append((dict(payload), threads))
+        if payload.get("memory"):
+            return {1: 0.040, 2: 0.030}[threads]
+        return 1000, {1: 0.600, 2: 0.400}[threads], {1: 1.200, 2: 0.600}[threads]
+
+    monkeypatch.setattr(harness, "run_child", fake_child)
+    assert train_peers.parent(["--threads", "1,2", "--families", "mobilenetv2_cifar",
+                               "--quick"]) == 0
+    assert [(p.get("memory", False), t) for p, t in calls] == [
+        (False, 1), (False, 2), (True, 1), (True, 2)]
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("mobilenetv2_cifar")
+               and line.split()[3] == "2")
+    assert row.split()[-3:] == ["1.50x", "1.50x", "2.00x"]  # PyTorch/project, project, PyTorch
+    # 64 x 144 x 32 x 32 floats read and written: 75.5 MB
+    assert "1 thread(s) 40.00 ms (1.9 GB/s), 2 thread(s) 30.00 ms (2.5 GB/s, 1.33x vs 1)" in out
+
+
+def test_training_benchmark_on_one_thread_count_has_no_scaling_columns(monkeypatch, capsys):
+    import train_peers
+    monkeypatch.setattr(harness, "run_child", lambda *a, **k: (1000, 0.5, 1.0))
+    assert train_peers.parent(["--threads", "2", "--families", "igcv3_cifar", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "vs 2 thread(s)" not in out and "memory-bound pass" not in out
+
+
+def test_memory_pass_runs_on_the_childs_threads(tmp_path):
+    """The memory-bound pass itself (the plugin's BatchNormApply), in a real child on 1 thread: a
+    positive time."""
+    script = os.path.join(ROOT, "benchmarks", "train_peers.py")
+    seconds = harness.run_child(script, dict(threads=1, rounds=1, memory=True), 1)
+    assert 0 < seconds < 5

@@ -42,12 +42,25 @@ PACKED_EXTRA = [
 ]
 
 
+# Shapes on which the packed kernel's expansion reads a channel-blocked copy of its input (with the
+# AVX2 kernels): at most 64 input pixels per band and a group's input rows plus a panel's weights
+# above 24 KB (igc_block_packed_cpu.cc, kBlockedPixels / kBlockedBytes): 7 x 7 planes with 128+
+# inputs, a channel count off the 8-lane blocks, stride 2, groups with the permutation, a residual.
+BLOCKED_INPUT = [
+    (1, 128, 7, 7, 2, 16, 1, 1, False),
+    (2, 130, 6, 6, 4, 24, 1, 1, False),     # 130 inputs: the last 8-channel block has 2
+    (1, 136, 8, 8, 1, 16, 1, 2, False),     # stride 2: 64 input pixels
+    (1, 320, 5, 5, 1, 32, 2, 1, True),      # 2 groups of 160 inputs, interleaved
+    (1, 160, 7, 7, 1, 160, 1, 1, False),    # residual
+]
+
+
 def packable(case):
     _, c, _, _, t, f, g, _, _ = case
     return (c * t // g) % 8 == 0 and (f // g) % 8 == 0
 
 
-PACKED_CASES = [c for c in CASES if packable(c)] + PACKED_EXTRA
+PACKED_CASES = [c for c in CASES if packable(c)] + PACKED_EXTRA + BLOCKED_INPUT
 
 
 def case_id(c):
@@ -155,6 +168,16 @@ def test_packed_portable_kernel_equals_the_stock_ops(ops, case, variable, value,
     check_packed_case(case)
 
 
+@pytest.mark.parametrize("variable, value", [("DNNL_MAX_CPU_ISA", "AVX2"),
+                                              ("IGC_CONV_BASELINE", "1")])
+@pytest.mark.parametrize("case", BLOCKED_INPUT[:4], ids=case_id)
+def test_blocked_input_shapes_on_every_kernel(ops, case, variable, value, monkeypatch):
+    """The shapes whose expansion reads the channel-blocked input copy, on the AVX2 kernels under
+    a oneDNN cap and on the portable ones (which read the rows in place)."""
+    monkeypatch.setenv(variable, value)
+    check_packed_case(case)
+
+
 @pytest.mark.parametrize("variable, value", [("IGC_BLOCK_AVX2", "1"),
                                               ("DNNL_MAX_CPU_ISA", "AVX2"),
                                               ("IGC_CONV_BASELINE", "1")])
@@ -191,7 +214,8 @@ def test_threads_split_images_and_bands(run_on_threads, threads):
     run_on_threads("test_igc_block", "[t.check_case(c) for c in "
                    "(t.CASES[1], t.CASES[3], t.CASES[5], t.CASES[12])]; "
                    "[t.check_packed_case(c) for c in "
-                   "(t.CASES[1], t.CASES[3], t.CASES[12], t.PACKED_EXTRA[1], t.PACKED_EXTRA[4])]",
+                   "(t.CASES[1], t.CASES[3], t.CASES[12], t.PACKED_EXTRA[1], t.PACKED_EXTRA[4], "
+                   "t.BLOCKED_INPUT[1], t.BLOCKED_INPUT[3])]",
                    threads)
 
 

@@ -33,9 +33,8 @@ constexpr int kPixels = 6, kMostPixels = 12;
 // The expansion reads its input channel-blocked (a copy of the band's rows, [C / 8][N][8], see
 // block_input_avx2) where a band has at most this many input pixels and one group's input rows
 // and a panel's weights would not fit in L1 beside each other: there every k of a register block
-// loads its own short row, and on a batch-1 MobileNetV2's 7 x 7 blocks (160 inputs) the copy made
-// the block 6-11 % faster (Zen 4, 1 and 2 threads, 2026-12-06); on 14 x 14 planes, and IGCV3's
-// 7 x 7 ones (80 inputs per group), it gained nothing.
+// loads a short row of its own, while the copy serves 8 channels per line. Longer rows, or rows
+// that fit in L1 with the weights, gain nothing from it (docs/performance.md, "What changed").
 constexpr int64_t kBlockedPixels = 64, kBlockedBytes = 24 * 1024;
 
 struct Plan {

@@ -166,8 +166,8 @@ def parent(argv=None):
             if scaling:
                 row += [harness.ratio(first[0], ours), harness.ratio(first[1], peer)]
             rows.append(row)
-    memory = {t: harness.run_child(__file__, dict(threads=t, rounds=2 * rounds, memory=True), t)
-              for t in threads} if scaling else {}
+    memory = harness.per_thread(__file__, dict(rounds=2 * rounds, memory=True),
+                                threads) if scaling else {}
     harness.print_header("Training step (fwd + bwd + SGD), synthetic data; median of "
                          f"{rounds} interleaved rounds", "mxnet", "torch")
     headers = ["network", "params", "batch", "threads", "project ms", "PyTorch ms",

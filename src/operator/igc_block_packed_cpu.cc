@@ -39,7 +39,6 @@ constexpr int64_t kBlockedPixels = 64, kBlockedBytes = 24 * 1024;
 
 struct Plan {
   int64_t band_rows, e_rows, e_row, e_plane, d_plane, per_thread_floats;
-  int64_t band_pixels;  // input pixels of a band (at most)
   bool blocked_input;   // the expansion reads a channel-blocked copy of its input (AVX2 kernels)
   BlockSplit split;
 };
@@ -59,16 +58,16 @@ Plan make_plan(const BlockGeometry& g) {
   p.e_plane = p.e_rows * p.e_row;
   p.d_plane = p.band_rows * Wout * 8;
   const int64_t blocks = g.expanded / 8, in_per_group = g.in_channels / g.groups;
-  p.band_pixels = std::min(p.e_rows, g.height) * g.width;
-  p.blocked_input = p.band_pixels <= kBlockedPixels &&
-                    in_per_group * (4 * p.band_pixels + 64) > kBlockedBytes;
+  const int64_t band_pixels = std::min(p.e_rows, g.height) * g.width;  // input pixels, at most
+  p.blocked_input = band_pixels <= kBlockedPixels &&
+                    in_per_group * (4 * band_pixels + 64) > kBlockedBytes;
   // [e][d][depthwise weights + biases, 80 per block][pixel offsets][input rows][channel offsets]
   // [, input offsets][, blocked input] (a multiple of 16 floats: every thread's part starts on a
   // 64-byte boundary)
   p.per_thread_floats = (blocks * (p.e_plane + p.d_plane + 80) +
                          2 * (p.e_rows * g.width + g.in_channels + g.expanded) +
                          (p.blocked_input ? 2 * g.in_channels +
-                                            (g.in_channels + 7) / 8 * 8 * p.band_pixels : 0) +
+                                            (g.in_channels + 7) / 8 * 8 * band_pixels : 0) +
                          15) / 16 * 16;
   p.split = block_split(g, p.per_thread_floats);
   return p;

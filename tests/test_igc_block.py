@@ -191,6 +191,44 @@ def test_the_avx2_and_portable_kernels_equal_the_stock_ops(ops, case, variable, 
     check_case(case)
 
 
+def cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+# Bands of 1 .. 30, 49, 56 and 169 pixels (the AVX-512 kernel splits a band into even register
+# blocks of at most 12 pixels: every block size from 1 to 12 runs), 16 and 8 filter panels.
+PIXEL_SWEEP = [(1, 16, h, w, 1, 24, 1, 1, False) for h, w in
+               [(1, n) for n in range(1, 13)] + [(2, 7), (3, 5), (2, 9), (4, 5), (3, 7), (2, 11),
+                                                 (5, 5), (3, 9), (2, 14), (5, 6), (7, 7), (7, 8),
+                                                 (13, 13)]]
+
+
+@pytest.mark.skipif(not cpu_has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.parametrize("case", PACKED_CASES + PIXEL_SWEEP, ids=case_id)
+def test_packed_avx512_kernel_equals_the_avx2_one_bit_for_bit(ops, case, monkeypatch):
+    """On 16-filter panels the packed kernel's AVX-512 register blocks (a pixel's 16 filters in
+    one register) make the same sums in the same order as the AVX2 ones (IGC_BLOCK_AVX2=1)."""
+    for residual in residual_choices(case):
+        arrays = packed_arrays(case, block_arrays(case, residual))
+        symbol = block_symbol(case, residual, packed=True)
+        monkeypatch.delenv("IGC_BLOCK_AVX2", raising=False)
+        monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+        wide = run(symbol, arrays)
+        monkeypatch.setenv("IGC_BLOCK_AVX2", "1")
+        narrow = run(symbol, arrays)
+        np.testing.assert_array_equal(wide, narrow, err_msg=f"{case_id(case)} residual={residual}")
+        assert np.isfinite(wide).all() and np.abs(wide).max() > 0
+
+
+@pytest.mark.parametrize("case", PIXEL_SWEEP[::3], ids=case_id)
+def test_packed_pixel_counts_equal_the_stock_ops(ops, case):
+    check_packed_case(case)
+
+
 @pytest.mark.parametrize("variable", ["IGC_BLOCK_AVX2", "IGC_CONV_BASELINE", "IGC_NO_STREAM"])
 @pytest.mark.parametrize("value", ["yes", "2", "true"])
 def test_a_switch_that_is_neither_0_nor_1_is_a_clear_error(ops, variable, value, monkeypatch):

@@ -43,7 +43,8 @@ IGC_HOST_DEVICE I reorder_source(I c, I channels, I groups) {
 // Environment switches of the CPU kernels, read on every call (so tests can flip them):
 //   IGC_CONV_BASELINE=1  the portable C++ kernels instead of AVX2+FMA (IGCConv, the BatchNorm,
 //                        IGCBlock);
-//   IGC_BLOCK_AVX2=1     IGCBlock's AVX2 GEMM instead of its AVX-512 one (unpacked weights);
+//   IGC_BLOCK_AVX2=1     IGCBlock's AVX2 kernels instead of its AVX-512 ones (the GEMM of
+//                        unpacked weights, the packed kernel's 1x1 register blocks);
 //   IGC_NO_STREAM=1      plain stores where the BatchNorm streams a large output (stream.h).
 // Unset, empty or 0 is off, 1 is on; any other value is an error, which the registration files
 // report (bad_env_switch) before a kernel runs.

@@ -1,17 +1,19 @@
 // CPU kernel of IGCBlock on packed weights (see igc_block.h, "Packed weights"). Per image and
 // band of output rows, as the plain kernel, but the expanded tensors live channel-blocked: e and d
 // hold 8 channels per pixel side by side ([E / 8][rows][columns][8]), so that
-//   1. the expansion conv computes 16 (or 8) filters x 6 pixels per register block: a vector of
-//      packed weights times a broadcast input pixel, stored as whole 8-channel vectors of e (whose
-//      rows carry a zero column on either side: the depthwise padding); on short bands with many
-//      inputs it reads the pixels from a channel-blocked copy of the band's input (kBlockedPixels);
+//   1. the expansion conv computes 16 (or 8) filters x 6 pixels per register block (AVX-512: 16
+//      filters x up to 12 pixels, see panel_block_z): a vector of packed weights times a
+//      broadcast input pixel, stored as whole 8-channel vectors of e (whose rows carry a zero
+//      column on either side: the depthwise padding); on short bands with many inputs it reads
+//      the pixels from a channel-blocked copy of the band's input (kBlockedPixels);
 //   2. the depthwise conv + bias + ReLU6 is nine vector multiply-adds per 8 channels of an output
 //      pixel, with no masks or shuffles for the edges or stride 2;
 //   3. the linear conv computes 16 (or 8) filters x 6 pixels the same way (a broadcast of d per
 //      channel, which also reads the permutation as an offset table) and writes the block's NCHW
 //      output through a small transposition.
 // Vectors along the filters leave no idle lanes on 7x7 and 14x14 planes (49 and 196 columns),
-// where the plain kernel's 16-column blocks do. AVX2+FMA, or portable C++ (the same layouts).
+// where the plain kernel's 16-column blocks do. AVX-512 (the 1x1 convs' 16-filter panels), AVX2+FMA,
+// or portable C++ (the same layouts).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -39,7 +41,7 @@ constexpr int64_t kBlockedPixels = 64, kBlockedBytes = 24 * 1024;
 
 struct Plan {
   int64_t band_rows, e_rows, e_row, e_plane, d_plane, per_thread_floats;
-  bool blocked_input;   // the expansion reads a channel-blocked copy of its input (AVX2 kernels)
+  bool blocked_input;   // the expansion reads a channel-blocked copy of its input (SIMD kernels)
   BlockSplit split;
 };
 
@@ -83,7 +85,7 @@ struct ExpandPanel {
   int64_t e_plane;
   const int64_t* pixel;       // offset in a block of e of each pixel's 8 channels
   const float* next;          // the weights of the panel that runs next (L2 prefetch), or null
-  const float* xb = nullptr;  // else: the input channel-blocked ([C / 8][N][8], AVX2 kernels)
+  const float* xb = nullptr;  // else: the input channel-blocked ([C / 8][N][8], SIMD kernels)
   const int64_t* xoff = nullptr;  // with xb: offset in xb of each of the K inputs (pixel 0)
 };
 
@@ -545,7 +547,7 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
   const float** rows = reinterpret_cast<const float**>(pixel + p.e_rows * W);
   int64_t* channel = reinterpret_cast<int64_t*>(rows + g.in_channels);
   int64_t* xoff = channel + E;                                  // with p.blocked_input
-  float* xb = reinterpret_cast<float*>(xoff + g.in_channels);  // (the AVX2 kernels)
+  float* xb = reinterpret_cast<float*>(xoff + g.in_channels);  // (the SIMD kernels)
   const bool blocked = p.blocked_input && kern.blocked_input;
   const float* x_image = x + image * g.in_channels * H * W;
   float* y_image = y + image * g.out_channels * Hout * Wout;

@@ -229,7 +229,8 @@ def test_packed_pixel_counts_equal_the_stock_ops(ops, case):
     check_packed_case(case)
 
 
-@pytest.mark.parametrize("variable", ["IGC_BLOCK_AVX2", "IGC_CONV_BASELINE", "IGC_NO_STREAM"])
+@pytest.mark.parametrize("variable", ["IGC_BLOCK_AVX2", "IGC_CONV_BASELINE", "IGC_CONV_AVX2",
+                                      "IGC_NO_STREAM"])
 @pytest.mark.parametrize("value", ["yes", "2", "true"])
 def test_a_switch_that_is_neither_0_nor_1_is_a_clear_error(ops, variable, value, monkeypatch):
     """The switches' one rule: unset, empty or 0 is off, 1 is on, anything else is refused

@@ -300,6 +300,47 @@ def test_results_do_not_depend_on_the_thread_count(run_on_threads, threads):
                    "[t.check_against_reference(*t.PERMUTED_CASES[1])]", threads)
 
 
+def cpu_has_avx512():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+# The float32 pointwise cases: every path of the blocked GEMM (panels, copies of B, chunks,
+# passes, narrow tails, masked blocks, a residual-free forward and data gradient).
+POINTWISE_F32 = [c for c in CASES if c[6] == (1, 1) and c[11] == "float32"]
+
+
+@pytest.mark.skipif(not cpu_has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.parametrize("case", POINTWISE_F32, ids=case_id)
+def test_gemm_avx512_blocks_equal_the_avx2_ones_bit_for_bit(ops, case, monkeypatch):
+    """Where AVX-512 exists the pointwise IGCConv's GEMM runs AVX-512 register blocks: the same
+    sums in the same order as the AVX2 blocks (IGC_CONV_AVX2=1), forward and both gradients."""
+    igc, _ = conv_symbols(case)
+    arrays = random_inputs(case)
+    out_shape = igc.infer_shape(**{k: v.shape for k, v in arrays.items()})[1][0]
+    out_grad = np.random.RandomState(1).uniform(-1, 1, out_shape).astype(case[-1])
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("IGC_CONV_AVX2", "0")
+    wide_out, wide_grads = run_forward_backward(igc, arrays, out_grad)
+    monkeypatch.setenv("IGC_CONV_AVX2", "1")
+    narrow_out, narrow_grads = run_forward_backward(igc, arrays, out_grad)
+    np.testing.assert_array_equal(wide_out, narrow_out)
+    for name in arrays:
+        np.testing.assert_array_equal(wide_grads[name], narrow_grads[name], err_msg=name)
+    assert np.abs(wide_out).max() > 0
+
+
+@pytest.mark.parametrize("variable, value", [("IGC_CONV_AVX2", "1"), ("DNNL_MAX_CPU_ISA", "AVX2")])
+@pytest.mark.parametrize("case", POINTWISE_F32[::2], ids=case_id)
+def test_gemm_avx2_blocks_equal_convolution(ops, case, variable, value, monkeypatch):
+    """IGC_CONV_AVX2=1 or a oneDNN cap below AVX-512 keeps the GEMM on its AVX2 blocks."""
+    monkeypatch.setenv(variable, value)
+    check_against_reference(case)
+
+
 def test_baseline_switch_other_than_0_or_1_is_a_clear_error(ops, monkeypatch):
     monkeypatch.setenv("IGC_CONV_BASELINE", "on")
     with pytest.raises(mx.base.MXNetError, match="IGCConv: environment variable "

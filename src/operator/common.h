@@ -45,10 +45,12 @@ IGC_HOST_DEVICE I reorder_source(I c, I channels, I groups) {
 //                        IGCBlock);
 //   IGC_BLOCK_AVX2=1     IGCBlock's AVX2 kernels instead of its AVX-512 ones (the GEMM of
 //                        unpacked weights, the packed kernel's 1x1 register blocks);
+//   IGC_CONV_AVX2=1      IGCConv's GEMM in AVX2 register blocks instead of AVX-512 ones;
 //   IGC_NO_STREAM=1      plain stores where the BatchNorm streams a large output (stream.h).
 // Unset, empty or 0 is off, 1 is on; any other value is an error, which the registration files
 // report (bad_env_switch) before a kernel runs.
-constexpr const char* kEnvSwitches[] = {"IGC_CONV_BASELINE", "IGC_BLOCK_AVX2", "IGC_NO_STREAM"};
+constexpr const char* kEnvSwitches[] = {"IGC_CONV_BASELINE", "IGC_BLOCK_AVX2", "IGC_CONV_AVX2",
+                                        "IGC_NO_STREAM"};
 
 inline bool env_switch_on(const char* name) {
   const char* value = std::getenv(name);

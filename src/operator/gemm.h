@@ -30,22 +30,23 @@ struct Gemm {
 
 using GemmKernel = void (*)(const Gemm&);
 
-// A (M x K, rows lda apart) as the AVX2 kernel's register blocks read it: ceil(M / kGemmPanelRows) panels of
-// K x kGemmPanelRows values, row i of a panel at offset i of each group (rows past M zero), so that a
-// block's weights are one sequential stream instead of one per row. gemm_panel_floats is the size
-// for `kernel` (a pick_gemm result); 0 where it reads rows in place (portable C++, AVX-512), and
-// nothing to pack.
+// A (M x K, rows lda apart) as the blocked GEMM's register blocks read it: ceil(M /
+// kGemmPanelRows) panels of K x kGemmPanelRows values, row i of a panel at offset i of each group
+// (rows past M zero), so that a block's weights are one sequential stream instead of one per row.
+// gemm_panel_floats is the size for `kernel` (a pick_gemm result); 0 where it reads rows in place
+// (portable C++, the plain AVX-512 block), and nothing to pack.
 constexpr int64_t kGemmPanelRows = 6;
 int64_t gemm_panel_floats(GemmKernel kernel, int64_t M, int64_t K);
 void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* panels);
 
-// The GEMM for this CPU and environment: an 8 x 32 AVX-512 register block (only where
-// `avx512_allowed` and use_avx512_kernels), a 6 x 16 AVX2+FMA one, or portable C++ (see
-// use_avx2_kernels). Single-threaded. The AVX2 kernel has the packed panels, the chunked and
-// copied reads of B and the narrow-tail paths; the AVX-512 one is a plain register block, which
-// only the unpacked IGCBlock's short inference GEMMs take (on Zen 4, where a 512-bit FMA costs two
-// 256-bit ones, training steps ran 5-13 % faster with the AVX2 kernel; see igc_conv.md).
-GemmKernel pick_gemm(bool avx512_allowed);
+// The GEMM for this CPU and environment (single-threaded): where use_avx512_kernels, a plain 8 x
+// 32 AVX-512 register block when `plain_block` (the unpacked IGCBlock's short inference GEMMs),
+// else the blocked GEMM with 6 x 16 register blocks in AVX-512 (IGC_CONV_AVX2=1: in AVX2); else
+// the blocked GEMM in AVX2+FMA, or portable C++ (see use_avx2_kernels). The blocked GEMM has the
+// packed panels, the chunked and copied reads of B and the narrow-tail paths (on Zen 4, where a
+// 512-bit FMA costs two 256-bit ones, training steps ran 5-13 % slower with the plain block; see
+// igc_conv.md); its AVX-512 and AVX2 blocks make the same sums in the same order.
+GemmKernel pick_gemm(bool plain_block);
 
 // c[m * ldc + n] += sum over s < S, k < L of a[m * lda + s * a_seg + k] * b[n * ldb + s * b_seg + k],
 // 0 <= m < M, 0 <= n < N: dot products of rows (a pointwise conv's weight gradient: output-

@@ -116,8 +116,62 @@ IGC_TARGET_AVX2 inline void block_avx2(const Gemm& g, Operands o, int64_t k0, in
   }
 }
 
+IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 load16(const float* p, bool tail,
+                                                                     __mmask16 mask) {
+  return tail ? _mm512_maskz_loadu_ps(mask, p) : _mm512_loadu_ps(p);
+}
+
+// The same register block in AVX-512 (gemm_avx512_rows): a row's 16 columns in one register,
+// each k one multiply-add with the row's weight broadcast from memory inside the instruction.
+// The same sums in the same order as block_avx2 (the outputs are bit for bit the same) in about a
+// third of the instructions (7 per k against 20), which a core shared with another hardware
+// thread runs nearly as fast as alone (docs/performance.md). Not inlined into the AVX2 callers.
+template <int MR, bool kFirst, bool kLast, bool kTail, bool kPanel, bool kCopy>
+IGC_TARGET_AVX512 __attribute__((noinline)) void block_z(const Gemm& g, Operands o, int64_t k0,
+                                                         int64_t k1, int64_t m0, int64_t n0,
+                                                         __m256i mask0, __m256i mask1) {
+  const __mmask16 mask = kTail ? static_cast<__mmask16>(
+                                     _mm256_movemask_ps(_mm256_castsi256_ps(mask0)) |
+                                     (_mm256_movemask_ps(_mm256_castsi256_ps(mask1)) << 8))
+                               : static_cast<__mmask16>(0xFFFF);
+  __m512 acc[MR];
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    acc[i] = kFirst ? _mm512_set1_ps(g.bias[m0 + i]) : load16(g.c + (m0 + i) * g.ldc + n0, kTail, mask);
+  }
+  const float* a = kPanel ? o.a + k0 * kRows : o.a + k0;
+  const float* copy = o.copy;
+  for (int64_t k = k0; k < k1; ++k) {
+    const __m512 b = load16(kCopy ? copy : g.b[k] + n0, kTail, mask);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(kPanel ? a[i] : a[i * g.lda]), b, acc[i]);
+    }
+    a += kPanel ? kRows : 1;
+    if (kCopy) copy += kCols;
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < MR; ++i) {
+    float* c = g.c + (m0 + i) * g.ldc + n0;
+    if (kLast && g.r) acc[i] = _mm512_add_ps(acc[i], load16(g.r + (m0 + i) * g.ldr + n0, kTail, mask));
+    if (kTail) _mm512_mask_storeu_ps(c, mask, acc[i]);
+    else _mm512_storeu_ps(c, acc[i]);
+  }
+}
+
+// block_avx2, or block_z where kWide.
+template <bool kWide, int MR, bool kFirst, bool kLast, bool kTail, bool kPanel, bool kCopy>
+IGC_TARGET_AVX2 inline void block(const Gemm& g, Operands o, int64_t k0, int64_t k1, int64_t m0,
+                                  int64_t n0, __m256i mask0, __m256i mask1) {
+  if constexpr (kWide) {
+    block_z<MR, kFirst, kLast, kTail, kPanel, kCopy>(g, o, k0, k1, m0, n0, mask0, mask1);
+  } else {
+    block_avx2<MR, kFirst, kLast, kTail, kPanel, kCopy>(g, o, k0, k1, m0, n0, mask0, mask1);
+  }
+}
+
 // Every block of weight rows over the columns [n0, n0 + 16) and the B rows [k0, k1).
-template <bool kFirst, bool kLast, bool kTail, bool kPanel, bool kCopy>
+template <bool kWide, bool kFirst, bool kLast, bool kTail, bool kPanel, bool kCopy>
 IGC_TARGET_AVX2 void column_avx2(const Gemm& g, const float* copy, int64_t k0, int64_t k1,
                                  int64_t n0, __m256i mask0, __m256i mask1) {
   // The block of rows [m0, m0 + kRows): its panel, or its first row.
@@ -126,13 +180,13 @@ IGC_TARGET_AVX2 void column_avx2(const Gemm& g, const float* copy, int64_t k0, i
   };
   int64_t m0 = 0;
   for (; m0 + kRows <= g.M; m0 += kRows) {
-    block_avx2<kRows, kFirst, kLast, kTail, kPanel, kCopy>(g, at(m0), k0, k1, m0, n0, mask0,
-                                                           mask1);
+    block<kWide, kRows, kFirst, kLast, kTail, kPanel, kCopy>(g, at(m0), k0, k1, m0, n0, mask0,
+                                                             mask1);
   }
 #define IGC_GEMM_REST(MR)                                                                      \
   case MR:                                                                                     \
-    block_avx2<MR, kFirst, kLast, kTail, kPanel, kCopy>(g, at(m0), k0, k1, m0, n0, mask0,     \
-                                                        mask1);                                \
+    block<kWide, MR, kFirst, kLast, kTail, kPanel, kCopy>(g, at(m0), k0, k1, m0, n0, mask0,   \
+                                                          mask1);                              \
     break;
   switch (g.M - m0) {
     IGC_GEMM_REST(5)
@@ -162,7 +216,7 @@ IGC_TARGET_AVX2 inline void copy_slices(const Gemm& g, int64_t k0, int64_t k1, i
 
 // Up to kCopyBRows rows of A on long rows of B: the whole 16-column blocks in copies of kWideCols
 // columns, the next block's prefetched as each is copied (see kCopyBRows).
-template <bool kFirst, bool kLast, bool kPanel>
+template <bool kWide, bool kFirst, bool kLast, bool kPanel>
 IGC_TARGET_AVX2 void wide_pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
   const __m256i all = _mm256_set1_epi32(-1);
   const int64_t depth = k1 - k0;
@@ -177,57 +231,57 @@ IGC_TARGET_AVX2 void wide_pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64
       }
     }
     for (int64_t n0 = w0; n0 < w1; n0 += kCols) {
-      column_avx2<kFirst, kLast, false, kPanel, true>(g, copy + (n0 - w0) * depth, k0, k1, n0,
-                                                      all, all);
+      column_avx2<kWide, kFirst, kLast, false, kPanel, true>(g, copy + (n0 - w0) * depth, k0, k1,
+                                                             n0, all, all);
     }
   }
 }
 
 // One pass over whole 16-column blocks over the B rows [k0, k1), B read as kCopyBRows says.
-template <bool kFirst, bool kLast, bool kPanel>
+template <bool kWide, bool kFirst, bool kLast, bool kPanel>
 IGC_TARGET_AVX2 void pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
   const __m256i all = _mm256_set1_epi32(-1);
   if (g.M <= kCopyBRows && g.N >= kWideMinColumns) {
-    return wide_pass_avx2<kFirst, kLast, kPanel>(g, k0, k1, whole);
+    return wide_pass_avx2<kWide, kFirst, kLast, kPanel>(g, k0, k1, whole);
   }
   if (g.M <= kCopyBRows) {
     for (int64_t n0 = 0; n0 < whole; n0 += kCols) {
-      column_avx2<kFirst, kLast, false, kPanel, false>(g, nullptr, k0, k1, n0, all, all);
+      column_avx2<kWide, kFirst, kLast, false, kPanel, false>(g, nullptr, k0, k1, n0, all, all);
     }
     return;
   }
   alignas(32) float copy[kDepth * kCols];
   for (int64_t n0 = 0; n0 < whole; n0 += kCols) {
     copy_slices(g, k0, k1, n0, n0 + kCols, copy);
-    column_avx2<kFirst, kLast, false, kPanel, true>(g, copy, k0, k1, n0, all, all);
+    column_avx2<kWide, kFirst, kLast, false, kPanel, true>(g, copy, k0, k1, n0, all, all);
   }
 }
 
-template <bool kPanel>
+template <bool kWide, bool kPanel>
 IGC_TARGET_AVX2 void passes_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
   const bool first = k0 == 0, last = k1 == g.K;
-  if (first && last) pass_avx2<true, true, kPanel>(g, k0, k1, whole);
-  else if (first) pass_avx2<true, false, kPanel>(g, k0, k1, whole);
-  else if (last) pass_avx2<false, true, kPanel>(g, k0, k1, whole);
-  else pass_avx2<false, false, kPanel>(g, k0, k1, whole);
+  if (first && last) pass_avx2<kWide, true, true, kPanel>(g, k0, k1, whole);
+  else if (first) pass_avx2<kWide, true, false, kPanel>(g, k0, k1, whole);
+  else if (last) pass_avx2<kWide, false, true, kPanel>(g, k0, k1, whole);
+  else pass_avx2<kWide, false, false, kPanel>(g, k0, k1, whole);
 }
 
 // The register blocks of MR weight rows from m0 over the 16-column blocks [n0, n1), all of B's
 // rows in one pass, from the packed chunk `packed` (see rows_outer_avx2).
-template <int MR, bool kPanel>
+template <bool kWide, int MR, bool kPanel>
 IGC_TARGET_AVX2 void row_block_avx2(const Gemm& g, int64_t m0, int64_t n0, int64_t n1,
                                     const float* packed) {
   const __m256i all = _mm256_set1_epi32(-1);
   const float* a = kPanel ? g.panels + m0 * g.K : g.a + m0 * g.lda;
   for (int64_t n = n0; n < n1; n += kCols) {
-    block_avx2<MR, true, true, false, kPanel, true>(g, Operands{a, packed + (n - n0) * g.K}, 0,
-                                                    g.K, m0, n, all, all);
+    block<kWide, MR, true, true, false, kPanel, true>(g, Operands{a, packed + (n - n0) * g.K}, 0,
+                                                      g.K, m0, n, all, all);
   }
 }
 
 // Whole 16-column blocks with K <= kDepth and more than kCopyBRows rows of A: B packed in chunks
 // of columns, weight rows outer within a chunk (see kCopyBRows).
-template <bool kPanel>
+template <bool kWide, bool kPanel>
 IGC_TARGET_AVX2 void rows_outer_avx2(const Gemm& g, int64_t whole) {
   alignas(32) float packed[kPackedFloats];
   const int64_t most = std::max<int64_t>(kCols, kPackedFloats / g.K / kCols * kCols);
@@ -237,13 +291,13 @@ IGC_TARGET_AVX2 void rows_outer_avx2(const Gemm& g, int64_t whole) {
     const int64_t n1 = std::min(whole, n0 + width);
     copy_slices(g, 0, g.K, n0, n1, packed);
     int64_t m0 = 0;
-    for (; m0 + kRows <= g.M; m0 += kRows) row_block_avx2<kRows, kPanel>(g, m0, n0, n1, packed);
+    for (; m0 + kRows <= g.M; m0 += kRows) row_block_avx2<kWide, kRows, kPanel>(g, m0, n0, n1, packed);
     switch (g.M - m0) {
-      case 5: row_block_avx2<5, kPanel>(g, m0, n0, n1, packed); break;
-      case 4: row_block_avx2<4, kPanel>(g, m0, n0, n1, packed); break;
-      case 3: row_block_avx2<3, kPanel>(g, m0, n0, n1, packed); break;
-      case 2: row_block_avx2<2, kPanel>(g, m0, n0, n1, packed); break;
-      case 1: row_block_avx2<1, kPanel>(g, m0, n0, n1, packed); break;
+      case 5: row_block_avx2<kWide, 5, kPanel>(g, m0, n0, n1, packed); break;
+      case 4: row_block_avx2<kWide, 4, kPanel>(g, m0, n0, n1, packed); break;
+      case 3: row_block_avx2<kWide, 3, kPanel>(g, m0, n0, n1, packed); break;
+      case 2: row_block_avx2<kWide, 2, kPanel>(g, m0, n0, n1, packed); break;
+      case 1: row_block_avx2<kWide, 1, kPanel>(g, m0, n0, n1, packed); break;
       default: break;
     }
   }
@@ -321,19 +375,20 @@ IGC_TARGET_AVX2 void tail_avx2(const Gemm& g, int64_t n0) {
 // rows (tail_avx2, with panels), else the last 16 columns again (the same values, and masked
 // stores are slow on some CPUs), or masked when N < 16. Panels and copies of B change where
 // values are read, not the order of the sums.
-IGC_TARGET_AVX2 void gemm_avx2(const Gemm& g) {
+template <bool kWide>
+IGC_TARGET_AVX2 void gemm_blocked(const Gemm& g) {
   const __m256i all = _mm256_set1_epi32(-1);
   const int64_t whole = g.N / kCols * kCols;
   if (g.M > kCopyBRows && g.K <= kDepth) {
-    if (whole > 0 && g.panels) rows_outer_avx2<true>(g, whole);
-    else if (whole > 0) rows_outer_avx2<false>(g, whole);
+    if (whole > 0 && g.panels) rows_outer_avx2<kWide, true>(g, whole);
+    else if (whole > 0) rows_outer_avx2<kWide, false>(g, whole);
   } else {
     const int64_t passes = std::max<int64_t>(1, (g.K + kDepth - 1) / kDepth);
     const int64_t depth = (g.K + passes - 1) / passes;
     for (int64_t k0 = 0; k0 < g.K; k0 += depth) {
       const int64_t k1 = std::min(g.K, k0 + depth);
-      if (g.panels) passes_avx2<true>(g, k0, k1, whole);
-      else passes_avx2<false>(g, k0, k1, whole);
+      if (g.panels) passes_avx2<kWide, true>(g, k0, k1, whole);
+      else passes_avx2<kWide, false>(g, k0, k1, whole);
     }
   }
   if (whole == g.N) return;
@@ -347,16 +402,19 @@ IGC_TARGET_AVX2 void gemm_avx2(const Gemm& g) {
   }
   if (whole > 0) {
     if (g.panels) {
-      column_avx2<true, true, false, true, false>(g, nullptr, 0, g.K, g.N - kCols, all, all);
+      column_avx2<kWide, true, true, false, true, false>(g, nullptr, 0, g.K, g.N - kCols, all, all);
     } else {
-      column_avx2<true, true, false, false, false>(g, nullptr, 0, g.K, g.N - kCols, all, all);
+      column_avx2<kWide, true, true, false, false, false>(g, nullptr, 0, g.K, g.N - kCols, all, all);
     }
   } else {
     const __m256i mask0 = tail_mask(g.N), mask1 = tail_mask(g.N - 8);
-    if (g.panels) column_avx2<true, true, true, true, false>(g, nullptr, 0, g.K, 0, mask0, mask1);
-    else column_avx2<true, true, true, false, false>(g, nullptr, 0, g.K, 0, mask0, mask1);
+    if (g.panels) column_avx2<kWide, true, true, true, true, false>(g, nullptr, 0, g.K, 0, mask0, mask1);
+    else column_avx2<kWide, true, true, true, false, false>(g, nullptr, 0, g.K, 0, mask0, mask1);
   }
 }
+
+IGC_TARGET_AVX2 void gemm_avx2(const Gemm& g) { gemm_blocked<false>(g); }
+IGC_TARGET_AVX2 void gemm_avx512_rows(const Gemm& g) { gemm_blocked<true>(g); }
 
 // AVX-512F: 8 x 32 register blocks; masked loads and stores are cheap here, so tails use them.
 constexpr int kRows512 = 8, kCols512 = 32;
@@ -535,7 +593,7 @@ IGC_TARGET_AVX2 void row_dots_avx2(const RowDots& d) {
 }  // namespace
 
 int64_t gemm_panel_floats(GemmKernel kernel, int64_t M, int64_t K) {
-  if (kernel != gemm_avx2) return 0;
+  if (kernel != gemm_avx2 && kernel != gemm_avx512_rows) return 0;
   return (M + kRows - 1) / kRows * kRows * K;
 }
 
@@ -557,9 +615,10 @@ RowDotsKernel pick_row_dots() {
   return use_avx2_kernels() ? row_dots_avx2 : row_dots_portable;
 }
 
-GemmKernel pick_gemm(bool avx512_allowed) {
+GemmKernel pick_gemm(bool plain_block) {
   if (!use_avx2_kernels()) return gemm_portable;
-  return avx512_allowed && use_avx512_kernels() ? gemm_avx512 : gemm_avx2;
+  if (!use_avx512_kernels()) return gemm_avx2;
+  return plain_block ? gemm_avx512 : env_switch_on("IGC_CONV_AVX2") ? gemm_avx2 : gemm_avx512_rows;
 }
 
 }  // namespace igc

@@ -21,6 +21,7 @@
 // decided at run time (use_avx2_kernels, use_avx512_kernels).
 #define IGC_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define IGC_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define IGC_TARGET_AVX512VL __attribute__((target("avx512f,avx512vl,avx2,fma")))
 
 namespace igc {
 

@@ -137,7 +137,8 @@ IGC_TARGET_AVX512 __attribute__((noinline)) void block_z(const Gemm& g, Operands
   __m512 acc[MR];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
-    acc[i] = kFirst ? _mm512_set1_ps(g.bias[m0 + i]) : load16(g.c + (m0 + i) * g.ldc + n0, kTail, mask);
+    acc[i] = kFirst ? _mm512_set1_ps(g.bias[m0 + i])
+                    : load16(g.c + (m0 + i) * g.ldc + n0, kTail, mask);
   }
   const float* a = kPanel ? o.a + k0 * kRows : o.a + k0;
   const float* copy = o.copy;
@@ -153,7 +154,9 @@ IGC_TARGET_AVX512 __attribute__((noinline)) void block_z(const Gemm& g, Operands
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) {
     float* c = g.c + (m0 + i) * g.ldc + n0;
-    if (kLast && g.r) acc[i] = _mm512_add_ps(acc[i], load16(g.r + (m0 + i) * g.ldr + n0, kTail, mask));
+    if (kLast && g.r) {
+      acc[i] = _mm512_add_ps(acc[i], load16(g.r + (m0 + i) * g.ldr + n0, kTail, mask));
+    }
     if (kTail) _mm512_mask_storeu_ps(c, mask, acc[i]);
     else _mm512_storeu_ps(c, acc[i]);
   }
@@ -291,7 +294,9 @@ IGC_TARGET_AVX2 void rows_outer_avx2(const Gemm& g, int64_t whole) {
     const int64_t n1 = std::min(whole, n0 + width);
     copy_slices(g, 0, g.K, n0, n1, packed);
     int64_t m0 = 0;
-    for (; m0 + kRows <= g.M; m0 += kRows) row_block_avx2<kWide, kRows, kPanel>(g, m0, n0, n1, packed);
+    for (; m0 + kRows <= g.M; m0 += kRows) {
+      row_block_avx2<kWide, kRows, kPanel>(g, m0, n0, n1, packed);
+    }
     switch (g.M - m0) {
       case 5: row_block_avx2<kWide, 5, kPanel>(g, m0, n0, n1, packed); break;
       case 4: row_block_avx2<kWide, 4, kPanel>(g, m0, n0, n1, packed); break;
@@ -402,14 +407,19 @@ IGC_TARGET_AVX2 void gemm_blocked(const Gemm& g) {
   }
   if (whole > 0) {
     if (g.panels) {
-      column_avx2<kWide, true, true, false, true, false>(g, nullptr, 0, g.K, g.N - kCols, all, all);
+      column_avx2<kWide, true, true, false, true, false>(g, nullptr, 0, g.K, g.N - kCols, all,
+                                                        all);
     } else {
-      column_avx2<kWide, true, true, false, false, false>(g, nullptr, 0, g.K, g.N - kCols, all, all);
+      column_avx2<kWide, true, true, false, false, false>(g, nullptr, 0, g.K, g.N - kCols, all,
+                                                         all);
     }
   } else {
     const __m256i mask0 = tail_mask(g.N), mask1 = tail_mask(g.N - 8);
-    if (g.panels) column_avx2<kWide, true, true, true, true, false>(g, nullptr, 0, g.K, 0, mask0, mask1);
-    else column_avx2<kWide, true, true, true, false, false>(g, nullptr, 0, g.K, 0, mask0, mask1);
+    if (g.panels) {
+      column_avx2<kWide, true, true, true, true, false>(g, nullptr, 0, g.K, 0, mask0, mask1);
+    } else {
+      column_avx2<kWide, true, true, true, false, false>(g, nullptr, 0, g.K, 0, mask0, mask1);
+    }
   }
 }
 

@@ -12,8 +12,9 @@
 //      channel, which also reads the permutation as an offset table) and writes the block's NCHW
 //      output through a small transposition.
 // Vectors along the filters leave no idle lanes on 7x7 and 14x14 planes (49 and 196 columns),
-// where the plain kernel's 16-column blocks do. AVX-512 (the 1x1 convs' 16-filter panels), AVX2+FMA,
-// or portable C++ (the same layouts).
+// where the plain kernel's 16-column blocks do. AVX-512 (the 1x1 convs: 16-filter panels in
+// 512-bit registers, 8-filter ones in AVX-512VL's 256-bit ones), AVX2+FMA, or portable C++ (the
+// same layouts).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -410,7 +411,9 @@ IGC_TARGET_AVX512 __attribute__((always_inline)) inline void panel_block_z(
     // own, more than there are, instead of one address and constant displacements)
     asm("" : "+r"(b));
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) acc[i] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b[i * kStride]), acc[i]);
+    for (int i = 0; i < MR; ++i) {
+      acc[i] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b[i * kStride]), acc[i]);
+    }
   }
 }
 
@@ -470,7 +473,7 @@ struct LinearZ {
 };
 
 template <typename Op, int kPrefetch, typename Panel>
-IGC_TARGET_AVX512 void block_z(int mr, const Panel& a, int64_t n0) {
+IGC_TARGET_AVX512VL void block_z(int mr, const Panel& a, int64_t n0) {
   switch (mr) {
     case 12: Op::template at<12, kPrefetch>(a, n0); return;
     case 11: Op::template at<11, kPrefetch>(a, n0); return;
@@ -487,10 +490,68 @@ IGC_TARGET_AVX512 void block_z(int mr, const Panel& a, int64_t n0) {
   }
 }
 
+// 8-filter panels in AVX-512VL: the same register blocks with one 256-bit register per pixel,
+// the input pixel broadcast inside each multiply-add (AVX2 has no broadcast operand: a separate
+// load per pixel and k). Same sums in the same order as the AVX2 blocks.
+template <int MR, int kStride, int kPrefetch, typename Row>
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline void panel_block_y(
+    int64_t K, const float* w, const float* bias, Row row, int64_t n0, __m256 (&acc)[kZPixels],
+    const float* next) {
+  const __m256 bv = _mm256_loadu_ps(bias);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) acc[i] = bv;
+  for (int64_t k = 0; k < K; ++k) {
+    if (kPrefetch & kPrefetchWeights) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + k * 8 + kWeightsAhead), _MM_HINT_T0);
+      if (next) _mm_prefetch(reinterpret_cast<const char*>(next + k * 16), _MM_HINT_T1);
+    }
+    if (kPrefetch & kPrefetchRows) {
+      _mm_prefetch(reinterpret_cast<const char*>(row(k) + n0 + kRowsAhead), _MM_HINT_T0);
+    }
+    const __m256 wv = _mm256_loadu_ps(w + k * 8);
+    const float* b = row(k) + n0 * kStride;
+    asm("" : "+r"(b));  // (as in panel_block_z)
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      acc[i] = _mm256_fmadd_ps(wv, _mm256_set1_ps(b[i * kStride]), acc[i]);
+    }
+  }
+}
+
+struct ExpandY {
+  template <int MR, int kPrefetch>
+  IGC_TARGET_AVX512VL static void at(const ExpandPanel& a, int64_t n0) {
+    __m256 acc[kZPixels];
+    if (a.xb) {
+      panel_block_y<MR, 8, kPrefetch & kPrefetchWeights>(
+          a.K, a.w, a.bias, [&](int64_t k) { return a.xb + a.xoff[k]; }, n0, acc, a.next);
+    } else {
+      panel_block_y<MR, 1, kPrefetch>(a.K, a.w, a.bias, [&](int64_t k) { return a.rows[k]; }, n0,
+                                      acc, a.next);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.e + a.pixel[n0 + i], acc[i]);
+  }
+};
+
+struct LinearY {
+  template <int MR, int kPrefetch>
+  IGC_TARGET_AVX512VL static void at(const LinearPanel& a, int64_t n0) {
+    __m256 acc[kZPixels];
+    panel_block_y<MR, 8, kPrefetch & kPrefetchWeights>(
+        a.K, a.w, a.bias, [&](int64_t k) { return a.d + a.channel[k]; }, n0, acc, a.next);
+    __m256 rows[kZPixels][2];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) rows[i][0] = acc[i];
+    store_pixels<0, (MR < 8 ? MR : 8)>(a, n0, 0, rows);
+    if constexpr (MR > 8) store_pixels<8, MR - 8>(a, n0, 0, rows);
+  }
+};
+
 // N pixels in the fewest blocks of at most kZPixels, as even as can be (49 = 4 x 10 + 9); the
 // first block prefetches the weights.
 template <typename Op, int kPrefetch, typename Panel>
-IGC_TARGET_AVX512 void all_pixels_z(const Panel& a) {
+IGC_TARGET_AVX512VL void all_pixels_z(const Panel& a) {
   const int64_t blocks = (a.N + kZPixels - 1) / kZPixels, base = a.N / blocks;
   const int64_t bigger = a.N % blocks;  // blocks of base + 1 pixels, first
   int64_t n0 = 0;
@@ -502,15 +563,17 @@ IGC_TARGET_AVX512 void all_pixels_z(const Panel& a) {
   }
 }
 
-IGC_TARGET_AVX512 void expand_avx512(const ExpandPanel& a) {
-  if (a.width != 16) return expand_avx2(a);
-  if (!a.xb && a.N >= kLongRow) all_pixels_z<ExpandZ, kPrefetchRows>(a);
-  else all_pixels_z<ExpandZ, kNoPrefetch>(a);
+IGC_TARGET_AVX512VL void expand_avx512(const ExpandPanel& a) {
+  const bool long_rows = !a.xb && a.N >= kLongRow;
+  if (a.width == 16 && long_rows) all_pixels_z<ExpandZ, kPrefetchRows>(a);
+  else if (a.width == 16) all_pixels_z<ExpandZ, kNoPrefetch>(a);
+  else if (long_rows) all_pixels_z<ExpandY, kPrefetchRows>(a);
+  else all_pixels_z<ExpandY, kNoPrefetch>(a);
 }
 
-IGC_TARGET_AVX512 void linear_avx512(const LinearPanel& a) {
-  if (a.width != 16) return linear_avx2(a);
-  all_pixels_z<LinearZ, kNoPrefetch>(a);
+IGC_TARGET_AVX512VL void linear_avx512(const LinearPanel& a) {
+  if (a.width == 16) all_pixels_z<LinearZ, kNoPrefetch>(a);
+  else all_pixels_z<LinearY, kNoPrefetch>(a);
 }
 
 struct Kernels {
@@ -522,7 +585,7 @@ struct Kernels {
 };
 
 Kernels pick_kernels() {
-  if (use_avx512_kernels()) {
+  if (use_avx512_kernels() && __builtin_cpu_supports("avx512vl")) {
     return {true, expand_avx512, linear_avx512, depthwise_avx2};
   }
   if (use_avx2_kernels()) return {true, expand_avx2, linear_avx2, depthwise_avx2};

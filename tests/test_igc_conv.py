@@ -333,10 +333,36 @@ def test_gemm_avx512_blocks_equal_the_avx2_ones_bit_for_bit(ops, case, monkeypat
     assert np.abs(wide_out).max() > 0
 
 
+@pytest.mark.skipif(not cpu_has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.parametrize("act", ["none", "relu6"])
+@pytest.mark.parametrize("case", FEW_TAPS_CASES + [  # + the stems of odd and ImageNet size
+    (2, 3, 17, 23, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32"),
+    (1, 3, 224, 224, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32")], ids=case_id)
+def test_few_taps_avx512_equals_the_avx2_kernel_bit_for_bit(ops, case, act, monkeypatch):
+    """The few-taps forward (column stride 2) in AVX-512 (vectors along the output row) makes
+    each value's sum in the AVX2 kernel's order: the same outputs, with act='relu6' too (a NaN
+    input included)."""
+    igc, _ = conv_symbols(case)
+    if act == "relu6":
+        igc = mx.sym.IGCConv(*igc.get_children(), **{**igc.list_attr(), "act": "relu6"})
+    arrays = random_inputs(case)
+    arrays["data"] = arrays["data"] * 8
+    arrays["data"][0, 0, 1, 2] = np.nan
+    args = {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()}
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    outputs = []
+    for narrow in ("0", "1"):
+        monkeypatch.setenv("IGC_CONV_AVX2", narrow)
+        outputs.append(igc.bind(mx.cpu(), args).forward()[0].asnumpy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert np.isnan(outputs[0]).any() and (np.abs(outputs[0]) > 0).any()
+
+
 @pytest.mark.parametrize("variable, value", [("IGC_CONV_AVX2", "1"), ("DNNL_MAX_CPU_ISA", "AVX2")])
-@pytest.mark.parametrize("case", POINTWISE_F32[::2], ids=case_id)
+@pytest.mark.parametrize("case", POINTWISE_F32[::2] + FEW_TAPS_CASES, ids=case_id)
 def test_gemm_avx2_blocks_equal_convolution(ops, case, variable, value, monkeypatch):
-    """IGC_CONV_AVX2=1 or a oneDNN cap below AVX-512 keeps the GEMM on its AVX2 blocks."""
+    """IGC_CONV_AVX2=1 or a oneDNN cap below AVX-512 keeps the GEMM and the few-taps forward on
+    their AVX2 kernels."""
     monkeypatch.setenv(variable, value)
     check_against_reference(case)
 

@@ -46,7 +46,8 @@ IGC_HOST_DEVICE I reorder_source(I c, I channels, I groups) {
 //                        IGCBlock);
 //   IGC_BLOCK_AVX2=1     IGCBlock's AVX2 kernels instead of its AVX-512 ones (the GEMM of
 //                        unpacked weights, the packed kernel's 1x1 register blocks);
-//   IGC_CONV_AVX2=1      IGCConv's GEMM in AVX2 register blocks instead of AVX-512 ones;
+//   IGC_CONV_AVX2=1      IGCConv's AVX2 kernels instead of its AVX-512 ones (the pointwise
+//                        GEMM's register blocks, the few-taps stride-2 forward);
 //   IGC_NO_STREAM=1      plain stores where the BatchNorm streams a large output (stream.h).
 // Unset, empty or 0 is off, 1 is on; any other value is an error, which the registration files
 // report (bad_env_switch) before a kernel runs.
@@ -75,17 +76,24 @@ inline bool use_avx2_kernels() {
          __builtin_cpu_supports("fma");
 }
 
-// Whether kernels that have an AVX-512 version may use it: use_avx2_kernels, the CPU has
-// AVX-512F, IGC_BLOCK_AVX2 is off and DNNL_MAX_CPU_ISA (oneDNN's cap) is unset or allows
-// AVX-512, so that a capped run behaves as it would on an AVX2 machine.
-inline bool use_avx512_kernels() {
-  if (!use_avx2_kernels() || !__builtin_cpu_supports("avx512f") ||
-      env_switch_on("IGC_BLOCK_AVX2")) {
-    return false;
-  }
+// Whether the CPU kernels may use AVX-512: use_avx2_kernels, the CPU has AVX-512F and
+// DNNL_MAX_CPU_ISA (oneDNN's cap) is unset or allows AVX-512, so that a capped run behaves as it
+// would on an AVX2 machine.
+inline bool cpu_allows_avx512() {
+  if (!use_avx2_kernels() || !__builtin_cpu_supports("avx512f")) return false;
   const char* cap = std::getenv("DNNL_MAX_CPU_ISA");
   return !cap || cap[0] == '\0' || strncasecmp(cap, "avx512", 6) == 0 ||
          strncasecmp(cap, "amx", 3) == 0 || strcasecmp(cap, "all") == 0;
+}
+
+// Whether IGCBlock's kernels that have an AVX-512 version use it (IGC_BLOCK_AVX2 off).
+inline bool use_avx512_kernels() {
+  return cpu_allows_avx512() && !env_switch_on("IGC_BLOCK_AVX2");
+}
+
+// Whether IGCConv's kernels that have an AVX-512 version use it (IGC_CONV_AVX2 off).
+inline bool use_avx512_conv_kernels() {
+  return cpu_allows_avx512() && !env_switch_on("IGC_CONV_AVX2");
 }
 
 }  // namespace igc

@@ -627,8 +627,8 @@ RowDotsKernel pick_row_dots() {
 
 GemmKernel pick_gemm(bool plain_block) {
   if (!use_avx2_kernels()) return gemm_portable;
-  if (!use_avx512_kernels()) return gemm_avx2;
-  return plain_block ? gemm_avx512 : env_switch_on("IGC_CONV_AVX2") ? gemm_avx2 : gemm_avx512_rows;
+  if (plain_block) return use_avx512_kernels() ? gemm_avx512 : gemm_avx2;
+  return use_avx512_conv_kernels() ? gemm_avx512_rows : gemm_avx2;
 }
 
 }  // namespace igc

@@ -105,6 +105,7 @@ struct Args {
   RowDotsKernel dots;       // the row-dot backward (see row_dots_backward), else null
   bool relu6 = false;       // forward: act='relu6' (see relu6_planes)
   int64_t row_chunks = 1;   // forward: output-row chunks per image and group (forward_row_chunks)
+  bool wide_taps = false;   // forward: few_taps_planes_avx512 instead of few_taps_planes
 };
 
 // Whether kernels built for T and kBytes may call the AVX2 float helpers below.
@@ -778,6 +779,64 @@ IGC_TARGET_AVX2 void few_taps_planes(const float* p, int64_t row_step, const int
   }
 }
 
+// few_taps_planes in AVX-512: vectors along the output row instead (16 pixels of one filter per
+// register; a tap's inputs lie side by side in P's rows, which a stride-2 conv reads by column
+// phase), each weight broadcast inside the multiply-add, F filters at a time, stored as computed
+// (no transposition). Each value's sum in few_taps_block's order (the bias, then taps 0, 1, ..):
+// bit for bit the same outputs.
+template <int F>
+IGC_TARGET_AVX512 __attribute__((always_inline)) inline void few_taps_block_z(
+    const float* prow, const int64_t* taps, int64_t K, const float* panel, const float* bias,
+    float* orow, int64_t out_stride, int64_t x0, __mmask16 mask, bool relu6) {
+  __m512 acc[F];
+#pragma GCC unroll 16
+  for (int f = 0; f < F; ++f) acc[f] = _mm512_set1_ps(bias[f]);
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 v = _mm512_maskz_loadu_ps(mask, prow + taps[k] + x0);
+    const float* w = panel + k * F;
+    asm("" : "+r"(w));  // one address, constant displacements (see igc_block_packed_cpu.cc)
+#pragma GCC unroll 16
+    for (int f = 0; f < F; ++f) acc[f] = _mm512_fmadd_ps(_mm512_set1_ps(w[f]), v, acc[f]);
+  }
+  const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+#pragma GCC unroll 16
+  for (int f = 0; f < F; ++f) {
+    // relu6_ps's operand order (a NaN kept); maskz with every lane: GCC 12's unmasked
+    // _mm512_max_ps warns of an uninitialised operand
+    const __m512 y = relu6 ? _mm512_maskz_min_ps(0xFFFF, six, _mm512_maskz_max_ps(0xFFFF, zero,
+                                                                                 acc[f]))
+                           : acc[f];
+    _mm512_mask_storeu_ps(orow + f * out_stride + x0, mask, y);
+  }
+}
+
+IGC_TARGET_AVX512 void few_taps_planes_avx512(const float* p, int64_t row_step,
+                                              const int64_t* taps, int64_t K, const float* w,
+                                              const float* bias, float* out, int64_t out_stride,
+                                              int64_t filters, int64_t rows, int64_t wo,
+                                              bool relu6) {
+  alignas(64) float panel[kFewTaps * 16];
+  for (int64_t f0 = 0; f0 < filters; f0 += 16) {
+    const int64_t width = std::min<int64_t>(16, filters - f0);  // 16 or 8 (filters % 8 == 0)
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t j = 0; j < width; ++j) panel[k * width + j] = w[(f0 + j) * K + k];
+    }
+    for (int64_t y = 0; y < rows; ++y) {
+      const float* prow = p + y * row_step;
+      float* orow = out + f0 * out_stride + y * wo;
+      for (int64_t x0 = 0; x0 < wo; x0 += 16) {
+        const int64_t n = std::min<int64_t>(16, wo - x0);
+        const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+        if (width == 16) {
+          few_taps_block_z<16>(prow, taps, K, panel, bias + f0, orow, out_stride, x0, mask, relu6);
+        } else {
+          few_taps_block_z<8>(prow, taps, K, panel, bias + f0, orow, out_stride, x0, mask, relu6);
+        }
+      }
+    }
+  }
+}
+
 template <typename T, int kBytes>
 IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** rows) {
   const ConvGeometry& g = a.g;
@@ -809,9 +868,10 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
                                (y1 - 1) * g.stride_h + g.kernel_h - g.pad_h);
   if constexpr (kAvx2Float<T, kBytes>) {
     if (few_taps_forward(g, l)) {
-      few_taps_planes(p + y0 * row_step, row_step, a.fwd_taps, l.cg * l.k2,
-                      a.weight + first * l.cg * l.k2, a.bias ? a.bias + first : a.zeros,
-                      out + y0 * l.wo, out_stride, l.fg, y1 - y0, l.wo, a.relu6);
+      const auto planes = a.wide_taps ? few_taps_planes_avx512 : few_taps_planes;
+      planes(p + y0 * row_step, row_step, a.fwd_taps, l.cg * l.k2, a.weight + first * l.cg * l.k2,
+             a.bias ? a.bias + first : a.zeros, out + y0 * l.wo, out_stride, l.fg, y1 - y0, l.wo,
+             a.relu6);
       return;
     }
   }
@@ -1314,6 +1374,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
   const int threads = plan.threads;
   a.row_chunks = forward_row_chunks(g, a.gemm != nullptr, threads);
+  a.wide_taps = avx2 && std::is_same<T, float>::value && use_avx512_conv_kernels();
   const int64_t items = g.batch * g.groups * a.row_chunks;
 #pragma omp parallel num_threads(threads)
   {

@@ -384,90 +384,124 @@ IGC_TARGET_AVX2 void depthwise_avx2(int stride, const float* e, int64_t e_row, i
   else depthwise_s<2>(e, e_row, Wout, rows, w, bias, d);
 }
 
-// AVX-512 (16-filter panels): a register block is MR pixels x the panel's 16 filters, one zmm
-// register per pixel, each k a multiply-add with the input pixel broadcast from memory. The same
-// sums in the same order as the AVX2 blocks (bit-identical outputs), in about half the
-// instructions: on a core shared with another hardware thread they issue in half the slots.
+// AVX-512: a register block is MR pixels x the panel's filters, one register per pixel (a zmm
+// for a 16-filter panel, an AVX-512VL ymm for an 8-filter one), each k a multiply-add with the
+// input pixel broadcast from memory inside the instruction (AVX2 has no broadcast operand: a
+// separate load per pixel and k). The same sums in the same order as the AVX2 blocks
+// (bit-identical outputs), in about half the instructions: on a core shared with another
+// hardware thread they issue in half the slots.
 constexpr int kZPixels = 12;
 
-template <int MR, int kStride, int kPrefetch, typename Row>
-IGC_TARGET_AVX512 __attribute__((always_inline)) inline void panel_block_z(
-    int64_t K, const float* w, const float* bias, Row row, int64_t n0, __m512 (&acc)[kZPixels],
-    const float* next) {
-  const __m512 bv = _mm512_loadu_ps(bias);
+// The register of a panel of W filters (16 or 8).
+template <int W>
+struct Lanes {
+  using type = __m512;
+};
+template <>
+struct Lanes<8> {
+  using type = __m256;
+};
+
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline void load_lanes(const float* p,
+                                                                          __m512& v) {
+  v = _mm512_loadu_ps(p);
+}
+
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline void load_lanes(const float* p,
+                                                                          __m256& v) {
+  v = _mm256_loadu_ps(p);
+}
+
+// acc + w * (the value at b, in every lane)
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline __m512 fma_broadcast(__m512 w,
+                                                                               const float* b,
+                                                                               __m512 acc) {
+  return _mm512_fmadd_ps(w, _mm512_set1_ps(*b), acc);
+}
+
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline __m256 fma_broadcast(__m256 w,
+                                                                               const float* b,
+                                                                               __m256 acc) {
+  return _mm256_fmadd_ps(w, _mm256_set1_ps(*b), acc);
+}
+
+// 8 lanes of a register: lanes 8 j .. 8 j + 7 of a zmm (GCC 12's _mm512_castps512_ps256 and
+// _mm512_extractf64x4_pd warn of an uninitialised operand; a shuffle compiles to the same code),
+// a ymm as it is.
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline __m256 eight_lanes(__m512 v, int j) {
+  return j == 0 ? __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
+                : __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline __m256 eight_lanes(__m256 v, int) {
+  return v;
+}
+
+template <int W, int MR, int kStride, int kPrefetch, typename Row>
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline void panel_block_z(
+    int64_t K, const float* w, const float* bias, Row row, int64_t n0,
+    typename Lanes<W>::type (&acc)[kZPixels], const float* next) {
+  typename Lanes<W>::type bv, wv;
+  load_lanes(bias, bv);
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i) acc[i] = bv;
   for (int64_t k = 0; k < K; ++k) {
     if (kPrefetch & kPrefetchWeights) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + k * 16 + kWeightsAhead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w + k * W + kWeightsAhead), _MM_HINT_T0);
       if (next) _mm_prefetch(reinterpret_cast<const char*>(next + k * 16), _MM_HINT_T1);
     }
     if (kPrefetch & kPrefetchRows) {
       _mm_prefetch(reinterpret_cast<const char*>(row(k) + n0 + kRowsAhead), _MM_HINT_T0);
     }
-    const __m512 wv = _mm512_loadu_ps(w + k * 16);
+    load_lanes(w + k * W, wv);
     const float* b = row(k) + n0 * kStride;
     // (opaque to the optimiser: else GCC keeps each pixel's offset n0 + i in a register of its
     // own, more than there are, instead of one address and constant displacements)
     asm("" : "+r"(b));
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      acc[i] = _mm512_fmadd_ps(wv, _mm512_set1_ps(b[i * kStride]), acc[i]);
-    }
+    for (int i = 0; i < MR; ++i) acc[i] = fma_broadcast(wv, b + i * kStride, acc[i]);
   }
 }
 
-// The halves of a zmm register (lanes 0..7, 8..15). GCC 12's _mm512_castps512_ps256 and
-// _mm512_extractf64x4_pd warn of an uninitialised operand; a shuffle compiles to the same code.
-IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m256 low_half(__m512 v) {
-  return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-}
-
-IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m256 high_half(__m512 v) {
-  return __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-}
-
-template <int MR>
-IGC_TARGET_AVX512 __attribute__((always_inline)) inline void store_expanded_z(
-    const ExpandPanel& a, int64_t n0, const __m512 (&acc)[kZPixels]) {
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    _mm256_storeu_ps(a.e + a.pixel[n0 + i], low_half(acc[i]));
-    _mm256_storeu_ps(a.e + a.e_plane + a.pixel[n0 + i], high_half(acc[i]));
-  }
-}
-
+template <int W>
 struct ExpandZ {
   template <int MR, int kPrefetch>
-  IGC_TARGET_AVX512 static void at(const ExpandPanel& a, int64_t n0) {
-    __m512 acc[kZPixels];
+  IGC_TARGET_AVX512VL static void at(const ExpandPanel& a, int64_t n0) {
+    typename Lanes<W>::type acc[kZPixels];
     if (a.xb) {
-      panel_block_z<MR, 8, kPrefetch & kPrefetchWeights>(
+      panel_block_z<W, MR, 8, kPrefetch & kPrefetchWeights>(
           a.K, a.w, a.bias, [&](int64_t k) { return a.xb + a.xoff[k]; }, n0, acc, a.next);
     } else {
-      panel_block_z<MR, 1, kPrefetch>(a.K, a.w, a.bias, [&](int64_t k) { return a.rows[k]; }, n0,
-                                      acc, a.next);
+      panel_block_z<W, MR, 1, kPrefetch>(a.K, a.w, a.bias, [&](int64_t k) { return a.rows[k]; },
+                                         n0, acc, a.next);
     }
-    store_expanded_z<MR>(a, n0, acc);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+      for (int j = 0; j < W / 8; ++j) {
+        _mm256_storeu_ps(a.e + j * a.e_plane + a.pixel[n0 + i], eight_lanes(acc[i], j));
+      }
+    }
   }
 };
 
+template <int W>
 struct LinearZ {
   template <int MR, int kPrefetch>
-  IGC_TARGET_AVX512 static void at(const LinearPanel& a, int64_t n0) {
-    __m512 acc[kZPixels];
-    panel_block_z<MR, 8, kPrefetch & kPrefetchWeights>(
+  IGC_TARGET_AVX512VL static void at(const LinearPanel& a, int64_t n0) {
+    typename Lanes<W>::type acc[kZPixels];
+    panel_block_z<W, MR, 8, kPrefetch & kPrefetchWeights>(
         a.K, a.w, a.bias, [&](int64_t k) { return a.d + a.channel[k]; }, n0, acc, a.next);
-    __m256 halves[kZPixels][2];
+    __m256 eights[kZPixels][2];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      halves[i][0] = low_half(acc[i]);
-      halves[i][1] = high_half(acc[i]);
+#pragma GCC unroll 2
+      for (int j = 0; j < W / 8; ++j) eights[i][j] = eight_lanes(acc[i], j);
     }
 #pragma GCC unroll 2
-    for (int j = 0; j < 2; ++j) {
-      store_pixels<0, (MR < 8 ? MR : 8)>(a, n0, j, halves);
-      if constexpr (MR > 8) store_pixels<8, MR - 8>(a, n0, j, halves);
+    for (int j = 0; j < W / 8; ++j) {
+      store_pixels<0, (MR < 8 ? MR : 8)>(a, n0, j, eights);
+      if constexpr (MR > 8) store_pixels<8, MR - 8>(a, n0, j, eights);
     }
   }
 };
@@ -490,64 +524,6 @@ IGC_TARGET_AVX512VL void block_z(int mr, const Panel& a, int64_t n0) {
   }
 }
 
-// 8-filter panels in AVX-512VL: the same register blocks with one 256-bit register per pixel,
-// the input pixel broadcast inside each multiply-add (AVX2 has no broadcast operand: a separate
-// load per pixel and k). Same sums in the same order as the AVX2 blocks.
-template <int MR, int kStride, int kPrefetch, typename Row>
-IGC_TARGET_AVX512VL __attribute__((always_inline)) inline void panel_block_y(
-    int64_t K, const float* w, const float* bias, Row row, int64_t n0, __m256 (&acc)[kZPixels],
-    const float* next) {
-  const __m256 bv = _mm256_loadu_ps(bias);
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc[i] = bv;
-  for (int64_t k = 0; k < K; ++k) {
-    if (kPrefetch & kPrefetchWeights) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + k * 8 + kWeightsAhead), _MM_HINT_T0);
-      if (next) _mm_prefetch(reinterpret_cast<const char*>(next + k * 16), _MM_HINT_T1);
-    }
-    if (kPrefetch & kPrefetchRows) {
-      _mm_prefetch(reinterpret_cast<const char*>(row(k) + n0 + kRowsAhead), _MM_HINT_T0);
-    }
-    const __m256 wv = _mm256_loadu_ps(w + k * 8);
-    const float* b = row(k) + n0 * kStride;
-    asm("" : "+r"(b));  // (as in panel_block_z)
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      acc[i] = _mm256_fmadd_ps(wv, _mm256_set1_ps(b[i * kStride]), acc[i]);
-    }
-  }
-}
-
-struct ExpandY {
-  template <int MR, int kPrefetch>
-  IGC_TARGET_AVX512VL static void at(const ExpandPanel& a, int64_t n0) {
-    __m256 acc[kZPixels];
-    if (a.xb) {
-      panel_block_y<MR, 8, kPrefetch & kPrefetchWeights>(
-          a.K, a.w, a.bias, [&](int64_t k) { return a.xb + a.xoff[k]; }, n0, acc, a.next);
-    } else {
-      panel_block_y<MR, 1, kPrefetch>(a.K, a.w, a.bias, [&](int64_t k) { return a.rows[k]; }, n0,
-                                      acc, a.next);
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) _mm256_storeu_ps(a.e + a.pixel[n0 + i], acc[i]);
-  }
-};
-
-struct LinearY {
-  template <int MR, int kPrefetch>
-  IGC_TARGET_AVX512VL static void at(const LinearPanel& a, int64_t n0) {
-    __m256 acc[kZPixels];
-    panel_block_y<MR, 8, kPrefetch & kPrefetchWeights>(
-        a.K, a.w, a.bias, [&](int64_t k) { return a.d + a.channel[k]; }, n0, acc, a.next);
-    __m256 rows[kZPixels][2];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) rows[i][0] = acc[i];
-    store_pixels<0, (MR < 8 ? MR : 8)>(a, n0, 0, rows);
-    if constexpr (MR > 8) store_pixels<8, MR - 8>(a, n0, 0, rows);
-  }
-};
-
 // N pixels in the fewest blocks of at most kZPixels, as even as can be (49 = 4 x 10 + 9); the
 // first block prefetches the weights.
 template <typename Op, int kPrefetch, typename Panel>
@@ -565,15 +541,15 @@ IGC_TARGET_AVX512VL void all_pixels_z(const Panel& a) {
 
 IGC_TARGET_AVX512VL void expand_avx512(const ExpandPanel& a) {
   const bool long_rows = !a.xb && a.N >= kLongRow;
-  if (a.width == 16 && long_rows) all_pixels_z<ExpandZ, kPrefetchRows>(a);
-  else if (a.width == 16) all_pixels_z<ExpandZ, kNoPrefetch>(a);
-  else if (long_rows) all_pixels_z<ExpandY, kPrefetchRows>(a);
-  else all_pixels_z<ExpandY, kNoPrefetch>(a);
+  if (a.width == 16 && long_rows) all_pixels_z<ExpandZ<16>, kPrefetchRows>(a);
+  else if (a.width == 16) all_pixels_z<ExpandZ<16>, kNoPrefetch>(a);
+  else if (long_rows) all_pixels_z<ExpandZ<8>, kPrefetchRows>(a);
+  else all_pixels_z<ExpandZ<8>, kNoPrefetch>(a);
 }
 
 IGC_TARGET_AVX512VL void linear_avx512(const LinearPanel& a) {
-  if (a.width == 16) all_pixels_z<LinearZ, kNoPrefetch>(a);
-  else all_pixels_z<LinearY, kNoPrefetch>(a);
+  if (a.width == 16) all_pixels_z<LinearZ<16>, kNoPrefetch>(a);
+  else all_pixels_z<LinearZ<8>, kNoPrefetch>(a);
 }
 
 struct Kernels {

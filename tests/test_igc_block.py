@@ -6,6 +6,7 @@ are and packed (packed_weights, the channel-blocked kernel); bad input is a one-
 import mxnet as mx
 import numpy as np
 import pytest
+from cpu_flags import has_avx512
 
 from network.graph.blocks import pack_1x1
 
@@ -191,14 +192,6 @@ def test_the_avx2_and_portable_kernels_equal_the_stock_ops(ops, case, variable, 
     check_case(case)
 
 
-def cpu_has_avx512():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx512f" in line for line in f)
-    except OSError:
-        return False
-
-
 # Bands of 1 .. 30, 49, 56 and 169 pixels (the AVX-512 kernel splits a band into even register
 # blocks of at most 12 pixels: every block size from 1 to 12 runs), 16 and 8 filter panels.
 PIXEL_SWEEP = [(1, 16, h, w, 1, 24, 1, 1, False) for h, w in
@@ -207,7 +200,7 @@ PIXEL_SWEEP = [(1, 16, h, w, 1, 24, 1, 1, False) for h, w in
                                                  (13, 13)]]
 
 
-@pytest.mark.skipif(not cpu_has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.skipif(not has_avx512(), reason="the CPU has no AVX-512")
 @pytest.mark.parametrize("case", PACKED_CASES + PIXEL_SWEEP, ids=case_id)
 def test_packed_avx512_kernel_equals_the_avx2_one_bit_for_bit(ops, case, monkeypatch):
     """On 16-filter panels the packed kernel's AVX-512 register blocks (a pixel's 16 filters in

@@ -6,6 +6,7 @@ import json
 import mxnet as mx
 import numpy as np
 import pytest
+from cpu_flags import has_avx512
 
 from network import layers
 
@@ -300,20 +301,12 @@ def test_results_do_not_depend_on_the_thread_count(run_on_threads, threads):
                    "[t.check_against_reference(*t.PERMUTED_CASES[1])]", threads)
 
 
-def cpu_has_avx512():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx512f" in line for line in f)
-    except OSError:
-        return False
-
-
 # The float32 pointwise cases: every path of the blocked GEMM (panels, copies of B, chunks,
 # passes, narrow tails, masked blocks, a residual-free forward and data gradient).
 POINTWISE_F32 = [c for c in CASES if c[6] == (1, 1) and c[11] == "float32"]
 
 
-@pytest.mark.skipif(not cpu_has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.skipif(not has_avx512(), reason="the CPU has no AVX-512")
 @pytest.mark.parametrize("case", POINTWISE_F32, ids=case_id)
 def test_gemm_avx512_blocks_equal_the_avx2_ones_bit_for_bit(ops, case, monkeypatch):
     """Where AVX-512 exists the pointwise IGCConv's GEMM runs AVX-512 register blocks: the same
@@ -333,7 +326,7 @@ def test_gemm_avx512_blocks_equal_the_avx2_ones_bit_for_bit(ops, case, monkeypat
     assert np.abs(wide_out).max() > 0
 
 
-@pytest.mark.skipif(not cpu_has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.skipif(not has_avx512(), reason="the CPU has no AVX-512")
 @pytest.mark.parametrize("act", ["none", "relu6"])
 @pytest.mark.parametrize("case", FEW_TAPS_CASES + [  # + the stems of odd and ImageNet size
     (2, 3, 17, 23, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32"),

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from cpu_flags import has_avx512
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "### network "
@@ -22,14 +23,6 @@ BATCH = 2
 # ImageNet networks run at 64x64 (their global pool takes any size); layouts depend on channel
 # counts, not on the spatial size.
 IMAGENET_SIZE = 64
-
-
-def cpu_has_avx512():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " avx512f" in line for line in f)
-    except OSError:
-        return False
 
 
 def reference_kernels(verbose_output):
@@ -75,7 +68,7 @@ def _training_step_log(names, isa):
     return proc.stdout
 
 
-ISAS = ["native"] + (["AVX2"] if cpu_has_avx512() else [])
+ISAS = ["native"] + (["AVX2"] if has_avx512() else [])
 
 
 @pytest.mark.parametrize("isa", ISAS)

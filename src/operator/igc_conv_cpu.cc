@@ -751,6 +751,13 @@ IGC_TARGET_AVX2 __attribute__((always_inline)) inline void few_taps_block(
   }
 }
 
+// The weights of filters [f0, f0 + width) (K taps each, w filter-major) as K rows of `width`.
+inline void pack_tap_panel(const float* w, int64_t K, int64_t f0, int64_t width, float* panel) {
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < width; ++j) panel[k * width + j] = w[(f0 + j) * K + k];
+  }
+}
+
 // Output rows [0, rows) of `filters` planes (out_stride apart, rows of wo) from P (row r of the
 // output reads p + r * row_step): weights w (filters x K, K = the taps), bias per filter.
 IGC_TARGET_AVX2 void few_taps_planes(const float* p, int64_t row_step, const int64_t* taps,
@@ -760,9 +767,7 @@ IGC_TARGET_AVX2 void few_taps_planes(const float* p, int64_t row_step, const int
   alignas(32) float panel[kFewTaps * 16];
   for (int64_t f0 = 0; f0 < filters; f0 += 16) {
     const int64_t width = std::min<int64_t>(16, filters - f0);
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t j = 0; j < width; ++j) panel[k * width + j] = w[(f0 + j) * K + k];
-    }
+    pack_tap_panel(w, K, f0, width, panel);
     for (int64_t y = 0; y < rows; ++y) {
       const float* prow = p + y * row_step;
       float* orow = out + f0 * out_stride + y * wo;
@@ -818,9 +823,7 @@ IGC_TARGET_AVX512 void few_taps_planes_avx512(const float* p, int64_t row_step,
   alignas(64) float panel[kFewTaps * 16];
   for (int64_t f0 = 0; f0 < filters; f0 += 16) {
     const int64_t width = std::min<int64_t>(16, filters - f0);  // 16 or 8 (filters % 8 == 0)
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t j = 0; j < width; ++j) panel[k * width + j] = w[(f0 + j) * K + k];
-    }
+    pack_tap_panel(w, K, f0, width, panel);
     for (int64_t y = 0; y < rows; ++y) {
       const float* prow = p + y * row_step;
       float* orow = out + f0 * out_stride + y * wo;

@@ -49,7 +49,7 @@ def mxnet_step(name, config, shape):
 
     import network
     images, side, classes = shape
-    symbol = network.get_symbol(name, classes, **config)
+    symbol = network.fuse_input_batchnorms(network.get_symbol(name, classes, **config))
     module = mx.mod.Module(symbol, context=mx.cpu())
     module.bind(data_shapes=[("data", (images, 3, side, side))],
                 label_shapes=[("softmax_label", (images,))])

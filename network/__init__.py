@@ -22,7 +22,7 @@ except ModuleNotFoundError as err:
 
 from . import igcv2, igcv3, plain, resnet  # noqa: F401  (registers the builders)
 from .features import get_features
-from .graph import optimize_for_inference
+from .graph import fuse_input_batchnorms, optimize_for_inference
 from .registry import (
                        config_options,
                        get_plan,
@@ -33,5 +33,6 @@ from .registry import (
                        network_options,
 )
 
-__all__ = ["config_options", "get_features", "get_plan", "get_symbol", "list_networks",
-           "network_defaults", "network_info", "network_options", "optimize_for_inference"]
+__all__ = ["config_options", "fuse_input_batchnorms", "get_features", "get_plan", "get_symbol",
+           "list_networks", "network_defaults", "network_info", "network_options",
+           "optimize_for_inference"]

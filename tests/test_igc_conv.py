@@ -639,3 +639,104 @@ def test_zero_size_batch_under_numpy_shapes_gives_empty_output_and_zero_weight_g
         # A sum over no samples: gradients written as 0 (grad_req 'write').
         np.testing.assert_array_equal(weight.grad.asnumpy(), 0)
         np.testing.assert_array_equal(bias.grad.asnumpy(), 0)
+
+
+# --- the input BatchNorm (in_act): BatchNormApply read inside the conv -------------------------
+
+# (N, C, H, W, F, G, kernel, stride, bias, in_act, input_branches, dtype): the general path at
+# unit stride and stride 2 (column phases; rows wider than the stack buffer's share too), the
+# narrow depthwise kernels (4x4, 7x7, stride 2 onto 4x4), a group conv, a permuted input, a
+# pointwise conv (whose GEMM reads rows in place: the applied tensor is made first), float64.
+IN_BN_CASES = [
+    (2, 8, 32, 32, 8, 8, (3, 3), (1, 1), False, "relu6", 1, "float32"),
+    (2, 8, 20, 19, 8, 8, (3, 3), (2, 2), False, "relu", 1, "float32"),
+    (2, 8, 40, 37, 8, 8, (3, 3), (2, 2), True, "relu6", 1, "float32"),
+    (2, 16, 4, 4, 16, 16, (3, 3), (1, 1), False, "relu6", 1, "float32"),
+    (2, 8, 7, 7, 8, 8, (3, 3), (1, 1), False, "relu", 1, "float32"),
+    (2, 8, 8, 8, 8, 8, (3, 3), (2, 2), False, "none", 1, "float32"),
+    (2, 8, 9, 9, 12, 2, (3, 3), (1, 1), True, "none", 1, "float32"),
+    (3, 8, 12, 12, 8, 8, (3, 3), (1, 1), False, "relu6", 2, "float32"),
+    (2, 8, 6, 6, 6, 1, (1, 1), (1, 1), False, "relu6", 1, "float32"),
+    (2, 8, 11, 11, 8, 8, (3, 3), (1, 1), False, "relu6", 1, "float64"),
+]
+
+
+def in_bn_id(c):
+    return (f"{'x'.join(map(str, c[:6]))}-k{c[6][0]}s{c[7][0]}-{c[9]}"
+            f"{'-in' + str(c[10]) if c[10] > 1 else ''}-{c[11]}")
+
+
+def in_bn_results(case, fused):
+    """Output and every gradient (NaN in the data included) of IGCConv(in_act) or of
+    BatchNormApply -> IGCConv over the same arrays."""
+    n, c, h, w, f, g, kernel, stride, bias, act, branches, dtype = case
+    names = ["data", "gamma", "beta", "mean", "invstd", "w"] + (["b"] if bias else [])
+    v = {k: mx.sym.var(k) for k in names}
+    attrs = dict(kernel=kernel, stride=stride, pad=(kernel[0] // 2, kernel[1] // 2), num_filter=f,
+                 num_group=g, no_bias=not bias)
+    if branches > 1:
+        attrs["input_branches"] = branches
+    params = [v["w"]] + ([v["b"]] if bias else [])
+    bn = [v["gamma"], v["beta"], v["mean"], v["invstd"]]
+    if fused:
+        sym = mx.sym.IGCConv(v["data"], *bn, *params, in_act=act, **attrs)
+    else:
+        sym = mx.sym.IGCConv(mx.sym.BatchNormApply(v["data"], *bn, act=act), *params, **attrs)
+    rng = np.random.RandomState(0)
+    arrays = {"data": rng.uniform(-3, 5, (n, c, h, w)), "gamma": rng.uniform(0.5, 2, c),
+              "beta": rng.uniform(-1, 1, c), "mean": rng.uniform(-0.5, 0.5, c),
+              "invstd": rng.uniform(0.5, 2, c), "w": rng.uniform(-1, 1, (f, c // g) + kernel)}
+    if bias:
+        arrays["b"] = rng.uniform(-1, 1, f)
+    arrays["data"][0, 0, 1, 2] = np.nan
+    arrays = {k: a.astype(dtype) for k, a in arrays.items()}
+    out_shape = sym.infer_shape(**{k: a.shape for k, a in arrays.items()})[1][0]
+    out_grad = np.random.RandomState(1).uniform(-1, 1, out_shape).astype(dtype)
+    return run_forward_backward(sym, arrays, out_grad)
+
+
+def check_input_batchnorm(case):
+    fused_out, fused_grads = in_bn_results(case, True)
+    plain_out, plain_grads = in_bn_results(case, False)
+    np.testing.assert_array_equal(fused_out, plain_out)
+    # The NaN reaches the output, except through ReLU (v > 0 ? v : 0 makes it 0).
+    assert np.isnan(fused_out).any() == (case[9] != "relu")
+    assert np.isfinite(fused_out).sum() > fused_out.size // 2
+    for name, grad in plain_grads.items():
+        np.testing.assert_array_equal(fused_grads[name], grad, err_msg=name)
+    assert np.abs(fused_grads["gamma"][1:]).max() > 0 and not fused_grads["mean"].any()
+
+
+@pytest.mark.parametrize("case", IN_BN_CASES, ids=in_bn_id)
+def test_input_batchnorm_equals_batchnormapply_then_conv_bit_for_bit(ops, case):
+    """IGCConv(in_act) applies the BatchNorm as it reads its input (or, for a pointwise conv,
+    into its workspace first) with the values BatchNormApply computes, and its backward hands
+    the gradient through BatchNormApply's: the same output and gradients bit for bit."""
+    check_input_batchnorm(case)
+
+
+@pytest.mark.parametrize("variable, value", [("IGC_CONV_BASELINE", "1"), ("IGC_CONV_AVX2", "1")])
+@pytest.mark.parametrize("case", IN_BN_CASES[1::3], ids=in_bn_id)
+def test_input_batchnorm_on_the_other_kernels(ops, case, variable, value, monkeypatch):
+    """The portable kernels (no fused multiply-add in either op) and the AVX2 ones."""
+    monkeypatch.setenv(variable, value)
+    check_input_batchnorm(case)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_input_batchnorm_does_not_depend_on_the_thread_count(run_on_threads, threads):
+    run_on_threads("test_igc_conv", "[t.check_input_batchnorm(c) for c in t.IN_BN_CASES[:4]]",
+                   threads)
+
+
+def test_input_batchnorm_rejects_bad_attributes_and_shapes(ops):
+    x, w = mx.nd.ones((2, 4, 5, 5)), mx.nd.ones((4, 1, 3, 3))
+    stats = [mx.nd.ones(4)] * 4
+    attrs = dict(kernel=(3, 3), pad=(1, 1), num_filter=4, num_group=4, no_bias=True)
+    with pytest.raises(mx.base.MXNetError, match="attribute 'in_act' must be none, relu or relu6, "
+                                                 "got 'tanh'"):
+        mx.nd.IGCConv(x, *stats, w, in_act="tanh", **attrs).wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match="input 'beta' has shape"):
+        mx.sym.IGCConv(mx.sym.var("x"), *[mx.sym.var(k) for k in "abcd"], mx.sym.var("w"),
+                       in_act="relu6", **attrs).infer_shape(x=(2, 4, 5, 5), b=(5,))
+    assert mx.nd.IGCConv(x, *stats, w, in_act="relu6", **attrs).shape == (2, 4, 5, 5)

@@ -12,6 +12,7 @@ import time
 import mxnet as mx
 import numpy as np
 
+import network
 import utility
 
 from . import precise_bn
@@ -215,7 +216,9 @@ def _bind_training_module(job, symbol, loaded, dtype):
     """A Module bound for training, its parameters initialised or taken from `loaded` (a
     checkpoint being continued) or, on a fresh start, from --pretrained where they fit."""
     net, batch_size = job.network, job.data.batch_size
-    module = mx.mod.Module(symbol, data_names=("data",), label_names=("softmax_label",),
+    # The executor runs the fused graph; names, parameters and checkpoints are the symbol's.
+    module = mx.mod.Module(network.fuse_input_batchnorms(symbol), data_names=("data",),
+                           label_names=("softmax_label",),
                            context=list(job.contexts), logger=LOGGER,
                            fixed_param_names=list(job.run.freeze) or None)
     module.bind(data_shapes=[mx.io.DataDesc("data", (batch_size,) + net.data_shape, dtype)],

@@ -17,6 +17,21 @@ namespace igc {
 
 enum BnActivation { kBnNone = 0, kBnRelu = 1, kBnRelu6 = 2 };
 
+// The activation of the apply on one value: ReLU v > 0 ? v : 0 (NaN gives 0), ReLU6 as MXNet's
+// clip(0, 6), v < 0 ? 0 : (v > 6 ? 6 : v) (NaN stays NaN).
+template <typename T, int kAct>
+inline T bn_activate(T v) {
+  if (kAct == kBnRelu) return v > T(0) ? v : T(0);
+  if (kAct == kBnRelu6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
+  return v;
+}
+
+// Per channel, the apply as y = act(x * scale + shift): scale = gamma * invstd, shift = beta -
+// mean * scale. Every kernel that applies a BatchNorm (BatchNormApply, IGCConv's input
+// transform) takes these values from here, so that they compute the same y.
+void bn_scale_shift_cpu(int dtype, const void* gamma, const void* beta, const void* mean,
+                        const void* invstd, int64_t channels, void* scale, void* shift);
+
 // x: (outer, channels, inner) -> summary: [m - s] (channels values) then [m + s].
 void bn_moments_cpu(int dtype, const void* x, int64_t outer, int64_t channels, int64_t inner,
                     void* summary);

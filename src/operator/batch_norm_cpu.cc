@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "batch_norm.h"
 #include "common.h"
@@ -26,9 +27,7 @@ int bn_threads(int64_t outer, int64_t channels, int64_t inner) {
 
 template <typename T, int kAct>
 IGC_INLINE T activate(T v) {
-  if (kAct == kBnRelu) return v > T(0) ? v : T(0);
-  if (kAct == kBnRelu6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-  return v;
+  return bn_activate<T, kAct>(v);
 }
 
 // 1 where the gradient passes the activation (its input v inside the linear range, boundaries
@@ -111,13 +110,12 @@ IGC_INLINE void moments_block(const Channel<T>& ch, const T* x, int64_t c0, int6
 // With `stream` (float with AVX2 only) each row goes through `buf` (kChunk values, in L1) and on
 // to y with non-temporal stores (stream.h): the same values, one pass over memory fewer.
 template <typename T, int kAct>
-IGC_INLINE void forward_block(const Channel<T>& ch, const T* x, const T* gamma, const T* beta,
-                              const T* mean, const T* invstd, int64_t c0, int64_t c1, T* y,
-                              bool stream) {
+IGC_INLINE void forward_block(const Channel<T>& ch, const T* x, const T* scales, const T* shifts,
+                              int64_t c0, int64_t c1, T* y, bool stream) {
   alignas(64) T buf[kChunk];
   for (int64_t n = 0; n < ch.outer; ++n) {
     for (int64_t c = c0; c < c1; ++c) {
-      const T scale = gamma[c] * invstd[c], shift = beta[c] - mean[c] * scale;
+      const T scale = scales[c], shift = shifts[c];
       const T* src = ch.row(x, n, c);
       T* dst = y + (src - x);
       for (int64_t i0 = 0; i0 < ch.inner; i0 += kChunk) {
@@ -138,14 +136,14 @@ IGC_INLINE void forward_block(const Channel<T>& ch, const T* x, const T* gamma, 
 // dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy masked by the activation;
 // dbeta = sum(g), dgamma = sum(g * xhat). Two passes over the block: the sums, then dx.
 template <typename T, int kAct>
-IGC_INLINE void backward_block(const Channel<T>& ch, const T* dy, const T* x, const T* gamma,
-                               const T* beta, const T* mean, const T* invstd, int64_t c0,
+IGC_INLINE void backward_block(const Channel<T>& ch, const T* dy, const T* x, const T* scales,
+                               const T* shifts, const T* mean, const T* invstd, int64_t c0,
                                int64_t c1, T* dx, T* dgamma, T* dbeta, bool stream) {
   alignas(64) T buf[kChunk];
   double sg[kMaxBlock] = {}, sgx[kMaxBlock] = {};
   for (int64_t n = 0; n < ch.outer; ++n) {
     for (int64_t c = c0; c < c1; ++c) {
-      const T scale = gamma[c] * invstd[c], shift = beta[c] - mean[c] * scale, m = mean[c];
+      const T scale = scales[c], shift = shifts[c], m = mean[c];
       const T* xr = ch.row(x, n, c);
       const T* gr = dy + (xr - x);
       row_sums<T>(ch.inner, [&](int64_t i, T* u, T* v) {
@@ -166,7 +164,7 @@ IGC_INLINE void backward_block(const Channel<T>& ch, const T* dy, const T* x, co
   }
   for (int64_t n = 0; n < ch.outer; ++n) {
     for (int64_t c = c0; c < c1; ++c) {
-      const T scale = gamma[c] * invstd[c], shift = beta[c] - mean[c] * scale, m = mean[c];
+      const T scale = scales[c], shift = shifts[c], m = mean[c];
       const T mg = mean_g[c - c0], kc = k[c - c0];
       const T* xr = ch.row(x, n, c);
       const T* gr = dy + (xr - x);
@@ -210,29 +208,39 @@ IGC_TARGET_AVX2 void moments_avx2(const Channel<T>& ch, const T* x, int64_t c0, 
   moments_block(ch, x, c0, c1, summary);
 }
 template <typename T, int kAct>
-void forward_sse2(const Channel<T>& ch, const T* x, const T* gamma, const T* beta, const T* mean,
-                  const T* invstd, int64_t c0, int64_t c1, T* y, bool) {
-  forward_block<T, kAct>(ch, x, gamma, beta, mean, invstd, c0, c1, y, false);
+void forward_sse2(const Channel<T>& ch, const T* x, const T* scale, const T* shift, int64_t c0,
+                  int64_t c1, T* y, bool) {
+  forward_block<T, kAct>(ch, x, scale, shift, c0, c1, y, false);
 }
 template <typename T, int kAct>
-IGC_TARGET_AVX2 void forward_avx2(const Channel<T>& ch, const T* x, const T* gamma, const T* beta,
-                                  const T* mean, const T* invstd, int64_t c0, int64_t c1, T* y,
-                                  bool stream) {
-  forward_block<T, kAct>(ch, x, gamma, beta, mean, invstd, c0, c1, y, stream);
+IGC_TARGET_AVX2 void forward_avx2(const Channel<T>& ch, const T* x, const T* scale,
+                                  const T* shift, int64_t c0, int64_t c1, T* y, bool stream) {
+  forward_block<T, kAct>(ch, x, scale, shift, c0, c1, y, stream);
 }
 template <typename T, int kAct>
-void backward_sse2(const Channel<T>& ch, const T* dy, const T* x, const T* gamma, const T* beta,
+void backward_sse2(const Channel<T>& ch, const T* dy, const T* x, const T* scale, const T* shift,
                    const T* mean, const T* invstd, int64_t c0, int64_t c1, T* dx, T* dgamma,
                    T* dbeta, bool) {
-  backward_block<T, kAct>(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta,
+  backward_block<T, kAct>(ch, dy, x, scale, shift, mean, invstd, c0, c1, dx, dgamma, dbeta,
                           false);
 }
 template <typename T, int kAct>
-IGC_TARGET_AVX2 void backward_avx2(const Channel<T>& ch, const T* dy, const T* x, const T* gamma,
-                                   const T* beta, const T* mean, const T* invstd, int64_t c0,
+IGC_TARGET_AVX2 void backward_avx2(const Channel<T>& ch, const T* dy, const T* x, const T* scale,
+                                   const T* shift, const T* mean, const T* invstd, int64_t c0,
                                    int64_t c1, T* dx, T* dgamma, T* dbeta, bool stream) {
-  backward_block<T, kAct>(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta,
+  backward_block<T, kAct>(ch, dy, x, scale, shift, mean, invstd, c0, c1, dx, dgamma, dbeta,
                           stream);
+}
+
+// See bn_scale_shift_cpu. Compiled once, for no particular ISA: the same values whichever
+// kernel then uses them.
+template <typename T>
+void scale_shift(const T* gamma, const T* beta, const T* mean, const T* invstd, int64_t channels,
+                 T* scale, T* shift) {
+  for (int64_t c = 0; c < channels; ++c) {
+    scale[c] = gamma[c] * invstd[c];
+    shift[c] = beta[c] - mean[c] * scale[c];
+  }
 }
 
 // Whether an output of `values` values is streamed (float only).
@@ -267,8 +275,10 @@ void apply_forward(const T* x, const T* gamma, const T* beta, const T* mean, con
   const bool avx2 = use_avx2_kernels();
   auto* run = avx2 ? forward_avx2<T, kAct> : forward_sse2<T, kAct>;
   const bool stream = avx2 && streamed<T>(outer * channels * inner);
+  std::vector<T> scale(channels), shift(channels);
+  scale_shift(gamma, beta, mean, invstd, channels, scale.data(), shift.data());
   for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
-    run(ch, x, gamma, beta, mean, invstd, c0, c1, y, stream);
+    run(ch, x, scale.data(), shift.data(), c0, c1, y, stream);
   });
 }
 
@@ -280,8 +290,10 @@ void apply_backward(const T* dy, const T* x, const T* gamma, const T* beta, cons
   const bool avx2 = use_avx2_kernels();
   auto* run = avx2 ? backward_avx2<T, kAct> : backward_sse2<T, kAct>;
   const bool stream = avx2 && streamed<T>(outer * channels * inner);
+  std::vector<T> scale(channels), shift(channels);
+  scale_shift(gamma, beta, mean, invstd, channels, scale.data(), shift.data());
   for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
-    run(ch, dy, x, gamma, beta, mean, invstd, c0, c1, dx, dgamma, dbeta, stream);
+    run(ch, dy, x, scale.data(), shift.data(), mean, invstd, c0, c1, dx, dgamma, dbeta, stream);
   });
 }
 
@@ -338,6 +350,19 @@ void bn_moments_cpu(int dtype, const void* x, int64_t outer, int64_t channels, i
                     void* summary) {
   if (dtype == kFloat32) moments_any<float>(x, outer, channels, inner, summary);
   if (dtype == kFloat64) moments_any<double>(x, outer, channels, inner, summary);
+}
+
+void bn_scale_shift_cpu(int dtype, const void* gamma, const void* beta, const void* mean,
+                        const void* invstd, int64_t channels, void* scale, void* shift) {
+  if (dtype == kFloat32) {
+    scale_shift(static_cast<const float*>(gamma), static_cast<const float*>(beta),
+                static_cast<const float*>(mean), static_cast<const float*>(invstd), channels,
+                static_cast<float*>(scale), static_cast<float*>(shift));
+  } else if (dtype == kFloat64) {
+    scale_shift(static_cast<const double*>(gamma), static_cast<const double*>(beta),
+                static_cast<const double*>(mean), static_cast<const double*>(invstd), channels,
+                static_cast<double*>(scale), static_cast<double*>(shift));
+  }
 }
 
 void bn_apply_forward_cpu(int dtype, const void* x, const void* gamma, const void* beta,

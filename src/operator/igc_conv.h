@@ -56,20 +56,38 @@ int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype);
 // v < 0 ? 0 : (v > 6 ? 6 : v), as MXNet's clip (NaN stays NaN).
 enum ConvActivation { kConvNone = 0, kConvRelu6 = 1 };
 
+// A BatchNorm apply read into the convolution (training graphs: network.fuse_input_batchnorms):
+// the convolution reads act(x * scale[c] + shift[c]) for each value x of data channel c (scale
+// and shift from bn_scale_shift_cpu, act a BnActivation) as it copies its input, instead of a
+// tensor of those values written before. Only where conv_transforms_input says so.
+struct ConvInputTransform {
+  const void* scale;
+  const void* shift;
+  int act;
+};
+
+// Whether the kernels for `g` and `dtype` apply a ConvInputTransform as they read their input
+// (all but the pointwise ones, whose GEMMs read the input rows in place).
+bool conv_transforms_input(const ConvGeometry& g, int dtype);
+
 // `bias` may be null. The sizes must be valid (groups divide channels and filters, output >= 1x1);
 // the registration file checks them. `workspace` holds `workspace_bytes`, what the function above
 // asked for (a smaller one makes the call use fewer threads or narrower vectors, never overrun
 // it). Multi-threaded with OpenMP, vectorised (AVX2+FMA when the CPU has it, SSE2 otherwise, or
 // always SSE2 when the environment sets IGC_CONV_BASELINE=1). `act` is a ConvActivation, applied
 // to each work item's output planes as soon as they are written (while they are in cache).
+// `in`, when not null, transforms the input (see ConvInputTransform).
 void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const void* weight,
                       const void* bias, void* out, void* workspace, int64_t workspace_bytes,
-                      int act = kConvNone);
+                      int act = kConvNone, const ConvInputTransform* in = nullptr);
 
 // Writes (never accumulates) every gradient: data_grad, weight_grad and, when not null, bias_grad.
+// With `in`, the gradients are those of the convolution of the transformed input: data_grad is
+// the gradient of the transformed values (the caller takes it through the BatchNorm).
 void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, const void* data,
                        const void* weight, void* data_grad, void* weight_grad, void* bias_grad,
-                       void* workspace, int64_t workspace_bytes);
+                       void* workspace, int64_t workspace_bytes,
+                       const ConvInputTransform* in = nullptr);
 
 // Depthwise 3x3 convs with padding 1 on narrow planes (unit stride up to 8 columns, stride 2 up
 // to 16), float32 with AVX2 (igc_depthwise_cpu.cc): whether `g` is one the functions below take
@@ -77,10 +95,10 @@ void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, c
 // workspace; multi-threaded over blocks of channels (and images, forward).
 bool depthwise_small_conv(const ConvGeometry& g);
 void depthwise_small_forward(const ConvGeometry& g, const float* data, const float* weight,
-                             const float* bias, float* out);
+                             const float* bias, float* out, const ConvInputTransform* in);
 void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, const float* data,
                               const float* weight, float* data_grad, float* weight_grad,
-                              float* bias_grad);
+                              float* bias_grad, const ConvInputTransform* in);
 
 }  // namespace igc
 

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "igc_conv.h"
+#include "batch_norm.h"
 #include "common.h"
 #include "gemm.h"
 #include "vec_avx2.h"
@@ -106,6 +107,9 @@ struct Args {
   bool relu6 = false;       // forward: act='relu6' (see relu6_planes)
   int64_t row_chunks = 1;   // forward: output-row chunks per image and group (forward_row_chunks)
   bool wide_taps = false;   // forward: few_taps_planes_avx512 instead of few_taps_planes
+  const T* in_scale = nullptr;  // the input transform (ConvInputTransform), per data channel
+  const T* in_shift = nullptr;
+  int in_act = kBnNone;
 };
 
 // Whether kernels built for T and kBytes may call the AVX2 float helpers below.
@@ -240,7 +244,61 @@ IGC_INLINE void copy_row(T* dst, const T* src, int64_t count) {
   }
 }
 
-// Copies the group's input channels of sample n into the interior of P (padding stays zero).
+// dst[i] = act(src[i] * scale + shift) for i < count (the input transform, ConvInputTransform):
+// the multiply-add fused as BatchNormApply's AVX2 kernel fuses it, the activation as
+// bn_activate (max(0, v) and min(6, v) return their second operand v when it is NaN, and
+// max(v, 0) returns 0 then, as ReLU's v > 0 ? v : 0 does): the same values.
+template <int kAct>
+IGC_TARGET_AVX2 inline void transform_row_avx2(float* dst, const float* src, int64_t count,
+                                               float scale, float shift) {
+  const __m256 s = _mm256_set1_ps(scale), h = _mm256_set1_ps(shift);
+  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    __m256 y = _mm256_fmadd_ps(_mm256_loadu_ps(src + i), s, h);
+    if (kAct == kBnRelu) y = _mm256_max_ps(y, zero);
+    if (kAct == kBnRelu6) y = _mm256_min_ps(six, _mm256_max_ps(zero, y));
+    _mm256_storeu_ps(dst + i, y);
+  }
+  for (; i < count; ++i) dst[i] = bn_activate<float, kAct>(std::fma(src[i], scale, shift));
+}
+
+template <typename T, int kBytes>
+IGC_INLINE void transform_row(T* dst, const T* src, int64_t count, T scale, T shift, int act) {
+  if constexpr (kAvx2Float<T, kBytes>) {
+    if (act == kBnRelu) return transform_row_avx2<kBnRelu>(dst, src, count, scale, shift);
+    if (act == kBnRelu6) return transform_row_avx2<kBnRelu6>(dst, src, count, scale, shift);
+    return transform_row_avx2<kBnNone>(dst, src, count, scale, shift);
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    // Fused where the kernels are AVX2 ones, as BatchNormApply's are then.
+    const T y = kBytes == 32 ? std::fma(src[i], scale, shift) : src[i] * scale + shift;
+    dst[i] = act == kBnRelu ? bn_activate<T, kBnRelu>(y)
+                            : act == kBnRelu6 ? bn_activate<T, kBnRelu6>(y) : y;
+  }
+}
+
+// Input rows up to this many values go through a transform buffer on the stack before a strided
+// copy; the values of longer ones are transformed where the copy put them.
+constexpr int64_t kTransformRowValues = 1024;
+
+// The input transform on the values of input row `drow` of P that fill_padded_input wrote
+// (input columns [0, ix_end)), phase by phase.
+template <typename T, int kBytes>
+IGC_INLINE void transform_phases(const Args<T>& a, T* drow, int64_t ix_end, T scale, T shift) {
+  const ConvGeometry& g = a.g;
+  const int64_t s = g.stride_w;
+  for (int64_t phase = 0; phase < s; ++phase) {
+    int64_t ix = (phase - g.pad_w) % s;
+    if (ix < 0) ix += s;
+    if (ix >= ix_end) continue;
+    T* v = drow + phase * a.l.p_phase + (ix + g.pad_w) / s;
+    transform_row<T, kBytes>(v, v, (ix_end - 1 - ix) / s + 1, scale, shift, a.in_act);
+  }
+}
+
+// Copies the group's input channels of sample n into the interior of P (padding stays zero),
+// through the input transform where there is one.
 template <typename T, int kBytes>
 IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T* p,
                                   int64_t iy_begin = 0, int64_t iy_stop = INT64_MAX) {
@@ -250,14 +308,26 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
   const int64_t col_end = (l.wo - 1) * g.stride_w + g.kernel_w;
   const int64_t ix_end = std::min(g.width, col_end - g.pad_w);
   const int64_t iy_end = std::min({g.height, l.hp - g.pad_h, iy_stop});
+  const bool tf = a.in_scale != nullptr;
+  alignas(32) T buffer[kTransformRowValues];
   for (int64_t c = 0; c < l.cg; ++c) {
-    const T* src =
-        a.data + ((n * g.in_channels + conv_input_channel(g, group * l.cg + c)) * g.height) *
-                     g.width;
+    const int64_t channel = conv_input_channel(g, group * l.cg + c);
+    const T* src = a.data + ((n * g.in_channels + channel) * g.height) * g.width;
     T* dst = p + c * l.p_chan;
+    const T scale = tf ? a.in_scale[channel] : T(1), shift = tf ? a.in_shift[channel] : T(0);
     for (int64_t iy = std::max<int64_t>(0, iy_begin); iy < iy_end; ++iy) {
       const T* row = src + iy * g.width;
       T* drow = dst + (iy + g.pad_h) * l.wq;
+      bool pending = tf;  // the transform still to apply to what the copy writes
+      if (tf && g.stride_w == 1) {
+        if (ix_end > 0) transform_row<T, kBytes>(drow + g.pad_w, row, ix_end, scale, shift, a.in_act);
+        continue;
+      }
+      if (tf && ix_end <= kTransformRowValues) {
+        if (ix_end > 0) transform_row<T, kBytes>(buffer, row, ix_end, scale, shift, a.in_act);
+        row = buffer;
+        pending = false;
+      }
       if (g.stride_w == 1) {
         if (ix_end > 0) copy_row<T, kBytes>(drow + g.pad_w, row, ix_end);
       } else if (kAvx2Float<T, kBytes> && g.stride_w == 2) {
@@ -285,6 +355,7 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
           }
         }
       }
+      if (pending) transform_phases<T, kBytes>(a, drow, ix_end, scale, shift);
     }
   }
 }
@@ -1358,9 +1429,18 @@ void pack_panels(const T* a, int64_t rows, int64_t cols, int64_t groups, float* 
   }
 }
 
+// The input transform's pointers into Args (none without one).
+template <typename T>
+void set_input_transform(const ConvInputTransform* in, Args<T>* a) {
+  if (!in) return;
+  a->in_scale = static_cast<const T*>(in->scale);
+  a->in_shift = static_cast<const T*>(in->shift);
+  a->in_act = in->act;
+}
+
 template <typename T>
 void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bias, T* out,
-             char* ws, int64_t ws_bytes, int act) {
+             char* ws, int64_t ws_bytes, int act, const ConvInputTransform* in) {
   const Plan plan = make_plan<T>(g, false, ws_bytes);
   const bool avx2 = plan.avx2;
   const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
@@ -1378,6 +1458,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   const int threads = plan.threads;
   a.row_chunks = forward_row_chunks(g, a.gemm != nullptr, threads);
   a.wide_taps = avx2 && std::is_same<T, float>::value && use_avx512_conv_kernels();
+  set_input_transform(in, &a);
   const int64_t items = g.batch * g.groups * a.row_chunks;
 #pragma omp parallel num_threads(threads)
   {
@@ -1393,7 +1474,8 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
 
 template <typename T>
 void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* weight,
-              T* data_grad, T* weight_grad, T* bias_grad, char* ws, int64_t ws_bytes) {
+              T* data_grad, T* weight_grad, T* bias_grad, char* ws, int64_t ws_bytes,
+              const ConvInputTransform* in) {
   const Plan plan = make_plan<T>(g, true, ws_bytes);
   const bool avx2 = plan.avx2;
   const int64_t images = backward_images(g, sizeof(T));
@@ -1425,10 +1507,11 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
   }
   const int64_t panel_floats = gemm_panels<T>(g, true, avx2);
   float* panels = panel_floats ? reinterpret_cast<float*>(ws + w.panels) : nullptr;
-  const Args<T> a{g,        l,     data,  weight, nullptr, nullptr, out_grad, data_grad, fwd_taps,
-                  bwd_taps, flipped, zeros, bias_grad != nullptr, images,
-                  pointwise_gemm_kernel<T>(g), panels, panel_floats,
-                  pointwise_dots_kernel<T>(g)};
+  Args<T> a{g,        l,     data,  weight, nullptr, nullptr, out_grad, data_grad, fwd_taps,
+            bwd_taps, flipped, zeros, bias_grad != nullptr, images,
+            pointwise_gemm_kernel<T>(g), panels, panel_floats,
+            pointwise_dots_kernel<T>(g)};
+  set_input_transform(in, &a);
   const BackwardItem<T> run =
       images > 1 || a.gemm ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)
                            : (avx2 ? backward_item_avx2<T> : backward_item_sse2<T>);
@@ -1502,13 +1585,17 @@ int64_t conv_backward_workspace_bytes(const ConvGeometry& geometry, int dtype) {
   return 0;
 }
 
+bool conv_transforms_input(const ConvGeometry& g, int dtype) {
+  return (dtype == kFloat32 || dtype == kFloat64) && !pointwise(as_rows(g));
+}
+
 void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
                       const void* weight, const void* bias, void* out, void* workspace,
-                      int64_t workspace_bytes, int act) {
+                      int64_t workspace_bytes, int act, const ConvInputTransform* in) {
   if (dtype == kFloat32 && act == kConvNone && depthwise_small_conv(geometry)) {
     depthwise_small_forward(geometry, static_cast<const float*>(data),
                             static_cast<const float*>(weight), static_cast<const float*>(bias),
-                            static_cast<float*>(out));
+                            static_cast<float*>(out), in);
     return;
   }
   const ConvGeometry g = as_rows(geometry);
@@ -1516,22 +1603,23 @@ void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
   if (dtype == kFloat32) {
     forward(g, static_cast<const float*>(data), static_cast<const float*>(weight),
             static_cast<const float*>(bias), static_cast<float*>(out), ws,
-            workspace_bytes, act);
+            workspace_bytes, act, in);
   } else if (dtype == kFloat64) {
     forward(g, static_cast<const double*>(data), static_cast<const double*>(weight),
             static_cast<const double*>(bias), static_cast<double*>(out), ws,
-            workspace_bytes, act);
+            workspace_bytes, act, in);
   }
 }
 
 void conv_backward_cpu(const ConvGeometry& geometry, int dtype, const void* out_grad,
                        const void* data, const void* weight, void* data_grad, void* weight_grad,
-                       void* bias_grad, void* workspace, int64_t workspace_bytes) {
+                       void* bias_grad, void* workspace, int64_t workspace_bytes,
+                       const ConvInputTransform* in) {
   if (dtype == kFloat32 && depthwise_small_conv(geometry)) {
     depthwise_small_backward(geometry, static_cast<const float*>(out_grad),
                              static_cast<const float*>(data), static_cast<const float*>(weight),
                              static_cast<float*>(data_grad), static_cast<float*>(weight_grad),
-                             static_cast<float*>(bias_grad));
+                             static_cast<float*>(bias_grad), in);
     return;
   }
   const ConvGeometry g = as_rows(geometry);
@@ -1540,12 +1628,12 @@ void conv_backward_cpu(const ConvGeometry& geometry, int dtype, const void* out_
     backward(g, static_cast<const float*>(out_grad), static_cast<const float*>(data),
              static_cast<const float*>(weight), static_cast<float*>(data_grad),
              static_cast<float*>(weight_grad), static_cast<float*>(bias_grad), ws,
-             workspace_bytes);
+             workspace_bytes, in);
   } else if (dtype == kFloat64) {
     backward(g, static_cast<const double*>(out_grad), static_cast<const double*>(data),
              static_cast<const double*>(weight), static_cast<double*>(data_grad),
              static_cast<double*>(weight_grad), static_cast<double*>(bias_grad), ws,
-             workspace_bytes);
+             workspace_bytes, in);
   }
 }
 

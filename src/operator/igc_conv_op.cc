@@ -4,14 +4,23 @@
 // input_branches=B > 1 (one input channel per group): the conv reads Reorder(B) of data.
 // act=relu6 clips the output to [0, 6]: an inference fusion made by
 // network.optimize_for_inference; such an op has no backward (a clear error if one is asked for).
+// in_act=none|relu|relu6: a training fusion made by network.fuse_input_batchnorms, four more
+// inputs gamma, beta, mean, invstd (C,) between data and weight (the order in which the
+// unfused graph reaches them, so that both list the same arguments in the same order): the
+// conv reads
+// BatchNormApply(data, gamma, beta, mean, invstd, act=in_act) without that tensor being written
+// (where conv_transforms_input; elsewhere it is made in the workspace first); its backward is
+// the conv's and then BatchNormApply's (zero gradients for mean and invstd, as there).
 // Every user error is reported through IGC_ERROR and surfaces as an MXNetError in Python.
 #include <mxnet/lib_api.h>
 
 #include <climits>
+#include <cstring>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "batch_norm.h"
 #include "igc_conv.h"
 #include "op_common.h"
 
@@ -31,7 +40,11 @@ struct Params {
   int64_t num_filter = 0, kernel_h = 0, kernel_w = 0, stride_h = 1, stride_w = 1, pad_h = 0,
           pad_w = 0, num_group = 1, input_branches = 1;
   int act = igc::kConvNone;
+  int in_act = -1;  // a BnActivation with in_act (four more inputs), -1 without
   bool no_bias = false, interleave = false;
+  // Inputs: data, (gamma, beta, mean, invstd), weight, (bias).
+  int weight_index() const { return in_act >= 0 ? 5 : 1; }
+  int num_inputs() const { return weight_index() + (no_bias ? 1 : 2); }
 };
 
 // "(3, 3)", "[3,3]" or "3,3" -> {3, 3}.
@@ -87,8 +100,18 @@ bool parse_bool(const Attrs& attrs, const char* name, bool* value) {
 bool parse_params(const Attrs& attrs, Params* p) {
   if (!igc::check_known_attrs(kOp, attrs,
                               {"num_filter", "kernel", "stride", "pad", "dilate", "num_group",
-                               "no_bias", "interleave", "input_branches", "act"})) {
+                               "no_bias", "interleave", "input_branches", "act", "in_act"})) {
     return false;
+  }
+  const auto in_act = attrs.find("in_act");
+  if (in_act != attrs.end()) {
+    const std::string& v = in_act->second;
+    p->in_act = v == "none" ? igc::kBnNone : v == "relu" ? igc::kBnRelu
+              : v == "relu6" ? igc::kBnRelu6 : -2;
+    if (p->in_act == -2) {
+      IGC_ERROR << kOp << ": attribute 'in_act' must be none, relu or relu6, got '" << v << "'";
+      return false;
+    }
   }
   const auto act = attrs.find("act");
   const std::string act_name = act == attrs.end() ? "none" : act->second;
@@ -130,14 +153,24 @@ bool parse_params(const Attrs& attrs, Params* p) {
 MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
   Params p;
   if (!parse_params(attrs, &p)) return MX_FAIL;
-  *num_in = p.no_bias ? 2 : 3;
+  *num_in = p.num_inputs();
   *num_out = 1;
   return MX_SUCCESS;
 }
 
+// The name of input i (for messages).
+std::string input_name(const Params& p, size_t i) {
+  static const char* const kBn[] = {"gamma", "beta", "mean", "invstd"};
+  const int w = p.weight_index();
+  if (i == 0) return "data";
+  if (static_cast<int>(i) < w) return kBn[i - 1];
+  return static_cast<int>(i) == w ? "weight" : "bias";
+}
+
 MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  static const char* const kNames[] = {"data", "weight", "bias"};
+  Params p;
+  if (!parse_params(attrs, &p)) return MX_FAIL;
   int dtype = out_types->at(0);
   for (int t : *in_types) {
     if (t != -1) dtype = t;
@@ -152,7 +185,7 @@ MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
   for (size_t i = 0; i < in_types->size(); ++i) {
     int& t = in_types->at(i);
     if (t != -1 && t != dtype) {
-      IGC_ERROR << kOp << ": input '" << kNames[i] << "' has dtype " << igc::dtype_name(t)
+      IGC_ERROR << kOp << ": input '" << input_name(p, i) << "' has dtype " << igc::dtype_name(t)
                 << " but 'data' has " << igc::dtype_name(dtype) << "; all inputs must match";
       return MX_FAIL;
     }
@@ -221,10 +254,17 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
   const Shape weight{static_cast<unsigned>(p.num_filter),
                      static_cast<unsigned>(channels / p.num_group),
                      static_cast<unsigned>(p.kernel_h), static_cast<unsigned>(p.kernel_w)};
-  if (!match_shape("weight", data, weight, &in_shapes->at(1))) return MX_FAIL;
-  if (!p.no_bias &&
-      !match_shape("bias", data, Shape{static_cast<unsigned>(p.num_filter)}, &in_shapes->at(2))) {
+  const int w = p.weight_index();
+  if (!match_shape("weight", data, weight, &in_shapes->at(w))) return MX_FAIL;
+  if (!p.no_bias && !match_shape("bias", data, Shape{static_cast<unsigned>(p.num_filter)},
+                                 &in_shapes->at(w + 1))) {
     return MX_FAIL;
+  }
+  for (int i = 1; i < w; ++i) {
+    if (!match_shape(input_name(p, i).c_str(), data, Shape{static_cast<unsigned>(channels)},
+                     &in_shapes->at(i))) {
+      return MX_FAIL;
+    }
   }
   out_shapes->at(0) = {data[0], static_cast<unsigned>(p.num_filter),
                        static_cast<unsigned>((padded_h - p.kernel_h) / p.stride_h + 1),
@@ -273,30 +313,103 @@ void* workspace(const OpResource& res, int64_t bytes) {
   return ws;
 }
 
-// inputs: [data, weight, (bias)]; outputs: [out].
+int64_t aligned(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// Whether the four inputs from `first` are (C,) tensors of the data's dtype (imperative calls may
+// bypass inference).
+bool check_bn_inputs(const Params& p, const std::vector<MXTensor>& in, int first, int data) {
+  for (int k = 0; k < 4; ++k) {
+    const MXTensor& t = in[first + k];
+    if (t.shape.size() != 1 || t.shape[0] != in[data].shape[1] || t.dtype != in[data].dtype) {
+      IGC_ERROR << kOp << ": input '" << input_name(p, 1 + k) << "' must be a ("
+                << in[data].shape[1] << ",) tensor of the data's dtype, got shape "
+                << igc::shape_string({t.shape.begin(), t.shape.end()});
+      return false;
+    }
+  }
+  return true;
+}
+
+// The input BatchNorm of a call with in_act (inputs [data, weight, (bias), gamma, beta, mean,
+// invstd, ...] from `first`, the data at `data`): its per-channel scale and shift in the
+// workspace after `conv_bytes`, and where the kernels do not transform their input, the applied
+// tensor after them.
+struct InputBatchNorm {
+  const std::vector<MXTensor>& in;
+  int first, data;
+  const Params& p;
+  const igc::ConvGeometry& g;
+  int dtype;
+  int64_t channels, inner, elem;
+  bool transformed;
+
+  InputBatchNorm(const std::vector<MXTensor>& inputs, int first_bn, int data_index,
+                 const Params& params, const igc::ConvGeometry& geometry)
+      : in(inputs), first(first_bn), data(data_index), p(params), g(geometry),
+        dtype(inputs[data_index].dtype), channels(geometry.in_channels),
+        inner(geometry.height * geometry.width), elem(igc::dtype_bytes(dtype)),
+        transformed(igc::conv_transforms_input(geometry, dtype)) {}
+
+  const void* arg(int k) const { return in[first + k].data_ptr; }
+  int64_t tensor_bytes() const { return aligned(g.batch * channels * inner * elem); }
+  int64_t bytes() const { return 2 * aligned(channels * elem) + (transformed ? 0 : tensor_bytes()); }
+
+  // The conv's input (the data, or the applied tensor) and its transform (or null) for a call
+  // whose workspace holds these bytes at `at`.
+  const void* prepare(char* at, igc::ConvInputTransform* t) const {
+    char* scale = at;
+    char* shift = at + aligned(channels * elem);
+    igc::bn_scale_shift_cpu(dtype, arg(0), arg(1), arg(2), arg(3), channels, scale, shift);
+    *t = igc::ConvInputTransform{scale, shift, p.in_act};
+    if (transformed) return in[data].data_ptr;
+    void* applied = shift + aligned(channels * elem);
+    igc::bn_apply_forward_cpu(dtype, in[data].data_ptr, arg(0), arg(1), arg(2), arg(3), applied,
+                              g.batch, channels, inner, p.in_act);
+    return applied;
+  }
+};
+
+// inputs: [data, weight, (bias), (gamma, beta, mean, invstd)]; outputs: [out].
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   igc::ConvGeometry g;
   Params p;
   if (!igc::check_env_switches(kOp)) return MX_FAIL;
-  if (!geometry(attrs, inputs->at(0), inputs->at(1), &g, &p)) return MX_FAIL;
+  if (!parse_params(attrs, &p)) return MX_FAIL;
+  const int w = p.weight_index();
+  if (!geometry(attrs, inputs->at(0), inputs->at(w), &g, &p)) return MX_FAIL;
   const int dtype = inputs->at(0).dtype;
-  const int64_t bytes = igc::conv_forward_workspace_bytes(g, dtype);
-  void* ws = workspace(res, bytes);
+  const int64_t bytes = aligned(igc::conv_forward_workspace_bytes(g, dtype));
+  const void* weight = inputs->at(w).data_ptr;
+  const void* bias = p.no_bias ? nullptr : inputs->at(w + 1).data_ptr;
+  if (p.in_act < 0) {
+    void* ws = workspace(res, bytes);
+    if (!ws) return MX_FAIL;
+    igc::conv_forward_cpu(g, dtype, inputs->at(0).data_ptr, weight, bias, outputs->at(0).data_ptr,
+                          ws, bytes, p.act);
+    return MX_SUCCESS;
+  }
+  if (!check_bn_inputs(p, *inputs, 1, 0)) return MX_FAIL;
+  const InputBatchNorm bn(*inputs, 1, 0, p, g);
+  char* ws = static_cast<char*>(workspace(res, bytes + bn.bytes()));
   if (!ws) return MX_FAIL;
-  igc::conv_forward_cpu(g, dtype, inputs->at(0).data_ptr, inputs->at(1).data_ptr,
-                        p.no_bias ? nullptr : inputs->at(2).data_ptr, outputs->at(0).data_ptr, ws,
-                        bytes, p.act);
+  igc::ConvInputTransform t;
+  const void* data = bn.prepare(ws + bytes, &t);
+  igc::conv_forward_cpu(g, dtype, data, weight, bias, outputs->at(0).data_ptr, ws, bytes, p.act,
+                        bn.transformed ? &t : nullptr);
   return MX_SUCCESS;
 }
 
-// inputs: [out grad, data, weight, (bias), out]; outputs: [data grad, weight grad, (bias grad)].
+// inputs: [out grad, data, (gamma, beta, mean, invstd), weight, (bias), out]; outputs: [data
+// grad, (gamma grad, beta grad, mean grad, invstd grad), weight grad, (bias grad)].
 MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                        std::vector<MXTensor>* outputs, const OpResource& res) {
   igc::ConvGeometry g;
   Params p;
   if (!igc::check_env_switches(kOp)) return MX_FAIL;
-  if (!geometry(attrs, inputs->at(1), inputs->at(2), &g, &p)) return MX_FAIL;
+  if (!parse_params(attrs, &p)) return MX_FAIL;
+  const int w = p.weight_index();
+  if (!geometry(attrs, inputs->at(1), inputs->at(w + 1), &g, &p)) return MX_FAIL;
   if (p.act != igc::kConvNone) {
     IGC_ERROR << kOp << ": attribute 'act'='" << attrs.at("act")
               << "' is an inference fusion (network.optimize_for_inference) and has no backward; "
@@ -304,12 +417,35 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     return MX_FAIL;
   }
   const int dtype = inputs->at(1).dtype;
-  const int64_t bytes = igc::conv_backward_workspace_bytes(g, dtype);
-  void* ws = workspace(res, bytes);
+  const int64_t bytes = aligned(igc::conv_backward_workspace_bytes(g, dtype));
+  const void* weight = inputs->at(w + 1).data_ptr;
+  void* weight_grad = outputs->at(w).data_ptr;
+  void* bias_grad = p.no_bias ? nullptr : outputs->at(w + 1).data_ptr;
+  if (p.in_act < 0) {
+    void* ws = workspace(res, bytes);
+    if (!ws) return MX_FAIL;
+    igc::conv_backward_cpu(g, dtype, inputs->at(0).data_ptr, inputs->at(1).data_ptr, weight,
+                           outputs->at(0).data_ptr, weight_grad, bias_grad, ws, bytes);
+    return MX_SUCCESS;
+  }
+  // The conv's gradient of the applied values into the workspace, then BatchNormApply's backward.
+  if (!check_bn_inputs(p, *inputs, 2, 1)) return MX_FAIL;
+  const InputBatchNorm bn(*inputs, 2, 1, p, g);
+  char* ws = static_cast<char*>(workspace(res, bytes + bn.tensor_bytes() + bn.bytes()));
   if (!ws) return MX_FAIL;
-  igc::conv_backward_cpu(g, dtype, inputs->at(0).data_ptr, inputs->at(1).data_ptr,
-                         inputs->at(2).data_ptr, outputs->at(0).data_ptr, outputs->at(1).data_ptr,
-                         p.no_bias ? nullptr : outputs->at(2).data_ptr, ws, bytes);
+  char* applied_grad = ws + bytes;
+  igc::ConvInputTransform t;
+  const void* data = bn.prepare(applied_grad + bn.tensor_bytes(), &t);
+  igc::conv_backward_cpu(g, dtype, inputs->at(0).data_ptr, data, weight, applied_grad,
+                         weight_grad, bias_grad, ws, bytes, bn.transformed ? &t : nullptr);
+  const int out = 1;
+  igc::bn_apply_backward_cpu(dtype, applied_grad, inputs->at(1).data_ptr, bn.arg(0), bn.arg(1),
+                             bn.arg(2), bn.arg(3), outputs->at(0).data_ptr,
+                             outputs->at(out).data_ptr, outputs->at(out + 1).data_ptr, g.batch,
+                             bn.channels, bn.inner, p.in_act);
+  for (int k = 2; k < 4; ++k) {
+    std::memset(outputs->at(out + k).data_ptr, 0, bn.channels * bn.elem);
+  }
   return MX_SUCCESS;
 }
 

@@ -18,6 +18,7 @@
 
 #include "common.h"
 #include "gemm.h"
+#include "batch_norm.h"
 #include "igc_conv.h"
 
 namespace igc {
@@ -33,11 +34,31 @@ struct Plane {
   int stride;
 };
 
+// One channel's input transform (ConvInputTransform): x -> act(x * scale + shift) on every
+// value loaded, zero past the row as before (the padding stays zero).
+struct Transform {
+  bool on;
+  int act;
+  __m256 scale, shift;
+};
+
 // The `count` values at x (at most 8) as a vector, zero past them; reads nothing past them.
 IGC_TARGET_AVX2 inline __m256 load_row(const float* x, int64_t count) {
   if (count >= 8) return _mm256_loadu_ps(x);
   if (count == 4) return _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_loadu_ps(x), 0);
   return _mm256_maskload_ps(x, tail_mask(count));
+}
+
+// The same through the transform `t` (the multiply-add fused and the activation taken as
+// BatchNormApply's AVX2 kernel takes them; see igc_conv_cpu.cc's transform_row_avx2).
+IGC_TARGET_AVX2 inline __m256 load_row(const float* x, int64_t count, const Transform& t) {
+  __m256 v = load_row(x, count);
+  if (!t.on) return v;
+  v = _mm256_fmadd_ps(v, t.scale, t.shift);
+  const __m256 zero = _mm256_setzero_ps();
+  if (t.act == kBnRelu) v = _mm256_max_ps(v, zero);
+  if (t.act == kBnRelu6) v = _mm256_min_ps(_mm256_set1_ps(6.0f), _mm256_max_ps(zero, v));
+  return count >= 8 ? v : _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask(count)));
 }
 
 // The first `count` lanes of v to y, `room` floats from y to the end of the plane: where
@@ -71,15 +92,17 @@ IGC_TARGET_AVX2 inline Shifts make_shifts(const Plane& s) {
   return m;
 }
 
-IGC_TARGET_AVX2 inline Taps unit_taps(const float* row, const Plane& s, const Shifts& m) {
-  const __m256 v = load_row(row, s.w);
+IGC_TARGET_AVX2 inline Taps unit_taps(const float* row, const Plane& s, const Shifts& m,
+                                      const Transform& t) {
+  const __m256 v = load_row(row, s.w, t);
   return Taps{{_mm256_and_ps(_mm256_permutevar8x32_ps(v, m.right), m.right_keep), v,
                _mm256_and_ps(_mm256_permutevar8x32_ps(v, m.left), m.left_keep)}};
 }
 
-IGC_TARGET_AVX2 inline Taps stride2_taps(const float* row, const Plane& s, const Shifts& m) {
-  const __m256 a = load_row(row, s.w);
-  const __m256 b = s.w > 8 ? load_row(row + 8, s.w - 8) : _mm256_setzero_ps();
+IGC_TARGET_AVX2 inline Taps stride2_taps(const float* row, const Plane& s, const Shifts& m,
+                                         const Transform& t) {
+  const __m256 a = load_row(row, s.w, t);
+  const __m256 b = s.w > 8 ? load_row(row + 8, s.w - 8, t) : _mm256_setzero_ps();
   const __m256 even = _mm256_castpd_ps(_mm256_permute4x64_pd(
       _mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
   const __m256 odd = _mm256_castpd_ps(_mm256_permute4x64_pd(
@@ -92,9 +115,10 @@ IGC_TARGET_AVX2 inline Taps zero_taps() {
   return Taps{{_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()}};
 }
 
-IGC_TARGET_AVX2 inline Taps row_taps(const float* x, int64_t r, const Plane& s, const Shifts& m) {
+IGC_TARGET_AVX2 inline Taps row_taps(const float* x, int64_t r, const Plane& s, const Shifts& m,
+                                     const Transform& t) {
   if (r < 0 || r >= s.h) return zero_taps();
-  return s.stride == 1 ? unit_taps(x + r * s.w, s, m) : stride2_taps(x + r * s.w, s, m);
+  return s.stride == 1 ? unit_taps(x + r * s.w, s, m, t) : stride2_taps(x + r * s.w, s, m, t);
 }
 
 IGC_TARGET_AVX2 inline __m256 correlate_row(const Taps (&rows)[3], const __m256 (&w)[9],
@@ -110,33 +134,35 @@ IGC_TARGET_AVX2 inline __m256 correlate_row(const Taps (&rows)[3], const __m256 
 struct RowWindow {
   Taps rows[3];
 
-  IGC_TARGET_AVX2 RowWindow(const float* x, const Plane& s, const Shifts& m) {
+  IGC_TARGET_AVX2 RowWindow(const float* x, const Plane& s, const Shifts& m, const Transform& t) {
     rows[0] = rows[1] = zero_taps();
-    rows[2] = row_taps(x, -1, s, m);
+    rows[2] = row_taps(x, -1, s, m, t);
   }
 };
 
 IGC_TARGET_AVX2 __attribute__((always_inline)) inline void advance(RowWindow& r, const float* x,
                                                                    int64_t y, const Plane& s,
-                                                                   const Shifts& m) {
+                                                                   const Shifts& m,
+                                                                   const Transform& t) {
   const int64_t top = y * s.stride - 1;
   if (s.stride == 1 && y > 0) {
     r.rows[0] = r.rows[1];
     r.rows[1] = r.rows[2];
   } else {
     r.rows[0] = r.rows[2];
-    r.rows[1] = row_taps(x, top + 1, s, m);
+    r.rows[1] = row_taps(x, top + 1, s, m, t);
   }
-  r.rows[2] = row_taps(x, top + 2, s, m);
+  r.rows[2] = row_taps(x, top + 2, s, m, t);
 }
 
 // out[y][x] = init + sum over ky, kx of w[ky * 3 + kx] * x[y S + ky - 1][x S + kx - 1] (zero
 // outside the plane), the taps in that order, for the plane's ho x wo outputs.
 IGC_TARGET_AVX2 inline void correlate_plane(const float* x, const Plane& s, const Shifts& m,
-                                            const __m256 (&w)[9], __m256 init, float* out) {
-  RowWindow r(x, s, m);
+                                            const __m256 (&w)[9], __m256 init, float* out,
+                                            const Transform& t) {
+  RowWindow r(x, s, m, t);
   for (int64_t y = 0; y < s.ho; ++y) {
-    advance(r, x, y, s, m);
+    advance(r, x, y, s, m, t);
     store_row(out + y * s.wo, s.wo, correlate_row(r.rows, w, init), (s.ho - y) * s.wo);
   }
 }
@@ -199,9 +225,16 @@ Plane plane_of(const ConvGeometry& g) {
 // of the hardware prefetchers); the backward's per-tap sums of a block stay in L1.
 constexpr int64_t kBlockChannels = 16;
 
+// Channel ic's transform (off without one).
+IGC_TARGET_AVX2 inline Transform channel_transform(const ConvInputTransform* in, int64_t ic) {
+  if (!in) return Transform{false, kBnNone, _mm256_setzero_ps(), _mm256_setzero_ps()};
+  return Transform{true, in->act, _mm256_set1_ps(static_cast<const float*>(in->scale)[ic]),
+                   _mm256_set1_ps(static_cast<const float*>(in->shift)[ic])};
+}
+
 IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_t n, int64_t c0,
                                    int64_t c1, const float* data, const float* weight,
-                                   const float* bias, float* out) {
+                                   const float* bias, float* out, const ConvInputTransform* in) {
   const Shifts m = make_shifts(s);
   for (int64_t c = c0; c < c1; ++c) {
     __m256 w[9];
@@ -209,7 +242,7 @@ IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_
     const int64_t ic = conv_input_channel(g, c), oc = conv_output_channel(g, c);
     const __m256 init = _mm256_set1_ps(bias ? bias[c] : 0.0f);
     correlate_plane(data + (n * g.in_channels + ic) * s.h * s.w, s, m, w, init,
-                    out + (n * g.filters + oc) * s.ho * s.wo);
+                    out + (n * g.filters + oc) * s.ho * s.wo, channel_transform(in, ic));
   }
 }
 
@@ -217,8 +250,10 @@ IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_
 // number of threads.
 IGC_TARGET_AVX2 void backward_block(const ConvGeometry& g, const Plane& s, int64_t c0, int64_t c1,
                                     const float* out_grad, const float* data, const float* weight,
-                                    float* data_grad, float* weight_grad, float* bias_grad) {
+                                    float* data_grad, float* weight_grad, float* bias_grad,
+                                    const ConvInputTransform* in) {
   const Shifts m = make_shifts(s);
+  const Transform none = channel_transform(nullptr, 0);
   alignas(32) float partial[kBlockChannels][10][8] = {};  // 9 taps, then the bias
   for (int64_t n = 0; n < g.batch; ++n) {
     for (int64_t c = c0; c < c1; ++c) {
@@ -230,13 +265,14 @@ IGC_TARGET_AVX2 void backward_block(const ConvGeometry& g, const Plane& s, int64
       // the kernel flipped (an h x w plane, as the output).
       __m256 w[9], sums[10];
       load_weights(weight + c * 9, s.stride == 1, w);
-      if (s.stride == 1) correlate_plane(dy, s, m, w, _mm256_setzero_ps(), dx);
+      if (s.stride == 1) correlate_plane(dy, s, m, w, _mm256_setzero_ps(), dx, none);
       else data_grad_stride2(dy, s, m, w, dx);
       float (*p)[8] = partial[c - c0];
       for (int t = 0; t < 10; ++t) sums[t] = _mm256_load_ps(p[t]);
-      RowWindow r(x, s, m);
+      const Transform tf = channel_transform(in, ic);
+      RowWindow r(x, s, m, tf);
       for (int64_t y = 0; y < s.ho; ++y) {
-        advance(r, x, y, s, m);
+        advance(r, x, y, s, m, tf);
         const __m256 e = load_row(dy + y * s.wo, s.wo);
         sums[9] = _mm256_add_ps(sums[9], e);
         for (int ky = 0; ky < 3; ++ky) {
@@ -267,20 +303,21 @@ bool depthwise_small_conv(const ConvGeometry& g) {
 }
 
 void depthwise_small_forward(const ConvGeometry& g, const float* data, const float* weight,
-                             const float* bias, float* out) {
+                             const float* bias, float* out, const ConvInputTransform* in) {
   const Plane s = plane_of(g);
   const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
   const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 9, g.batch * blocks);
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (int64_t item = 0; item < g.batch * blocks; ++item) {
     const int64_t n = item / blocks, c0 = item % blocks * kBlockChannels;
-    forward_block(g, s, n, c0, std::min(c0 + kBlockChannels, g.filters), data, weight, bias, out);
+    forward_block(g, s, n, c0, std::min(c0 + kBlockChannels, g.filters), data, weight, bias, out,
+                  in);
   }
 }
 
 void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, const float* data,
                               const float* weight, float* data_grad, float* weight_grad,
-                              float* bias_grad) {
+                              float* bias_grad, const ConvInputTransform* in) {
   const Plane s = plane_of(g);
   const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
   const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 27, blocks);
@@ -288,7 +325,7 @@ void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, cons
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t c0 = b * kBlockChannels;
     backward_block(g, s, c0, std::min(c0 + kBlockChannels, g.filters), out_grad, data, weight,
-                   data_grad, weight_grad, bias_grad);
+                   data_grad, weight_grad, bias_grad, in);
   }
 }
 

@@ -1,0 +1,118 @@
+"""network.fuse_input_batchnorms, the training graph's rewrite: every plugin BatchNormApply read
+by a non-pointwise IGCConv alone moves into that conv (in_act), with the arguments, states,
+outputs, gradients and state updates of the symbol as built (bit for bit), which is what
+checkpoints keep."""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import network
+
+# Small members of every family with plugin BatchNorms before IGCConvs (32x32 inputs).
+FAMILIES = [
+    ("mobilenetv2_cifar", {}),
+    ("igcv3_cifar", dict(depth_multiplier=0.5, width_multiplier=0.25)),
+    ("plain_igc", dict(depth=8, primary_partition=4, secondary_partition=2)),
+    ("resnet_igc", dict(depth=8, primary_partition=4, secondary_partition=2)),
+]
+
+
+def ops_of(symbol):
+    return [n["op"] for n in json.loads(symbol.tojson())["nodes"]]
+
+
+def training_step(symbol, seed=0):
+    """Outputs, every argument gradient and the updated auxiliary states of one training
+    forward/backward at batch 3, from the same random parameters for any symbol with these
+    arguments."""
+    shapes = dict(data=(3, 3, 32, 32), softmax_label=(3,))
+    exe = symbol.simple_bind(mx.cpu(), grad_req="write", **shapes)
+    rng = np.random.RandomState(seed)
+    for name, array in sorted(exe.arg_dict.items()):
+        if name == "softmax_label":
+            array[:] = rng.randint(0, 10, array.shape)
+        else:
+            array[:] = rng.uniform(-1, 1, array.shape) * (3 if name == "data" else 0.3)
+    for name, array in sorted(exe.aux_dict.items()):
+        array[:] = rng.uniform(0.5, 1.5, array.shape) if name.endswith("var") else 0
+    outputs = [o.asnumpy() for o in exe.forward(is_train=True)]
+    exe.backward()
+    return (outputs, {k: g.asnumpy() for k, g in exe.grad_dict.items() if g is not None},
+            {k: a.asnumpy() for k, a in exe.aux_dict.items()})
+
+
+@pytest.mark.parametrize("name, config", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_fused_training_graph_computes_the_same_step_bit_for_bit(ops, name, config):
+    symbol = network.get_symbol(name, 10, **config)
+    fused = network.fuse_input_batchnorms(symbol)
+    assert fused.list_arguments() == symbol.list_arguments()
+    assert fused.list_auxiliary_states() == symbol.list_auxiliary_states()
+    assert fused.list_outputs() == symbol.list_outputs()
+    before, after = ops_of(symbol).count("BatchNormApply"), ops_of(fused).count("BatchNormApply")
+    assert after < before and ops_of(fused).count("IGCConv") == ops_of(symbol).count("IGCConv")
+    want_out, want_grads, want_aux = training_step(symbol)
+    got_out, got_grads, got_aux = training_step(fused)
+    for got, want in zip(got_out, want_out):
+        np.testing.assert_array_equal(got, want)
+    assert got_grads.keys() == want_grads.keys()
+    for key, want in want_grads.items():
+        np.testing.assert_array_equal(got_grads[key], want, err_msg=key)
+    for key, want in want_aux.items():
+        np.testing.assert_array_equal(got_aux[key], want, err_msg=key)
+
+
+def test_only_applies_read_by_one_non_pointwise_conv_move(ops):
+    """What stays: an apply that a pointwise conv reads (its GEMM reads rows in place), one read
+    twice (a residual shortcut as well), one whose reader is no conv."""
+    fused = network.fuse_input_batchnorms(network.get_symbol("mobilenetv2_cifar", 10))
+    graph = json.loads(fused.tojson())
+    nodes = graph["nodes"]
+    readers = {}
+    for i, node in enumerate(nodes):
+        for entry in node["inputs"]:
+            readers.setdefault(entry[0], []).append(i)
+    for i, node in enumerate(nodes):
+        if node["op"] != "BatchNormApply":
+            continue
+        rs = readers.get(i, [])
+        convs = [r for r in rs if nodes[r]["op"] == "IGCConv"]
+        assert len(rs) != 1 or not convs or nodes[convs[0]]["attrs"]["kernel"] == "(1, 1)", \
+            node["name"]
+    fused_convs = [n for n in nodes if n["op"] == "IGCConv" and "in_act" in n.get("attrs", {})]
+    assert fused_convs and all(n["attrs"]["kernel"] != "(1, 1)" for n in fused_convs)
+
+
+def test_switch_off_returns_the_symbol_as_built(ops, monkeypatch):
+    symbol = network.get_symbol("mobilenetv2_cifar", 10)
+    monkeypatch.setenv("IGC_FUSE_BATCHNORM", "0")
+    assert network.fuse_input_batchnorms(symbol) is symbol
+    monkeypatch.delenv("IGC_FUSE_BATCHNORM")
+    assert network.fuse_input_batchnorms(symbol) is not symbol
+    plain = network.get_symbol("mobilenetv2_cifar", 10, conv_impl="mxnet")
+    assert network.fuse_input_batchnorms(plain) is plain  # no plugin BatchNorm: nothing to do
+
+
+def test_training_runs_the_fused_graph_and_saves_the_built_one(ops, tmp_path, monkeypatch):
+    """The Module that train_model.py binds runs the fused graph; the checkpoint's symbol is
+    the network as built, whose parameters it holds."""
+    import training.loop as loop
+    bound = []
+    real_module = mx.mod.Module
+
+    def recording_module(symbol, *args, **kwargs):
+        bound.append(symbol)
+        return real_module(symbol, *args, **kwargs)
+
+    monkeypatch.setattr(loop.mx.mod, "Module", recording_module)
+    import train_model
+    from records import cpu_args, make_demo
+    demo = make_demo(tmp_path / "demo", 80, 40)
+    prefix = tmp_path / "m"
+    train_model.main(cpu_args(demo, prefix, "--num-epochs", "1", "--batch-size", "8"))
+    assert any('"in_act"' in s.tojson() for s in bound)
+    saved = open(f"{prefix}-symbol.json").read()
+    assert '"in_act"' not in saved and '"BatchNormApply"' in saved
+    assert os.path.isfile(f"{prefix}-0001.params")

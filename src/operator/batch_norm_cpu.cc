@@ -233,13 +233,14 @@ IGC_TARGET_AVX2 void backward_avx2(const Channel<T>& ch, const T* dy, const T* x
 }
 
 // See bn_scale_shift_cpu. Compiled once, for no particular ISA: the same values whichever
-// kernel then uses them.
+// kernel then uses them. The shift's multiply-subtract is fused (one rounding), as the AVX2
+// kernels computed it in place before, so their results stay what they were.
 template <typename T>
 void scale_shift(const T* gamma, const T* beta, const T* mean, const T* invstd, int64_t channels,
                  T* scale, T* shift) {
   for (int64_t c = 0; c < channels; ++c) {
     scale[c] = gamma[c] * invstd[c];
-    shift[c] = beta[c] - mean[c] * scale[c];
+    shift[c] = std::fma(-mean[c], scale[c], beta[c]);
   }
 }
 

@@ -244,21 +244,16 @@ IGC_INLINE void copy_row(T* dst, const T* src, int64_t count) {
   }
 }
 
-// dst[i] = act(src[i] * scale + shift) for i < count (the input transform, ConvInputTransform):
-// the multiply-add fused as BatchNormApply's AVX2 kernel fuses it, the activation as
-// bn_activate (max(0, v) and min(6, v) return their second operand v when it is NaN, and
-// max(v, 0) returns 0 then, as ReLU's v > 0 ? v : 0 does): the same values.
+// dst[i] = act(src[i] * scale + shift) for i < count (the input transform, ConvInputTransform),
+// as BatchNormApply's AVX2 kernel computes it (bn_apply_ps; the tail's multiply-add fused too):
+// the same values.
 template <int kAct>
 IGC_TARGET_AVX2 inline void transform_row_avx2(float* dst, const float* src, int64_t count,
                                                float scale, float shift) {
   const __m256 s = _mm256_set1_ps(scale), h = _mm256_set1_ps(shift);
-  const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.0f);
   int64_t i = 0;
   for (; i + 8 <= count; i += 8) {
-    __m256 y = _mm256_fmadd_ps(_mm256_loadu_ps(src + i), s, h);
-    if (kAct == kBnRelu) y = _mm256_max_ps(y, zero);
-    if (kAct == kBnRelu6) y = _mm256_min_ps(six, _mm256_max_ps(zero, y));
-    _mm256_storeu_ps(dst + i, y);
+    _mm256_storeu_ps(dst + i, bn_apply_ps(_mm256_loadu_ps(src + i), s, h, kAct));
   }
   for (; i < count; ++i) dst[i] = bn_activate<float, kAct>(std::fma(src[i], scale, shift));
 }

@@ -273,20 +273,19 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
 }
 
 // Geometry of a call, re-checked against the tensors: imperative calls may bypass inference.
-bool geometry(const Attrs& attrs, const MXTensor& data, const MXTensor& weight,
-              igc::ConvGeometry* g, Params* p) {
-  if (!parse_params(attrs, p)) return false;
-  if (data.shape.size() != 4 || weight.shape.size() != 4 || data.shape[1] % p->num_group != 0 ||
-      weight.shape[0] != p->num_filter || weight.shape[1] * p->num_group != data.shape[1] ||
-      weight.shape[2] != p->kernel_h || weight.shape[3] != p->kernel_w ||
-      data.shape[2] + 2 * p->pad_h < p->kernel_h || data.shape[3] + 2 * p->pad_w < p->kernel_w) {
+bool geometry(const Params& p, const MXTensor& data, const MXTensor& weight,
+              igc::ConvGeometry* g) {
+  if (data.shape.size() != 4 || weight.shape.size() != 4 || data.shape[1] % p.num_group != 0 ||
+      weight.shape[0] != p.num_filter || weight.shape[1] * p.num_group != data.shape[1] ||
+      weight.shape[2] != p.kernel_h || weight.shape[3] != p.kernel_w ||
+      data.shape[2] + 2 * p.pad_h < p.kernel_h || data.shape[3] + 2 * p.pad_w < p.kernel_w) {
     IGC_ERROR << kOp << ": data shape " << igc::shape_string({data.shape.begin(), data.shape.end()})
               << " and weight shape "
               << igc::shape_string({weight.shape.begin(), weight.shape.end()})
               << " do not match the attributes";
     return false;
   }
-  if (!check_input_branches(*p, {data.shape.begin(), data.shape.end()})) return false;
+  if (!check_input_branches(p, {data.shape.begin(), data.shape.end()})) return false;
   const int dtype = data.dtype;
   if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
     IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(data.dtype)
@@ -298,8 +297,8 @@ bool geometry(const Attrs& attrs, const MXTensor& data, const MXTensor& weight,
     return false;
   }
   *g = igc::ConvGeometry{data.shape[0], data.shape[1], data.shape[2], data.shape[3],
-                         p->num_filter, p->num_group, p->kernel_h, p->kernel_w, p->stride_h,
-                         p->stride_w, p->pad_h, p->pad_w, p->interleave, p->input_branches};
+                         p.num_filter, p.num_group, p.kernel_h, p.kernel_w, p.stride_h,
+                         p.stride_w, p.pad_h, p.pad_w, p.interleave, p.input_branches};
   return true;
 }
 
@@ -377,7 +376,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   if (!igc::check_env_switches(kOp)) return MX_FAIL;
   if (!parse_params(attrs, &p)) return MX_FAIL;
   const int w = p.weight_index();
-  if (!geometry(attrs, inputs->at(0), inputs->at(w), &g, &p)) return MX_FAIL;
+  if (!geometry(p, inputs->at(0), inputs->at(w), &g)) return MX_FAIL;
   const int dtype = inputs->at(0).dtype;
   const int64_t bytes = aligned(igc::conv_forward_workspace_bytes(g, dtype));
   const void* weight = inputs->at(w).data_ptr;
@@ -409,7 +408,7 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   if (!igc::check_env_switches(kOp)) return MX_FAIL;
   if (!parse_params(attrs, &p)) return MX_FAIL;
   const int w = p.weight_index();
-  if (!geometry(attrs, inputs->at(1), inputs->at(w + 1), &g, &p)) return MX_FAIL;
+  if (!geometry(p, inputs->at(1), inputs->at(w + 1), &g)) return MX_FAIL;
   if (p.act != igc::kConvNone) {
     IGC_ERROR << kOp << ": attribute 'act'='" << attrs.at("act")
               << "' is an inference fusion (network.optimize_for_inference) and has no backward; "

@@ -18,8 +18,8 @@
 
 #include "common.h"
 #include "gemm.h"
-#include "batch_norm.h"
 #include "igc_conv.h"
+#include "vec_avx2.h"
 
 namespace igc {
 namespace {
@@ -49,16 +49,12 @@ IGC_TARGET_AVX2 inline __m256 load_row(const float* x, int64_t count) {
   return _mm256_maskload_ps(x, tail_mask(count));
 }
 
-// The same through the transform `t` (the multiply-add fused and the activation taken as
-// BatchNormApply's AVX2 kernel takes them; see igc_conv_cpu.cc's transform_row_avx2).
+// The same through the transform `t` (bn_apply_ps, as BatchNormApply's AVX2 kernel computes it).
 IGC_TARGET_AVX2 inline __m256 load_row(const float* x, int64_t count, const Transform& t) {
-  __m256 v = load_row(x, count);
+  const __m256 v = load_row(x, count);
   if (!t.on) return v;
-  v = _mm256_fmadd_ps(v, t.scale, t.shift);
-  const __m256 zero = _mm256_setzero_ps();
-  if (t.act == kBnRelu) v = _mm256_max_ps(v, zero);
-  if (t.act == kBnRelu6) v = _mm256_min_ps(_mm256_set1_ps(6.0f), _mm256_max_ps(zero, v));
-  return count >= 8 ? v : _mm256_and_ps(v, _mm256_castsi256_ps(tail_mask(count)));
+  const __m256 y = bn_apply_ps(v, t.scale, t.shift, t.act);
+  return count >= 8 ? y : _mm256_and_ps(y, _mm256_castsi256_ps(tail_mask(count)));
 }
 
 // The first `count` lanes of v to y, `room` floats from y to the end of the plane: where

@@ -1,11 +1,13 @@
 // Small AVX2 helpers shared by CPU kernels that keep register blocks of pixels x 8 filters
 // (the packed IGCBlock, IGCConv's dense few-channel forward): partial vector loads and stores,
-// ReLU6 and an 8 x 8 transposition from pixel-major accumulators to filter-major rows.
+// ReLU6, a BatchNorm apply and an 8 x 8 transposition from pixel-major accumulators to
+// filter-major rows.
 #ifndef IGC_OPERATOR_VEC_AVX2_H_
 #define IGC_OPERATOR_VEC_AVX2_H_
 
 #include <immintrin.h>
 
+#include "batch_norm.h"
 #include "common.h"
 
 namespace igc {
@@ -54,6 +56,17 @@ IGC_TARGET_AVX2 __attribute__((always_inline)) inline __m256 load_first(const fl
 // min(max(v, 0), 6) with a NaN kept (in this operand order), as MXNet's clip(0, 6) does.
 IGC_TARGET_AVX2 __attribute__((always_inline)) inline __m256 relu6_ps(__m256 v) {
   return _mm256_min_ps(_mm256_set1_ps(6.0f), _mm256_max_ps(_mm256_setzero_ps(), v));
+}
+
+// act(v * scale + shift) (a BnActivation), as BatchNormApply's AVX2 kernel computes it: the
+// multiply-add fused; ReLU's max(v, 0) returns 0 for a NaN, as v > 0 ? v : 0 does, and ReLU6
+// keeps it (relu6_ps).
+IGC_TARGET_AVX2 __attribute__((always_inline)) inline __m256 bn_apply_ps(__m256 v, __m256 scale,
+                                                                         __m256 shift, int act) {
+  const __m256 y = _mm256_fmadd_ps(v, scale, shift);
+  if (act == kBnRelu) return _mm256_max_ps(y, _mm256_setzero_ps());
+  if (act == kBnRelu6) return relu6_ps(y);
+  return y;
 }
 
 // In place: v[i] lane j <- v[j] lane i.

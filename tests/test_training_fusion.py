@@ -24,6 +24,16 @@ def ops_of(symbol):
     return [n["op"] for n in json.loads(symbol.tojson())["nodes"]]
 
 
+def fused_conv_parameters(symbol):
+    """Names of the weight and bias arguments of the IGCConvs with an input BatchNorm."""
+    nodes = json.loads(symbol.tojson())["nodes"]
+    names = set()
+    for node in nodes:
+        if node["op"] == "IGCConv" and "in_act" in node.get("attrs", {}):
+            names.update(nodes[i]["name"] for i, _, _ in node["inputs"][5:])
+    return names
+
+
 def training_step(symbol, seed=0):
     """Outputs, every argument gradient and the updated auxiliary states of one training
     forward/backward at batch 3, from the same random parameters for any symbol with these
@@ -46,6 +56,8 @@ def training_step(symbol, seed=0):
 
 @pytest.mark.parametrize("name, config", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_fused_training_graph_computes_the_same_step_bit_for_bit(ops, name, config):
+    """The same outputs, gradients and state updates, bit for bit (the fused convs' weight
+    gradients to rounding, see below; bit for bit on one thread: test_igc_conv.py)."""
     symbol = network.get_symbol(name, 10, **config)
     fused = network.fuse_input_batchnorms(symbol)
     assert fused.list_arguments() == symbol.list_arguments()
@@ -58,8 +70,16 @@ def test_fused_training_graph_computes_the_same_step_bit_for_bit(ops, name, conf
     for got, want in zip(got_out, want_out):
         np.testing.assert_array_equal(got, want)
     assert got_grads.keys() == want_grads.keys()
+    # A fused conv's weight (and bias) gradient sums each channel over the images on one thread;
+    # the unfused conv on several threads splits those sums as the threads take its items.
+    rounded = fused_conv_parameters(fused)
+    assert rounded and rounded < set(want_grads)
     for key, want in want_grads.items():
-        np.testing.assert_array_equal(got_grads[key], want, err_msg=key)
+        if key in rounded:
+            np.testing.assert_allclose(got_grads[key], want, rtol=1e-5,
+                                       atol=1e-6 * np.abs(want).max(), err_msg=key)
+        else:
+            np.testing.assert_array_equal(got_grads[key], want, err_msg=key)
     for key, want in want_aux.items():
         np.testing.assert_array_equal(got_aux[key], want, err_msg=key)
 

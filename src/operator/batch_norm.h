@@ -46,6 +46,17 @@ void bn_apply_backward_cpu(int dtype, const void* y_grad, const void* x, const v
                            void* data_grad, void* gamma_grad, void* beta_grad, int64_t outer,
                            int64_t channels, int64_t inner, int act);
 
+// The same backward on channels [c0, c1) of the tensor only, on the calling thread, from the
+// scale and shift of bn_scale_shift_cpu: the values bn_apply_backward_cpu writes for those
+// channels (each channel's sums run over its rows in the same order). data_grad may be y_grad
+// (in place). For a kernel that makes y_grad a block of channels at a time over the whole batch
+// (IGCConv's backward with its input BatchNorm) and runs this while the block is in cache.
+void bn_apply_backward_channels_cpu(int dtype, const void* y_grad, const void* x,
+                                    const void* scale, const void* shift, const void* mean,
+                                    const void* invstd, void* data_grad, void* gamma_grad,
+                                    void* beta_grad, int64_t outer, int64_t channels,
+                                    int64_t inner, int64_t c0, int64_t c1, int act);
+
 }  // namespace igc
 
 #endif  // IGC_OPERATOR_BATCH_NORM_H_

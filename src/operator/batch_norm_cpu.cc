@@ -298,6 +298,32 @@ void apply_backward(const T* dy, const T* x, const T* gamma, const T* beta, cons
   });
 }
 
+// See bn_apply_backward_channels_cpu: blocks of at most kMaxBlock channels, not streamed (the
+// block is in cache; the values are the same either way).
+template <typename T, int kAct>
+void backward_channels(const T* dy, const T* x, const T* scale, const T* shift, const T* mean,
+                       const T* invstd, T* dx, T* dgamma, T* dbeta, int64_t outer,
+                       int64_t channels, int64_t inner, int64_t c0, int64_t c1) {
+  const Channel<T> ch{outer, channels, inner};
+  auto* run = use_avx2_kernels() ? backward_avx2<T, kAct> : backward_sse2<T, kAct>;
+  for (int64_t b = c0; b < c1; b += kMaxBlock) {
+    run(ch, dy, x, scale, shift, mean, invstd, b, std::min(c1, b + kMaxBlock), dx, dgamma, dbeta,
+        false);
+  }
+}
+
+template <typename T>
+void backward_channels_any(const void* dy, const void* x, const void* scale, const void* shift,
+                           const void* m, const void* v, void* dx, void* dg, void* db, int64_t o,
+                           int64_t c, int64_t i, int64_t c0, int64_t c1, int act) {
+  auto* run = act == kBnRelu    ? backward_channels<T, kBnRelu>
+              : act == kBnRelu6 ? backward_channels<T, kBnRelu6>
+                                : backward_channels<T, kBnNone>;
+  run(static_cast<const T*>(dy), static_cast<const T*>(x), static_cast<const T*>(scale),
+      static_cast<const T*>(shift), static_cast<const T*>(m), static_cast<const T*>(v),
+      static_cast<T*>(dx), static_cast<T*>(dg), static_cast<T*>(db), o, c, i, c0, c1);
+}
+
 template <typename T>
 void moments_any(const void* x, int64_t o, int64_t c, int64_t i, void* s) {
   moments(static_cast<const T*>(x), o, c, i, static_cast<T*>(s));
@@ -386,6 +412,20 @@ void bn_apply_backward_cpu(int dtype, const void* y_grad, const void* x, const v
   } else if (dtype == kFloat64) {
     backward_any<double>(y_grad, x, gamma, beta, mean, invstd, data_grad, gamma_grad, beta_grad,
                          outer, channels, inner, act);
+  }
+}
+
+void bn_apply_backward_channels_cpu(int dtype, const void* y_grad, const void* x,
+                                    const void* scale, const void* shift, const void* mean,
+                                    const void* invstd, void* data_grad, void* gamma_grad,
+                                    void* beta_grad, int64_t outer, int64_t channels,
+                                    int64_t inner, int64_t c0, int64_t c1, int act) {
+  if (dtype == kFloat32) {
+    backward_channels_any<float>(y_grad, x, scale, shift, mean, invstd, data_grad, gamma_grad,
+                                 beta_grad, outer, channels, inner, c0, c1, act);
+  } else if (dtype == kFloat64) {
+    backward_channels_any<double>(y_grad, x, scale, shift, mean, invstd, data_grad, gamma_grad,
+                                  beta_grad, outer, channels, inner, c0, c1, act);
   }
 }
 

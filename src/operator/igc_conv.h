@@ -64,7 +64,21 @@ struct ConvInputTransform {
   const void* scale;
   const void* shift;
   int act;
+  // Backward: with gamma_grad not null, the BatchNorm's own backward too (bn_apply_backward_cpu,
+  // from the BatchNorm's mean and invstd per data channel): data_grad is then the gradient of the
+  // data itself, and gamma_grad and beta_grad (per data channel) are written. The kernels run it
+  // on each block of channels as soon as the block's transformed-value gradient is complete over
+  // the batch (while it is in cache), in place in data_grad.
+  const void* mean = nullptr;
+  const void* invstd = nullptr;
+  void* gamma_grad = nullptr;
+  void* beta_grad = nullptr;
 };
+
+// That BatchNorm backward for conv input channels [c0, c1) (the data channels they read), their
+// data_grad planes holding the transformed values' gradient over the whole batch.
+void conv_input_bn_backward(const ConvGeometry& g, int dtype, const ConvInputTransform& in,
+                            const void* data, void* data_grad, int64_t c0, int64_t c1);
 
 // Whether the kernels for `g` and `dtype` apply a ConvInputTransform as they read their input
 // (all but the pointwise ones, whose GEMMs read the input rows in place).
@@ -83,7 +97,8 @@ void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const 
 
 // Writes (never accumulates) every gradient: data_grad, weight_grad and, when not null, bias_grad.
 // With `in`, the gradients are those of the convolution of the transformed input: data_grad is
-// the gradient of the transformed values (the caller takes it through the BatchNorm).
+// the gradient of the transformed values (the caller takes it through the BatchNorm), or with
+// in->gamma_grad, of the data (the BatchNorm's backward fused in, see ConvInputTransform).
 void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, const void* data,
                        const void* weight, void* data_grad, void* weight_grad, void* bias_grad,
                        void* workspace, int64_t workspace_bytes,

@@ -10,7 +10,9 @@
 // conv reads
 // BatchNormApply(data, gamma, beta, mean, invstd, act=in_act) without that tensor being written
 // (where conv_transforms_input; elsewhere it is made in the workspace first); its backward is
-// the conv's and then BatchNormApply's (zero gradients for mean and invstd, as there).
+// BatchNormApply's inside the conv's (run on each block of channels once its gradient is
+// complete over the batch; where the input is made first, after the conv's), with zero
+// gradients for mean and invstd, as there.
 // Every user error is reported through IGC_ERROR and surfaces as an MXNetError in Python.
 #include <mxnet/lib_api.h>
 
@@ -427,24 +429,37 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                            outputs->at(0).data_ptr, weight_grad, bias_grad, ws, bytes);
     return MX_SUCCESS;
   }
-  // The conv's gradient of the applied values into the workspace, then BatchNormApply's backward.
   if (!check_bn_inputs(p, *inputs, 2, 1)) return MX_FAIL;
   const InputBatchNorm bn(*inputs, 2, 1, p, g);
+  const int out = 1;  // outputs: data grad, then gamma, beta, mean, invstd grads
+  for (int k = 2; k < 4; ++k) {
+    std::memset(outputs->at(out + k).data_ptr, 0, bn.channels * bn.elem);
+  }
+  igc::ConvInputTransform t;
+  if (bn.transformed) {
+    // BatchNormApply's backward inside the conv's, a block of channels at a time.
+    char* ws = static_cast<char*>(workspace(res, bytes + bn.bytes()));
+    if (!ws) return MX_FAIL;
+    const void* data = bn.prepare(ws + bytes, &t);
+    t.mean = bn.arg(2);
+    t.invstd = bn.arg(3);
+    t.gamma_grad = outputs->at(out).data_ptr;
+    t.beta_grad = outputs->at(out + 1).data_ptr;
+    igc::conv_backward_cpu(g, dtype, inputs->at(0).data_ptr, data, weight,
+                           outputs->at(0).data_ptr, weight_grad, bias_grad, ws, bytes, &t);
+    return MX_SUCCESS;
+  }
+  // The conv's gradient of the applied values into the workspace, then BatchNormApply's backward.
   char* ws = static_cast<char*>(workspace(res, bytes + bn.tensor_bytes() + bn.bytes()));
   if (!ws) return MX_FAIL;
   char* applied_grad = ws + bytes;
-  igc::ConvInputTransform t;
   const void* data = bn.prepare(applied_grad + bn.tensor_bytes(), &t);
   igc::conv_backward_cpu(g, dtype, inputs->at(0).data_ptr, data, weight, applied_grad,
-                         weight_grad, bias_grad, ws, bytes, bn.transformed ? &t : nullptr);
-  const int out = 1;
+                         weight_grad, bias_grad, ws, bytes);
   igc::bn_apply_backward_cpu(dtype, applied_grad, inputs->at(1).data_ptr, bn.arg(0), bn.arg(1),
                              bn.arg(2), bn.arg(3), outputs->at(0).data_ptr,
                              outputs->at(out).data_ptr, outputs->at(out + 1).data_ptr, g.batch,
                              bn.channels, bn.inner, p.in_act);
-  for (int k = 2; k < 4; ++k) {
-    std::memset(outputs->at(out + k).data_ptr, 0, bn.channels * bn.elem);
-  }
   return MX_SUCCESS;
 }
 

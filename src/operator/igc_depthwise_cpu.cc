@@ -320,8 +320,10 @@ void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, cons
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t c0 = b * kBlockChannels;
-    backward_block(g, s, c0, std::min(c0 + kBlockChannels, g.filters), out_grad, data, weight,
-                   data_grad, weight_grad, bias_grad, in);
+    const int64_t c1 = std::min(c0 + kBlockChannels, g.filters);
+    backward_block(g, s, c0, c1, out_grad, data, weight, data_grad, weight_grad, bias_grad, in);
+    // The block's planes over the batch (16 channels of 8 x 8: 256 KB at batch 64) are in cache.
+    if (in && in->gamma_grad) conv_input_bn_backward(g, kFloat32, *in, data, data_grad, c0, c1);
   }
 }
 

@@ -318,7 +318,9 @@ IGC_INLINE void fill_padded_input(const Args<T>& a, int64_t n, int64_t group, T*
       T* drow = dst + (iy + g.pad_h) * l.wq;
       bool pending = tf;  // the transform still to apply to what the copy writes
       if (tf && g.stride_w == 1) {
-        if (ix_end > 0) transform_row<T, kBytes>(drow + g.pad_w, row, ix_end, scale, shift, a.in_act);
+        if (ix_end > 0) {
+          transform_row<T, kBytes>(drow + g.pad_w, row, ix_end, scale, shift, a.in_act);
+        }
         continue;
       }
       if (tf && ix_end <= kTransformRowValues) {
@@ -737,12 +739,12 @@ IGC_INLINE void weight_grad_filters(const T* in, int64_t row_step, const int64_t
   do {                                                                                        \
     if (bias_sum) {                                                                           \
       weight_grad_taps<T, kBytes, FB, TB, true>(in, row_step, taps + t, e, e_stride, e_pitch, \
-                                                out_h, wo, sums + t * kW, sums_stride,    \
+                                                out_h, wo, sums + t * kW, sums_stride,        \
                                                 bias_sum);                                    \
       bias_sum = nullptr; /* summed once, with the first taps */                              \
     } else {                                                                                  \
       weight_grad_taps<T, kBytes, FB, TB, false>(in, row_step, taps + t, e, e_stride,         \
-                                                 e_pitch, out_h, wo, sums + t * kW,       \
+                                                 e_pitch, out_h, wo, sums + t * kW,           \
                                                  sums_stride, nullptr);                       \
     }                                                                                         \
   } while (0)

@@ -7,11 +7,10 @@
 // in_act=none|relu|relu6: a training fusion made by network.fuse_input_batchnorms, four more
 // inputs gamma, beta, mean, invstd (C,) between data and weight (the order in which the
 // unfused graph reaches them, so that both list the same arguments in the same order): the
-// conv reads
-// BatchNormApply(data, gamma, beta, mean, invstd, act=in_act) without that tensor being written
-// (where conv_transforms_input; elsewhere it is made in the workspace first); its backward is
-// BatchNormApply's inside the conv's (run on each block of channels once its gradient is
-// complete over the batch; where the input is made first, after the conv's), with zero
+// conv reads BatchNormApply(data, gamma, beta, mean, invstd, act=in_act) without that tensor
+// being written (where conv_transforms_input; elsewhere it is made in the workspace first); its
+// backward runs BatchNormApply's inside the conv's (on each block of channels once its gradient
+// is complete over the batch; where the input is made first, after the conv's), with zero
 // gradients for mean and invstd, as there.
 // Every user error is reported through IGC_ERROR and surfaces as an MXNetError in Python.
 #include <mxnet/lib_api.h>
@@ -331,10 +330,9 @@ bool check_bn_inputs(const Params& p, const std::vector<MXTensor>& in, int first
   return true;
 }
 
-// The input BatchNorm of a call with in_act (inputs [data, weight, (bias), gamma, beta, mean,
-// invstd, ...] from `first`, the data at `data`): its per-channel scale and shift in the
-// workspace after `conv_bytes`, and where the kernels do not transform their input, the applied
-// tensor after them.
+// The input BatchNorm of a call with in_act (gamma, beta, mean, invstd the inputs from `first`,
+// the data at `data`): its per-channel scale and shift in the workspace after the conv's bytes
+// and, where the kernels do not transform their input, the applied tensor after them.
 struct InputBatchNorm {
   const std::vector<MXTensor>& in;
   int first, data;
@@ -353,7 +351,9 @@ struct InputBatchNorm {
 
   const void* arg(int k) const { return in[first + k].data_ptr; }
   int64_t tensor_bytes() const { return aligned(g.batch * channels * inner * elem); }
-  int64_t bytes() const { return 2 * aligned(channels * elem) + (transformed ? 0 : tensor_bytes()); }
+  int64_t bytes() const {
+    return 2 * aligned(channels * elem) + (transformed ? 0 : tensor_bytes());
+  }
 
   // The conv's input (the data, or the applied tensor) and its transform (or null) for a call
   // whose workspace holds these bytes at `at`.
@@ -370,7 +370,7 @@ struct InputBatchNorm {
   }
 };
 
-// inputs: [data, weight, (bias), (gamma, beta, mean, invstd)]; outputs: [out].
+// inputs: [data, (gamma, beta, mean, invstd), weight, (bias)]; outputs: [out].
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   igc::ConvGeometry g;

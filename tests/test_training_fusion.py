@@ -1,7 +1,7 @@
 """network.fuse_input_batchnorms, the training graph's rewrite: every plugin BatchNormApply read
-by a non-pointwise IGCConv alone moves into that conv (in_act), with the arguments, states,
-outputs, gradients and state updates of the symbol as built (bit for bit), which is what
-checkpoints keep."""
+by a non-pointwise IGCConv alone moves into that conv (in_act), and every BatchNormMoments of an
+IGCConv's output comes from that conv (moments), with the arguments, states, outputs, gradients
+and state updates of the symbol as built (bit for bit), which is what checkpoints keep."""
 import json
 import os
 
@@ -65,6 +65,9 @@ def test_fused_training_graph_computes_the_same_step_bit_for_bit(ops, name, conf
     assert fused.list_outputs() == symbol.list_outputs()
     before, after = ops_of(symbol).count("BatchNormApply"), ops_of(fused).count("BatchNormApply")
     assert after < before and ops_of(fused).count("IGCConv") == ops_of(symbol).count("IGCConv")
+    # Only the stem's BatchNorm, after MXNet's Convolution, keeps its BatchNormMoments.
+    assert ops_of(symbol).count("BatchNormMoments") > 1
+    assert ops_of(fused).count("BatchNormMoments") == 1
     want_out, want_grads, want_aux = training_step(symbol)
     got_out, got_grads, got_aux = training_step(fused)
     for got, want in zip(got_out, want_out):
@@ -113,6 +116,16 @@ def test_switch_off_returns_the_symbol_as_built(ops, monkeypatch):
     assert network.fuse_input_batchnorms(symbol) is not symbol
     plain = network.get_symbol("mobilenetv2_cifar", 10, conv_impl="mxnet")
     assert network.fuse_input_batchnorms(plain) is plain  # no plugin BatchNorm: nothing to do
+
+
+def test_moments_switch_off_keeps_the_batchnormmoments(ops, monkeypatch):
+    symbol = network.get_symbol("mobilenetv2_cifar", 10)
+    monkeypatch.setenv("IGC_FUSE_MOMENTS", "0")
+    fused = network.fuse_input_batchnorms(symbol)
+    assert ops_of(fused).count("BatchNormMoments") == ops_of(symbol).count("BatchNormMoments")
+    assert '"moments"' not in fused.tojson() and '"in_act"' in fused.tojson()
+    monkeypatch.delenv("IGC_FUSE_MOMENTS")
+    assert '"moments"' in network.fuse_input_batchnorms(symbol).tojson()
 
 
 def test_training_runs_the_fused_graph_and_saves_the_built_one(ops, tmp_path, monkeypatch):

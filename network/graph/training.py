@@ -1,20 +1,27 @@
-"""The one rewrite for training: a plugin BatchNorm's apply read by an IGCConv alone moves into
-that convolution (IGCConv's `in_act` inputs), so that the applied tensor is never written and
-read back; the convolution's backward hands the gradient on through the BatchNorm's.
+"""The rewrite for training, two fusions of the plugin BatchNorm into IGCConv:
+
+- its apply, read by an IGCConv alone, moves into that convolution (IGCConv's `in_act`
+  inputs), so that the applied tensor is never written and read back; the convolution's backward
+  hands the gradient on through the BatchNorm's;
+- its statistics (BatchNormMoments) of an IGCConv's output come from that convolution
+  (IGCConv's `moments` output), taken from each output plane as it is written instead of in a
+  pass over the whole output afterwards; the same values bit for bit.
 
 Only what an executor runs changes: the arguments, auxiliary states, names, outputs and
 gradients are those of the symbol given (the same values bit for bit), which is the one that
 checkpoints, evaluation and the inference rewrites keep using. Convolutions whose kernels do not
 read their input through the per-item copy (pointwise ones) keep the BatchNormApply before them.
-$IGC_FUSE_BATCHNORM=0 leaves the symbol as it is.
+$IGC_FUSE_BATCHNORM=0 leaves the symbol as it is; $IGC_FUSE_MOMENTS=0 leaves out the second
+fusion only.
 """
 import os
 
 import mxnet as mx
 
-from .view import Graph, int_tuple
+from .view import Graph, int_tuple, is_true, stock_node
 
 FUSE_ENV = "IGC_FUSE_BATCHNORM"
+MOMENTS_ENV = "IGC_FUSE_MOMENTS"
 
 
 def _fusable(graph, conv):
@@ -34,30 +41,52 @@ def _fusable(graph, conv):
     return apply
 
 
+def _moments_source(graph, i):
+    """The IGCConv node whose output BatchNormMoments node i reads, else None."""
+    if graph.op(i) != "BatchNormMoments":
+        return None
+    conv, index = graph.nodes[i]["inputs"][0][:2]
+    if index != 0 or graph.op(conv) != "IGCConv" or is_true(graph.attrs(conv).get("moments")):
+        return None
+    return conv
+
+
 def fuse_input_batchnorms(symbol):
     """`symbol` with every BatchNormApply -> IGCConv pair (the apply read by nothing else) as one
-    IGCConv with in_act; the symbol itself where there is none or $IGC_FUSE_BATCHNORM=0."""
+    IGCConv with in_act, and every IGCConv -> BatchNormMoments pair as one IGCConv with moments;
+    the symbol itself where there is none or $IGC_FUSE_BATCHNORM=0."""
     if os.environ.get(FUSE_ENV, "1") == "0":
         return symbol
     graph = Graph(symbol)
-    pairs = {}
+    pairs, sources = {}, {}
     for i in range(len(graph.nodes)):
         apply = _fusable(graph, i)
         if apply is not None:
             pairs[i] = apply
-    if not pairs:
+        conv = _moments_source(graph, i) if os.environ.get(MOMENTS_ENV, "1") != "0" else None
+        if conv is not None:
+            sources[i] = conv
+    if not pairs and not sources:
         return symbol
-    applies = set(pairs.values())
+    applies, with_moments = set(pairs.values()), set(sources.values())
 
     def special(i, node, entry):
         if i in applies:
             return []  # read by its convolution alone, which now applies it
-        if i not in pairs:
+        if i in sources:
+            return [entry((sources[i], 1))]  # the convolution's moments output
+        if i not in pairs and i not in with_moments:
             return None
+        attrs = dict(node.get("attrs", {}))
+        if i in with_moments:
+            attrs["moments"] = "True"
+        if i not in pairs:
+            return stock_node(node, [entry(e) for e in node["inputs"]], attrs)
         apply = graph.nodes[pairs[i]]
         x, gamma, beta, mean, invstd = (entry(e) for e in apply["inputs"])
         rest = [entry(e) for e in node["inputs"][1:]]
-        attrs = dict(node.get("attrs", {}), in_act=graph.attrs(pairs[i]).get("act", "none"))
-        return [mx.sym.IGCConv(x, gamma, beta, mean, invstd, *rest, name=node["name"], **attrs)]
+        attrs["in_act"] = graph.attrs(pairs[i]).get("act", "none")
+        sym = mx.sym.IGCConv(x, gamma, beta, mean, invstd, *rest, name=node["name"], **attrs)
+        return [sym[k] for k in range(len(sym.list_outputs()))]
 
     return graph.rebuild(special)

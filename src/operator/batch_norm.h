@@ -36,6 +36,16 @@ void bn_scale_shift_cpu(int dtype, const void* gamma, const void* beta, const vo
 void bn_moments_cpu(int dtype, const void* x, int64_t outer, int64_t channels, int64_t inner,
                     void* summary);
 
+// The same summary in two steps, for a kernel that makes x a few rows at a time (IGCConv's forward
+// with `moments`): the sums of `count` rows of `inner` values, row i at x + i * row_step (in
+// values), into sums + 3 * i * sums_step (three doubles per row: its sums around its first value,
+// then that value); then, once every row of an (outer, channels, inner) tensor has its sums at
+// 3 * (n * channels + c), the summary from them. The values bn_moments_cpu writes for that tensor.
+void bn_row_moments_cpu(int dtype, const void* x, int64_t count, int64_t row_step, int64_t inner,
+                        double* sums, int64_t sums_step);
+void bn_moments_from_rows_cpu(int dtype, const double* sums, int64_t outer, int64_t channels,
+                              int64_t inner, void* summary);
+
 void bn_apply_forward_cpu(int dtype, const void* x, const void* gamma, const void* beta,
                           const void* mean, const void* invstd, void* y, int64_t outer,
                           int64_t channels, int64_t inner, int act);

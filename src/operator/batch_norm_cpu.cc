@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "batch_norm.h"
 #include "common.h"
+#include "gemm.h"
 #include "stream.h"
 
 namespace igc {
@@ -81,29 +83,130 @@ IGC_INLINE void row_sums(int64_t inner, F f, double* s1, double* s2) {
   }
 }
 
+// Moments: each row (a channel's plane in one image) is summed around its own first value r,
+// a = sum(x - r) and b = sum((x - r)^2) (row_moment_sums), and a channel's rows are then combined
+// in image order around its first row's r0 (add_row_moments): sum(x - r0) = a + L d and
+// sum((x - r0)^2) = b + 2 d a + L d^2 with d = r - r0, in double. No cancellation where |mean|
+// >> std, and a row's sums need nothing but the row: IGCConv's forward takes them from its output
+// planes while they are in cache (bn_row_moments_cpu), the same values as here.
 template <typename T>
-IGC_INLINE void moments_block(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1,
-                              T* summary) {
+IGC_INLINE void row_moment_sums(const T* x, int64_t count, int64_t step, int64_t inner,
+                                double* sums, int64_t sums_step) {
+  for (int64_t i = 0; i < count; ++i) {
+    const T* row = x + i * step;
+    const T r = row[0];
+    double a = 0, b = 0;
+    row_sums<T>(inner, [&](int64_t k, T* u, T* v) {
+      const T d = row[k] - r;
+      *u = d;
+      *v = d * d;
+    }, &a, &b);
+    double* out = sums + 3 * i * sums_step;
+    out[0] = a;
+    out[1] = b;
+    out[2] = r;
+  }
+}
+
+// Compiled once per ISA and never inlined, so that the BatchNormMoments op and IGCConv's forward
+// run the same code on their rows.
+template <typename T>
+__attribute__((noinline)) void row_moments_sse2(const T* x, int64_t count, int64_t step,
+                                                int64_t inner, double* sums, int64_t sums_step) {
+  row_moment_sums(x, count, step, inner, sums, sums_step);
+}
+template <typename T>
+IGC_TARGET_AVX2 __attribute__((noinline)) void row_moments_avx2(const T* x, int64_t count,
+                                                                int64_t step, int64_t inner,
+                                                                double* sums,
+                                                                int64_t sums_step) {
+  row_moment_sums(x, count, step, inner, sums, sums_step);
+}
+
+// Float rows with AVX2: the same sums with four vectors of partial sums each for a and b (one
+// accumulator is a chain of dependent adds, about as slow as reading the row from memory, which
+// is what IGCConv saves by taking them from cache), combined in one fixed order per chunk.
+template <>
+IGC_TARGET_AVX2 __attribute__((noinline)) void row_moments_avx2<float>(
+    const float* x, int64_t count, int64_t step, int64_t inner, double* sums,
+    int64_t sums_step) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float* row = x + i * step;
+    const __m256 r = _mm256_set1_ps(row[0]);
+    double a = 0, b = 0;
+    for (int64_t i0 = 0; i0 < inner; i0 += kChunk) {
+      const int64_t end = std::min(inner, i0 + kChunk);
+      __m256 sa[4], sb[4];
+      for (int j = 0; j < 4; ++j) sa[j] = sb[j] = _mm256_setzero_ps();
+      int64_t k = i0;
+      for (; k + 32 <= end; k += 32) {
+        for (int j = 0; j < 4; ++j) {
+          const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(row + k + 8 * j), r);
+          sa[j] = _mm256_add_ps(sa[j], d);
+          sb[j] = _mm256_fmadd_ps(d, d, sb[j]);
+        }
+      }
+      for (int j = 0; k < end; k += 8, ++j) {  // at most 3 whole or partial vectors left
+        const __m256i mask = tail_mask(end - k);
+        const __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(row + k, mask), r),
+                                       _mm256_castsi256_ps(mask));
+        sa[j] = _mm256_add_ps(sa[j], d);
+        sb[j] = _mm256_fmadd_ps(d, d, sb[j]);
+      }
+      a += horizontal_sum(_mm256_add_ps(_mm256_add_ps(sa[0], sa[1]),
+                                        _mm256_add_ps(sa[2], sa[3])));
+      b += horizontal_sum(_mm256_add_ps(_mm256_add_ps(sb[0], sb[1]),
+                                        _mm256_add_ps(sb[2], sb[3])));
+    }
+    double* out = sums + 3 * i * sums_step;
+    out[0] = a;
+    out[1] = b;
+    out[2] = row[0];
+  }
+}
+
+template <typename T>
+using RowMoments = void (*)(const T*, int64_t, int64_t, int64_t, double*, int64_t);
+
+template <typename T>
+RowMoments<T> pick_row_moments() {
+  return use_avx2_kernels() ? row_moments_avx2<T> : row_moments_sse2<T>;
+}
+
+// A row's sums (a, b, r) added to its channel's (s1, s2) around r0 (see row_moment_sums).
+IGC_INLINE void add_row_moments(const double* row, double r0, double values, double* s1,
+                                double* s2) {
+  const double d = row[2] - r0;
+  *s1 += row[0] + values * d;
+  *s2 += row[1] + d * (2 * row[0] + values * d);
+}
+
+// Channel c's summary values [m - s] and [m + s] from its sums around r0 over `count` values.
+template <typename T>
+IGC_INLINE void finish_moments(double s1, double s2, double r0, double count, int64_t channels,
+                               int64_t c, T* summary) {
+  const double mean_shifted = s1 / count;
+  const double var = std::fmax(s2 / count - mean_shifted * mean_shifted, 0.0);
+  const double sd = std::sqrt(var), mean = r0 + mean_shifted;
+  summary[c] = static_cast<T>(mean - sd);
+  summary[channels + c] = static_cast<T>(mean + sd);
+}
+
+template <typename T>
+void moments_block(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1, T* summary,
+                   RowMoments<T> rows) {
   const double count = static_cast<double>(ch.outer * ch.inner);
-  // Sums of x - shift, shift = the channel's first value: no cancellation when |mean| >> std.
-  double s1[kMaxBlock] = {}, s2[kMaxBlock] = {};
+  double s1[kMaxBlock] = {}, s2[kMaxBlock] = {}, r0[kMaxBlock], sums[3 * kMaxBlock];
   for (int64_t n = 0; n < ch.outer; ++n) {
+    rows(ch.row(x, n, c0), c1 - c0, ch.inner, ch.inner, sums, 1);
     for (int64_t c = c0; c < c1; ++c) {
-      const T* row = ch.row(x, n, c);
-      const T shift = x[c * ch.inner];
-      row_sums<T>(ch.inner, [&](int64_t i, T* u, T* v) {
-        const T d = row[i] - shift;
-        *u = d;
-        *v = d * d;
-      }, &s1[c - c0], &s2[c - c0]);
+      if (n == 0) r0[c - c0] = sums[3 * (c - c0) + 2];
+      add_row_moments(sums + 3 * (c - c0), r0[c - c0], static_cast<double>(ch.inner),
+                      &s1[c - c0], &s2[c - c0]);
     }
   }
   for (int64_t c = c0; c < c1; ++c) {
-    const double mean_shifted = s1[c - c0] / count;
-    const double var = std::fmax(s2[c - c0] / count - mean_shifted * mean_shifted, 0.0);
-    const double sd = std::sqrt(var), mean = x[c * ch.inner] + mean_shifted;
-    summary[c] = static_cast<T>(mean - sd);
-    summary[ch.channels + c] = static_cast<T>(mean + sd);
+    finish_moments(s1[c - c0], s2[c - c0], r0[c - c0], count, ch.channels, c, summary);
   }
 }
 
@@ -198,15 +301,6 @@ int64_t block_channels(int64_t channels, int64_t inner, int threads) {
 // Each block kernel compiled twice, for AVX2+FMA (picked at run time by use_avx2_kernels, see
 // common.h) and for SSE2; the OpenMP loops call them through a pointer (an outlined parallel
 // region would not inherit a target attribute).
-template <typename T>
-void moments_sse2(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1, T* summary) {
-  moments_block(ch, x, c0, c1, summary);
-}
-template <typename T>
-IGC_TARGET_AVX2 void moments_avx2(const Channel<T>& ch, const T* x, int64_t c0, int64_t c1,
-                                  T* summary) {
-  moments_block(ch, x, c0, c1, summary);
-}
 template <typename T, int kAct>
 void forward_sse2(const Channel<T>& ch, const T* x, const T* scale, const T* shift, int64_t c0,
                   int64_t c1, T* y, bool) {
@@ -263,9 +357,9 @@ void for_blocks(int64_t outer, int64_t channels, int64_t inner, F body) {
 template <typename T>
 void moments(const T* x, int64_t outer, int64_t channels, int64_t inner, T* summary) {
   const Channel<T> ch{outer, channels, inner};
-  auto* run = use_avx2_kernels() ? moments_avx2<T> : moments_sse2<T>;
+  const RowMoments<T> rows = pick_row_moments<T>();
   for_blocks(outer, channels, inner, [&](int64_t c0, int64_t c1) {
-    run(ch, x, c0, c1, summary);
+    moments_block(ch, x, c0, c1, summary, rows);
   });
 }
 
@@ -329,6 +423,25 @@ void moments_any(const void* x, int64_t o, int64_t c, int64_t i, void* s) {
   moments(static_cast<const T*>(x), o, c, i, static_cast<T*>(s));
 }
 
+template <typename T>
+void moments_from_rows(const double* sums, int64_t outer, int64_t channels, int64_t inner,
+                       T* summary) {
+  const double count = static_cast<double>(outer * inner), values = static_cast<double>(inner);
+  if (outer * inner == 0) {  // no values (an empty batch): no statistics
+    std::fill(summary, summary + 2 * channels, std::numeric_limits<T>::quiet_NaN());
+    return;
+  }
+  std::vector<double> s1(channels), s2(channels);
+  for (int64_t n = 0; n < outer; ++n) {
+    for (int64_t c = 0; c < channels; ++c) {
+      add_row_moments(sums + 3 * (n * channels + c), sums[3 * c + 2], values, &s1[c], &s2[c]);
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) {
+    finish_moments(s1[c], s2[c], sums[3 * c + 2], count, channels, c, summary);
+  }
+}
+
 template <typename T, int kAct>
 void forward_act(const void* x, const void* g, const void* b, const void* m, const void* v,
                  void* y, int64_t o, int64_t c, int64_t i) {
@@ -377,6 +490,26 @@ void bn_moments_cpu(int dtype, const void* x, int64_t outer, int64_t channels, i
                     void* summary) {
   if (dtype == kFloat32) moments_any<float>(x, outer, channels, inner, summary);
   if (dtype == kFloat64) moments_any<double>(x, outer, channels, inner, summary);
+}
+
+void bn_row_moments_cpu(int dtype, const void* x, int64_t count, int64_t row_step, int64_t inner,
+                        double* sums, int64_t sums_step) {
+  if (dtype == kFloat32) {
+    pick_row_moments<float>()(static_cast<const float*>(x), count, row_step, inner, sums,
+                              sums_step);
+  } else if (dtype == kFloat64) {
+    pick_row_moments<double>()(static_cast<const double*>(x), count, row_step, inner, sums,
+                               sums_step);
+  }
+}
+
+void bn_moments_from_rows_cpu(int dtype, const double* sums, int64_t outer, int64_t channels,
+                              int64_t inner, void* summary) {
+  if (dtype == kFloat32) {
+    moments_from_rows(sums, outer, channels, inner, static_cast<float*>(summary));
+  } else if (dtype == kFloat64) {
+    moments_from_rows(sums, outer, channels, inner, static_cast<double*>(summary));
+  }
 }
 
 void bn_scale_shift_cpu(int dtype, const void* gamma, const void* beta, const void* mean,

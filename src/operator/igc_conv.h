@@ -75,6 +75,17 @@ struct ConvInputTransform {
   void* beta_grad = nullptr;
 };
 
+// The batch statistics of the output for the BatchNorm that reads it (training graphs:
+// network.fuse_input_batchnorms), taken from each work item's output planes while they are in
+// cache instead of in a pass of BatchNormMoments over the output afterwards: `summary` (2 x
+// filters values of the dtype) receives what bn_moments_cpu would write for the output.
+// `row_sums` holds 3 * batch * filters doubles (conv_moments_sums_bytes).
+struct ConvOutputMoments {
+  void* summary;
+  double* row_sums;
+};
+int64_t conv_moments_sums_bytes(const ConvGeometry& g);
+
 // That BatchNorm backward for conv input channels [c0, c1) (the data channels they read), their
 // data_grad planes holding the transformed values' gradient over the whole batch.
 void conv_input_bn_backward(const ConvGeometry& g, int dtype, const ConvInputTransform& in,
@@ -90,10 +101,12 @@ bool conv_transforms_input(const ConvGeometry& g, int dtype);
 // it). Multi-threaded with OpenMP, vectorised (AVX2+FMA when the CPU has it, SSE2 otherwise, or
 // always SSE2 when the environment sets IGC_CONV_BASELINE=1). `act` is a ConvActivation, applied
 // to each work item's output planes as soon as they are written (while they are in cache).
-// `in`, when not null, transforms the input (see ConvInputTransform).
+// `in`, when not null, transforms the input (see ConvInputTransform); `moments`, when not null,
+// receives the output's batch statistics (see ConvOutputMoments).
 void conv_forward_cpu(const ConvGeometry& g, int dtype, const void* data, const void* weight,
                       const void* bias, void* out, void* workspace, int64_t workspace_bytes,
-                      int act = kConvNone, const ConvInputTransform* in = nullptr);
+                      int act = kConvNone, const ConvInputTransform* in = nullptr,
+                      const ConvOutputMoments* moments = nullptr);
 
 // Writes (never accumulates) every gradient: data_grad, weight_grad and, when not null, bias_grad.
 // With `in`, the gradients are those of the convolution of the transformed input: data_grad is
@@ -107,10 +120,12 @@ void conv_backward_cpu(const ConvGeometry& g, int dtype, const void* out_grad, c
 // Depthwise 3x3 convs with padding 1 on narrow planes (unit stride up to 8 columns, stride 2 up
 // to 16), float32 with AVX2 (igc_depthwise_cpu.cc): whether `g` is one the functions below take
 // (what conv_forward_cpu, without an activation, and conv_backward_cpu run for it). No
-// workspace; multi-threaded over blocks of channels (and images, forward).
+// workspace; multi-threaded over blocks of channels (and images, forward). `row_sums`, when not
+// null, receives the output rows' moment sums (see ConvOutputMoments).
 bool depthwise_small_conv(const ConvGeometry& g);
 void depthwise_small_forward(const ConvGeometry& g, const float* data, const float* weight,
-                             const float* bias, float* out, const ConvInputTransform* in);
+                             const float* bias, float* out, const ConvInputTransform* in,
+                             double* row_sums = nullptr);
 void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, const float* data,
                               const float* weight, float* data_grad, float* weight_grad,
                               float* bias_grad, const ConvInputTransform* in);

@@ -107,6 +107,7 @@ struct Args {
   bool relu6 = false;       // forward: act='relu6' (see relu6_planes)
   int64_t row_chunks = 1;   // forward: output-row chunks per image and group (forward_row_chunks)
   bool wide_taps = false;   // forward: few_taps_planes_avx512 instead of few_taps_planes
+  double* moments = nullptr;    // forward: the output rows' moment sums (ConvOutputMoments)
   const T* in_scale = nullptr;  // the input transform (ConvInputTransform), per data channel
   const T* in_shift = nullptr;
   int in_act = kBnNone;
@@ -933,6 +934,23 @@ IGC_TARGET_AVX512 void few_taps_planes_avx512(const float* p, int64_t row_step,
   }
 }
 
+template <typename T>
+constexpr int dtype_of() {
+  return std::is_same<T, float>::value ? kFloat32 : kFloat64;
+}
+
+// With a.moments, the moment sums of the output rows an item has just written (image n's
+// filters from `first` on, their planes from `out`), while they are in cache (see
+// ConvOutputMoments).
+template <typename T>
+IGC_INLINE void output_moments(const Args<T>& a, int64_t n, int64_t first, const T* out) {
+  if (!a.moments) return;
+  const ConvGeometry& g = a.g;
+  const int64_t plane = a.l.ho * a.l.wo, step = conv_filter_channel_step(g);
+  bn_row_moments_cpu(dtype_of<T>(), out, a.l.fg, step * plane, plane,
+                     a.moments + 3 * (n * g.filters + conv_output_channel(g, first)), step);
+}
+
 template <typename T, int kBytes>
 IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** rows) {
   const ConvGeometry& g = a.g;
@@ -946,6 +964,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
   if (a.gemm) {
     pointwise_gemm(a, n, group, false, rows);
     if (a.relu6) relu6_planes<T, kBytes>(out, out_stride, l.fg, plane);
+    output_moments(a, n, first, out);
     return;
   }
   // Output rows [y0, y1) read the padded input rows [y0 * stride_h, (y1 - 1) * stride_h +
@@ -968,6 +987,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
       planes(p + y0 * row_step, row_step, a.fwd_taps, l.cg * l.k2, a.weight + first * l.cg * l.k2,
              a.bias ? a.bias + first : a.zeros, out + y0 * l.wo, out_stride, l.fg, y1 - y0, l.wo,
              a.relu6);
+      output_moments(a, n, first, out);
       return;
     }
   }
@@ -975,6 +995,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
                               a.weight + first * l.cg * l.k2, l.cg * l.k2, l.cg * l.k2,
                               a.bias ? a.bias + first : a.zeros, out + y0 * l.wo, out_stride, l.fg,
                               y1 - y0, l.wo, a.relu6);
+  output_moments(a, n, first, out);
 }
 
 // `partial` accumulates this thread's weight gradient (filters*cg*k2) then bias gradient
@@ -1380,11 +1401,6 @@ int64_t fused_bn_groups(const ConvGeometry& g, int64_t value_bytes, int threads)
   return std::min(b, g.groups);
 }
 
-template <typename T>
-constexpr int dtype_of() {
-  return std::is_same<T, float>::value ? kFloat32 : kFloat64;
-}
-
 // Workspace: [shared part][thread 0][thread 1]..., every piece 64-byte aligned.
 struct Workspace {
   int64_t fwd_taps, bwd_taps, flipped, zeros, panels, shared, per_thread, p, d, e, partial, rows,
@@ -1485,9 +1501,23 @@ void set_input_transform(const ConvInputTransform* in, Args<T>* a) {
   a->in_act = in->act;
 }
 
+// The moment sums of every output row in a pass of their own (kernels that do not take them per
+// item), images shared out over the threads.
+void output_moments_pass(const ConvGeometry& g, int dtype, const void* out, double* row_sums) {
+  const int64_t plane = g.out_height() * g.out_width(), rows = g.batch * g.filters;
+  const int64_t bytes = dtype == kFloat32 ? 4 : 8;
+  const int threads = rows * plane < kMinParallelMacs ? 1 : omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t n = 0; n < g.batch; ++n) {
+    bn_row_moments_cpu(dtype, static_cast<const char*>(out) + n * g.filters * plane * bytes,
+                       g.filters, plane, plane, row_sums + 3 * n * g.filters, 1);
+  }
+}
+
 template <typename T>
 void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bias, T* out,
-             char* ws, int64_t ws_bytes, int act, const ConvInputTransform* in) {
+             char* ws, int64_t ws_bytes, int act, const ConvInputTransform* in,
+             const ConvOutputMoments* moments) {
   const Plan plan = make_plan<T>(g, false, ws_bytes);
   const bool avx2 = plan.avx2;
   const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
@@ -1506,6 +1536,8 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   a.row_chunks = forward_row_chunks(g, a.gemm != nullptr, threads);
   a.wide_taps = avx2 && std::is_same<T, float>::value && use_avx512_conv_kernels();
   set_input_transform(in, &a);
+  // Row chunks write parts of planes: their moments are taken after the items.
+  if (moments && a.row_chunks == 1) a.moments = moments->row_sums;
   const int64_t items = g.batch * g.groups * a.row_chunks;
 #pragma omp parallel num_threads(threads)
   {
@@ -1516,6 +1548,11 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
     if (panels) pack_panels(weight, l.fg, l.cg, g.groups, panels, panel_floats);
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
     for (int64_t item = 0; item < items; ++item) run(a, item, p, rows);
+  }
+  if (moments) {
+    if (!a.moments) output_moments_pass(g, dtype_of<T>(), out, moments->row_sums);
+    bn_moments_from_rows_cpu(dtype_of<T>(), moments->row_sums, g.batch, g.filters,
+                             l.ho * l.wo, moments->summary);
   }
 }
 
@@ -1669,13 +1706,22 @@ bool conv_transforms_input(const ConvGeometry& g, int dtype) {
   return (dtype == kFloat32 || dtype == kFloat64) && !pointwise(as_rows(g));
 }
 
+int64_t conv_moments_sums_bytes(const ConvGeometry& g) {
+  return 3 * g.batch * g.filters * int64_t(sizeof(double));
+}
+
 void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
                       const void* weight, const void* bias, void* out, void* workspace,
-                      int64_t workspace_bytes, int act, const ConvInputTransform* in) {
+                      int64_t workspace_bytes, int act, const ConvInputTransform* in,
+                      const ConvOutputMoments* moments) {
   if (dtype == kFloat32 && act == kConvNone && depthwise_small_conv(geometry)) {
     depthwise_small_forward(geometry, static_cast<const float*>(data),
                             static_cast<const float*>(weight), static_cast<const float*>(bias),
-                            static_cast<float*>(out), in);
+                            static_cast<float*>(out), in, moments ? moments->row_sums : nullptr);
+    if (moments) {
+      bn_moments_from_rows_cpu(dtype, moments->row_sums, geometry.batch, geometry.filters,
+                               geometry.out_height() * geometry.out_width(), moments->summary);
+    }
     return;
   }
   const ConvGeometry g = as_rows(geometry);
@@ -1683,11 +1729,11 @@ void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
   if (dtype == kFloat32) {
     forward(g, static_cast<const float*>(data), static_cast<const float*>(weight),
             static_cast<const float*>(bias), static_cast<float*>(out), ws,
-            workspace_bytes, act, in);
+            workspace_bytes, act, in, moments);
   } else if (dtype == kFloat64) {
     forward(g, static_cast<const double*>(data), static_cast<const double*>(weight),
             static_cast<const double*>(bias), static_cast<double*>(out), ws,
-            workspace_bytes, act, in);
+            workspace_bytes, act, in, moments);
   }
 }
 

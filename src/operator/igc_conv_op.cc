@@ -12,6 +12,9 @@
 // backward runs BatchNormApply's inside the conv's (on each block of channels once its gradient
 // is complete over the batch; where the input is made first, after the conv's), with zero
 // gradients for mean and invstd, as there.
+// moments=True: a second output (2, F, 1, 1), what BatchNormMoments gives for the first (a
+// training fusion by the same rewrite: the BatchNorm statistics of the output taken by the conv
+// as it writes it, see ConvOutputMoments); it carries no gradient (a BlockGrad reads it).
 // Every user error is reported through IGC_ERROR and surfaces as an MXNetError in Python.
 #include <mxnet/lib_api.h>
 
@@ -42,10 +45,11 @@ struct Params {
           pad_w = 0, num_group = 1, input_branches = 1;
   int act = igc::kConvNone;
   int in_act = -1;  // a BnActivation with in_act (four more inputs), -1 without
-  bool no_bias = false, interleave = false;
+  bool no_bias = false, interleave = false, moments = false;
   // Inputs: data, (gamma, beta, mean, invstd), weight, (bias).
   int weight_index() const { return in_act >= 0 ? 5 : 1; }
   int num_inputs() const { return weight_index() + (no_bias ? 1 : 2); }
+  int num_outputs() const { return moments ? 2 : 1; }
 };
 
 // "(3, 3)", "[3,3]" or "3,3" -> {3, 3}.
@@ -101,7 +105,8 @@ bool parse_bool(const Attrs& attrs, const char* name, bool* value) {
 bool parse_params(const Attrs& attrs, Params* p) {
   if (!igc::check_known_attrs(kOp, attrs,
                               {"num_filter", "kernel", "stride", "pad", "dilate", "num_group",
-                               "no_bias", "interleave", "input_branches", "act", "in_act"})) {
+                               "no_bias", "interleave", "input_branches", "act", "in_act",
+                               "moments"})) {
     return false;
   }
   const auto in_act = attrs.find("in_act");
@@ -131,7 +136,8 @@ bool parse_params(const Attrs& attrs, Params* p) {
       !parse_pair(attrs, "stride", false, 1, &p->stride_h, &p->stride_w) ||
       !parse_pair(attrs, "pad", false, 0, &p->pad_h, &p->pad_w) ||
       !parse_bool(attrs, "no_bias", &p->no_bias) ||
-      !parse_bool(attrs, "interleave", &p->interleave)) {
+      !parse_bool(attrs, "interleave", &p->interleave) ||
+      !parse_bool(attrs, "moments", &p->moments)) {
     return false;
   }
   const auto dilate = attrs.find("dilate");
@@ -155,7 +161,7 @@ MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
   Params p;
   if (!parse_params(attrs, &p)) return MX_FAIL;
   *num_in = p.num_inputs();
-  *num_out = 1;
+  *num_out = p.num_outputs();
   return MX_SUCCESS;
 }
 
@@ -192,7 +198,7 @@ MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
     }
     t = dtype;
   }
-  out_types->at(0) = dtype;
+  for (int& t : *out_types) t = dtype;
   return MX_SUCCESS;
 }
 
@@ -270,6 +276,7 @@ MXReturnValue infer_shape(const Attrs& attrs, std::vector<Shape>* in_shapes,
   out_shapes->at(0) = {data[0], static_cast<unsigned>(p.num_filter),
                        static_cast<unsigned>((padded_h - p.kernel_h) / p.stride_h + 1),
                        static_cast<unsigned>((padded_w - p.kernel_w) / p.stride_w + 1)};
+  if (p.moments) out_shapes->at(1) = {2, static_cast<unsigned>(p.num_filter), 1, 1};
   return MX_SUCCESS;
 }
 
@@ -370,7 +377,8 @@ struct InputBatchNorm {
   }
 };
 
-// inputs: [data, (gamma, beta, mean, invstd), weight, (bias)]; outputs: [out].
+// inputs: [data, (gamma, beta, mean, invstd), weight, (bias)]; outputs: [out, (moments)].
+// Workspace: the conv's, then the moments' row sums, then the input BatchNorm's.
 MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   igc::ConvGeometry g;
@@ -381,34 +389,41 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   if (!geometry(p, inputs->at(0), inputs->at(w), &g)) return MX_FAIL;
   const int dtype = inputs->at(0).dtype;
   const int64_t bytes = aligned(igc::conv_forward_workspace_bytes(g, dtype));
+  const int64_t sums_bytes = p.moments ? aligned(igc::conv_moments_sums_bytes(g)) : 0;
   const void* weight = inputs->at(w).data_ptr;
   const void* bias = p.no_bias ? nullptr : inputs->at(w + 1).data_ptr;
-  if (p.in_act < 0) {
-    void* ws = workspace(res, bytes);
-    if (!ws) return MX_FAIL;
+  const bool with_bn = p.in_act >= 0;
+  if (with_bn && !check_bn_inputs(p, *inputs, 1, 0)) return MX_FAIL;
+  const InputBatchNorm bn(*inputs, 1, 0, p, g);
+  char* ws = static_cast<char*>(workspace(res, bytes + sums_bytes + (with_bn ? bn.bytes() : 0)));
+  if (!ws) return MX_FAIL;
+  igc::ConvOutputMoments m{p.moments ? outputs->at(1).data_ptr : nullptr,
+                           reinterpret_cast<double*>(ws + bytes)};
+  const igc::ConvOutputMoments* moments = p.moments ? &m : nullptr;
+  if (!with_bn) {
     igc::conv_forward_cpu(g, dtype, inputs->at(0).data_ptr, weight, bias, outputs->at(0).data_ptr,
-                          ws, bytes, p.act);
+                          ws, bytes, p.act, nullptr, moments);
     return MX_SUCCESS;
   }
-  if (!check_bn_inputs(p, *inputs, 1, 0)) return MX_FAIL;
-  const InputBatchNorm bn(*inputs, 1, 0, p, g);
-  char* ws = static_cast<char*>(workspace(res, bytes + bn.bytes()));
-  if (!ws) return MX_FAIL;
   igc::ConvInputTransform t;
-  const void* data = bn.prepare(ws + bytes, &t);
+  const void* data = bn.prepare(ws + bytes + sums_bytes, &t);
   igc::conv_forward_cpu(g, dtype, data, weight, bias, outputs->at(0).data_ptr, ws, bytes, p.act,
-                        bn.transformed ? &t : nullptr);
+                        bn.transformed ? &t : nullptr, moments);
   return MX_SUCCESS;
 }
 
-// inputs: [out grad, data, (gamma, beta, mean, invstd), weight, (bias), out]; outputs: [data
-// grad, (gamma grad, beta grad, mean grad, invstd grad), weight grad, (bias grad)].
-MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+// inputs: [out grad, (moments grad), data, (gamma, beta, mean, invstd), weight, (bias), out,
+// (moments)]; outputs: [data grad, (gamma grad, beta grad, mean grad, invstd grad), weight grad,
+// (bias grad)]. The moments' gradient is not used (see the top of this file).
+MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* all_inputs,
                        std::vector<MXTensor>* outputs, const OpResource& res) {
   igc::ConvGeometry g;
   Params p;
   if (!igc::check_env_switches(kOp)) return MX_FAIL;
   if (!parse_params(attrs, &p)) return MX_FAIL;
+  std::vector<MXTensor> in_list(*all_inputs);
+  if (p.moments) in_list.erase(in_list.begin() + 1);
+  std::vector<MXTensor>* inputs = &in_list;
   const int w = p.weight_index();
   if (!geometry(p, inputs->at(1), inputs->at(w + 1), &g)) return MX_FAIL;
   if (p.act != igc::kConvNone) {

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "batch_norm.h"
 #include "common.h"
 #include "gemm.h"
 #include "igc_conv.h"
@@ -299,15 +300,21 @@ bool depthwise_small_conv(const ConvGeometry& g) {
 }
 
 void depthwise_small_forward(const ConvGeometry& g, const float* data, const float* weight,
-                             const float* bias, float* out, const ConvInputTransform* in) {
+                             const float* bias, float* out, const ConvInputTransform* in,
+                             double* row_sums) {
   const Plane s = plane_of(g);
   const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
   const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 9, g.batch * blocks);
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (int64_t item = 0; item < g.batch * blocks; ++item) {
     const int64_t n = item / blocks, c0 = item % blocks * kBlockChannels;
-    forward_block(g, s, n, c0, std::min(c0 + kBlockChannels, g.filters), data, weight, bias, out,
-                  in);
+    const int64_t c1 = std::min(c0 + kBlockChannels, g.filters);
+    forward_block(g, s, n, c0, c1, data, weight, bias, out, in);
+    if (row_sums) {  // the block's output planes are in cache
+      const int64_t plane = s.ho * s.wo;
+      bn_row_moments_cpu(kFloat32, out + (n * g.filters + c0) * plane, c1 - c0, plane, plane,
+                         row_sums + 3 * (n * g.filters + c0), 1);
+    }
   }
 }
 

@@ -237,6 +237,25 @@ def test_profile_step_lists_every_conv_layer_with_its_times(ops, capsys):
         assert any(line.split()[:1] == [op] for line in out.splitlines()), op
 
 
+def test_fusion_ab_times_each_graph_in_interleaved_rounds(ops, capsys):
+    """benchmarks/fusion_ab.py on a tiny mobilenetv2_cifar step: one row per graph variant, in
+    order, with a positive step time, its ratio to the unfused graph's and its wins over the
+    variant above in the given rounds."""
+    import fusion_ab
+    assert fusion_ab.parent(["--family", "mobilenetv2_cifar", "--batch", "2", "--rounds", "3",
+                             "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    labels = [label for label, _ in fusion_ab.VARIANTS]
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in [[x] for x in labels]]
+    assert [r[0] for r in rows] == labels
+    for row in rows:
+        assert float(row[1]) > 0 and row[2].endswith("x")
+    assert rows[0][2] == "1.00x" and rows[0][3] == "-"
+    assert all(r[3].endswith("/3") for r in rows[1:])
+    with pytest.raises(SystemExit):
+        fusion_ab.parent(["--family", "mobilenetv2_cifar", "--rounds", "0"])
+
+
 def test_profile_step_refuses_bad_flags():
     import profile_step
     with pytest.raises(SystemExit):

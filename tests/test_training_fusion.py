@@ -1,5 +1,5 @@
 """network.fuse_input_batchnorms, the training graph's rewrite: every plugin BatchNormApply read
-by a non-pointwise IGCConv alone moves into that conv (in_act), and every BatchNormMoments of an
+by an IGCConv alone moves into that conv (in_act), and every BatchNormMoments of an
 IGCConv's output comes from that conv (moments), with the arguments, states, outputs, gradients
 and state updates of the symbol as built (bit for bit), which is what checkpoints keep."""
 import json
@@ -87,10 +87,11 @@ def test_fused_training_graph_computes_the_same_step_bit_for_bit(ops, name, conf
         np.testing.assert_array_equal(got_aux[key], want, err_msg=key)
 
 
-def test_only_applies_read_by_one_non_pointwise_conv_move(ops):
-    """What stays: an apply that a pointwise conv reads (its GEMM reads rows in place), one read
-    twice (a residual shortcut as well), one whose reader is no conv."""
-    fused = network.fuse_input_batchnorms(network.get_symbol("mobilenetv2_cifar", 10))
+def test_only_applies_read_by_one_conv_alone_move(ops):
+    """What stays: an apply read twice (a residual shortcut as well), one whose reader is no
+    conv; what moves includes the applies before pointwise convs (MobileNetV2's linear 1x1s)."""
+    symbol = network.get_symbol("mobilenetv2_cifar", 10)
+    fused = network.fuse_input_batchnorms(symbol)
     graph = json.loads(fused.tojson())
     nodes = graph["nodes"]
     readers = {}
@@ -101,11 +102,13 @@ def test_only_applies_read_by_one_non_pointwise_conv_move(ops):
         if node["op"] != "BatchNormApply":
             continue
         rs = readers.get(i, [])
-        convs = [r for r in rs if nodes[r]["op"] == "IGCConv"]
-        assert len(rs) != 1 or not convs or nodes[convs[0]]["attrs"]["kernel"] == "(1, 1)", \
-            node["name"]
+        assert len(rs) != 1 or nodes[rs[0]]["op"] != "IGCConv", node["name"]
     fused_convs = [n for n in nodes if n["op"] == "IGCConv" and "in_act" in n.get("attrs", {})]
-    assert fused_convs and all(n["attrs"]["kernel"] != "(1, 1)" for n in fused_convs)
+    assert {n["attrs"]["kernel"] for n in fused_convs} == {"(1, 1)", "(3, 3)"}
+    # All 17 blocks' linear convs among them, and as many as applies left the graph.
+    assert sum(n["name"].endswith("linear-conv2d") for n in fused_convs) == 17
+    moved = ops_of(symbol).count("BatchNormApply") - ops_of(fused).count("BatchNormApply")
+    assert moved == len(fused_convs)
 
 
 def test_switch_off_returns_the_symbol_as_built(ops, monkeypatch):
@@ -126,6 +129,23 @@ def test_moments_switch_off_keeps_the_batchnormmoments(ops, monkeypatch):
     assert '"moments"' not in fused.tojson() and '"in_act"' in fused.tojson()
     monkeypatch.delenv("IGC_FUSE_MOMENTS")
     assert '"moments"' in network.fuse_input_batchnorms(symbol).tojson()
+
+
+def test_each_fusion_can_be_left_out(ops):
+    """pointwise=False keeps the applies before the 1x1 convs, moments=False the statistics."""
+    symbol = network.get_symbol("mobilenetv2_cifar", 10)
+
+    def fused_kernels(graph):
+        return [n["attrs"]["kernel"] for n in json.loads(graph.tojson())["nodes"]
+                if n["op"] == "IGCConv" and "in_act" in n.get("attrs", {})]
+    full = network.fuse_input_batchnorms(symbol)
+    no_pointwise = network.fuse_input_batchnorms(symbol, pointwise=False)
+    no_moments = network.fuse_input_batchnorms(symbol, moments=False)
+    assert "(1, 1)" in fused_kernels(full) and "(1, 1)" not in fused_kernels(no_pointwise)
+    assert fused_kernels(no_moments) == fused_kernels(full)
+    assert fused_kernels(no_pointwise) == [k for k in fused_kernels(full) if k != "(1, 1)"]
+    assert ops_of(no_pointwise).count("BatchNormMoments") == 1
+    assert ops_of(no_moments).count("BatchNormMoments") == ops_of(symbol).count("BatchNormMoments")
 
 
 def test_training_runs_the_fused_graph_and_saves_the_built_one(ops, tmp_path, monkeypatch):

@@ -8,11 +8,10 @@
   pass over the whole output afterwards; the same values bit for bit.
 
 Only what an executor runs changes: the arguments, auxiliary states, names, outputs and
-gradients are those of the symbol given (the same values bit for bit), which is the one that
-checkpoints, evaluation and the inference rewrites keep using. Convolutions whose kernels do not
-read their input through the per-item copy (pointwise ones) keep the BatchNormApply before them.
-$IGC_FUSE_BATCHNORM=0 leaves the symbol as it is; $IGC_FUSE_MOMENTS=0 leaves out the second
-fusion only.
+gradients are those of the symbol given (the same values bit for bit; on several threads a fused
+pointwise conv's weight gradient to rounding, as the unfused one's), which is the one that
+checkpoints, evaluation and the inference rewrites keep using. $IGC_FUSE_BATCHNORM=0 leaves the
+symbol as it is; $IGC_FUSE_MOMENTS=0 leaves out the second fusion only.
 """
 import os
 
@@ -24,13 +23,14 @@ FUSE_ENV = "IGC_FUSE_BATCHNORM"
 MOMENTS_ENV = "IGC_FUSE_MOMENTS"
 
 
-def _fusable(graph, conv):
+def _fusable(graph, conv, pointwise):
     """The BatchNormApply node that only IGCConv node `conv` reads, as its data, when the conv
-    takes the fusion (not pointwise, no output activation, no input BatchNorm yet); else None."""
+    takes the fusion (no output activation, no input BatchNorm yet; with pointwise=False, not a
+    1x1 kernel); else None."""
     attrs = graph.attrs(conv)
     if graph.op(conv) != "IGCConv" or "act" in attrs or "in_act" in attrs:
         return None
-    if int_tuple(attrs.get("kernel")) == (1, 1):
+    if not pointwise and int_tuple(attrs.get("kernel")) == (1, 1):
         return None
     entry = graph.nodes[conv]["inputs"][0]
     apply = entry[0]
@@ -51,19 +51,22 @@ def _moments_source(graph, i):
     return conv
 
 
-def fuse_input_batchnorms(symbol):
+def fuse_input_batchnorms(symbol, pointwise=True, moments=True):
     """`symbol` with every BatchNormApply -> IGCConv pair (the apply read by nothing else) as one
     IGCConv with in_act, and every IGCConv -> BatchNormMoments pair as one IGCConv with moments;
-    the symbol itself where there is none or $IGC_FUSE_BATCHNORM=0."""
+    the symbol itself where there is none or $IGC_FUSE_BATCHNORM=0. pointwise=False leaves the
+    applies before 1x1 convs, moments=False (or $IGC_FUSE_MOMENTS=0) the statistics, as they
+    are (benchmarks/fusion_ab.py measures each fusion)."""
     if os.environ.get(FUSE_ENV, "1") == "0":
         return symbol
+    moments = moments and os.environ.get(MOMENTS_ENV, "1") != "0"
     graph = Graph(symbol)
     pairs, sources = {}, {}
     for i in range(len(graph.nodes)):
-        apply = _fusable(graph, i)
+        apply = _fusable(graph, i, pointwise)
         if apply is not None:
             pairs[i] = apply
-        conv = _moments_source(graph, i) if os.environ.get(MOMENTS_ENV, "1") != "0" else None
+        conv = _moments_source(graph, i) if moments else None
         if conv is not None:
             sources[i] = conv
     if not pairs and not sources:

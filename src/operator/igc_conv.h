@@ -48,8 +48,9 @@ inline int64_t conv_filter_channel_step(const ConvGeometry& g) {
 
 // Bytes of temporary memory `conv_forward_cpu` / `conv_backward_cpu` need for `dtype`
 // (kFloat32 or kFloat64) on the threads they will use; 0 for an unsupported dtype.
-int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype);
-int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype);
+// `transformed`: the call will pass a ConvInputTransform (a pointwise conv then needs more).
+int64_t conv_forward_workspace_bytes(const ConvGeometry& g, int dtype, bool transformed = false);
+int64_t conv_backward_workspace_bytes(const ConvGeometry& g, int dtype, bool transformed = false);
 
 // Activation applied to the forward output (attribute `act`): an inference fusion, so that a
 // conv + clip(0, 6) that feeds plugin ops runs as one plugin op writing plain NCHW. ReLU6 is
@@ -92,7 +93,8 @@ void conv_input_bn_backward(const ConvGeometry& g, int dtype, const ConvInputTra
                             const void* data, void* data_grad, int64_t c0, int64_t c1);
 
 // Whether the kernels for `g` and `dtype` apply a ConvInputTransform as they read their input
-// (all but the pointwise ones, whose GEMMs read the input rows in place).
+// (all but the float64 pointwise ones; the float pointwise GEMMs read the transformed rows from an
+// item buffer, and their backward runs the BatchNorm's after the whole data gradient).
 bool conv_transforms_input(const ConvGeometry& g, int dtype);
 
 // `bias` may be null. The sizes must be valid (groups divide channels and filters, output >= 1x1);

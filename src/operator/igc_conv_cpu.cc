@@ -764,12 +764,31 @@ IGC_INLINE void weight_grad_filters(const T* in, int64_t row_step, const int64_t
 #undef IGC_TAPS
 }
 
+// The input transform of a float pointwise conv's input rows: channel c of the group, image n0 + r
+// (r < count) into dst + c * channel_step + r * image_step.
+template <typename T, int kBytes>
+IGC_INLINE void transform_input_rows(const Args<T>& a, int64_t n0, int64_t count, int64_t group,
+                                     T* dst, int64_t channel_step, int64_t image_step) {
+  const ConvGeometry& g = a.g;
+  const int64_t cg = a.l.cg, values = g.width;
+  for (int64_t c = 0; c < cg; ++c) {
+    const int64_t channel = group * cg + c;
+    for (int64_t r = 0; r < count; ++r) {
+      transform_row<T, kBytes>(dst + c * channel_step + r * image_step,
+                               a.data + ((n0 + r) * g.in_channels + channel) * values, values,
+                               a.in_scale[channel], a.in_shift[channel], a.in_act);
+    }
+  }
+}
+
 // A pointwise conv of image n, group `group` as one GEMM over rows of H*W values, read and
-// written in place: the output (the `fg` filters of the group) from the weights and the input
+// written in place (or, forward with an input transform, the input rows from `input`, the
+// transformed rows l.p_chan apart): the output (the `fg` filters of the group) from the weights and the input
 // channels, or (data_grad) the input gradient from the flipped weights and the output gradient.
 // `rows` holds max(cg, fg) pointers.
 template <typename T>
-void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, const T** rows) {
+void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, const T** rows,
+                    const T* input = nullptr) {
   if constexpr (std::is_same<T, float>::value) {
     const ConvGeometry& g = a.g;
     const Layout& l = a.l;
@@ -777,7 +796,8 @@ void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, 
     const float* panels = a.panels ? a.panels + group * a.panel_floats : nullptr;
     if (!data_grad) {
       for (int64_t c = 0; c < l.cg; ++c) {
-        rows[c] = a.data + (n * g.in_channels + group * l.cg + c) * values;
+        rows[c] = input ? input + c * l.p_chan
+                        : a.data + (n * g.in_channels + group * l.cg + c) * values;
       }
       a.gemm(Gemm{l.fg, values, l.cg, a.weight + first * l.cg, l.cg, rows,
                   a.out + (n * g.filters + conv_output_channel(g, first)) * values,
@@ -962,7 +982,8 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
   const int64_t out_stride = conv_filter_channel_step(g) * plane;
   T* out = a.out + (n * g.filters + conv_output_channel(g, first)) * plane;
   if (a.gemm) {
-    pointwise_gemm(a, n, group, false, rows);
+    if (a.in_scale) transform_input_rows<T, kBytes>(a, n, 1, group, p, l.p_chan, 0);
+    pointwise_gemm(a, n, group, false, rows, a.in_scale ? p : nullptr);
     if (a.relu6) relu6_planes<T, kBytes>(out, out_stride, l.fg, plane);
     output_moments(a, n, first, out);
     return;
@@ -1089,16 +1110,23 @@ IGC_INLINE void spread_row(const T* row, int64_t values, int64_t wd, int64_t str
 // input transposed into P as B (a row of cg channels per value). The GEMM's product goes to
 // `scratch` (fg * cg values) first: its AVX2 tail recomputes columns, which an in-place
 // accumulation would add twice.
-template <typename T>
+template <typename T, int kBytes>
 void pointwise_weight_gemm(const Args<T>& a, int64_t n0, int64_t count, int64_t group, T* p,
                            const T* d, T* partial, T* scratch, const T** rows) {
   if constexpr (std::is_same<T, float>::value) {
     const ConvGeometry& g = a.g;
     const Layout& l = a.l;
     const int64_t values = g.width, depth = count * l.wd;
+    T transformed[kDotsMinValues];  // this path's rows are shorter (see row_dots_backward)
     for (int64_t r = 0; r < count; ++r) {
       for (int64_t c = 0; c < l.cg; ++c) {
-        const T* x = a.data + ((n0 + r) * g.in_channels + group * l.cg + c) * values;
+        const int64_t channel = group * l.cg + c;
+        const T* x = a.data + ((n0 + r) * g.in_channels + channel) * values;
+        if (a.in_scale) {
+          transform_row<T, kBytes>(transformed, x, values, a.in_scale[channel],
+                                   a.in_shift[channel], a.in_act);
+          x = transformed;
+        }
         spread_row(x, values, l.wd, l.cg, p + r * l.wd * l.cg + c);
       }
     }
@@ -1127,7 +1155,7 @@ inline bool transpose_output_grad(const ConvGeometry& g) {
 // the images side by side in P (cg rows of count * wd values, zero tails) as A and the output
 // gradient transposed into D (a row of fg filters per value) as B; the product goes to `scratch`
 // (cg x fg) and is added transposed.
-template <typename T>
+template <typename T, int kBytes>
 void pointwise_weight_gemm_t(const Args<T>& a, int64_t n0, int64_t count, int64_t group, T* p,
                              T* d, T* partial, T* scratch, const T** rows) {
   if constexpr (std::is_same<T, float>::value) {
@@ -1135,10 +1163,16 @@ void pointwise_weight_gemm_t(const Args<T>& a, int64_t n0, int64_t count, int64_
     const Layout& l = a.l;
     const int64_t values = g.width, depth = count * l.wd;
     for (int64_t c = 0; c < l.cg; ++c) {
+      const int64_t channel = group * l.cg + c;
       for (int64_t r = 0; r < count; ++r) {
-        const T* x = a.data + ((n0 + r) * g.in_channels + group * l.cg + c) * values;
+        const T* x = a.data + ((n0 + r) * g.in_channels + channel) * values;
         T* row = p + c * depth + r * l.wd;
-        std::memcpy(row, x, values * sizeof(T));
+        if (a.in_scale) {
+          transform_row<T, kBytes>(row, x, values, a.in_scale[channel], a.in_shift[channel],
+                                   a.in_act);
+        } else {
+          std::memcpy(row, x, values * sizeof(T));
+        }
         std::fill(row + values, row + l.wd, T(0));
       }
     }
@@ -1169,9 +1203,9 @@ void pointwise_weight_gemm_t(const Args<T>& a, int64_t n0, int64_t count, int64_
 // Weight and bias gradient of a float pointwise conv over `count` images of a group, added to
 // `partial` (one value per weight, then per filter): dW[f][c] += sum over the images' values of
 // dy[f] * x[c], as dot products of the output gradient's rows with the input's rows, both read
-// in place.
-template <typename T>
-void pointwise_weight_dots(const Args<T>& a, int64_t n0, int64_t count, int64_t group,
+// in place (with an input transform, the input rows transformed into P first).
+template <typename T, int kBytes>
+void pointwise_weight_dots(const Args<T>& a, int64_t n0, int64_t count, int64_t group, T* p,
                            T* partial) {
   if constexpr (std::is_same<T, float>::value) {
     const ConvGeometry& g = a.g;
@@ -1180,9 +1214,16 @@ void pointwise_weight_dots(const Args<T>& a, int64_t n0, int64_t count, int64_t 
     const T* dy = a.out_grad + (n0 * g.filters + conv_output_channel(g, first)) * values;
     const int64_t filter_step = conv_filter_channel_step(g) * values;
     const int64_t image_step = g.filters * values;
-    a.dots(RowDots{l.fg, l.cg, count, values, dy, filter_step, image_step,
-                   a.data + (n0 * g.in_channels + group * l.cg) * values, values,
-                   g.in_channels * values, partial + first * l.cg, l.cg});
+    const T* x = a.data + (n0 * g.in_channels + group * l.cg) * values;
+    int64_t channel_step = values, x_image_step = g.in_channels * values;
+    if (a.in_scale) {
+      transform_input_rows<T, kBytes>(a, n0, count, group, p, l.p_chan, l.wq);
+      x = p;
+      channel_step = l.p_chan;
+      x_image_step = l.wq;
+    }
+    a.dots(RowDots{l.fg, l.cg, count, values, dy, filter_step, image_step, x, channel_step,
+                   x_image_step, partial + first * l.cg, l.cg});
     if (a.want_bias) {
       for (int64_t f = 0; f < l.fg; ++f) {
         T sum = 0;
@@ -1212,9 +1253,10 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   if (a.gemm) {
     for (int64_t r = 0; r < count; ++r) pointwise_gemm(a, n0 + r, group, true, rows);
     // On planes this large every pass reads the output gradient in place.
-    if (a.dots) return pointwise_weight_dots(a, n0, count, group, partial);
+    if (a.dots) return pointwise_weight_dots<T, kBytes>(a, n0, count, group, p, partial);
     if (transpose_output_grad(g)) {
-      return pointwise_weight_gemm_t(a, n0, count, group, p, d, partial, scratch, rows);
+      return pointwise_weight_gemm_t<T, kBytes>(a, n0, count, group, p, d, partial, scratch,
+                                                rows);
     }
   }
   // Only [0, values) of each row is written: the zero tails stay from the start.
@@ -1225,7 +1267,9 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
                   a.out_grad + ((n0 + r) * g.filters + channel) * values, values * sizeof(T));
     }
   }
-  if (a.gemm) return pointwise_weight_gemm(a, n0, count, group, p, d, partial, scratch, rows);
+  if (a.gemm) {
+    return pointwise_weight_gemm<T, kBytes>(a, n0, count, group, p, d, partial, scratch, rows);
+  }
   for (int64_t c = 0; c < l.cg; ++c) {
     for (int64_t r = 0; r < count; ++r) {
       std::memcpy(p + c * l.p_chan + r * l.wq,
@@ -1417,8 +1461,10 @@ int64_t gemm_panels(const ConvGeometry& g, bool backward, bool avx2) {
   return backward ? gemm_panel_floats(kernel, cg, fg) : gemm_panel_floats(kernel, fg, cg);
 }
 
+// `transformed`: the input goes through a ConvInputTransform, which a pointwise backward's weight
+// gradient writes into P (the row-dot path then has P too).
 template <typename T>
-Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
+Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2, bool transformed) {
   const Layout l(backward ? backward_item_geometry(g, sizeof(T)) : g,
                  (avx2 ? 32 : 16) / sizeof(T));
   Workspace w{};
@@ -1430,7 +1476,7 @@ Workspace workspace_layout(const ConvGeometry& g, bool backward, bool avx2) {
   w.panels = w.zeros + align_bytes(std::max(l.cg, l.fg) * sizeof(T));
   w.shared = w.panels + align_bytes(g.groups * gemm_panels<T>(g, backward, avx2) * sizeof(float));
   w.p = 0;
-  w.d = in_place ? 0 : align_bytes(l.p_size * sizeof(T));
+  w.d = in_place && !transformed ? 0 : align_bytes(l.p_size * sizeof(T));
   w.e = w.d + (backward && !in_place ? align_bytes(l.d_size * sizeof(T)) : 0);
   w.partial = w.e + (backward && !in_place ? align_bytes(l.e_size * sizeof(T)) : 0);
   w.rows = w.partial +
@@ -1452,12 +1498,12 @@ struct Plan {
 };
 
 template <typename T>
-Plan make_plan(const ConvGeometry& g, bool backward, int64_t workspace_bytes) {
+Plan make_plan(const ConvGeometry& g, bool backward, int64_t workspace_bytes, bool transformed) {
   Plan p{use_avx2_kernels(), {}, 1};
-  p.w = workspace_layout<T>(g, backward, p.avx2);
+  p.w = workspace_layout<T>(g, backward, p.avx2, transformed);
   if (p.w.total > workspace_bytes) {
     p.avx2 = false;
-    p.w = workspace_layout<T>(g, backward, false);
+    p.w = workspace_layout<T>(g, backward, false, transformed);
   }
   p.threads = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(conv_threads(g), (workspace_bytes - p.w.shared) / p.w.per_thread)));
@@ -1518,7 +1564,7 @@ template <typename T>
 void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bias, T* out,
              char* ws, int64_t ws_bytes, int act, const ConvInputTransform* in,
              const ConvOutputMoments* moments) {
-  const Plan plan = make_plan<T>(g, false, ws_bytes);
+  const Plan plan = make_plan<T>(g, false, ws_bytes, in != nullptr);
   const bool avx2 = plan.avx2;
   const Layout l(g, (avx2 ? 32 : 16) / sizeof(T));
   const Workspace& w = plan.w;
@@ -1560,7 +1606,7 @@ template <typename T>
 void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* weight,
               T* data_grad, T* weight_grad, T* bias_grad, char* ws, int64_t ws_bytes,
               const ConvInputTransform* in) {
-  const Plan plan = make_plan<T>(g, true, ws_bytes);
+  const Plan plan = make_plan<T>(g, true, ws_bytes, in != nullptr);
   const bool avx2 = plan.avx2;
   const int64_t images = backward_images(g, sizeof(T));
   const Layout l(backward_item_geometry(g, sizeof(T)), (avx2 ? 32 : 16) / sizeof(T));
@@ -1606,6 +1652,11 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
   const int64_t reduced = weight_size + g.filters;
   const int threads = plan.threads;
   const bool fused_bn = in && in->gamma_grad && images == 1 && !a.gemm;
+  // The pointwise paths' items are blocks of images over every channel: their input BatchNorm's
+  // backward runs after all of them, on blocks of channels.
+  const bool bn_after = in && in->gamma_grad && !fused_bn;
+  const int64_t bn_channels = std::max<int64_t>(1, g.in_channels / (4 * int64_t(threads)));
+  const int64_t bn_blocks = (g.in_channels + bn_channels - 1) / bn_channels;
   const int64_t block_groups = fused_bn ? fused_bn_groups(g, sizeof(T), threads) : 1;
   const int64_t group_blocks = (g.groups + block_groups - 1) / block_groups;
   char* thread_base = ws + w.shared;
@@ -1617,7 +1668,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     T* e = reinterpret_cast<T*>(mine + w.e);
     T* partial = reinterpret_cast<T*>(mine + w.partial);
     const T** rows = reinterpret_cast<const T**>(mine + w.rows);
-    if (!a.dots) {  // the row-dot path has no item buffers
+    if (!a.dots) {  // the row-dot path has no item buffers (P, for a transform, needs no zeros)
       std::memset(p, 0, l.p_size * sizeof(T));
       std::memset(d, 0, l.d_size * sizeof(T));
       std::memset(e, 0, l.e_size * sizeof(T));
@@ -1640,6 +1691,14 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     } else {
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
       for (int64_t item = 0; item < items; ++item) run(a, item, p, d, e, partial, rows);
+    }
+    if (bn_after) {  // after the barrier above: the data gradient is complete
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t b = 0; b < bn_blocks; ++b) {
+        const int64_t c0 = b * bn_channels;
+        conv_input_bn_backward(g, dtype_of<T>(), *in, data, data_grad, c0,
+                               std::min(g.in_channels, c0 + bn_channels));
+      }
     }
     // The implicit barrier above makes every thread's partial sums complete.
     const int team = omp_get_num_threads();
@@ -1673,17 +1732,19 @@ ConvGeometry as_rows(ConvGeometry g) {
 
 }  // namespace
 
-int64_t conv_forward_workspace_bytes(const ConvGeometry& geometry, int dtype) {
+int64_t conv_forward_workspace_bytes(const ConvGeometry& geometry, int dtype, bool transformed) {
   const ConvGeometry g = as_rows(geometry);
-  if (dtype == kFloat32) return workspace_layout<float>(g, false, use_avx2_kernels()).total;
-  if (dtype == kFloat64) return workspace_layout<double>(g, false, use_avx2_kernels()).total;
+  const bool avx2 = use_avx2_kernels();
+  if (dtype == kFloat32) return workspace_layout<float>(g, false, avx2, transformed).total;
+  if (dtype == kFloat64) return workspace_layout<double>(g, false, avx2, transformed).total;
   return 0;
 }
 
-int64_t conv_backward_workspace_bytes(const ConvGeometry& geometry, int dtype) {
+int64_t conv_backward_workspace_bytes(const ConvGeometry& geometry, int dtype, bool transformed) {
   const ConvGeometry g = as_rows(geometry);
-  if (dtype == kFloat32) return workspace_layout<float>(g, true, use_avx2_kernels()).total;
-  if (dtype == kFloat64) return workspace_layout<double>(g, true, use_avx2_kernels()).total;
+  const bool avx2 = use_avx2_kernels();
+  if (dtype == kFloat32) return workspace_layout<float>(g, true, avx2, transformed).total;
+  if (dtype == kFloat64) return workspace_layout<double>(g, true, avx2, transformed).total;
   return 0;
 }
 
@@ -1703,7 +1764,7 @@ void conv_input_bn_backward(const ConvGeometry& g, int dtype, const ConvInputTra
 }
 
 bool conv_transforms_input(const ConvGeometry& g, int dtype) {
-  return (dtype == kFloat32 || dtype == kFloat64) && !pointwise(as_rows(g));
+  return dtype == kFloat32 || (dtype == kFloat64 && !pointwise(as_rows(g)));
 }
 
 int64_t conv_moments_sums_bytes(const ConvGeometry& g) {

@@ -8,10 +8,10 @@
 // inputs gamma, beta, mean, invstd (C,) between data and weight (the order in which the
 // unfused graph reaches them, so that both list the same arguments in the same order): the
 // conv reads BatchNormApply(data, gamma, beta, mean, invstd, act=in_act) without that tensor
-// being written (where conv_transforms_input; elsewhere it is made in the workspace first); its
-// backward runs BatchNormApply's inside the conv's (on each block of channels once its gradient
-// is complete over the batch; where the input is made first, after the conv's), with zero
-// gradients for mean and invstd, as there.
+// being written (where conv_transforms_input; elsewhere, float64 pointwise convs, it is made in
+// the workspace first); its backward runs BatchNormApply's inside the conv's (on each block of
+// channels once its gradient is complete over the batch; the pointwise ones, and where the input
+// is made first, after the conv's), with zero gradients for mean and invstd, as there.
 // moments=True: a second output (2, F, 1, 1), what BatchNormMoments gives for the first (a
 // training fusion by the same rewrite: the BatchNorm statistics of the output taken by the conv
 // as it writes it, see ConvOutputMoments); it carries no gradient (a BlockGrad reads it).
@@ -388,7 +388,8 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int w = p.weight_index();
   if (!geometry(p, inputs->at(0), inputs->at(w), &g)) return MX_FAIL;
   const int dtype = inputs->at(0).dtype;
-  const int64_t bytes = aligned(igc::conv_forward_workspace_bytes(g, dtype));
+  const bool transformed = p.in_act >= 0 && igc::conv_transforms_input(g, dtype);
+  const int64_t bytes = aligned(igc::conv_forward_workspace_bytes(g, dtype, transformed));
   const int64_t sums_bytes = p.moments ? aligned(igc::conv_moments_sums_bytes(g)) : 0;
   const void* weight = inputs->at(w).data_ptr;
   const void* bias = p.no_bias ? nullptr : inputs->at(w + 1).data_ptr;
@@ -433,7 +434,8 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* all_inputs,
     return MX_FAIL;
   }
   const int dtype = inputs->at(1).dtype;
-  const int64_t bytes = aligned(igc::conv_backward_workspace_bytes(g, dtype));
+  const bool transformed = p.in_act >= 0 && igc::conv_transforms_input(g, dtype);
+  const int64_t bytes = aligned(igc::conv_backward_workspace_bytes(g, dtype, transformed));
   const void* weight = inputs->at(w + 1).data_ptr;
   void* weight_grad = outputs->at(w).data_ptr;
   void* bias_grad = p.no_bias ? nullptr : outputs->at(w + 1).data_ptr;

@@ -94,6 +94,7 @@ bench: venv ops bench-venv
 	$(BPY) benchmarks/train_peers.py $(QUICK)
 	$(BPY) benchmarks/inference_peers.py $(QUICK)
 	$(BPY) benchmarks/profile_step.py --family mobilenetv2_cifar
+	$(BPY) benchmarks/fusion_ab.py --family mobilenetv2_cifar $(if $(QUICK),--rounds 4)
 
 # Makes the demo records, trains a small plain_igc on the CPU (about a minute on 2 cores),
 # prints the per-epoch table and writes curves.png.

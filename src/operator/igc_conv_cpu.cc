@@ -1595,11 +1595,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
 #pragma omp for schedule(dynamic, item_chunk(items, threads))
     for (int64_t item = 0; item < items; ++item) run(a, item, p, rows);
   }
-  if (moments) {
-    if (!a.moments) output_moments_pass(g, dtype_of<T>(), out, moments->row_sums);
-    bn_moments_from_rows_cpu(dtype_of<T>(), moments->row_sums, g.batch, g.filters,
-                             l.ho * l.wo, moments->summary);
-  }
+  if (moments && !a.moments) output_moments_pass(g, dtype_of<T>(), out, moments->row_sums);
 }
 
 template <typename T>
@@ -1779,22 +1775,23 @@ void conv_forward_cpu(const ConvGeometry& geometry, int dtype, const void* data,
     depthwise_small_forward(geometry, static_cast<const float*>(data),
                             static_cast<const float*>(weight), static_cast<const float*>(bias),
                             static_cast<float*>(out), in, moments ? moments->row_sums : nullptr);
-    if (moments) {
-      bn_moments_from_rows_cpu(dtype, moments->row_sums, geometry.batch, geometry.filters,
-                               geometry.out_height() * geometry.out_width(), moments->summary);
+  } else {
+    const ConvGeometry g = as_rows(geometry);
+    char* ws = static_cast<char*>(workspace);
+    if (dtype == kFloat32) {
+      forward(g, static_cast<const float*>(data), static_cast<const float*>(weight),
+              static_cast<const float*>(bias), static_cast<float*>(out), ws,
+              workspace_bytes, act, in, moments);
+    } else if (dtype == kFloat64) {
+      forward(g, static_cast<const double*>(data), static_cast<const double*>(weight),
+              static_cast<const double*>(bias), static_cast<double*>(out), ws,
+              workspace_bytes, act, in, moments);
     }
-    return;
   }
-  const ConvGeometry g = as_rows(geometry);
-  char* ws = static_cast<char*>(workspace);
-  if (dtype == kFloat32) {
-    forward(g, static_cast<const float*>(data), static_cast<const float*>(weight),
-            static_cast<const float*>(bias), static_cast<float*>(out), ws,
-            workspace_bytes, act, in, moments);
-  } else if (dtype == kFloat64) {
-    forward(g, static_cast<const double*>(data), static_cast<const double*>(weight),
-            static_cast<const double*>(bias), static_cast<double*>(out), ws,
-            workspace_bytes, act, in, moments);
+  // Every output row has its sums (from the kernels' items or a pass after them).
+  if (moments) {
+    bn_moments_from_rows_cpu(dtype, moments->row_sums, geometry.batch, geometry.filters,
+                             geometry.out_height() * geometry.out_width(), moments->summary);
   }
 }
 

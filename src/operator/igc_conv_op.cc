@@ -388,14 +388,14 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int w = p.weight_index();
   if (!geometry(p, inputs->at(0), inputs->at(w), &g)) return MX_FAIL;
   const int dtype = inputs->at(0).dtype;
-  const bool transformed = p.in_act >= 0 && igc::conv_transforms_input(g, dtype);
-  const int64_t bytes = aligned(igc::conv_forward_workspace_bytes(g, dtype, transformed));
-  const int64_t sums_bytes = p.moments ? aligned(igc::conv_moments_sums_bytes(g)) : 0;
-  const void* weight = inputs->at(w).data_ptr;
-  const void* bias = p.no_bias ? nullptr : inputs->at(w + 1).data_ptr;
   const bool with_bn = p.in_act >= 0;
   if (with_bn && !check_bn_inputs(p, *inputs, 1, 0)) return MX_FAIL;
   const InputBatchNorm bn(*inputs, 1, 0, p, g);
+  const int64_t bytes =
+      aligned(igc::conv_forward_workspace_bytes(g, dtype, with_bn && bn.transformed));
+  const int64_t sums_bytes = p.moments ? aligned(igc::conv_moments_sums_bytes(g)) : 0;
+  const void* weight = inputs->at(w).data_ptr;
+  const void* bias = p.no_bias ? nullptr : inputs->at(w + 1).data_ptr;
   char* ws = static_cast<char*>(workspace(res, bytes + sums_bytes + (with_bn ? bn.bytes() : 0)));
   if (!ws) return MX_FAIL;
   igc::ConvOutputMoments m{p.moments ? outputs->at(1).data_ptr : nullptr,
@@ -434,20 +434,21 @@ MXReturnValue backward(const Attrs& attrs, std::vector<MXTensor>* all_inputs,
     return MX_FAIL;
   }
   const int dtype = inputs->at(1).dtype;
-  const bool transformed = p.in_act >= 0 && igc::conv_transforms_input(g, dtype);
-  const int64_t bytes = aligned(igc::conv_backward_workspace_bytes(g, dtype, transformed));
+  const bool with_bn = p.in_act >= 0;
+  if (with_bn && !check_bn_inputs(p, *inputs, 2, 1)) return MX_FAIL;
+  const InputBatchNorm bn(*inputs, 2, 1, p, g);
+  const int64_t bytes =
+      aligned(igc::conv_backward_workspace_bytes(g, dtype, with_bn && bn.transformed));
   const void* weight = inputs->at(w + 1).data_ptr;
   void* weight_grad = outputs->at(w).data_ptr;
   void* bias_grad = p.no_bias ? nullptr : outputs->at(w + 1).data_ptr;
-  if (p.in_act < 0) {
+  if (!with_bn) {
     void* ws = workspace(res, bytes);
     if (!ws) return MX_FAIL;
     igc::conv_backward_cpu(g, dtype, inputs->at(0).data_ptr, inputs->at(1).data_ptr, weight,
                            outputs->at(0).data_ptr, weight_grad, bias_grad, ws, bytes);
     return MX_SUCCESS;
   }
-  if (!check_bn_inputs(p, *inputs, 2, 1)) return MX_FAIL;
-  const InputBatchNorm bn(*inputs, 2, 1, p, g);
   const int out = 1;  // outputs: data grad, then gamma, beta, mean, invstd grads
   for (int k = 2; k < 4; ++k) {
     std::memset(outputs->at(out + k).data_ptr, 0, bn.channels * bn.elem);

@@ -1,7 +1,8 @@
-"""What each training-graph fusion of the plugin BatchNorm into IGCConv saves: a training step
-(train_peers.py's: the project's Module, synthetic batch, SGD update) on four graphs of the same
-network, bound side by side in one process per thread count and run in interleaved rounds
-(medians; the order rotates every round):
+"""What each training-graph fusion of the plugin BatchNorm into IGCConv saves: a forward and
+backward pass (an executor bound with train_peers.py's family, batch and input size, random
+parameters; no optimizer update, which no fusion touches) on four graphs of the same network,
+bound side by side in one process per thread count and run in interleaved rounds (medians; the
+order rotates every round):
 
     none       the network as built (IGC_FUSE_BATCHNORM=0)
     applies    the BatchNormApply read by a 3x3 IGCConv alone moved into it (in_act)
@@ -73,14 +74,10 @@ def measure(payload):
 
 def parent(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    names = [row[1] for row in train_peers.FAMILIES]
-    parser.add_argument("--family", required=True, choices=names,
-                        help="network, as in train_peers.py")
+    names = train_peers.add_family_flags(parser)
     harness.add_threads_flag(parser)
     parser.add_argument("--rounds", type=int, default=16,
                         help="interleaved rounds, one step of each variant each (default: 16)")
-    parser.add_argument("--batch", type=int, default=0,
-                        help="images per step (default: train_peers.py's)")
     args = parser.parse_args(argv)
     threads = harness.parse_threads(parser, args.threads)
     if args.rounds < 1 or args.batch < 0:

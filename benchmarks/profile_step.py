@@ -106,14 +106,10 @@ def gmacs(macs, ms):
 
 def parent(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    names = [row[1] for row in train_peers.FAMILIES]
-    parser.add_argument("--family", required=True, choices=names,
-                        help="network, as in train_peers.py")
+    names = train_peers.add_family_flags(parser)
     harness.add_threads_flag(parser, default="1")
     parser.add_argument("--steps", type=int, default=5, help="profiled steps (default: 5)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps (default: 2)")
-    parser.add_argument("--batch", type=int, default=0,
-                        help="images per step (default: train_peers.py's)")
     parser.add_argument("--top", type=int, default=12,
                         help="op types listed, most time first (default: 12)")
     args = parser.parse_args(argv)

@@ -44,6 +44,17 @@ LR, MOMENTUM, WD = 0.01, 0.9, 1e-4
 MEMORY_SHAPE = (64, 144, 32, 32)  # the largest tensor of a mobilenetv2_cifar step (38 MB)
 
 
+def add_family_flags(parser):
+    """--family (a row of FAMILIES, by name) and --batch (0: that row's) for the scripts that
+    time one family's step (profile_step.py, fusion_ab.py); returns the names in row order."""
+    names = [row[1] for row in FAMILIES]
+    parser.add_argument("--family", required=True, choices=names,
+                        help="network, as in train_peers.py")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="images per step (default: train_peers.py's)")
+    return names
+
+
 def mxnet_step(name, config, shape):
     import mxnet as mx
 

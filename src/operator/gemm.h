@@ -41,10 +41,9 @@ void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* 
 
 // The GEMM for this CPU and environment (single-threaded): with `plain_block` (the unpacked
 // IGCBlock's short inference GEMMs) a plain 8 x 32 AVX-512 register block where
-// use_avx512_kernels, else (IGCConv) the blocked GEMM with 6 x 16 register blocks in AVX-512
-// where use_avx512_conv_kernels; otherwise the blocked GEMM in AVX2+FMA, or portable C++ (see
-// use_avx2_kernels). The blocked GEMM has the
-// packed panels, the chunked and copied reads of B and the narrow-tail paths (on Zen 4, where a
+// use_avx512_kernels, else (IGCConv) the blocked GEMM with 12 x 16 and 6 x 16 register blocks
+// in AVX-512 where use_avx512_conv_kernels; otherwise the blocked GEMM in AVX2+FMA, or portable
+// C++ (see use_avx2_kernels). The blocked GEMM has the packed panels, the chunked and copied reads of B and the narrow-tail paths (on Zen 4, where a
 // 512-bit FMA costs two 256-bit ones, training steps ran 5-13 % slower with the plain block; see
 // igc_conv.md); its AVX-512 and AVX2 blocks make the same sums in the same order.
 GemmKernel pick_gemm(bool plain_block);
@@ -64,7 +63,8 @@ struct RowDots {
 
 using RowDotsKernel = void (*)(const RowDots&);
 
-// 4 x 3 blocks of 8-lane dot products with AVX2+FMA, or portable C++ (as pick_gemm chooses).
+// 4 x 3 blocks of 8-lane dot products with AVX2+FMA, 8 x 4 in AVX-512 (two rows per register:
+// the same sums), or portable C++ (as pick_gemm chooses for IGCConv).
 RowDotsKernel pick_row_dots();
 
 // Lanes below `count` of an 8-float AVX2 mask set (all for count >= 8, none for count <= 0).

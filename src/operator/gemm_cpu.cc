@@ -125,7 +125,10 @@ IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 load16(const floa
 // each k one multiply-add with the row's weight broadcast from memory inside the instruction.
 // The same sums in the same order as block_avx2 (the outputs are bit for bit the same) in about a
 // third of the instructions (7 per k against 20), which a core shared with another hardware
-// thread runs nearly as fast as alone (docs/performance.md). Not inlined into the AVX2 callers.
+// thread runs nearly as fast as alone (docs/performance.md). Up to two blocks of kRows rows at
+// once (MR up to 12; rows from kRows on from the next panel, or kRows rows of A further): 12
+// chains of sums where a core with two 512-bit multiply-add units needs 8 to hide their
+// latency, and each B vector serves twice the rows. Not inlined into the AVX2 callers.
 template <int MR, bool kFirst, bool kLast, bool kTail, bool kPanel, bool kCopy>
 IGC_TARGET_AVX512 __attribute__((noinline)) void block_z(const Gemm& g, Operands o, int64_t k0,
                                                          int64_t k1, int64_t m0, int64_t n0,
@@ -135,23 +138,26 @@ IGC_TARGET_AVX512 __attribute__((noinline)) void block_z(const Gemm& g, Operands
                                      (_mm256_movemask_ps(_mm256_castsi256_ps(mask1)) << 8))
                                : static_cast<__mmask16>(0xFFFF);
   __m512 acc[MR];
-#pragma GCC unroll 6
+#pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
     acc[i] = kFirst ? _mm512_set1_ps(g.bias[m0 + i])
                     : load16(g.c + (m0 + i) * g.ldc + n0, kTail, mask);
   }
   const float* a = kPanel ? o.a + k0 * kRows : o.a + k0;
+  const int64_t second = kPanel ? kRows * g.K : kRows * g.lda;  // rows kRows.. of the block
   const float* copy = o.copy;
   for (int64_t k = k0; k < k1; ++k) {
     const __m512 b = load16(kCopy ? copy : g.b[k] + n0, kTail, mask);
-#pragma GCC unroll 6
+#pragma GCC unroll 12
     for (int i = 0; i < MR; ++i) {
-      acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(kPanel ? a[i] : a[i * g.lda]), b, acc[i]);
+      const float* w = i < kRows ? a : a + second;
+      const int r = i < kRows ? i : i - kRows;
+      acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(kPanel ? w[r] : w[r * g.lda]), b, acc[i]);
     }
     a += kPanel ? kRows : 1;
     if (kCopy) copy += kCols;
   }
-#pragma GCC unroll 6
+#pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) {
     float* c = g.c + (m0 + i) * g.ldc + n0;
     if (kLast && g.r) {
@@ -182,6 +188,12 @@ IGC_TARGET_AVX2 void column_avx2(const Gemm& g, const float* copy, int64_t k0, i
     return Operands{kPanel ? g.panels + m0 * g.K : g.a + m0 * g.lda, copy};
   };
   int64_t m0 = 0;
+  if constexpr (kWide) {
+    for (; m0 + 2 * kRows <= g.M; m0 += 2 * kRows) {
+      block<kWide, 2 * kRows, kFirst, kLast, kTail, kPanel, kCopy>(g, at(m0), k0, k1, m0, n0,
+                                                                   mask0, mask1);
+    }
+  }
   for (; m0 + kRows <= g.M; m0 += kRows) {
     block<kWide, kRows, kFirst, kLast, kTail, kPanel, kCopy>(g, at(m0), k0, k1, m0, n0, mask0,
                                                              mask1);
@@ -294,6 +306,11 @@ IGC_TARGET_AVX2 void rows_outer_avx2(const Gemm& g, int64_t whole) {
     const int64_t n1 = std::min(whole, n0 + width);
     copy_slices(g, 0, g.K, n0, n1, packed);
     int64_t m0 = 0;
+    if constexpr (kWide) {
+      for (; m0 + 2 * kRows <= g.M; m0 += 2 * kRows) {
+        row_block_avx2<kWide, 2 * kRows, kPanel>(g, m0, n0, n1, packed);
+      }
+    }
     for (; m0 + kRows <= g.M; m0 += kRows) {
       row_block_avx2<kWide, kRows, kPanel>(g, m0, n0, n1, packed);
     }
@@ -600,6 +617,135 @@ IGC_TARGET_AVX2 void row_dots_avx2(const RowDots& d) {
   }
 }
 
+// The row dots in AVX-512: two rows of a per register (lanes 0-7 row 2p, 8-15 row 2p + 1, the
+// second half inserted), each row of b broadcast to both halves; MP x NR registers of partial
+// sums (16 of the 32 at 4 x 4: 8 x 4 dot products). Every lane takes its products in
+// dots_block_avx2's order and each half is reduced by the same horizontal_sum: bit for bit the
+// same sums, with one 16-lane multiply-add where dots_block_avx2 takes two 8-lane ones. (A
+// 16-lane vector along one row would split each chain in two: other sums.)
+// (GCC 12 warns of an uninitialised operand inside these intrinsics: a false alarm)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// The 8 floats at lo and the 8 at hi as one register (the second half inserted from memory).
+IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 two_rows(const float* lo,
+                                                                       const float* hi) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_loadu_pd(
+                                                 reinterpret_cast<const double*>(lo))),
+                                             _mm256_loadu_pd(reinterpret_cast<const double*>(hi)),
+                                             1));
+}
+
+// The 8 floats at p in both halves (one broadcast load).
+IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 both_halves(const float* p) {
+  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_loadu_pd(
+      reinterpret_cast<const double*>(p))));
+}
+
+IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 two_rows(__m256 lo, __m256 hi) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+                                             _mm256_castps_pd(hi), 1));
+}
+
+IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 both_halves(__m256 v) {
+  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(v)));
+}
+#pragma GCC diagnostic pop
+
+template <int MP, int NR>
+IGC_TARGET_AVX512 __attribute__((noinline)) void dots_block_z(const RowDots& d, int64_t m0,
+                                                              int64_t n0) {
+  __m512 acc[MP][NR];
+#pragma GCC unroll 4
+  for (int p = 0; p < MP; ++p) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[p][j] = _mm512_setzero_ps();
+  }
+  const int64_t whole = d.L / 8 * 8;
+  const __m256i mask = tail_mask(d.L - whole);
+  for (int64_t s = 0; s < d.S; ++s) {
+    const float* a = d.a + m0 * d.lda + s * d.a_seg;
+    const float* b = d.b + n0 * d.ldb + s * d.b_seg;
+    for (int64_t k = 0; k < whole; k += 8) {
+      __m512 bv[NR];
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) bv[j] = both_halves(b + j * d.ldb + k);
+#pragma GCC unroll 4
+      for (int p = 0; p < MP; ++p) {
+        const __m512 av = two_rows(a + 2 * p * d.lda + k, a + (2 * p + 1) * d.lda + k);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) acc[p][j] = _mm512_fmadd_ps(av, bv[j], acc[p][j]);
+      }
+    }
+    if (whole < d.L) {  // masked loads read nothing past the rows and give zeros
+      __m512 bv[NR];
+#pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) {
+        bv[j] = both_halves(_mm256_maskload_ps(b + j * d.ldb + whole, mask));
+      }
+#pragma GCC unroll 4
+      for (int p = 0; p < MP; ++p) {
+        const __m512 av = two_rows(_mm256_maskload_ps(a + 2 * p * d.lda + whole, mask),
+                                   _mm256_maskload_ps(a + (2 * p + 1) * d.lda + whole, mask));
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j) acc[p][j] = _mm512_fmadd_ps(av, bv[j], acc[p][j]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < MP; ++p) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+      const __m256 lo = __builtin_shufflevector(acc[p][j], acc[p][j], 0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256 hi = __builtin_shufflevector(acc[p][j], acc[p][j], 8, 9, 10, 11, 12, 13, 14,
+                                                15);
+      d.c[(m0 + 2 * p) * d.ldc + n0 + j] += horizontal_sum(lo);
+      d.c[(m0 + 2 * p + 1) * d.ldc + n0 + j] += horizontal_sum(hi);
+    }
+  }
+}
+
+// Rows [m0, m0 + 2 MP) of a against every row of b, 4 at a time.
+template <int MP>
+IGC_TARGET_AVX512 void dots_rows_z(const RowDots& d, int64_t m0) {
+  int64_t n0 = 0;
+  for (; n0 + 4 <= d.N; n0 += 4) dots_block_z<MP, 4>(d, m0, n0);
+  switch (d.N - n0) {
+    case 3: dots_block_z<MP, 3>(d, m0, n0); break;
+    case 2: dots_block_z<MP, 2>(d, m0, n0); break;
+    case 1: dots_block_z<MP, 1>(d, m0, n0); break;
+    default: break;
+  }
+}
+
+// row_dots_avx2 with blocks of 8 rows of a in AVX-512 (the rows left over, fewer than 8, take
+// the AVX2 blocks: the same sums either way), the aliased rows copied as there.
+IGC_TARGET_AVX512 void row_dots_avx512(const RowDots& d) {
+  int64_t m0 = 0;
+  if (d.lda % kPageFloats == 0 && d.S * d.L <= kAliasedFloats && d.N > 3) {
+    alignas(64) float copy[8 * kAliasedStride];
+    RowDots c = d;
+    c.a = copy;
+    c.lda = kAliasedStride;
+    c.a_seg = d.L;
+    for (; m0 + 8 <= d.M; m0 += 8) {
+      for (int i = 0; i < 8; ++i) {
+        for (int64_t s = 0; s < d.S; ++s) {
+          std::memcpy(copy + i * kAliasedStride + s * d.L, d.a + (m0 + i) * d.lda + s * d.a_seg,
+                      d.L * sizeof(float));
+        }
+      }
+      c.c = d.c + m0 * d.ldc;
+      dots_rows_z<4>(c, 0);
+    }
+  }
+  for (; m0 + 8 <= d.M; m0 += 8) dots_rows_z<4>(d, m0);
+  RowDots rest = d;
+  rest.M = d.M - m0;
+  rest.a = d.a + m0 * d.lda;
+  rest.c = d.c + m0 * d.ldc;
+  if (rest.M > 0) row_dots_avx2(rest);
+}
+
 }  // namespace
 
 int64_t gemm_panel_floats(GemmKernel kernel, int64_t M, int64_t K) {
@@ -622,7 +768,8 @@ void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* 
 }
 
 RowDotsKernel pick_row_dots() {
-  return use_avx2_kernels() ? row_dots_avx2 : row_dots_portable;
+  if (!use_avx2_kernels()) return row_dots_portable;
+  return use_avx512_conv_kernels() ? row_dots_avx512 : row_dots_avx2;
 }
 
 GemmKernel pick_gemm(bool plain_block) {

@@ -589,26 +589,35 @@ constexpr int64_t kPageFloats = 4096 / sizeof(float);
 constexpr int64_t kAliasedFloats = 1024;
 constexpr int64_t kAliasedStride = kAliasedFloats + 16;
 
-IGC_TARGET_AVX2 void row_dots_avx2(const RowDots& d) {
+// Every whole block of R rows of a, from the first, through `rows` (rows m0 .. m0 + R - 1 against
+// every row of b), each block's rows copied first where they alias as above; returns the first
+// row left over.
+template <int R>
+int64_t whole_row_blocks(const RowDots& d, void (*rows)(const RowDots&, int64_t)) {
   int64_t m0 = 0;
   if (d.lda % kPageFloats == 0 && d.S * d.L <= kAliasedFloats && d.N > 3) {
-    alignas(64) float copy[4 * kAliasedStride];
+    alignas(64) float copy[R * kAliasedStride];
     RowDots c = d;
     c.a = copy;
     c.lda = kAliasedStride;
     c.a_seg = d.L;
-    for (; m0 + 4 <= d.M; m0 += 4) {
-      for (int i = 0; i < 4; ++i) {
+    for (; m0 + R <= d.M; m0 += R) {
+      for (int i = 0; i < R; ++i) {
         for (int64_t s = 0; s < d.S; ++s) {
           std::memcpy(copy + i * kAliasedStride + s * d.L, d.a + (m0 + i) * d.lda + s * d.a_seg,
                       d.L * sizeof(float));
         }
       }
       c.c = d.c + m0 * d.ldc;
-      dots_rows_avx2<4>(c, 0);
+      rows(c, 0);
     }
   }
-  for (; m0 + 4 <= d.M; m0 += 4) dots_rows_avx2<4>(d, m0);
+  for (; m0 + R <= d.M; m0 += R) rows(d, m0);
+  return m0;
+}
+
+IGC_TARGET_AVX2 void row_dots_avx2(const RowDots& d) {
+  const int64_t m0 = whole_row_blocks<4>(d, dots_rows_avx2<4>);
   switch (d.M - m0) {
     case 3: dots_rows_avx2<3>(d, m0); break;
     case 2: dots_rows_avx2<2>(d, m0); break;
@@ -720,25 +729,7 @@ IGC_TARGET_AVX512 void dots_rows_z(const RowDots& d, int64_t m0) {
 // row_dots_avx2 with blocks of 8 rows of a in AVX-512 (the rows left over, fewer than 8, take
 // the AVX2 blocks: the same sums either way), the aliased rows copied as there.
 IGC_TARGET_AVX512 void row_dots_avx512(const RowDots& d) {
-  int64_t m0 = 0;
-  if (d.lda % kPageFloats == 0 && d.S * d.L <= kAliasedFloats && d.N > 3) {
-    alignas(64) float copy[8 * kAliasedStride];
-    RowDots c = d;
-    c.a = copy;
-    c.lda = kAliasedStride;
-    c.a_seg = d.L;
-    for (; m0 + 8 <= d.M; m0 += 8) {
-      for (int i = 0; i < 8; ++i) {
-        for (int64_t s = 0; s < d.S; ++s) {
-          std::memcpy(copy + i * kAliasedStride + s * d.L, d.a + (m0 + i) * d.lda + s * d.a_seg,
-                      d.L * sizeof(float));
-        }
-      }
-      c.c = d.c + m0 * d.ldc;
-      dots_rows_z<4>(c, 0);
-    }
-  }
-  for (; m0 + 8 <= d.M; m0 += 8) dots_rows_z<4>(d, m0);
+  const int64_t m0 = whole_row_blocks<8>(d, dots_rows_z<4>);
   RowDots rest = d;
   rest.M = d.M - m0;
   rest.a = d.a + m0 * d.lda;

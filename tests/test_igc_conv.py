@@ -353,6 +353,51 @@ def test_few_taps_avx512_equals_the_avx2_kernel_bit_for_bit(ops, case, act, monk
     assert np.isnan(outputs[0]).any() and (np.abs(outputs[0]) > 0).any()
 
 
+# Depthwise 3x3 at unit stride on planes of 14 to 48 columns: the forward and data gradient's
+# stencil runs 16-lane AVX-512 vectors where the rows end on a 16-column boundary (14, 16, 31, 32,
+# 48: whole, partial and three-vector rows) and stays on 8 lanes elsewhere (24, 40).
+STENCIL_CASES = [(2, 5, 11, 16, 5, 5, (3, 3), (1, 1), (1, 1), True, False, "float32"),
+                 (1, 3, 7, 32, 3, 3, (3, 3), (1, 1), (1, 1), False, False, "float32"),
+                 (2, 4, 9, 31, 4, 4, (3, 3), (1, 1), (1, 1), True, False, "float32"),
+                 (1, 2, 5, 14, 2, 2, (3, 3), (1, 1), (1, 1), True, False, "float32"),
+                 (1, 2, 3, 48, 2, 2, (3, 3), (1, 1), (1, 1), False, False, "float32"),
+                 (2, 3, 6, 24, 3, 3, (3, 3), (1, 1), (1, 1), True, False, "float32"),
+                 (1, 2, 4, 40, 2, 2, (3, 3), (1, 1), (1, 1), True, False, "float32")]
+
+
+@pytest.mark.skipif(not has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.parametrize("case", STENCIL_CASES, ids=case_id)
+def test_stencil_avx512_equals_the_avx2_one_bit_for_bit(ops, case, monkeypatch):
+    """The depthwise stencil's 16 lanes (one output each) take every sum's nine terms in the
+    8-lane order: the same forward (act='relu6' too, a NaN input included) and gradients."""
+    igc, _ = conv_symbols(case)
+    relu6 = mx.sym.IGCConv(*igc.get_children(), **{**igc.list_attr(), "act": "relu6"})
+    arrays = random_inputs(case)
+    out_shape = igc.infer_shape(**{k: v.shape for k, v in arrays.items()})[1][0]
+    out_grad = np.random.RandomState(1).uniform(-1, 1, out_shape).astype(case[-1])
+    with_nan = {**arrays, "data": arrays["data"] * 8}
+    with_nan["data"][0, 0, 1, 2] = np.nan
+    nan_args = {k: mx.nd.array(v, dtype=v.dtype) for k, v in with_nan.items()}
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    results = []
+    for narrow in ("0", "1"):
+        monkeypatch.setenv("IGC_CONV_AVX2", narrow)
+        results.append((run_forward_backward(igc, arrays, out_grad),
+                        relu6.bind(mx.cpu(), nan_args).forward()[0].asnumpy()))
+    ((wide_out, wide_grads), wide_relu6), ((narrow_out, narrow_grads), narrow_relu6) = results
+    np.testing.assert_array_equal(wide_out, narrow_out)
+    for name in arrays:
+        np.testing.assert_array_equal(wide_grads[name], narrow_grads[name], err_msg=name)
+    np.testing.assert_array_equal(wide_relu6, narrow_relu6)
+    assert np.isnan(wide_relu6).any() and (wide_relu6 == 6).any() and (wide_relu6 == 0).any()
+    assert np.abs(wide_grads["data"]).max() > 0
+
+
+@pytest.mark.parametrize("case", STENCIL_CASES, ids=case_id)
+def test_stencil_planes_equal_convolution(ops, case):
+    check_against_reference(case)
+
+
 @pytest.mark.parametrize("variable, value", [("IGC_CONV_AVX2", "1"), ("DNNL_MAX_CPU_ISA", "AVX2")])
 @pytest.mark.parametrize("case", POINTWISE_F32[::2] + FEW_TAPS_CASES, ids=case_id)
 def test_gemm_avx2_blocks_equal_convolution(ops, case, variable, value, monkeypatch):

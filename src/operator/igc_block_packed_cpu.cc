@@ -7,7 +7,8 @@
 //      column on either side: the depthwise padding); on short bands with many inputs it reads
 //      the pixels from a channel-blocked copy of the band's input (kBlockedPixels);
 //   2. the depthwise conv + bias + ReLU6 is nine vector multiply-adds per 8 channels of an output
-//      pixel, with no masks or shuffles for the edges or stride 2;
+//      pixel (AVX-512 at stride 1: of two pixels side by side), with no masks or shuffles for the
+//      edges or stride 2;
 //   3. the linear conv computes 16 (or 8) filters x 6 pixels the same way (a broadcast of d per
 //      channel, which also reads the permutation as an offset table) and writes the block's NCHW
 //      output through a small transposition.
@@ -227,12 +228,15 @@ IGC_TARGET_AVX2 __attribute__((always_inline)) inline void store_pixels(
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) v[i] = i < C ? acc[P0 + i][j] : _mm256_setzero_ps();
   transpose8(v);
+  // (the panel's fields in locals: GCC would reload them from `a` after each vector store)
+  float* const y = a.y + n0 + P0;
+  const float* const r = a.r ? a.r + n0 + P0 : nullptr;
+  const int64_t ldy = a.ldy, ldr = a.ldr;
 #pragma GCC unroll 8
   for (int f = 0; f < 8; ++f) {
     const int64_t filter = 8 * j + f;
-    float* y = a.y + filter * a.ldy + n0 + P0;
-    if (a.r) v[f] = _mm256_add_ps(v[f], load_first<C>(a.r + filter * a.ldr + n0 + P0));
-    store_first<C>(y, v[f]);
+    if (r) v[f] = _mm256_add_ps(v[f], load_first<C>(r + filter * ldr));
+    store_first<C>(y + filter * ldy, v[f]);
   }
 }
 
@@ -475,11 +479,18 @@ struct ExpandZ {
       panel_block_z<W, MR, 1, kPrefetch>(a.K, a.w, a.bias, [&](int64_t k) { return a.rows[k]; },
                                          n0, acc, a.next);
     }
+    // (the panel's fields in locals: a vector store may alias anything, and GCC would reload
+    // them from `a` after each one)
+    float* const e = a.e;
+    const int64_t plane = a.e_plane, *const pixel = a.pixel + n0;
+    int64_t at[kZPixels];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) at[i] = pixel[i];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
       for (int j = 0; j < W / 8; ++j) {
-        _mm256_storeu_ps(a.e + j * a.e_plane + a.pixel[n0 + i], eight_lanes(acc[i], j));
+        _mm256_storeu_ps(e + j * plane + at[i], eight_lanes(acc[i], j));
       }
     }
   }
@@ -552,6 +563,61 @@ IGC_TARGET_AVX512VL void linear_avx512(const LinearPanel& a) {
   else all_pixels_z<LinearZ<8>, kNoPrefetch>(a);
 }
 
+// The 8 floats at p in both halves of a zmm (GCC 12's broadcast intrinsics warn as eight_lanes
+// says).
+IGC_TARGET_AVX512VL __attribute__((always_inline)) inline __m512 both_halves(const float* p) {
+  const __m256 v = _mm256_loadu_ps(p);
+  return __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+
+// The depthwise pass at stride 1 with two output pixels per zmm: a row of e or d holds each
+// pixel's 8 channels side by side, so pixels x and x + 1 are 16 consecutive floats in both, and
+// each tap is one 512-bit load beside the 8 taps' weights repeated in both halves. Every lane
+// makes depthwise_s's sum (bias, then the taps in its order, the same three partial sums), in
+// half the multiply-adds; an odd last pixel takes depthwise_s's 8 lanes. Stride 2 would need a
+// shuffle per tap to gather every other pixel (on the shuffle port that also runs 512-bit
+// multiply-adds on Intel cores): it keeps the AVX2 pass.
+IGC_TARGET_AVX512VL void depthwise_pairs_z(const float* e, int64_t e_row, int64_t Wout,
+                                           int64_t rows, const float* w, const float* bias,
+                                           float* d) {
+  __m512 wv[9];
+  for (int t = 0; t < 9; ++t) wv[t] = both_halves(w + 8 * t);
+  const __m512 bv = both_halves(bias), zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6);
+  const int64_t pairs = Wout / 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = e + r * e_row;
+    float* out = d + r * Wout * 8;
+    for (int64_t x = 0; x < 2 * pairs; x += 2) {
+      const float* q = in + x * 8;
+      __m512 a0 = bv, a1 = zero, a2 = zero;
+#pragma GCC unroll 3
+      for (int ky = 0; ky < 3; ++ky) {
+        const float* row = q + ky * e_row;
+        a0 = _mm512_fmadd_ps(wv[ky * 3], _mm512_loadu_ps(row), a0);
+        a1 = _mm512_fmadd_ps(wv[ky * 3 + 1], _mm512_loadu_ps(row + 8), a1);
+        a2 = _mm512_fmadd_ps(wv[ky * 3 + 2], _mm512_loadu_ps(row + 16), a2);
+      }
+      const __m512 sum = _mm512_add_ps(_mm512_add_ps(a0, a1), a2);
+      // (all-lanes masks: GCC 12's _mm512_max_ps and _mm512_min_ps warn as above)
+      const __m512 low = _mm512_mask_max_ps(zero, 0xffff, sum, zero);
+      _mm512_storeu_ps(out + x * 8, _mm512_mask_min_ps(six, 0xffff, low, six));
+    }
+  }
+  if (Wout % 2) {  // the last pixel of every row
+    for (int64_t r = 0; r < rows; ++r) {
+      depthwise_s<1>(e + r * e_row + (Wout - 1) * 8, e_row, 1, 1, w, bias,
+                     d + (r * Wout + Wout - 1) * 8);
+    }
+  }
+}
+
+IGC_TARGET_AVX512VL void depthwise_avx512(int stride, const float* e, int64_t e_row,
+                                          int64_t Wout, int64_t rows, const float* w,
+                                          const float* bias, float* d) {
+  if (stride == 1) depthwise_pairs_z(e, e_row, Wout, rows, w, bias, d);
+  else depthwise_s<2>(e, e_row, Wout, rows, w, bias, d);
+}
+
 struct Kernels {
   bool blocked_input;  // expand reads ExpandPanel::xb where it is set
   void (*expand)(const ExpandPanel&);
@@ -562,7 +628,7 @@ struct Kernels {
 
 Kernels pick_kernels() {
   if (use_avx512_kernels() && __builtin_cpu_supports("avx512vl")) {
-    return {true, expand_avx512, linear_avx512, depthwise_avx2};
+    return {true, expand_avx512, linear_avx512, depthwise_avx512};
   }
   if (use_avx2_kernels()) return {true, expand_avx2, linear_avx2, depthwise_avx2};
   return {false, expand_portable, linear_portable, depthwise_portable};

@@ -106,7 +106,9 @@ struct Args {
   RowDotsKernel dots;       // the row-dot backward (see row_dots_backward), else null
   bool relu6 = false;       // forward: act='relu6' (see relu6_planes)
   int64_t row_chunks = 1;   // forward: output-row chunks per image and group (forward_row_chunks)
-  bool wide_taps = false;   // forward: few_taps_planes_avx512 instead of few_taps_planes
+  // AVX-512 kernels whose sums are the AVX2 ones': few_taps_planes_avx512 (forward), the unit
+  // 3x3 stencil's 16 lanes (forward and data gradient, see wide_stencil3)
+  bool wide_taps = false;
   double* moments = nullptr;    // forward: the output rows' moment sums (ConvOutputMoments)
   const T* in_scale = nullptr;  // the input transform (ConvInputTransform), per data channel
   const T* in_shift = nullptr;
@@ -556,6 +558,18 @@ IGC_INLINE void stencil3_plane(const T* in, int64_t row_step, const T* w, T init
 #undef IGC_STENCIL
 }
 
+// stencil3_plane in 16-lane vectors, where the 8-lane one's rows end on a 16-column boundary
+// (round_up(out_w, 8) a multiple of 16: 16 and 32 columns), so that both read the same columns.
+// Each lane is one output and takes the same nine multiply-adds in the same order: the same
+// values as the AVX2 pass, in half the vector instructions on a core with 512-bit units.
+inline bool wide_stencil3(int64_t out_w) { return (out_w + 7) / 8 % 2 == 0; }
+
+IGC_TARGET_AVX512 void stencil3_plane_avx512(const float* in, int64_t row_step, const float* w,
+                                             float init, float* out, int64_t out_h,
+                                             int64_t out_w) {
+  stencil3_plane<float, 64>(in, row_step, w, init, out, out_h, out_w);
+}
+
 // Whether the 9 taps are a 3x3 kernel at unit stride on rows row_step apart: taps[ky * 3 + kx]
 // = taps[0] + ky * row_step + kx.
 inline bool unit_stencil3(const int64_t* taps, int64_t num_taps, int64_t row_step) {
@@ -600,9 +614,17 @@ template <typename T, int kBytes>
 IGC_INLINE void correlate_planes(const T* in, int64_t row_step, const int64_t* taps, const T* w,
                                  int64_t w_stride, int64_t num_taps, const T* init, T* out,
                                  int64_t out_stride, int64_t num_planes, int64_t out_h,
-                                 int64_t out_w, bool relu6 = false) {
+                                 int64_t out_w, bool relu6 = false, bool wide = false) {
   if (num_planes == 1 && unit_stencil3(taps, num_taps, row_step)) {
-    stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
+    if constexpr (kAvx2Float<T, kBytes>) {
+      if (wide && wide_stencil3(out_w)) {
+        stencil3_plane_avx512(in + taps[0], row_step, w, init[0], out, out_h, out_w);
+      } else {
+        stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
+      }
+    } else {
+      stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
+    }
     if (relu6) relu6_planes<T, kBytes>(out, out_stride, 1, out_h * out_w);
     return;
   }
@@ -1015,7 +1037,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
   correlate_planes<T, kBytes>(p + y0 * row_step, row_step, a.fwd_taps,
                               a.weight + first * l.cg * l.k2, l.cg * l.k2, l.cg * l.k2,
                               a.bias ? a.bias + first : a.zeros, out + y0 * l.wo, out_stride, l.fg,
-                              y1 - y0, l.wo, a.relu6);
+                              y1 - y0, l.wo, a.relu6, a.wide_taps);
   output_moments(a, n, first, out);
 }
 
@@ -1060,7 +1082,7 @@ IGC_INLINE void backward_item(const Args<T>& a, int64_t item, T* p, T* d, T* e, 
   } else {
     correlate_planes<T, kBytes>(d, l.wd, a.bwd_taps, a.flipped + group * l.cg * l.fg * l.k2,
                                 l.fg * l.k2, l.fg * l.k2, a.zeros, data_grad, in_plane, l.cg,
-                                g.height, g.width);
+                                g.height, g.width, false, a.wide_taps);
   }
   // With unit strides D already holds the output gradient with zero tails.
   const int64_t e_pitch = unit_stride ? l.wd : l.wo_pad;
@@ -1637,6 +1659,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
             bwd_taps, flipped, zeros, bias_grad != nullptr, images,
             pointwise_gemm_kernel<T>(g), panels, panel_floats,
             pointwise_dots_kernel<T>(g)};
+  a.wide_taps = avx2 && std::is_same<T, float>::value && use_avx512_conv_kernels();
   set_input_transform(in, &a);
   const BackwardItem<T> run =
       images > 1 || a.gemm ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)

@@ -559,9 +559,9 @@ IGC_INLINE void stencil3_plane(const T* in, int64_t row_step, const T* w, T init
 }
 
 // stencil3_plane in 16-lane vectors, where the 8-lane one's rows end on a 16-column boundary
-// (round_up(out_w, 8) a multiple of 16: 16 and 32 columns), so that both read the same columns.
-// Each lane is one output and takes the same nine multiply-adds in the same order: the same
-// values as the AVX2 pass, in half the vector instructions on a core with 512-bit units.
+// (round_up(out_w, 8) a multiple of 16: widths 9-16, 25-32, ...), so that both read the same
+// columns. Each lane is one output and takes the same nine multiply-adds in the same order: the
+// same values as the AVX2 pass, in half the vector instructions on a core with 512-bit units.
 inline bool wide_stencil3(int64_t out_w) { return (out_w + 7) / 8 % 2 == 0; }
 
 IGC_TARGET_AVX512 void stencil3_plane_avx512(const float* in, int64_t row_step, const float* w,

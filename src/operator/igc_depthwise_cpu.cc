@@ -207,6 +207,61 @@ IGC_TARGET_AVX2 inline void load_weights(const float* w, bool flip, __m256 (&v)[
   for (int t = 0; t < 9; ++t) v[t] = _mm256_broadcast_ss(w + (flip ? 8 - t : t));
 }
 
+// Unit-stride planes of at most 16 values (the 4x4 ones) on AVX-512 CPUs: a whole plane in one
+// zmm, each tap's shifted plane one zero-masking permute of it (zero where the tap falls in the
+// padding), then the nine multiply-adds of every output in correlate_row's order (init, then the
+// taps row by row, padding taps adding w * 0) with the input transform as load_row applies it:
+// the AVX2 kernel's values, where it spends an 8-lane vector on each 4-value row. Planes of 16
+// values are most of IGCV3's and MobileNetV2's last stage on CIFAR (64 x 960 x 4 x 4).
+struct SmallPlane {
+  alignas(64) int32_t index[9][16];  // lane i of tap t reads plane value index[t][i] ...
+  uint16_t keep[9];                  // ... where bit i is set, else 0
+  uint16_t valid;                    // the plane's h * w lanes
+};
+
+bool small_plane(const Plane& s) { return s.stride == 1 && s.h * s.w <= 16; }
+
+SmallPlane make_small_plane(const Plane& s) {
+  SmallPlane p{};
+  p.valid = static_cast<uint16_t>((1u << (s.h * s.w)) - 1);
+  for (int t = 0; t < 9; ++t) {
+    for (int64_t i = 0; i < s.h * s.w; ++i) {
+      const int64_t y = i / s.w + t / 3 - 1, x = i % s.w + t % 3 - 1;
+      if (y < 0 || y >= s.h || x < 0 || x >= s.w) continue;
+      p.index[t][i] = static_cast<int32_t>(y * s.w + x);
+      p.keep[t] = static_cast<uint16_t>(p.keep[t] | (1u << i));
+    }
+  }
+  return p;
+}
+
+// out = init + sum over the taps of w[t] * x shifted (w[8 - t] with `flip`), x through the
+// transform (scale, shift, act) when `transform`.
+IGC_TARGET_AVX512 void correlate_small_plane(const float* x, const SmallPlane& p, const float* w,
+                                             bool flip, float init, float* out, bool transform,
+                                             float scale, float shift, int act) {
+  // (all-lanes masks on max and min: GCC 12's unmasked forms warn of an undefined operand)
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 v = _mm512_maskz_loadu_ps(p.valid, x);
+  if (transform) {  // bn_apply_ps, its operand order included (what a NaN becomes)
+    v = _mm512_fmadd_ps(v, _mm512_set1_ps(scale), _mm512_set1_ps(shift));
+    if (act == kBnRelu) {
+      v = _mm512_mask_max_ps(v, 0xffff, v, zero);
+    } else if (act == kBnRelu6) {
+      const __m512 six = _mm512_set1_ps(6.0f);
+      v = _mm512_mask_min_ps(six, 0xffff, six, _mm512_mask_max_ps(zero, 0xffff, zero, v));
+    }
+  }
+  __m512 acc = _mm512_set1_ps(init);
+#pragma GCC unroll 9
+  for (int t = 0; t < 9; ++t) {
+    const __m512i index = _mm512_load_si512(p.index[t]);
+    const __m512 tap = _mm512_maskz_permutexvar_ps(p.keep[t], index, v);
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(w[flip ? 8 - t : t]), tap, acc);
+  }
+  _mm512_mask_storeu_ps(out, p.valid, acc);
+}
+
 // Threads for `macs` multiply-adds in `items` work items.
 int threads_for(int64_t macs, int64_t items) {
   if (macs < kMinParallelMacs) return 1;
@@ -231,7 +286,20 @@ IGC_TARGET_AVX2 inline Transform channel_transform(const ConvInputTransform* in,
 
 IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_t n, int64_t c0,
                                    int64_t c1, const float* data, const float* weight,
-                                   const float* bias, float* out, const ConvInputTransform* in) {
+                                   const float* bias, float* out, const ConvInputTransform* in,
+                                   const SmallPlane* small) {
+  if (small) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t ic = conv_input_channel(g, c), oc = conv_output_channel(g, c);
+      correlate_small_plane(data + (n * g.in_channels + ic) * s.h * s.w, *small, weight + c * 9,
+                            false, bias ? bias[c] : 0.0f,
+                            out + (n * g.filters + oc) * s.ho * s.wo, in != nullptr,
+                            in ? static_cast<const float*>(in->scale)[ic] : 0.0f,
+                            in ? static_cast<const float*>(in->shift)[ic] : 0.0f,
+                            in ? in->act : kBnNone);
+    }
+    return;
+  }
   const Shifts m = make_shifts(s);
   for (int64_t c = c0; c < c1; ++c) {
     __m256 w[9];
@@ -248,7 +316,7 @@ IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_
 IGC_TARGET_AVX2 void backward_block(const ConvGeometry& g, const Plane& s, int64_t c0, int64_t c1,
                                     const float* out_grad, const float* data, const float* weight,
                                     float* data_grad, float* weight_grad, float* bias_grad,
-                                    const ConvInputTransform* in) {
+                                    const ConvInputTransform* in, const SmallPlane* small) {
   const Shifts m = make_shifts(s);
   const Transform none = channel_transform(nullptr, 0);
   alignas(32) float partial[kBlockChannels][10][8] = {};  // 9 taps, then the bias
@@ -262,8 +330,13 @@ IGC_TARGET_AVX2 void backward_block(const ConvGeometry& g, const Plane& s, int64
       // the kernel flipped (an h x w plane, as the output).
       __m256 w[9], sums[10];
       load_weights(weight + c * 9, s.stride == 1, w);
-      if (s.stride == 1) correlate_plane(dy, s, m, w, _mm256_setzero_ps(), dx, none);
-      else data_grad_stride2(dy, s, m, w, dx);
+      if (small) {
+        correlate_small_plane(dy, *small, weight + c * 9, true, 0.0f, dx, false, 0, 0, kBnNone);
+      } else if (s.stride == 1) {
+        correlate_plane(dy, s, m, w, _mm256_setzero_ps(), dx, none);
+      } else {
+        data_grad_stride2(dy, s, m, w, dx);
+      }
       float (*p)[8] = partial[c - c0];
       for (int t = 0; t < 10; ++t) sums[t] = _mm256_load_ps(p[t]);
       const Transform tf = channel_transform(in, ic);
@@ -303,13 +376,15 @@ void depthwise_small_forward(const ConvGeometry& g, const float* data, const flo
                              const float* bias, float* out, const ConvInputTransform* in,
                              double* row_sums) {
   const Plane s = plane_of(g);
+  const bool small = small_plane(s) && use_avx512_conv_kernels();
+  const SmallPlane plane = small ? make_small_plane(s) : SmallPlane{};
   const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
   const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 9, g.batch * blocks);
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (int64_t item = 0; item < g.batch * blocks; ++item) {
     const int64_t n = item / blocks, c0 = item % blocks * kBlockChannels;
     const int64_t c1 = std::min(c0 + kBlockChannels, g.filters);
-    forward_block(g, s, n, c0, c1, data, weight, bias, out, in);
+    forward_block(g, s, n, c0, c1, data, weight, bias, out, in, small ? &plane : nullptr);
     if (row_sums) {  // the block's output planes are in cache
       const int64_t plane = s.ho * s.wo;
       bn_row_moments_cpu(kFloat32, out + (n * g.filters + c0) * plane, c1 - c0, plane, plane,
@@ -322,13 +397,16 @@ void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, cons
                               const float* weight, float* data_grad, float* weight_grad,
                               float* bias_grad, const ConvInputTransform* in) {
   const Plane s = plane_of(g);
+  const bool small = small_plane(s) && use_avx512_conv_kernels();
+  const SmallPlane plane = small ? make_small_plane(s) : SmallPlane{};
   const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
   const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 27, blocks);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t c0 = b * kBlockChannels;
     const int64_t c1 = std::min(c0 + kBlockChannels, g.filters);
-    backward_block(g, s, c0, c1, out_grad, data, weight, data_grad, weight_grad, bias_grad, in);
+    backward_block(g, s, c0, c1, out_grad, data, weight, data_grad, weight_grad, bias_grad, in,
+                   small ? &plane : nullptr);
     // The block's planes over the batch (16 channels of 8 x 8: 256 KB at batch 64) are in cache.
     if (in && in->gamma_grad) conv_input_bn_backward(g, kFloat32, *in, data, data_grad, c0, c1);
   }

@@ -787,18 +787,21 @@ def check_input_batchnorm(case, exact_weights=True):
 
 
 # Unit-stride depthwise planes of at most 16 values (4x4, 2x8, 3x5, 2x3, 3x3), which AVX-512
-# CPUs run a whole plane per register; each with the input transform of every activation.
+# CPUs run a whole plane per register, and of 8 columns (8, 7, 3 and 12 rows: two rows per
+# register, an odd last one alone); each with the input transform of every activation.
 SMALL_PLANE_CASES = [(2, 16, 4, 4, 16, 16, (3, 3), (1, 1), True, act, 1, "float32")
                      for act in ("relu6", "relu", "none")] + [
-    (2, 8, h, w, 8, 8, (3, 3), (1, 1), bias, "relu6", 1, "float32")
-    for h, w, bias in ((2, 8, False), (3, 5, True), (2, 3, False), (3, 3, True))]
+    (2, 8, h, w, 8, 8, (3, 3), (1, 1), bias, act, 1, "float32")
+    for h, w, bias, act in ((2, 8, False, "relu6"), (3, 5, True, "relu6"), (2, 3, False, "relu6"),
+                            (3, 3, True, "relu6"), (8, 8, False, "relu6"), (7, 8, True, "relu"),
+                            (3, 8, True, "none"), (12, 8, False, "relu6"))]
 
 
 @pytest.mark.skipif(not has_avx512(), reason="the CPU has no AVX-512")
 @pytest.mark.parametrize("case", SMALL_PLANE_CASES, ids=in_bn_id)
 def test_small_planes_avx512_equal_the_avx2_kernel_bit_for_bit(ops, case, monkeypatch):
-    """A plane per 512-bit register makes each output's and data gradient's sum in the AVX2
-    kernel's order, through the same input transform (a NaN input included): the same output
+    """A plane (or two rows) per 512-bit register makes each output's and data gradient's sum in
+    the AVX2 kernel's order, through the same input transform (a NaN input included): the same output
     and gradients, and the fused op still equals BatchNormApply then the conv."""
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("IGC_CONV_AVX2", "0")

@@ -262,6 +262,80 @@ IGC_TARGET_AVX512 void correlate_small_plane(const float* x, const SmallPlane& p
   _mm512_mask_storeu_ps(out, p.valid, acc);
 }
 
+// Unit-stride planes of 8 columns (any height, the 8x8 ones) on AVX-512 CPUs: two rows per
+// zmm. Output rows 2j and 2j + 1 (register j) take kernel row 1 from register j, kernel row 0
+// from rows 2j - 1 and 2j (the upper half of register j - 1, the lower of j) and kernel row 2
+// from rows 2j + 1 and 2j + 2: one permute of one or two registers per tap, zero-masked where
+// the column falls in the padding; rows past the plane are zero registers. The sums and the
+// input transform as correlate_small_plane (the AVX2 kernel's values).
+struct PairRows {
+  alignas(64) int32_t index[9][16];
+  uint16_t keep[9];
+};
+
+bool pair_rows(const Plane& s) { return s.stride == 1 && s.w == 8 && s.h > 2; }
+
+PairRows make_pair_rows() {
+  PairRows p{};
+  for (int t = 0; t < 9; ++t) {
+    const int ky = t / 3, dx = t % 3 - 1;
+    for (int i = 0; i < 16; ++i) {
+      const int x = i % 8 + dx, upper = i / 8;  // upper: output row 2j + 1
+      if (x < 0 || x >= 8) continue;
+      // ky 1: the register itself; ky 0: (j - 1, j) as sources 0 and 1; ky 2: (j, j + 1)
+      p.index[t][i] = ky == 1 ? 8 * upper + x : (upper ? 16 + x : 8 + x);
+      p.keep[t] = static_cast<uint16_t>(p.keep[t] | (1u << i));
+    }
+  }
+  return p;
+}
+
+// Rows 2j and 2j + 1 of an h x 8 plane (zero past it), through the transform when `transform`.
+IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 row_pair(
+    const float* x, int64_t h, int64_t j, bool transform, __m512 scale, __m512 shift, int act) {
+  const __m512 zero = _mm512_setzero_ps();
+  if (j < 0 || 2 * j >= h) return zero;
+  const __mmask16 valid = 2 * j + 1 < h ? 0xffff : 0x00ff;
+  __m512 v = _mm512_maskz_loadu_ps(valid, x + 16 * j);
+  if (!transform) return v;
+  v = _mm512_fmadd_ps(v, scale, shift);
+  if (act == kBnRelu) {
+    v = _mm512_mask_max_ps(v, 0xffff, v, zero);
+  } else if (act == kBnRelu6) {
+    const __m512 six = _mm512_set1_ps(6.0f);
+    v = _mm512_mask_min_ps(six, 0xffff, six, _mm512_mask_max_ps(zero, 0xffff, zero, v));
+  }
+  return _mm512_maskz_mov_ps(valid, v);  // (the padding stays zero)
+}
+
+IGC_TARGET_AVX512 void correlate_pair_rows(const float* x, int64_t h, const PairRows& p,
+                                           const float* w, bool flip, float init, float* out,
+                                           bool transform, float scale, float shift, int act) {
+  const __m512 sc = _mm512_set1_ps(scale), sh = _mm512_set1_ps(shift);
+  __m512 wv[9];
+  for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(w[flip ? 8 - t : t]);
+  const int64_t pairs = (h + 1) / 2;
+  __m512 prev = _mm512_setzero_ps();
+  __m512 cur = row_pair(x, h, 0, transform, sc, sh, act);
+  for (int64_t j = 0; j < pairs; ++j) {
+    const __m512 next = row_pair(x, h, j + 1, transform, sc, sh, act);
+    __m512 acc = _mm512_set1_ps(init);
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) {
+      const __m512i index = _mm512_load_si512(p.index[t]);
+      __m512 tap;
+      if (t == 4) tap = cur;  // (the identity)
+      else if (t / 3 == 1) tap = _mm512_maskz_permutexvar_ps(p.keep[t], index, cur);
+      else if (t / 3 == 0) tap = _mm512_maskz_permutex2var_ps(p.keep[t], prev, index, cur);
+      else tap = _mm512_maskz_permutex2var_ps(p.keep[t], cur, index, next);
+      acc = _mm512_fmadd_ps(wv[t], tap, acc);
+    }
+    _mm512_mask_storeu_ps(out + 16 * j, 2 * j + 1 < h ? 0xffff : 0x00ff, acc);
+    prev = cur;
+    cur = next;
+  }
+}
+
 // Threads for `macs` multiply-adds in `items` work items.
 int threads_for(int64_t macs, int64_t items) {
   if (macs < kMinParallelMacs) return 1;
@@ -287,16 +361,22 @@ IGC_TARGET_AVX2 inline Transform channel_transform(const ConvInputTransform* in,
 IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_t n, int64_t c0,
                                    int64_t c1, const float* data, const float* weight,
                                    const float* bias, float* out, const ConvInputTransform* in,
-                                   const SmallPlane* small) {
-  if (small) {
+                                   const SmallPlane* small, const PairRows* pairs) {
+  if (small || pairs) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t ic = conv_input_channel(g, c), oc = conv_output_channel(g, c);
-      correlate_small_plane(data + (n * g.in_channels + ic) * s.h * s.w, *small, weight + c * 9,
-                            false, bias ? bias[c] : 0.0f,
-                            out + (n * g.filters + oc) * s.ho * s.wo, in != nullptr,
-                            in ? static_cast<const float*>(in->scale)[ic] : 0.0f,
-                            in ? static_cast<const float*>(in->shift)[ic] : 0.0f,
-                            in ? in->act : kBnNone);
+      const float* x = data + (n * g.in_channels + ic) * s.h * s.w;
+      float* y = out + (n * g.filters + oc) * s.ho * s.wo;
+      const float init = bias ? bias[c] : 0.0f;
+      const float scale = in ? static_cast<const float*>(in->scale)[ic] : 0.0f;
+      const float shift = in ? static_cast<const float*>(in->shift)[ic] : 0.0f;
+      const int act = in ? in->act : kBnNone;
+      if (small) {
+        correlate_small_plane(x, *small, weight + c * 9, false, init, y, in, scale, shift, act);
+      } else {
+        correlate_pair_rows(x, s.h, *pairs, weight + c * 9, false, init, y, in, scale, shift,
+                            act);
+      }
     }
     return;
   }
@@ -316,7 +396,8 @@ IGC_TARGET_AVX2 void forward_block(const ConvGeometry& g, const Plane& s, int64_
 IGC_TARGET_AVX2 void backward_block(const ConvGeometry& g, const Plane& s, int64_t c0, int64_t c1,
                                     const float* out_grad, const float* data, const float* weight,
                                     float* data_grad, float* weight_grad, float* bias_grad,
-                                    const ConvInputTransform* in, const SmallPlane* small) {
+                                    const ConvInputTransform* in, const SmallPlane* small,
+                                    const PairRows* pairs) {
   const Shifts m = make_shifts(s);
   const Transform none = channel_transform(nullptr, 0);
   alignas(32) float partial[kBlockChannels][10][8] = {};  // 9 taps, then the bias
@@ -332,6 +413,9 @@ IGC_TARGET_AVX2 void backward_block(const ConvGeometry& g, const Plane& s, int64
       load_weights(weight + c * 9, s.stride == 1, w);
       if (small) {
         correlate_small_plane(dy, *small, weight + c * 9, true, 0.0f, dx, false, 0, 0, kBnNone);
+      } else if (pairs) {
+        correlate_pair_rows(dy, s.h, *pairs, weight + c * 9, true, 0.0f, dx, false, 0, 0,
+                            kBnNone);
       } else if (s.stride == 1) {
         correlate_plane(dy, s, m, w, _mm256_setzero_ps(), dx, none);
       } else {
@@ -376,15 +460,18 @@ void depthwise_small_forward(const ConvGeometry& g, const float* data, const flo
                              const float* bias, float* out, const ConvInputTransform* in,
                              double* row_sums) {
   const Plane s = plane_of(g);
-  const bool small = small_plane(s) && use_avx512_conv_kernels();
+  const bool wide = use_avx512_conv_kernels(), small = wide && small_plane(s);
+  const bool paired = wide && !small && pair_rows(s);
   const SmallPlane plane = small ? make_small_plane(s) : SmallPlane{};
+  const PairRows rows = paired ? make_pair_rows() : PairRows{};
   const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
   const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 9, g.batch * blocks);
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (int64_t item = 0; item < g.batch * blocks; ++item) {
     const int64_t n = item / blocks, c0 = item % blocks * kBlockChannels;
     const int64_t c1 = std::min(c0 + kBlockChannels, g.filters);
-    forward_block(g, s, n, c0, c1, data, weight, bias, out, in, small ? &plane : nullptr);
+    forward_block(g, s, n, c0, c1, data, weight, bias, out, in, small ? &plane : nullptr,
+                  paired ? &rows : nullptr);
     if (row_sums) {  // the block's output planes are in cache
       const int64_t plane = s.ho * s.wo;
       bn_row_moments_cpu(kFloat32, out + (n * g.filters + c0) * plane, c1 - c0, plane, plane,
@@ -397,8 +484,10 @@ void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, cons
                               const float* weight, float* data_grad, float* weight_grad,
                               float* bias_grad, const ConvInputTransform* in) {
   const Plane s = plane_of(g);
-  const bool small = small_plane(s) && use_avx512_conv_kernels();
+  const bool wide = use_avx512_conv_kernels(), small = wide && small_plane(s);
+  const bool paired = wide && !small && pair_rows(s);
   const SmallPlane plane = small ? make_small_plane(s) : SmallPlane{};
+  const PairRows rows = paired ? make_pair_rows() : PairRows{};
   const int64_t blocks = (g.filters + kBlockChannels - 1) / kBlockChannels;
   const int threads = threads_for(g.batch * g.filters * s.ho * s.wo * 27, blocks);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -406,7 +495,7 @@ void depthwise_small_backward(const ConvGeometry& g, const float* out_grad, cons
     const int64_t c0 = b * kBlockChannels;
     const int64_t c1 = std::min(c0 + kBlockChannels, g.filters);
     backward_block(g, s, c0, c1, out_grad, data, weight, data_grad, weight_grad, bias_grad, in,
-                   small ? &plane : nullptr);
+                   small ? &plane : nullptr, paired ? &rows : nullptr);
     // The block's planes over the batch (16 channels of 8 x 8: 256 KB at batch 64) are in cache.
     if (in && in->gamma_grad) conv_input_bn_backward(g, kFloat32, *in, data, data_grad, c0, c1);
   }

@@ -801,8 +801,8 @@ SMALL_PLANE_CASES = [(2, 16, 4, 4, 16, 16, (3, 3), (1, 1), True, act, 1, "float3
 @pytest.mark.parametrize("case", SMALL_PLANE_CASES, ids=in_bn_id)
 def test_small_planes_avx512_equal_the_avx2_kernel_bit_for_bit(ops, case, monkeypatch):
     """A plane (or two rows) per 512-bit register makes each output's and data gradient's sum in
-    the AVX2 kernel's order, through the same input transform (a NaN input included): the same output
-    and gradients, and the fused op still equals BatchNormApply then the conv."""
+    the AVX2 kernel's order, through the same input transform (a NaN input included): the same
+    output and gradients, and the fused op still equals BatchNormApply then the conv."""
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("IGC_CONV_AVX2", "0")
     wide_out, wide_grads = check_input_batchnorm(case)

@@ -9,7 +9,9 @@
 // permutes; the weights stay in registers; the weight gradient keeps a vector of partial sums
 // per tap and channel over all images, reduced once (the same sums on any number of threads).
 // Forward and unit-stride data-gradient sums take their terms in the general path's order (taps
-// row by row); the stride-2 data gradient adds each value's 1, 2 or 4 terms directly.
+// row by row); the stride-2 data gradient adds each value's 1, 2 or 4 terms directly. On AVX-512
+// CPUs the unit-stride forward and data gradient of planes of at most 16 values or of 8 columns
+// run 16 lanes (correlate_small_plane, correlate_pair_rows) with the same sums.
 #include <immintrin.h>
 #include <omp.h>
 

@@ -313,6 +313,13 @@ POINTWISE_F32 = [c for c in CASES if c[6] == (1, 1) and c[11] == "float32"]
 def test_gemm_avx512_blocks_equal_the_avx2_ones_bit_for_bit(ops, case, monkeypatch):
     """Where AVX-512 exists the pointwise IGCConv's GEMM runs AVX-512 register blocks: the same
     sums in the same order as the AVX2 blocks (IGC_CONV_AVX2=1), forward and both gradients."""
+    wide_out, _ = check_avx512_equals_avx2(case, monkeypatch)
+    assert np.abs(wide_out).max() > 0
+
+
+def check_avx512_equals_avx2(case, monkeypatch):
+    """IGCConv's forward and gradients on the AVX-512 kernels (IGC_CONV_AVX2=0) equal to the AVX2
+    ones' (=1) bit for bit; returns the AVX-512 (output, gradients)."""
     igc, _ = conv_symbols(case)
     arrays = random_inputs(case)
     out_shape = igc.infer_shape(**{k: v.shape for k, v in arrays.items()})[1][0]
@@ -325,18 +332,12 @@ def test_gemm_avx512_blocks_equal_the_avx2_ones_bit_for_bit(ops, case, monkeypat
     np.testing.assert_array_equal(wide_out, narrow_out)
     for name in arrays:
         np.testing.assert_array_equal(wide_grads[name], narrow_grads[name], err_msg=name)
-    assert np.abs(wide_out).max() > 0
+    return wide_out, wide_grads
 
 
-@pytest.mark.skipif(not has_avx512(), reason="the CPU has no AVX-512")
-@pytest.mark.parametrize("act", ["none", "relu6"])
-@pytest.mark.parametrize("case", FEW_TAPS_CASES + [  # + the stems of odd and ImageNet size
-    (2, 3, 17, 23, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32"),
-    (1, 3, 224, 224, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32")], ids=case_id)
-def test_few_taps_avx512_equals_the_avx2_kernel_bit_for_bit(ops, case, act, monkeypatch):
-    """The few-taps forward (column stride 2) in AVX-512 (vectors along the output row) makes
-    each value's sum in the AVX2 kernel's order: the same outputs, with act='relu6' too (a NaN
-    input included)."""
+def check_avx512_forward_equals_avx2(case, act, monkeypatch):
+    """IGCConv(act) on 8x the random data with a NaN in it, IGC_CONV_AVX2=0 against =1: the same
+    outputs bit for bit; returns the AVX-512 one."""
     igc, _ = conv_symbols(case)
     if act == "relu6":
         igc = mx.sym.IGCConv(*igc.get_children(), **{**igc.list_attr(), "act": "relu6"})
@@ -350,7 +351,20 @@ def test_few_taps_avx512_equals_the_avx2_kernel_bit_for_bit(ops, case, act, monk
         monkeypatch.setenv("IGC_CONV_AVX2", narrow)
         outputs.append(igc.bind(mx.cpu(), args).forward()[0].asnumpy())
     np.testing.assert_array_equal(outputs[0], outputs[1])
-    assert np.isnan(outputs[0]).any() and (np.abs(outputs[0]) > 0).any()
+    return outputs[0]
+
+
+@pytest.mark.skipif(not has_avx512(), reason="the CPU has no AVX-512")
+@pytest.mark.parametrize("act", ["none", "relu6"])
+@pytest.mark.parametrize("case", FEW_TAPS_CASES + [  # + the stems of odd and ImageNet size
+    (2, 3, 17, 23, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32"),
+    (1, 3, 224, 224, 32, 1, (3, 3), (2, 2), (1, 1), True, False, "float32")], ids=case_id)
+def test_few_taps_avx512_equals_the_avx2_kernel_bit_for_bit(ops, case, act, monkeypatch):
+    """The few-taps forward (column stride 2) in AVX-512 (vectors along the output row) makes
+    each value's sum in the AVX2 kernel's order: the same outputs, with act='relu6' too (a NaN
+    input included)."""
+    out = check_avx512_forward_equals_avx2(case, act, monkeypatch)
+    assert np.isnan(out).any() and (np.abs(out) > 0).any()
 
 
 # Depthwise 3x3 at unit stride on planes of 14 to 48 columns: the forward and data gradient's
@@ -370,27 +384,10 @@ STENCIL_CASES = [(2, 5, 11, 16, 5, 5, (3, 3), (1, 1), (1, 1), True, False, "floa
 def test_stencil_avx512_equals_the_avx2_one_bit_for_bit(ops, case, monkeypatch):
     """The depthwise stencil's 16 lanes (one output each) take every sum's nine terms in the
     8-lane order: the same forward (act='relu6' too, a NaN input included) and gradients."""
-    igc, _ = conv_symbols(case)
-    relu6 = mx.sym.IGCConv(*igc.get_children(), **{**igc.list_attr(), "act": "relu6"})
-    arrays = random_inputs(case)
-    out_shape = igc.infer_shape(**{k: v.shape for k, v in arrays.items()})[1][0]
-    out_grad = np.random.RandomState(1).uniform(-1, 1, out_shape).astype(case[-1])
-    with_nan = {**arrays, "data": arrays["data"] * 8}
-    with_nan["data"][0, 0, 1, 2] = np.nan
-    nan_args = {k: mx.nd.array(v, dtype=v.dtype) for k, v in with_nan.items()}
-    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
-    results = []
-    for narrow in ("0", "1"):
-        monkeypatch.setenv("IGC_CONV_AVX2", narrow)
-        results.append((run_forward_backward(igc, arrays, out_grad),
-                        relu6.bind(mx.cpu(), nan_args).forward()[0].asnumpy()))
-    ((wide_out, wide_grads), wide_relu6), ((narrow_out, narrow_grads), narrow_relu6) = results
-    np.testing.assert_array_equal(wide_out, narrow_out)
-    for name in arrays:
-        np.testing.assert_array_equal(wide_grads[name], narrow_grads[name], err_msg=name)
-    np.testing.assert_array_equal(wide_relu6, narrow_relu6)
-    assert np.isnan(wide_relu6).any() and (wide_relu6 == 6).any() and (wide_relu6 == 0).any()
-    assert np.abs(wide_grads["data"]).max() > 0
+    _, grads = check_avx512_equals_avx2(case, monkeypatch)
+    relu6 = check_avx512_forward_equals_avx2(case, "relu6", monkeypatch)
+    assert np.isnan(relu6).any() and (relu6 == 6).any() and (relu6 == 0).any()
+    assert np.abs(grads["data"]).max() > 0
 
 
 @pytest.mark.parametrize("case", STENCIL_CASES, ids=case_id)

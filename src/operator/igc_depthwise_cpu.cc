@@ -239,21 +239,22 @@ SmallPlane make_small_plane(const Plane& s) {
 
 // out = init + sum over the taps of w[t] * x shifted (w[8 - t] with `flip`), x through the
 // transform (scale, shift, act) when `transform`.
+// bn_apply_ps in 16 lanes, its operand order included (what a NaN becomes). (All-lanes masks on
+// max and min: GCC 12's unmasked forms warn of an undefined operand.)
+IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 bn_apply_zmm(__m512 v, __m512 scale,
+                                                                          __m512 shift, int act) {
+  const __m512 zero = _mm512_setzero_ps(), y = _mm512_fmadd_ps(v, scale, shift);
+  if (act == kBnRelu) return _mm512_mask_max_ps(y, 0xffff, y, zero);
+  if (act != kBnRelu6) return y;
+  const __m512 six = _mm512_set1_ps(6.0f);
+  return _mm512_mask_min_ps(six, 0xffff, six, _mm512_mask_max_ps(zero, 0xffff, zero, y));
+}
+
 IGC_TARGET_AVX512 void correlate_small_plane(const float* x, const SmallPlane& p, const float* w,
                                              bool flip, float init, float* out, bool transform,
                                              float scale, float shift, int act) {
-  // (all-lanes masks on max and min: GCC 12's unmasked forms warn of an undefined operand)
-  const __m512 zero = _mm512_setzero_ps();
   __m512 v = _mm512_maskz_loadu_ps(p.valid, x);
-  if (transform) {  // bn_apply_ps, its operand order included (what a NaN becomes)
-    v = _mm512_fmadd_ps(v, _mm512_set1_ps(scale), _mm512_set1_ps(shift));
-    if (act == kBnRelu) {
-      v = _mm512_mask_max_ps(v, 0xffff, v, zero);
-    } else if (act == kBnRelu6) {
-      const __m512 six = _mm512_set1_ps(6.0f);
-      v = _mm512_mask_min_ps(six, 0xffff, six, _mm512_mask_max_ps(zero, 0xffff, zero, v));
-    }
-  }
+  if (transform) v = bn_apply_zmm(v, _mm512_set1_ps(scale), _mm512_set1_ps(shift), act);
   __m512 acc = _mm512_set1_ps(init);
 #pragma GCC unroll 9
   for (int t = 0; t < 9; ++t) {
@@ -295,19 +296,11 @@ PairRows make_pair_rows() {
 // Rows 2j and 2j + 1 of an h x 8 plane (zero past it), through the transform when `transform`.
 IGC_TARGET_AVX512 __attribute__((always_inline)) inline __m512 row_pair(
     const float* x, int64_t h, int64_t j, bool transform, __m512 scale, __m512 shift, int act) {
-  const __m512 zero = _mm512_setzero_ps();
-  if (j < 0 || 2 * j >= h) return zero;
+  if (j < 0 || 2 * j >= h) return _mm512_setzero_ps();
   const __mmask16 valid = 2 * j + 1 < h ? 0xffff : 0x00ff;
-  __m512 v = _mm512_maskz_loadu_ps(valid, x + 16 * j);
+  const __m512 v = _mm512_maskz_loadu_ps(valid, x + 16 * j);
   if (!transform) return v;
-  v = _mm512_fmadd_ps(v, scale, shift);
-  if (act == kBnRelu) {
-    v = _mm512_mask_max_ps(v, 0xffff, v, zero);
-  } else if (act == kBnRelu6) {
-    const __m512 six = _mm512_set1_ps(6.0f);
-    v = _mm512_mask_min_ps(six, 0xffff, six, _mm512_mask_max_ps(zero, 0xffff, zero, v));
-  }
-  return _mm512_maskz_mov_ps(valid, v);  // (the padding stays zero)
+  return _mm512_maskz_mov_ps(valid, bn_apply_zmm(v, scale, shift, act));  // (padding stays 0)
 }
 
 IGC_TARGET_AVX512 void correlate_pair_rows(const float* x, int64_t h, const PairRows& p,

@@ -570,6 +570,12 @@ IGC_TARGET_AVX512 void stencil3_plane_avx512(const float* in, int64_t row_step, 
   stencil3_plane<float, 64>(in, row_step, w, init, out, out_h, out_w);
 }
 
+// Args::wide_taps for a call on the AVX2 kernels (`avx2`) or not.
+template <typename T>
+bool wide_taps(bool avx2) {
+  return avx2 && std::is_same<T, float>::value && use_avx512_conv_kernels();
+}
+
 // Whether the 9 taps are a 3x3 kernel at unit stride on rows row_step apart: taps[ky * 3 + kx]
 // = taps[0] + ky * row_step + kx.
 inline bool unit_stencil3(const int64_t* taps, int64_t num_taps, int64_t row_step) {
@@ -616,15 +622,12 @@ IGC_INLINE void correlate_planes(const T* in, int64_t row_step, const int64_t* t
                                  int64_t out_stride, int64_t num_planes, int64_t out_h,
                                  int64_t out_w, bool relu6 = false, bool wide = false) {
   if (num_planes == 1 && unit_stencil3(taps, num_taps, row_step)) {
+    bool zmm = false;
     if constexpr (kAvx2Float<T, kBytes>) {
-      if (wide && wide_stencil3(out_w)) {
-        stencil3_plane_avx512(in + taps[0], row_step, w, init[0], out, out_h, out_w);
-      } else {
-        stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
-      }
-    } else {
-      stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
+      zmm = wide && wide_stencil3(out_w);
+      if (zmm) stencil3_plane_avx512(in + taps[0], row_step, w, init[0], out, out_h, out_w);
     }
+    if (!zmm) stencil3_plane<T, kBytes>(in + taps[0], row_step, w, init[0], out, out_h, out_w);
     if (relu6) relu6_planes<T, kBytes>(out, out_stride, 1, out_h * out_w);
     return;
   }
@@ -1602,7 +1605,7 @@ void forward(const ConvGeometry& g, const T* data, const T* weight, const T* bia
   const ForwardItem<T> run = avx2 ? forward_item_avx2<T> : forward_item_sse2<T>;
   const int threads = plan.threads;
   a.row_chunks = forward_row_chunks(g, a.gemm != nullptr, threads);
-  a.wide_taps = avx2 && std::is_same<T, float>::value && use_avx512_conv_kernels();
+  a.wide_taps = wide_taps<T>(avx2);
   set_input_transform(in, &a);
   // Row chunks write parts of planes: their moments are taken after the items.
   if (moments && a.row_chunks == 1) a.moments = moments->row_sums;
@@ -1659,7 +1662,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
             bwd_taps, flipped, zeros, bias_grad != nullptr, images,
             pointwise_gemm_kernel<T>(g), panels, panel_floats,
             pointwise_dots_kernel<T>(g)};
-  a.wide_taps = avx2 && std::is_same<T, float>::value && use_avx512_conv_kernels();
+  a.wide_taps = wide_taps<T>(avx2);
   set_input_transform(in, &a);
   const BackwardItem<T> run =
       images > 1 || a.gemm ? (avx2 ? backward_images_item_avx2<T> : backward_images_item_sse2<T>)

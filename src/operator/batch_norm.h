@@ -41,8 +41,10 @@ void bn_moments_cpu(int dtype, const void* x, int64_t outer, int64_t channels, i
 // values), into sums + 3 * i * sums_step (three doubles per row: its sums around its first value,
 // then that value); then, once every row of an (outer, channels, inner) tensor has its sums at
 // 3 * (n * channels + c), the summary from them. The values bn_moments_cpu writes for that tensor.
+// `avx2`: use_avx2_kernels() as the caller read it once per call (it reads the environment, too
+// dear for a kernel that takes the sums item by item).
 void bn_row_moments_cpu(int dtype, const void* x, int64_t count, int64_t row_step, int64_t inner,
-                        double* sums, int64_t sums_step);
+                        double* sums, int64_t sums_step, bool avx2);
 void bn_moments_from_rows_cpu(int dtype, const double* sums, int64_t outer, int64_t channels,
                               int64_t inner, void* summary);
 

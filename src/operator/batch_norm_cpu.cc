@@ -169,8 +169,8 @@ template <typename T>
 using RowMoments = void (*)(const T*, int64_t, int64_t, int64_t, double*, int64_t);
 
 template <typename T>
-RowMoments<T> pick_row_moments() {
-  return use_avx2_kernels() ? row_moments_avx2<T> : row_moments_sse2<T>;
+RowMoments<T> pick_row_moments(bool avx2 = use_avx2_kernels()) {
+  return avx2 ? row_moments_avx2<T> : row_moments_sse2<T>;
 }
 
 // A row's sums (a, b, r) added to its channel's (s1, s2) around r0 (see row_moment_sums).
@@ -493,12 +493,12 @@ void bn_moments_cpu(int dtype, const void* x, int64_t outer, int64_t channels, i
 }
 
 void bn_row_moments_cpu(int dtype, const void* x, int64_t count, int64_t row_step, int64_t inner,
-                        double* sums, int64_t sums_step) {
+                        double* sums, int64_t sums_step, bool avx2) {
   if (dtype == kFloat32) {
-    pick_row_moments<float>()(static_cast<const float*>(x), count, row_step, inner, sums,
+    pick_row_moments<float>(avx2)(static_cast<const float*>(x), count, row_step, inner, sums,
                               sums_step);
   } else if (dtype == kFloat64) {
-    pick_row_moments<double>()(static_cast<const double*>(x), count, row_step, inner, sums,
+    pick_row_moments<double>(avx2)(static_cast<const double*>(x), count, row_step, inner, sums,
                                sums_step);
   }
 }

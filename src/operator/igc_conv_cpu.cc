@@ -986,14 +986,15 @@ constexpr int dtype_of() {
 
 // With a.moments, the moment sums of the output rows an item has just written (image n's
 // filters from `first` on, their planes from `out`), while they are in cache (see
-// ConvOutputMoments).
-template <typename T>
+// ConvOutputMoments). The AVX2 items (kBytes 32) run where use_avx2_kernels() held for the call.
+template <typename T, int kBytes>
 IGC_INLINE void output_moments(const Args<T>& a, int64_t n, int64_t first, const T* out) {
   if (!a.moments) return;
   const ConvGeometry& g = a.g;
   const int64_t plane = a.l.ho * a.l.wo, step = conv_filter_channel_step(g);
   bn_row_moments_cpu(dtype_of<T>(), out, a.l.fg, step * plane, plane,
-                     a.moments + 3 * (n * g.filters + conv_output_channel(g, first)), step);
+                     a.moments + 3 * (n * g.filters + conv_output_channel(g, first)), step,
+                     kBytes == 32);
 }
 
 template <typename T, int kBytes>
@@ -1010,7 +1011,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
     if (a.in_scale) transform_input_rows<T, kBytes>(a, n, 1, group, p, l.p_chan, 0);
     pointwise_gemm(a, n, group, false, rows, a.in_scale ? p : nullptr);
     if (a.relu6) relu6_planes<T, kBytes>(out, out_stride, l.fg, plane);
-    output_moments(a, n, first, out);
+    output_moments<T, kBytes>(a, n, first, out);
     return;
   }
   // Output rows [y0, y1) read the padded input rows [y0 * stride_h, (y1 - 1) * stride_h +
@@ -1033,7 +1034,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
       planes(p + y0 * row_step, row_step, a.fwd_taps, l.cg * l.k2, a.weight + first * l.cg * l.k2,
              a.bias ? a.bias + first : a.zeros, out + y0 * l.wo, out_stride, l.fg, y1 - y0, l.wo,
              a.relu6);
-      output_moments(a, n, first, out);
+      output_moments<T, kBytes>(a, n, first, out);
       return;
     }
   }
@@ -1041,7 +1042,7 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
                               a.weight + first * l.cg * l.k2, l.cg * l.k2, l.cg * l.k2,
                               a.bias ? a.bias + first : a.zeros, out + y0 * l.wo, out_stride, l.fg,
                               y1 - y0, l.wo, a.relu6, a.wide_taps);
-  output_moments(a, n, first, out);
+  output_moments<T, kBytes>(a, n, first, out);
 }
 
 // `partial` accumulates this thread's weight gradient (filters*cg*k2) then bias gradient
@@ -1578,10 +1579,11 @@ void output_moments_pass(const ConvGeometry& g, int dtype, const void* out, doub
   const int64_t plane = g.out_height() * g.out_width(), rows = g.batch * g.filters;
   const int64_t bytes = dtype == kFloat32 ? 4 : 8;
   const int threads = rows * plane < kMinParallelMacs ? 1 : omp_get_max_threads();
+  const bool avx2 = use_avx2_kernels();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (int64_t n = 0; n < g.batch; ++n) {
     bn_row_moments_cpu(dtype, static_cast<const char*>(out) + n * g.filters * plane * bytes,
-                       g.filters, plane, plane, row_sums + 3 * n * g.filters, 1);
+                       g.filters, plane, plane, row_sums + 3 * n * g.filters, 1, avx2);
   }
 }
 

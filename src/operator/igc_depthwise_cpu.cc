@@ -467,10 +467,10 @@ void depthwise_small_forward(const ConvGeometry& g, const float* data, const flo
     const int64_t c1 = std::min(c0 + kBlockChannels, g.filters);
     forward_block(g, s, n, c0, c1, data, weight, bias, out, in, small ? &plane : nullptr,
                   paired ? &rows : nullptr);
-    if (row_sums) {  // the block's output planes are in cache
+    if (row_sums) {  // the block's output planes are in cache (AVX2: see depthwise_small_conv)
       const int64_t plane = s.ho * s.wo;
       bn_row_moments_cpu(kFloat32, out + (n * g.filters + c0) * plane, c1 - c0, plane, plane,
-                         row_sums + 3 * (n * g.filters + c0), 1);
+                         row_sums + 3 * (n * g.filters + c0), 1, true);
     }
   }
 }

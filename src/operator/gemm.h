@@ -49,7 +49,8 @@ void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* 
 // blocks make the same sums in the same order.
 GemmKernel pick_gemm(bool plain_block);
 
-// c[m * ldc + n] += sum over s < S, k < L of a[m * lda + s * a_seg + k] * b[n * ldb + s * b_seg + k],
+// c[m * ldc + n] += sum over s < S, k < L of
+//   a[m * lda + s * a_seg + k] * b[n * ldb + s * b_seg + k],
 // 0 <= m < M, 0 <= n < N: dot products of rows (a pointwise conv's weight gradient: output-
 // gradient rows against input rows, S images of L values each). Reads nothing past a row's L.
 struct RowDots {

@@ -136,7 +136,9 @@ void depthwise_portable(int stride, const float* e, int64_t e_row, int64_t Wout,
       for (int c = 0; c < 8; ++c) {
         float acc = bias[c];
         for (int ky = 0; ky < 3; ++ky) {
-          for (int kx = 0; kx < 3; ++kx) acc += w[(ky * 3 + kx) * 8 + c] * in[ky * e_row + kx * 8 + c];
+          for (int kx = 0; kx < 3; ++kx) {
+            acc += w[(ky * 3 + kx) * 8 + c] * in[ky * e_row + kx * 8 + c];
+          }
         }
         d[(r * Wout + x) * 8 + c] = std::min(std::max(acc, 0.0f), 6.0f);
       }
@@ -634,7 +636,9 @@ Kernels pick_kernels() {
   return {false, expand_portable, linear_portable, depthwise_portable};
 }
 
-inline int64_t panel_width(int64_t filters, int64_t f0) { return std::min<int64_t>(16, filters - f0); }
+inline int64_t panel_width(int64_t filters, int64_t f0) {
+  return std::min<int64_t>(16, filters - f0);
+}
 
 // One image's output rows [row_begin, row_end).
 void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_t image,
@@ -695,7 +699,9 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
     const int64_t lo = std::clamp<int64_t>(from, 0, H), hi = std::clamp<int64_t>(to, 0, H);
     for (int64_t b = 0; b < blocks; ++b) {  // padding rows (above and below the image) are zeros
       float* plane = e + b * p.e_plane;
-      if (from < lo) std::memset(plane + (from - first) * p.e_row, 0, sizeof(float) * (lo - from) * p.e_row);
+      if (from < lo) {
+        std::memset(plane + (from - first) * p.e_row, 0, sizeof(float) * (lo - from) * p.e_row);
+      }
       const int64_t zero_from = std::max(hi, from);
       if (zero_from < to) {
         std::memset(plane + (zero_from - first) * p.e_row, 0,

@@ -73,6 +73,8 @@ ops: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	@LC_ALL=C awk 'length > 100 { print FILENAME ":" FNR ": longer than 100 columns"; bad = 1 } \
+		END { exit bad }' src/operator/*.cc src/operator/*.h src/operator/*.cu
 
 test: $(TEST_STAMP) ops
 	$(VPY) -m pytest tests $(PYTEST_ARGS)

@@ -809,7 +809,8 @@ IGC_INLINE void transform_input_rows(const Args<T>& a, int64_t n0, int64_t count
 // A pointwise conv of image n, group `group` as one GEMM over rows of H*W values, read and
 // written in place (or, forward with an input transform, the input rows from `input`, the
 // transformed rows l.p_chan apart): the output (the `fg` filters of the group) from the weights
-// and the input channels, or (data_grad) the input gradient from the flipped weights and the output gradient.
+// and the input channels, or (data_grad) the input gradient from the flipped weights and the
+// output gradient.
 // `rows` holds max(cg, fg) pointers.
 template <typename T>
 void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, const T** rows,

@@ -58,9 +58,15 @@ constexpr int64_t kDepth = 128;
 //   16 5.5 -> 4.7-4.9 ms (MXNet, 1 thread).
 // - Up to kCopyBRows rows on shorter rows: B is read in place (copies lost there: the 32 x 32
 //   plane 144 -> 24 conv 7.7-7.8 -> 8.2-8.9 ms with the copies above, 7.6 -> 13 ms with a copy of
-//   each 16-column slice made by its first block of rows).
+//   each 16-column slice made by its first block of rows), except in the AVX-512 blocks on rows
+//   of kAliasedWideColumns values and more whose first two lie a multiple of 4 KB apart (the
+//   data gradient of a 32 x 32 plane's expansion reads the output gradient in place; the 144 ->
+//   24 forward above reads transformed rows, off the 4 KB multiple): they take the copies above
+//   as well. Backward of 64 x 24 x 32 x 32 -> 144 31.4 -> 26.0 ms, 16 -> 96 16.2 -> 14.4 ms
+//   (MXNet, 1 thread, Intel Xeon, the two alternating; the AVX2 blocks gained nothing there).
 constexpr int64_t kCopyBRows = 32;
-constexpr int64_t kWideCols = 128, kWideMinColumns = 2048;
+constexpr int64_t kWideCols = 128, kWideMinColumns = 2048, kAliasedWideColumns = 1024;
+constexpr int64_t kPageFloats = 4096 / sizeof(float);
 constexpr int64_t kPackedFloats = 32768;  // 128 KB: the chunk stays in the L2 cache
 
 // Where a register block reads A and B. A: rows in place (a + i * lda + k) or a panel of
@@ -253,10 +259,16 @@ IGC_TARGET_AVX2 void wide_pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64
 }
 
 // One pass over whole 16-column blocks over the B rows [k0, k1), B read as kCopyBRows says.
+// Whether B's first two rows lie a multiple of 4 KB apart (see kCopyBRows).
+inline bool page_aliased_rows(const Gemm& g) {
+  return g.K > 1 && (g.b[1] - g.b[0]) % kPageFloats == 0;
+}
+
 template <bool kWide, bool kFirst, bool kLast, bool kPanel>
 IGC_TARGET_AVX2 void pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
   const __m256i all = _mm256_set1_epi32(-1);
-  if (g.M <= kCopyBRows && g.N >= kWideMinColumns) {
+  if (g.M <= kCopyBRows &&
+      (g.N >= kWideMinColumns || (kWide && g.N >= kAliasedWideColumns && page_aliased_rows(g)))) {
     return wide_pass_avx2<kWide, kFirst, kLast, kPanel>(g, k0, k1, whole);
   }
   if (g.M <= kCopyBRows) {
@@ -585,7 +597,6 @@ IGC_TARGET_AVX2 void dots_rows_avx2(const RowDots& d, int64_t m0) {
 // x 32 plane's 24 -> 144 expansion (a: the 144 output-gradient rows, b: the 24 input rows) ran
 // at 38-40 GMAC/s, 48 copied (16 -> 96: 29-36 -> 32-41; hot caches, 1 thread). With 24 rows of
 // a against 144 of b it ran alike either way, as on 16 x 16 planes.
-constexpr int64_t kPageFloats = 4096 / sizeof(float);
 constexpr int64_t kAliasedFloats = 1024;
 constexpr int64_t kAliasedStride = kAliasedFloats + 16;
 

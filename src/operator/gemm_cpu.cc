@@ -59,11 +59,12 @@ constexpr int64_t kDepth = 128;
 // - Up to kCopyBRows rows on shorter rows: B is read in place (copies lost there: the 32 x 32
 //   plane 144 -> 24 conv 7.7-7.8 -> 8.2-8.9 ms with the copies above, 7.6 -> 13 ms with a copy of
 //   each 16-column slice made by its first block of rows), except in the AVX-512 blocks on rows
-//   of kAliasedWideColumns values and more whose first two lie a multiple of 4 KB apart (the
-//   data gradient of a 32 x 32 plane's expansion reads the output gradient in place; the 144 ->
-//   24 forward above reads transformed rows, off the 4 KB multiple): they take the copies above
-//   as well. Backward of 64 x 24 x 32 x 32 -> 144 31.4 -> 26.0 ms, 16 -> 96 16.2 -> 14.4 ms
-//   (MXNet, 1 thread, Intel Xeon, the two alternating; the AVX2 blocks gained nothing there).
+//   of kAliasedWideColumns values and more that come from memory (Gemm::b_in_memory) and whose
+//   first two lie a multiple of 4 KB apart: the data gradient of a 32 x 32 plane's expansion
+//   reads the output gradient in place. They take the copies above as well: backward of 64 x 24
+//   x 32 x 32 -> 144 31.4 -> 26.0 ms, 16 -> 96 16.2 -> 14.4 ms (MXNet, 1 thread, Intel Xeon, the
+//   two alternating). The AVX2 blocks gained nothing there; the 144 -> 24 and 96 -> 24 forwards
+//   (their rows, as transformed into a buffer, also 4 KB apart, but just written) lost 2-8 %.
 constexpr int64_t kCopyBRows = 32;
 constexpr int64_t kWideCols = 128, kWideMinColumns = 2048, kAliasedWideColumns = 1024;
 constexpr int64_t kPageFloats = 4096 / sizeof(float);
@@ -258,17 +259,17 @@ IGC_TARGET_AVX2 void wide_pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64
   }
 }
 
-// One pass over whole 16-column blocks over the B rows [k0, k1), B read as kCopyBRows says.
 // Whether B's first two rows lie a multiple of 4 KB apart (see kCopyBRows).
 inline bool page_aliased_rows(const Gemm& g) {
   return g.K > 1 && (g.b[1] - g.b[0]) % kPageFloats == 0;
 }
 
+// One pass over whole 16-column blocks over the B rows [k0, k1), B read as kCopyBRows says.
 template <bool kWide, bool kFirst, bool kLast, bool kPanel>
 IGC_TARGET_AVX2 void pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
   const __m256i all = _mm256_set1_epi32(-1);
-  if (g.M <= kCopyBRows &&
-      (g.N >= kWideMinColumns || (kWide && g.N >= kAliasedWideColumns && page_aliased_rows(g)))) {
+  const bool aliased = kWide && g.b_in_memory && g.N >= kAliasedWideColumns && page_aliased_rows(g);
+  if (g.M <= kCopyBRows && (g.N >= kWideMinColumns || aliased)) {
     return wide_pass_avx2<kWide, kFirst, kLast, kPanel>(g, k0, k1, whole);
   }
   if (g.M <= kCopyBRows) {

@@ -835,7 +835,7 @@ void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, 
       }
       a.gemm(Gemm{l.cg, values, l.fg, a.flipped + group * l.cg * l.fg, l.fg, rows,
                   a.data_grad + (n * g.in_channels + group * l.cg) * values, values, a.zeros,
-                  nullptr, 0, panels});
+                  nullptr, 0, panels, true});
     }
   }
 }

@@ -144,15 +144,18 @@ class Peer:
     300,000 before it sleeps in the kernel, and each parallel region of either framework starts
     by waking one (a 2-thread mobilenetv2_cifar step with a PyTorch peer in its process made
     about 1,560 voluntary context switches, 4 without). A user runs one framework per process.
-    The peer inherits the child's environment (threads, pinning); the pause before each call
-    (interleaved_medians) lets the other process's workers go idle first.
+    The peer inherits the child's environment (threads, pinning), or runs on `threads` OpenMP
+    threads of its own where given (so that one child can interleave the same step on several
+    thread counts); the pause before each call (interleaved_medians) lets the other process's
+    workers go idle first.
     """
 
-    def __init__(self, script, payload):
+    def __init__(self, script, payload, threads=None):
         self.script = os.path.basename(script)
+        env = None if threads is None else dict(os.environ, OMP_NUM_THREADS=str(threads))
         self._proc = subprocess.Popen(
             [sys.executable, os.path.abspath(script), PEER_FLAG, json.dumps(payload)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         hello = json.loads(self._reply())
         self.names, self.info = hello["names"], hello["info"]
 

@@ -5,12 +5,14 @@ batch (no data loading; CIFAR rows: 64 images, 32x32, 10 classes; ImageNet rows:
 224x224, 1000 classes): the project as an MXNet `Module` with the
 builders' defaults (conv_impl='auto', the native Reorder), PyTorch as the peer in benchmarks/peers
 (train mode, cross-entropy loss). Before any timing each peer is checked to have exactly the MXNet
-graph's parameter count. Per family and thread count the two run in turn (harness.py: medians
-of interleaved rounds) from a child process of their own (one per family, so that MXNet's memory
-pool does not carry one network's buffers into the next), PyTorch in a peer process beside it
-(harness.Peer: the two share no OpenMP runtime, as in a user's process); ratio = PyTorch ms /
-project ms, above 1 = the project is faster. With more than one thread count, each step's time on
-the first count against its time on the others is printed too, beside the same ratio for one
+graph's parameter count. Per family, one child process (so that MXNet's memory pool does not
+carry one network's buffers into the next) runs the project's step and PyTorch's on every thread
+count in turn (harness.py: medians of interleaved rounds): the project's on the first count in the
+child itself, on each other count in an MXNet process beside it, PyTorch's in a process of its own
+per count (harness.Peer: no two frameworks or thread counts share an OpenMP runtime, as in a
+user's process); ratio = PyTorch ms / project ms, above 1 = the project is faster. With more than
+one thread count, each step's time on the first count against its time on the others (timed in
+the same rounds) is printed too, beside the same ratio for one
 memory-bound pass: the plugin's BatchNormApply (ReLU6) over the largest tensor of a
 `mobilenetv2_cifar` step (64 x 144 x 32 x 32, 38 MB in and 38 MB out), on the same threads in a
 child of its own: what the BatchNorm's passes can gain from more threads on this machine.
@@ -21,6 +23,7 @@ child of its own: what the BatchNorm's passes can gain from more threads on this
     python benchmarks/train_peers.py --families igcv3,mobilenetv2,resnet_igc_imgnet_d18
 """
 import argparse
+import contextlib
 import sys
 
 import numpy as np
@@ -119,27 +122,43 @@ def memory_pass_seconds(rounds):
 
 
 def measure(payload):
-    """Runs in the child (MXNet only): (params, project seconds, PyTorch seconds) of one family,
-    the PyTorch step run by a peer process (harness.Peer) in turn with the project's; or, for a
-    payload with "memory", the seconds of the memory-bound pass."""
+    """Runs in the child (MXNet only), on the first of payload["threads"]: (params, [[threads,
+    project seconds, PyTorch seconds], ...]) of one family. The project's step on the child's
+    threads runs here, on each other count in an MXNet peer process of its own, PyTorch's on
+    each count in a peer (harness.Peer); all of them in turn in the same interleaved rounds, so
+    that each ratio, the thread counts' against each other too, compares steps timed within the
+    same seconds. For a payload with "memory", the seconds of the memory-bound pass."""
     if payload.get("memory"):
         return memory_pass_seconds(payload["rounds"])
     import utility
     utility.load_ops()
     _, name, config, shape = FAMILIES[payload["family"]]
-    with harness.Peer(__file__, payload) as peer:
-        fns = {"project": mxnet_step(name, config, shape), **peer.functions()}
-        t = harness.interleaved_medians(fns, rounds=payload["rounds"], warmup=payload["warmup"],
-                                        pause=0.05)
-    return peer.info["params"], t["project"], t["pytorch"]
+    threads = payload["threads"]
+    with contextlib.ExitStack() as stack:
+        fns, params = {f"project {threads[0]}": mxnet_step(name, config, shape)}, None
+        for t in threads:
+            for framework in ("pytorch", "project") if t != threads[0] else ("pytorch",):
+                peer = stack.enter_context(harness.Peer(__file__, dict(
+                    family=payload["family"], threads=t, framework=framework), threads=t))
+                fns[f"{framework} {t}"] = peer.functions()[framework]
+                params = params or peer.info.get("params")
+        times = harness.interleaved_medians(fns, rounds=payload["rounds"],
+                                            warmup=payload["warmup"], pause=0.05)
+    return params, [[t, times[f"project {t}"], times[f"pytorch {t}"]] for t in threads]
 
 
 def peer(payload):
-    """Runs in the peer process: the PyTorch step, and the parameter count both graphs have."""
+    """Runs in a peer process on payload["threads"]: the PyTorch step, with the parameter count
+    both graphs have; or (framework "project") the project's MXNet step."""
+    _, name, config, shape = FAMILIES[payload["family"]]
+    if payload["framework"] == "project":
+        import utility
+        utility.serial_caller()
+        utility.load_ops()
+        return {"project": mxnet_step(name, config, shape)}, {}
     import torch
     torch.set_num_threads(payload["threads"])
     import peers
-    _, name, config, shape = FAMILIES[payload["family"]]
     params = peers.mxnet_param_count(name, shape[2], **config)
     return {"pytorch": torch_step(name, config, shape)}, {"params": params}
 
@@ -167,15 +186,14 @@ def parent(argv=None):
     rows = []
     for name in wanted:
         label, _, _, (batch, side, _) = FAMILIES[index[name]]
-        first = None
-        for t in threads:
-            params, ours, peer = harness.run_child(
-                __file__, dict(threads=t, rounds=rounds, warmup=warmup, family=index[name]), t)
-            first = first or (ours, peer)
+        params, times = harness.run_child(
+            __file__, dict(threads=threads, rounds=rounds, warmup=warmup, family=index[name]),
+            threads[0])
+        for t, ours, peer in times:
             row = [label, f"{params:,}", f"{batch}x{side}²", t, f"{ours * 1e3:.0f}",
                    f"{peer * 1e3:.0f}", harness.ratio(peer, ours)]
             if scaling:
-                row += [harness.ratio(first[0], ours), harness.ratio(first[1], peer)]
+                row += [harness.ratio(times[0][1], ours), harness.ratio(times[0][2], peer)]
             rows.append(row)
     memory = harness.per_thread(__file__, dict(rounds=2 * rounds, memory=True),
                                 threads) if scaling else {}

@@ -55,7 +55,7 @@ sys.path.insert(0, {os.path.join(ROOT, "benchmarks")!r})
 import harness
 
 def measure(payload):
-    with harness.Peer(__file__, payload) as peer:
+    with harness.Peer(__file__, payload, threads=payload.get("peer_threads")) as peer:
         fns = {{"local": lambda: None, **peer.functions()}}
         seconds = harness.interleaved_medians(fns, rounds=3, warmup=1)
     return dict(peer.info, child_pid=os.getpid(), seconds=seconds)
@@ -85,6 +85,13 @@ def test_peer_functions_run_in_their_own_process_in_turn_with_the_childs(tmp_pat
     # the peer's own timing of each call (it sleeps 20 ms), not the child's of its pipe
     assert min(result["seconds"]["slow_a"], result["seconds"]["slow_b"]) >= 0.02
     assert set(result["seconds"]) == {"local", "slow_a", "slow_b"}
+
+
+def test_a_peer_can_run_on_threads_of_its_own(tmp_path):
+    script, log = tmp_path / "peer_probe.py", tmp_path / "calls.log"
+    script.write_text(PEER_PROBE)
+    result = harness.run_child(str(script), {"log": str(log), "peer_threads": 2}, 3)
+    assert result["omp"] == "2"
 
 
 def test_a_peer_that_fails_stops_the_child_with_its_error(tmp_path):
@@ -309,13 +316,15 @@ def test_training_benchmark_prints_each_steps_gain_from_threads_beside_a_memory_
         calls.append((dict(payload), threads))
         if payload.get("memory"):
             return {1: 0.040, 2: 0.030}[threads]
-        return 1000, {1: 0.600, 2: 0.400}[threads], {1: 1.200, 2: 0.600}[threads]
+        return 1000, [[1, 0.600, 1.200], [2, 0.400, 0.600]]
 
     monkeypatch.setattr(harness, "run_child", fake_child)
     assert train_peers.parent(["--threads", "1,2", "--families", "mobilenetv2_cifar",
                                "--quick"]) == 0
-    assert [(p.get("memory", False), t) for p, t in calls] == [
-        (False, 1), (False, 2), (True, 1), (True, 2)]
+    # one child for the step on both thread counts (interleaved there), then the memory pass
+    # in a child per count
+    assert [(p.get("memory", False), p.get("threads"), t) for p, t in calls] == [
+        (False, [1, 2], 1), (True, None, 1), (True, None, 2)]
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("mobilenetv2_cifar")
                and line.split()[3] == "2")
@@ -326,7 +335,7 @@ def test_training_benchmark_prints_each_steps_gain_from_threads_beside_a_memory_
 
 def test_training_benchmark_on_one_thread_count_has_no_scaling_columns(monkeypatch, capsys):
     import train_peers
-    monkeypatch.setattr(harness, "run_child", lambda *a, **k: (1000, 0.5, 1.0))
+    monkeypatch.setattr(harness, "run_child", lambda *a, **k: (1000, [[2, 0.5, 1.0]]))
     assert train_peers.parent(["--threads", "2", "--families", "igcv3_cifar", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "vs 2 thread(s)" not in out and "memory-bound pass" not in out

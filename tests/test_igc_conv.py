@@ -708,6 +708,12 @@ IN_BN_CASES = [
     (3, 24, 8, 8, 8, 1, (1, 1), (1, 1), True, "relu", 1, "float32"),
     (4, 8, 4, 4, 16, 2, (1, 1), (1, 1), False, "none", 1, "float32"),
     (2, 8, 5, 5, 6, 1, (1, 1), (1, 1), False, "relu6", 1, "float64"),
+    # the row-dot path (planes of 256 values and more): its BatchNorm sums per image, two
+    # chunks of them per row here (the second partial), dx from the data gradient made again
+    # (at most 32 filters per group) or kept in data_grad (more)
+    (2, 8, 24, 30, 12, 1, (1, 1), (1, 1), False, "relu6", 1, "float32"),
+    (2, 8, 32, 20, 40, 1, (1, 1), (1, 1), False, "none", 1, "float32"),
+    (2, 16, 16, 20, 72, 2, (1, 1), (1, 1), True, "relu", 1, "float32"),
 ]
 
 
@@ -726,6 +732,7 @@ IN_BN_BLOCK_CASES = [
     (16, 40, 16, 16, 40, 40, (3, 3), (2, 2), False, "none", 1, "float32"),
     (8, 32, 16, 16, 16, 1, (1, 1), (1, 1), False, "relu6", 1, "float32"),
     (16, 48, 8, 8, 16, 2, (1, 1), (1, 1), True, "relu6", 1, "float32"),
+    (8, 16, 24, 24, 40, 1, (1, 1), (1, 1), True, "relu", 1, "float32"),
 ]
 
 

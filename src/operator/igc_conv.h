@@ -69,7 +69,8 @@ struct ConvInputTransform {
   // from the BatchNorm's mean and invstd per data channel): data_grad is then the gradient of the
   // data itself, and gamma_grad and beta_grad (per data channel) are written. The kernels run it
   // on each block of channels as soon as the block's transformed-value gradient is complete over
-  // the batch (while it is in cache), in place in data_grad.
+  // the batch (while it is in cache), in place in data_grad; the float pointwise ones on planes of
+  // 256 values and more take its sums from each image's rows as they make them, then write dx.
   const void* mean = nullptr;
   const void* invstd = nullptr;
   void* gamma_grad = nullptr;

@@ -10,8 +10,10 @@
 // conv reads BatchNormApply(data, gamma, beta, mean, invstd, act=in_act) without that tensor
 // being written (where conv_transforms_input; elsewhere, float64 pointwise convs, it is made in
 // the workspace first); its backward runs BatchNormApply's inside the conv's (on each block of
-// channels once its gradient is complete over the batch; the pointwise ones, and where the input
-// is made first, after the conv's), with zero gradients for mean and invstd, as there.
+// channels once its gradient is complete over the batch; the pointwise ones on planes of 256
+// values and more take its sums from each image's data gradient as they make it and write dx
+// after; the other pointwise ones, and where the input is made first, after the conv's), with
+// zero gradients for mean and invstd, as there.
 // moments=True: a second output (2, F, 1, 1), what BatchNormMoments gives for the first (a
 // training fusion by the same rewrite: the BatchNorm statistics of the output taken by the conv
 // as it writes it, see ConvOutputMoments); it carries no gradient (a BlockGrad reads it).

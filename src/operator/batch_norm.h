@@ -71,16 +71,19 @@ void bn_apply_backward_channels_cpu(int dtype, const void* y_grad, const void* x
 
 // The same backward a row (one image's plane of one channel) at a time, float only, for a kernel
 // that makes y_grad an image at a time and need not keep it (IGCConv's pointwise backward, which
-// can make it again): bn_backward_row_sums_cpu writes a row's partial sums, two floats per each
-// of its bn_backward_row_chunks(inner) chunks, at sums + 2 * chunks * (n * channels + c); once
+// can make it again): bn_backward_row_sums_cpu writes the partial sums of `rows` rows of
+// consecutive channels of one image (`inner` values apart; scale, shift and mean from the first
+// row's channel on), two floats per each of a row's bn_backward_row_chunks(inner) chunks, row r's
+// at sums + 2 * chunks * r (a row (n, c) of the tensor: at 2 * chunks * (n * channels + c)); once
 // every row of channels [c0, c1) has them, bn_backward_finish_cpu writes those channels'
 // gamma_grad and beta_grad, and mean_g and k, which bn_backward_row_apply_cpu then takes to write
 // a row's data_grad (which may be its y_grad). The values of bn_apply_backward_channels_cpu for
 // the same y_grad, for rows of at least 256 values (shorter ones are summed position by position
 // over the batch there). `avx2`: use_avx2_kernels() as the caller read it.
 int64_t bn_backward_row_chunks(int64_t inner);
-void bn_backward_row_sums_cpu(const float* y_grad, const float* x, float scale, float shift,
-                              float mean, int64_t inner, int act, bool avx2, float* sums);
+void bn_backward_row_sums_cpu(const float* y_grad, const float* x, const float* scale,
+                              const float* shift, const float* mean, int64_t rows,
+                              int64_t inner, int act, bool avx2, float* sums);
 void bn_backward_finish_cpu(const float* sums, int64_t outer, int64_t channels, int64_t inner,
                             int64_t c0, int64_t c1, const float* invstd, float* gamma_grad,
                             float* beta_grad, float* mean_g, float* k);

@@ -1279,12 +1279,10 @@ void input_bn_row_sums(const Args<T>& a, int64_t n, int64_t group, const T* grad
     const ConvGeometry& g = a.g;
     const int64_t values = g.width, chunks = bn_backward_row_chunks(values);
     const float* mean = static_cast<const float*>(a.in->mean);
-    for (int64_t c = 0; c < a.l.cg; ++c) {
-      const int64_t channel = group * a.l.cg + c, row = n * g.in_channels + channel;
-      bn_backward_row_sums_cpu(grad + c * values, a.data + row * values, a.in_scale[channel],
-                               a.in_shift[channel], mean[channel], values, a.in_act, a.avx2,
-                               a.bn_sums + 2 * chunks * row);
-    }
+    const int64_t channel = group * a.l.cg, row = n * g.in_channels + channel;
+    bn_backward_row_sums_cpu(grad, a.data + row * values, a.in_scale + channel,
+                             a.in_shift + channel, mean + channel, a.l.cg, values, a.in_act,
+                             a.avx2, a.bn_sums + 2 * chunks * row);
   }
 }
 

@@ -70,8 +70,8 @@ void bn_apply_backward_channels_cpu(int dtype, const void* y_grad, const void* x
                                     int64_t inner, int64_t c0, int64_t c1, int act);
 
 // The same backward a row (one image's plane of one channel) at a time, float only, for a kernel
-// that makes y_grad an image at a time and need not keep it (IGCConv's pointwise backward, which
-// can make it again): bn_backward_row_sums_cpu writes the partial sums of `rows` rows of
+// that makes y_grad an image at a time (IGCConv's pointwise backward, which takes the sums while
+// an image's rows are in cache): bn_backward_row_sums_cpu writes the partial sums of `rows` rows of
 // consecutive channels of one image (`inner` values apart; scale, shift and mean from the first
 // row's channel on), two floats per each of a row's bn_backward_row_chunks(inner) chunks, row r's
 // at sums + 2 * chunks * r (a row (n, c) of the tensor: at 2 * chunks * (n * channels + c)); once

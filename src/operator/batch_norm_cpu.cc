@@ -236,11 +236,12 @@ IGC_INLINE void forward_block(const Channel<T>& ch, const T* x, const T* scales,
   if (stream) stream_fence();
 }
 
-// One chunk of a row (at most kChunk values) in the two passes of the apply's backward: the
-// sums (sum g, sum g * (x - m)) of g = dy masked by the activation, then dx. Compiled once per
-// ISA and never inlined, so that backward_block and the kernels that take a row at a time
-// (bn_backward_row_sums_cpu and bn_backward_row_apply_cpu: IGCConv's pointwise backward) compute
-// the same values.
+// The apply's backward works on chunks of a row (at most kChunk values) in two passes: the sums
+// (sum g, sum g * (x - m)) of g = dy masked by the activation (chunk_sums), then dx
+// (chunk_apply). Both are compiled once per ISA and never inlined, so that backward_block and the
+// kernels that take a row at a time (bn_backward_row_sums_cpu and bn_backward_row_apply_cpu:
+// IGCConv's pointwise backward) compute the same values.
+//
 // The sums take kSumRows rows (channels) at a time, each with its own two accumulators: one
 // row's are two chains of dependent adds, which bound the pass at one vector per add latency,
 // where without an activation the arithmetic is three instructions per vector. A group short of
@@ -327,6 +328,24 @@ IGC_TARGET_AVX2 __attribute__((noinline)) void chunk_apply_avx2(const T* gr, con
   chunk_apply<T, kAct>(gr, xr, scale, shift, m, mg, kc, len, out);
 }
 
+// The sums of rows [0, rows) of `inner` values, kSumRows rows at a time and chunk by chunk:
+// set_row(i, j, &r) makes row i row j of the group r, emit(i, chunk, a, b) takes row i's sums of
+// one chunk, chunks in order. `sums` is chunk_sums_avx2 or chunk_sums_sse2.
+template <typename T, typename Sums, typename SetRow, typename Emit>
+IGC_INLINE void grouped_chunk_sums(Sums sums, int64_t rows, int64_t inner, SetRow set_row,
+                                   Emit emit) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kSumRows) {
+    const int group = static_cast<int>(std::min<int64_t>(kSumRows, rows - r0));
+    SumRows<T> r;
+    for (int j = 0; j < group; ++j) set_row(r0 + j, j, &r);
+    for (int64_t i0 = 0, k = 0; i0 < inner; i0 += kChunk, ++k) {
+      T ab[2 * kSumRows];
+      sums(r, i0, std::min(kChunk, inner - i0), ab);
+      for (int j = 0; j < group; ++j) emit(r0 + j, k, ab[2 * j], ab[2 * j + 1]);
+    }
+  }
+}
+
 // Channel c's gradients from its sums over the batch: dbeta = sum(g), dgamma = sum(g * xhat),
 // and the mean of g and k = mean(g * xhat) * invstd that dx takes.
 template <typename T>
@@ -399,23 +418,20 @@ IGC_INLINE void backward_block(const Channel<T>& ch, const T* dy, const T* x, co
   const bool short_rows = ch.inner < kShortRow;
   alignas(64) T buf[kChunk];
   double sg[kMaxBlock] = {}, sgx[kMaxBlock] = {};
-  if (short_rows) short_rows_sums<T, kAct>(ch, dy, x, scales, shifts, mean, c0, c1, sg, sgx);
-  for (int64_t n = 0; n < (short_rows ? 0 : ch.outer); ++n) {
-    for (int64_t c = c0; c < c1; c += kSumRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kSumRows, c1 - c));
-      SumRows<T> r;
-      for (int j = 0; j < rows; ++j) {
-        const T* xr = ch.row(x, n, c + j);
-        r.set(j, dy + (xr - x), xr, scales[c + j], shifts[c + j], mean[c + j]);
-      }
-      for (int64_t i0 = 0; i0 < ch.inner; i0 += kChunk) {
-        T ab[2 * kSumRows];
-        sums(r, i0, std::min(kChunk, ch.inner - i0), ab);
-        for (int j = 0; j < rows; ++j) {
-          sg[c + j - c0] += ab[2 * j];
-          sgx[c + j - c0] += ab[2 * j + 1];
-        }
-      }
+  if (short_rows) {
+    short_rows_sums<T, kAct>(ch, dy, x, scales, shifts, mean, c0, c1, sg, sgx);
+  } else {
+    for (int64_t n = 0; n < ch.outer; ++n) {
+      grouped_chunk_sums<T>(
+          sums, c1 - c0, ch.inner,
+          [&](int64_t i, int j, SumRows<T>* r) {
+            const T* xr = ch.row(x, n, c0 + i);
+            r->set(j, dy + (xr - x), xr, scales[c0 + i], shifts[c0 + i], mean[c0 + i]);
+          },
+          [&](int64_t i, int64_t, T a, T b) {
+            sg[i] += a;
+            sgx[i] += b;
+          });
     }
   }
   const T count = static_cast<T>(ch.outer * ch.inner);
@@ -729,23 +745,15 @@ void row_sums_float(const float* dy, const float* x, const float* scale, const f
                     const float* mean, int64_t rows, int64_t inner, bool avx2, float* sums) {
   auto* run = avx2 ? chunk_sums_avx2<float, kAct> : chunk_sums_sse2<float, kAct>;
   const int64_t chunks = bn_backward_row_chunks(inner);
-  for (int64_t r0 = 0; r0 < rows; r0 += kSumRows) {
-    const int group = static_cast<int>(std::min<int64_t>(kSumRows, rows - r0));
-    SumRows<float> r;
-    for (int j = 0; j < group; ++j) {
-      const int64_t row = r0 + j;
-      r.set(j, dy + row * inner, x + row * inner, scale[row], shift[row], mean[row]);
-    }
-    for (int64_t i0 = 0, k = 0; i0 < inner; i0 += kChunk, ++k) {
-      float ab[2 * kSumRows];
-      run(r, i0, std::min(kChunk, inner - i0), ab);
-      for (int j = 0; j < group; ++j) {
-        float* out = sums + 2 * (chunks * (r0 + j) + k);
-        out[0] = ab[2 * j];
-        out[1] = ab[2 * j + 1];
-      }
-    }
-  }
+  grouped_chunk_sums<float>(
+      run, rows, inner,
+      [&](int64_t i, int j, SumRows<float>* r) {
+        r->set(j, dy + i * inner, x + i * inner, scale[i], shift[i], mean[i]);
+      },
+      [&](int64_t i, int64_t k, float a, float b) {
+        sums[2 * (chunks * i + k)] = a;
+        sums[2 * (chunks * i + k) + 1] = b;
+      });
 }
 
 template <int kAct>

@@ -113,9 +113,9 @@ struct Args {
   const T* in_scale = nullptr;  // the input transform (ConvInputTransform), per data channel
   const T* in_shift = nullptr;
   int in_act = kBnNone;
-  // backward of a row-dot path with the input BatchNorm's backward (see input_bn_rows): the rows'
-  // partial sums (bn_backward_row_sums_cpu)
-  const ConvInputTransform* in = nullptr;
+  // backward of a row-dot path with the input BatchNorm's backward (see input_bn_rows): its mean
+  // per data channel and the rows' partial sums (bn_backward_row_sums_cpu)
+  const T* in_mean = nullptr;
   T* bn_sums = nullptr;
   bool avx2 = false;
 };
@@ -1278,10 +1278,9 @@ void input_bn_row_sums(const Args<T>& a, int64_t n, int64_t group, const T* grad
   if constexpr (std::is_same<T, float>::value) {
     const ConvGeometry& g = a.g;
     const int64_t values = g.width, chunks = bn_backward_row_chunks(values);
-    const float* mean = static_cast<const float*>(a.in->mean);
     const int64_t channel = group * a.l.cg, row = n * g.in_channels + channel;
     bn_backward_row_sums_cpu(grad, a.data + row * values, a.in_scale + channel,
-                             a.in_shift + channel, mean + channel, a.l.cg, values, a.in_act,
+                             a.in_shift + channel, a.in_mean + channel, a.l.cg, values, a.in_act,
                              a.avx2, a.bn_sums + 2 * chunks * row);
   }
 }
@@ -1292,14 +1291,13 @@ void input_bn_apply_item(const Args<T>& a, int64_t item, const T* mean_g, const 
     const ConvGeometry& g = a.g;
     const int64_t group = item % g.groups, n0 = item / g.groups * a.images;
     const int64_t count = std::min(a.images, g.batch - n0), values = g.width;
-    const float* mean = static_cast<const float*>(a.in->mean);
     for (int64_t n = n0; n < n0 + count; ++n) {
       T* dx = a.data_grad + (n * g.in_channels + group * a.l.cg) * values;
       for (int64_t c = 0; c < a.l.cg; ++c) {
         const int64_t channel = group * a.l.cg + c;
         bn_backward_row_apply_cpu(dx + c * values,
                                   a.data + (n * g.in_channels + channel) * values,
-                                  a.in_scale[channel], a.in_shift[channel], mean[channel],
+                                  a.in_scale[channel], a.in_shift[channel], a.in_mean[channel],
                                   mean_g[channel], k[channel], values, a.in_act, a.avx2,
                                   dx + c * values);
       }
@@ -1640,7 +1638,7 @@ void set_input_transform(const ConvInputTransform* in, Args<T>* a) {
   a->in_scale = static_cast<const T*>(in->scale);
   a->in_shift = static_cast<const T*>(in->shift);
   a->in_act = in->act;
-  a->in = in;
+  a->in_mean = static_cast<const T*>(in->mean);
 }
 
 // The moment sums of every output row in a pass of their own (kernels that do not take them per
@@ -1749,7 +1747,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
   // The row-dot path takes its input BatchNorm's sums per image (see input_bn_rows), then writes
   // dx per item; the other pointwise paths' items are blocks of images over every channel: their
   // input BatchNorm's backward runs after all of them, on blocks of channels.
-  const bool bn_rows = in && in->gamma_grad && a.dots;
+  const bool bn_rows = in && in->gamma_grad && input_bn_rows<T>(g);
   const bool bn_after = in && in->gamma_grad && !fused_bn && !bn_rows;
   T* bn_mean_g = nullptr;
   T* bn_k = nullptr;

@@ -1,10 +1,10 @@
 // CPU kernel of IGCBlock on packed weights (see igc_block.h, "Packed weights"). Per image and
 // band of output rows, as the plain kernel, but the expanded tensors live channel-blocked: e and d
 // hold 8 channels per pixel side by side ([E / 8][rows][columns][8]), so that
-//   1. the expansion conv computes 16 (or 8) filters x 6 pixels per register block (AVX-512: 16
-//      filters x up to 12 pixels, see panel_block_z): a vector of packed weights times a
-//      broadcast input pixel, stored as whole 8-channel vectors of e (whose rows carry a zero
-//      column on either side: the depthwise padding); on short bands with many inputs it reads
+//   1. the expansion conv computes 16 (or 8) filters x 6 pixels per register block (AVX-512: 32
+//      filters, two panels, x up to 12 pixels, see panel_block_z): a vector of packed weights
+//      times a broadcast input pixel, stored as whole 8-channel vectors of e (whose rows carry a
+//      zero column on either side: the depthwise padding); on short bands with many inputs it reads
 //      the pixels from a channel-blocked copy of the band's input (kBlockedPixels);
 //   2. the depthwise conv + bias + ReLU6 is nine vector multiply-adds per 8 channels of an output
 //      pixel (AVX-512 at stride 1: of two pixels side by side), with no masks or shuffles for the
@@ -223,9 +223,9 @@ IGC_TARGET_AVX2 __attribute__((always_inline)) inline void expand_blocked_pixels
 
 // Pixels [P0, P0 + C) of a block's accumulators (pixel-major, vectors of 8 filters) into the
 // filter-major output rows of filters 8 j .. 8 j + 7, with the residual where there is one.
-template <int P0, int C, int kRows>
+template <int P0, int C, int kRows, int kCols>
 IGC_TARGET_AVX2 __attribute__((always_inline)) inline void store_pixels(
-    const LinearPanel& a, int64_t n0, int j, const __m256 (&acc)[kRows][2]) {
+    const LinearPanel& a, int64_t n0, int j, const __m256 (&acc)[kRows][kCols]) {
   __m256 v[8];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) v[i] = i < C ? acc[P0 + i][j] : _mm256_setzero_ps();
@@ -395,7 +395,10 @@ IGC_TARGET_AVX2 void depthwise_avx2(int stride, const float* e, int64_t e_row, i
 // input pixel broadcast from memory inside the instruction (AVX2 has no broadcast operand: a
 // separate load per pixel and k). The same sums in the same order as the AVX2 blocks
 // (bit-identical outputs), in about half the instructions: on a core shared with another
-// hardware thread they issue in half the slots.
+// hardware thread they issue in half the slots. Two whole 16-filter panels go together (a call's
+// width 32, see panel_block_z): a batch-1 MobileNetV2 on 1 thread took 5.77 -> 5.35 ms back to
+// back and 7.31 -> 6.93 ms after 50 ms idle, batch 16 87.4 -> 78.2 ms (Xeon, AVX-512,
+// 2026-12-07, the two ways alternating in one process).
 constexpr int kZPixels = 12;
 
 // The register of a panel of W filters (16 or 8).
@@ -443,43 +446,58 @@ IGC_TARGET_AVX512VL __attribute__((always_inline)) inline __m256 eight_lanes(__m
   return v;
 }
 
-template <int W, int MR, int kStride, int kPrefetch, typename Row>
+// P panels side by side (P = 2: two 16-filter panels, packed one after the other, K x 16 floats
+// apart): every broadcast input value feeds P multiply-adds, so a block of MR pixels reads its
+// inputs (the linear conv's d from L2, 8 channels per pixel apart) once for 32 filters. Each
+// output is the same sum in the same order as with one panel.
+template <int W, int P, int MR, int kStride, int kPrefetch, typename Row>
 IGC_TARGET_AVX512VL __attribute__((always_inline)) inline void panel_block_z(
     int64_t K, const float* w, const float* bias, Row row, int64_t n0,
-    typename Lanes<W>::type (&acc)[kZPixels], const float* next) {
-  typename Lanes<W>::type bv, wv;
-  load_lanes(bias, bv);
+    typename Lanes<W>::type (&acc)[P][kZPixels], const float* next) {
+  typename Lanes<W>::type wv[P];
+#pragma GCC unroll 2
+  for (int p = 0; p < P; ++p) {
+    load_lanes(bias + p * W, wv[p]);
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc[i] = bv;
+    for (int i = 0; i < MR; ++i) acc[p][i] = wv[p];
+  }
   for (int64_t k = 0; k < K; ++k) {
     if (kPrefetch & kPrefetchWeights) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + k * W + kWeightsAhead), _MM_HINT_T0);
-      if (next) _mm_prefetch(reinterpret_cast<const char*>(next + k * 16), _MM_HINT_T1);
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) {
+        _mm_prefetch(reinterpret_cast<const char*>(w + p * K * W + k * W + kWeightsAhead),
+                     _MM_HINT_T0);
+        if (next) _mm_prefetch(reinterpret_cast<const char*>(next + (P * k + p) * 16), _MM_HINT_T1);
+      }
     }
     if (kPrefetch & kPrefetchRows) {
       _mm_prefetch(reinterpret_cast<const char*>(row(k) + n0 + kRowsAhead), _MM_HINT_T0);
     }
-    load_lanes(w + k * W, wv);
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) load_lanes(w + p * K * W + k * W, wv[p]);
     const float* b = row(k) + n0 * kStride;
     // (opaque to the optimiser: else GCC keeps each pixel's offset n0 + i in a register of its
     // own, more than there are, instead of one address and constant displacements)
     asm("" : "+r"(b));
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) acc[i] = fma_broadcast(wv, b + i * kStride, acc[i]);
+    for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) acc[p][i] = fma_broadcast(wv[p], b + i * kStride, acc[p][i]);
+    }
   }
 }
 
-template <int W>
+template <int W, int P>
 struct ExpandZ {
   template <int MR, int kPrefetch>
   IGC_TARGET_AVX512VL static void at(const ExpandPanel& a, int64_t n0) {
-    typename Lanes<W>::type acc[kZPixels];
+    typename Lanes<W>::type acc[P][kZPixels];
     if (a.xb) {
-      panel_block_z<W, MR, 8, kPrefetch & kPrefetchWeights>(
+      panel_block_z<W, P, MR, 8, kPrefetch & kPrefetchWeights>(
           a.K, a.w, a.bias, [&](int64_t k) { return a.xb + a.xoff[k]; }, n0, acc, a.next);
     } else {
-      panel_block_z<W, MR, 1, kPrefetch>(a.K, a.w, a.bias, [&](int64_t k) { return a.rows[k]; },
-                                         n0, acc, a.next);
+      panel_block_z<W, P, MR, 1, kPrefetch>(
+          a.K, a.w, a.bias, [&](int64_t k) { return a.rows[k]; }, n0, acc, a.next);
     }
     // (the panel's fields in locals: a vector store may alias anything, and GCC would reload
     // them from `a` after each one)
@@ -488,31 +506,38 @@ struct ExpandZ {
     int64_t at[kZPixels];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) at[i] = pixel[i];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
-      for (int j = 0; j < W / 8; ++j) {
-        _mm256_storeu_ps(e + j * plane + at[i], eight_lanes(acc[i], j));
+    for (int p = 0; p < P; ++p) {
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 2
+        for (int j = 0; j < W / 8; ++j) {
+          _mm256_storeu_ps(e + (p * W / 8 + j) * plane + at[i], eight_lanes(acc[p][i], j));
+        }
       }
     }
   }
 };
 
-template <int W>
+template <int W, int P>
 struct LinearZ {
   template <int MR, int kPrefetch>
   IGC_TARGET_AVX512VL static void at(const LinearPanel& a, int64_t n0) {
-    typename Lanes<W>::type acc[kZPixels];
-    panel_block_z<W, MR, 8, kPrefetch & kPrefetchWeights>(
+    typename Lanes<W>::type acc[P][kZPixels];
+    panel_block_z<W, P, MR, 8, kPrefetch & kPrefetchWeights>(
         a.K, a.w, a.bias, [&](int64_t k) { return a.d + a.channel[k]; }, n0, acc, a.next);
-    __m256 eights[kZPixels][2];
+    constexpr int kCols = P * W / 8;
+    __m256 eights[kZPixels][kCols];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 2
-      for (int j = 0; j < W / 8; ++j) eights[i][j] = eight_lanes(acc[i], j);
-    }
+      for (int p = 0; p < P; ++p) {
 #pragma GCC unroll 2
-    for (int j = 0; j < W / 8; ++j) {
+        for (int j = 0; j < W / 8; ++j) eights[i][p * W / 8 + j] = eight_lanes(acc[p][i], j);
+      }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < kCols; ++j) {
       store_pixels<0, (MR < 8 ? MR : 8)>(a, n0, j, eights);
       if constexpr (MR > 8) store_pixels<8, MR - 8>(a, n0, j, eights);
     }
@@ -552,17 +577,21 @@ IGC_TARGET_AVX512VL void all_pixels_z(const Panel& a) {
   }
 }
 
+// (width 32: two 16-filter panels at once, see panel_block_z)
 IGC_TARGET_AVX512VL void expand_avx512(const ExpandPanel& a) {
   const bool long_rows = !a.xb && a.N >= kLongRow;
-  if (a.width == 16 && long_rows) all_pixels_z<ExpandZ<16>, kPrefetchRows>(a);
-  else if (a.width == 16) all_pixels_z<ExpandZ<16>, kNoPrefetch>(a);
-  else if (long_rows) all_pixels_z<ExpandZ<8>, kPrefetchRows>(a);
-  else all_pixels_z<ExpandZ<8>, kNoPrefetch>(a);
+  if (a.width == 32 && long_rows) all_pixels_z<ExpandZ<16, 2>, kPrefetchRows>(a);
+  else if (a.width == 32) all_pixels_z<ExpandZ<16, 2>, kNoPrefetch>(a);
+  else if (a.width == 16 && long_rows) all_pixels_z<ExpandZ<16, 1>, kPrefetchRows>(a);
+  else if (a.width == 16) all_pixels_z<ExpandZ<16, 1>, kNoPrefetch>(a);
+  else if (long_rows) all_pixels_z<ExpandZ<8, 1>, kPrefetchRows>(a);
+  else all_pixels_z<ExpandZ<8, 1>, kNoPrefetch>(a);
 }
 
 IGC_TARGET_AVX512VL void linear_avx512(const LinearPanel& a) {
-  if (a.width == 16) all_pixels_z<LinearZ<16>, kNoPrefetch>(a);
-  else all_pixels_z<LinearZ<8>, kNoPrefetch>(a);
+  if (a.width == 32) all_pixels_z<LinearZ<16, 2>, kNoPrefetch>(a);
+  else if (a.width == 16) all_pixels_z<LinearZ<16, 1>, kNoPrefetch>(a);
+  else all_pixels_z<LinearZ<8, 1>, kNoPrefetch>(a);
 }
 
 // The 8 floats at p in both halves of a zmm (GCC 12's broadcast intrinsics warn as eight_lanes
@@ -622,22 +651,26 @@ IGC_TARGET_AVX512VL void depthwise_avx512(int stride, const float* e, int64_t e_
 
 struct Kernels {
   bool blocked_input;  // expand reads ExpandPanel::xb where it is set
+  bool pairs;          // expand and linear take two 16-filter panels at once (width 32)
   void (*expand)(const ExpandPanel&);
   void (*linear)(const LinearPanel&);
   void (*depthwise)(int, const float*, int64_t, int64_t, int64_t, const float*, const float*,
                     float*);
 };
 
+
 Kernels pick_kernels() {
   if (use_avx512_kernels() && __builtin_cpu_supports("avx512vl")) {
-    return {true, expand_avx512, linear_avx512, depthwise_avx512};
+    return {true, true, expand_avx512, linear_avx512, depthwise_avx512};
   }
-  if (use_avx2_kernels()) return {true, expand_avx2, linear_avx2, depthwise_avx2};
-  return {false, expand_portable, linear_portable, depthwise_portable};
+  if (use_avx2_kernels()) return {true, false, expand_avx2, linear_avx2, depthwise_avx2};
+  return {false, false, expand_portable, linear_portable, depthwise_portable};
 }
 
-inline int64_t panel_width(int64_t filters, int64_t f0) {
-  return std::min<int64_t>(16, filters - f0);
+// Filters from f0 that one call computes: a 16-filter panel (8 for the last of a multiple of 8),
+// or two whole ones where the kernels take pairs.
+inline int64_t panel_width(int64_t filters, int64_t f0, bool pairs) {
+  return pairs && filters - f0 >= 32 ? 32 : std::min<int64_t>(16, filters - f0);
 }
 
 // One image's output rows [row_begin, row_end).
@@ -679,7 +712,7 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
 
   // 64-byte lines of the linear conv's first panel, which the depthwise pass prefetches (the
   // expansion's panels prefetch the one after them)
-  const int64_t lin_lines = k * panel_width(out_per_group, 0) / 16;
+  const int64_t lin_lines = k * panel_width(out_per_group, 0, kern.pairs) / 16;
   int64_t have_first = 0, have_count = 0;  // input rows held in e: [have_first, +have_count)
   for (int64_t o0 = row_begin; o0 < row_end; o0 += p.band_rows) {
     const int64_t rows_out = std::min(p.band_rows, row_end - o0);
@@ -722,8 +755,8 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
           if (blocked) xoff[c] = input / 8 * 8 * pixels + input % 8;
         }
         const float* w = w_exp + grp * k * in_per_group;
-        for (int64_t f0 = 0; f0 < k; f0 += 16) {
-          const int64_t width = panel_width(k, f0);
+        for (int64_t f0 = 0, width; f0 < k; f0 += width) {
+          width = panel_width(k, f0, kern.pairs);
           const bool last = grp == G - 1 && f0 + width >= k;
           kern.expand(ExpandPanel{in_per_group, (hi - lo) * W, width, w + f0 * in_per_group,
                                   b_exp + grp * k + f0, rows, e + (grp * k + f0) / 8 * p.e_plane,
@@ -750,8 +783,9 @@ void run_item(const BlockGeometry& g, const Plan& p, const Kernels& kern, int64_
         channel[c] = (source / 8) * p.d_plane + source % 8;
       }
       const float* w = w_lin + grp * out_per_group * k;
-      for (int64_t f0 = 0; f0 < out_per_group; f0 += 16) {
-        const int64_t f = grp * out_per_group + f0, width = panel_width(out_per_group, f0);
+      for (int64_t f0 = 0, width; f0 < out_per_group; f0 += width) {
+        width = panel_width(out_per_group, f0, kern.pairs);
+        const int64_t f = grp * out_per_group + f0;
         const bool last = grp == G - 1 && f0 + width >= out_per_group;
         kern.linear(LinearPanel{k, rows_out * Wout, width, w + f0 * k,
                                 b_lin + f, d, channel, y_image + (f * Hout + o0) * Wout,

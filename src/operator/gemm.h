@@ -45,12 +45,13 @@ void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* 
 
 // The GEMM for this CPU and environment (single-threaded): with `plain_block` (the unpacked
 // IGCBlock's short inference GEMMs) a plain 8 x 32 AVX-512 register block where
-// use_avx512_kernels, else (IGCConv) the blocked GEMM with 12 x 16 and 6 x 16 register blocks
-// in AVX-512 where use_avx512_conv_kernels; otherwise the blocked GEMM in AVX2+FMA, or portable
-// C++ (see use_avx2_kernels). The blocked GEMM has the packed panels, the chunked and copied
-// reads of B and the narrow-tail paths (on Zen 4, where a 512-bit FMA costs two 256-bit ones,
-// training steps ran 5-13 % slower with the plain block; see igc_conv.md); its AVX-512 and AVX2
-// blocks make the same sums in the same order.
+// use_avx512_kernels, else (IGCConv) the blocked GEMM with 12 x 32 and 6 x 32 register blocks
+// (12 x 16 and 6 x 16 on a last odd 16 columns) in AVX-512 where use_avx512_conv_kernels;
+// otherwise the blocked GEMM in AVX2+FMA, or portable C++ (see use_avx2_kernels). The blocked
+// GEMM has the packed panels, the chunked and copied reads of B and the narrow-tail paths (on
+// Zen 4, where a 512-bit FMA costs two 256-bit ones, training steps ran 5-13 % slower with the
+// plain block; see igc_conv.md); its AVX-512 and AVX2 blocks make the same sums in the same
+// order.
 GemmKernel pick_gemm(bool plain_block);
 
 // c[m * ldc + n] += sum over s < S, k < L of

@@ -50,7 +50,8 @@ constexpr int64_t kDepth = 128;
 //   sequentially, where column-outer order wrote one line into each of M rows per slice (MXNet,
 //   1 thread: 16 x 16 x 112 x 112 -> 96 forward 12.2-12.9 -> 8.8 ms, 16 x 24 x 56 x 56 -> 144
 //   5.1-5.2 -> 4.6-4.7 ms; the 32 x 32 planes' expansions no faster).
-// - More rows than kCopyBRows and longer sums: each pass copies its 16-column slice first.
+// - More rows than kCopyBRows and longer sums: each pass copies its 16-column slice first (the
+//   AVX-512 blocks two slices, for their 32-column blocks).
 // - Up to kCopyBRows rows on rows of kWideMinColumns values and more (the 56 x 56 and 112 x 112
 //   planes): too few blocks share a 16-column slice to pay for its copy alone, so a pass copies
 //   kWideCols columns at a time (runs of 512 bytes per row) and prefetches the next block's as

@@ -395,8 +395,14 @@ def test_stencil_planes_equal_convolution(ops, case):
     check_against_reference(case)
 
 
+# The data gradient of 24 rows over 42 output-gradient planes of 32x32 (rows 4 KB apart, read
+# from memory): B through the 128-column copies on either ISA.
+ALIASED_B_CASE = (2, 24, 32, 32, 42, 1, (1, 1), (1, 1), (0, 0), True, False, "float32")
+AVX2_GEMM_CASES = POINTWISE_F32[::2] + [c for c in [ALIASED_B_CASE] if c not in POINTWISE_F32[::2]]
+
+
 @pytest.mark.parametrize("variable, value", [("IGC_CONV_AVX2", "1"), ("DNNL_MAX_CPU_ISA", "AVX2")])
-@pytest.mark.parametrize("case", POINTWISE_F32[::2] + FEW_TAPS_CASES, ids=case_id)
+@pytest.mark.parametrize("case", AVX2_GEMM_CASES + FEW_TAPS_CASES, ids=case_id)
 def test_gemm_avx2_blocks_equal_convolution(ops, case, variable, value, monkeypatch):
     """IGC_CONV_AVX2=1 or a oneDNN cap below AVX-512 keeps the GEMM and the few-taps forward on
     their AVX2 kernels."""

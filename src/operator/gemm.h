@@ -27,8 +27,8 @@ struct Gemm {
   int64_t ldr;
   const float* panels;
   // B's rows come from memory, not from a buffer the caller has just written (IGCConv's data
-  // gradient reads the output gradient in place): where they alias, the AVX-512 blocks copy them
-  // (see kAliasedWideColumns in gemm_cpu.cc).
+  // gradient reads the output gradient in place): where they alias, the blocks copy them (see
+  // kAliasedWideColumns in gemm_cpu.cc).
   bool b_in_memory = false;
 };
 

@@ -59,13 +59,15 @@ constexpr int64_t kDepth = 128;
 //   16 5.5 -> 4.7-4.9 ms (MXNet, 1 thread).
 // - Up to kCopyBRows rows on shorter rows: B is read in place (copies lost there: the 32 x 32
 //   plane 144 -> 24 conv 7.7-7.8 -> 8.2-8.9 ms with the copies above, 7.6 -> 13 ms with a copy of
-//   each 16-column slice made by its first block of rows), except in the AVX-512 blocks on rows
+//   each 16-column slice made by its first block of rows), except on rows
 //   of kAliasedWideColumns values and more that come from memory (Gemm::b_in_memory) and whose
 //   first two lie a multiple of 4 KB apart: the data gradient of a 32 x 32 plane's expansion
 //   reads the output gradient in place. They take the copies above as well: backward of 64 x 24
 //   x 32 x 32 -> 144 31.4 -> 26.0 ms, 16 -> 96 16.2 -> 14.4 ms (MXNet, 1 thread, Intel Xeon, the
-//   two alternating). The AVX2 blocks gained nothing there; the 144 -> 24 and 96 -> 24 forwards
-//   (their rows, as transformed into a buffer, also 4 KB apart, but just written) lost 2-8 %.
+//   two alternating); with the AVX2 blocks (the Xeon family 6 model 167 under
+//   DNNL_MAX_CPU_ISA=AVX2) 34.4 -> 27.4 and 17.9 -> 15.4 ms, where an earlier build gained
+//   nothing. The 144 -> 24 and 96 -> 24 forwards (their rows, as transformed into a buffer, also
+//   4 KB apart, but just written) lost 2-8 %.
 constexpr int64_t kCopyBRows = 32;
 constexpr int64_t kWideCols = 128, kWideMinColumns = 2048, kAliasedWideColumns = 1024;
 constexpr int64_t kPageFloats = 4096 / sizeof(float);
@@ -303,7 +305,7 @@ inline bool page_aliased_rows(const Gemm& g) {
 template <bool kWide, bool kFirst, bool kLast, bool kPanel>
 IGC_TARGET_AVX2 void pass_avx2(const Gemm& g, int64_t k0, int64_t k1, int64_t whole) {
   const __m256i all = _mm256_set1_epi32(-1);
-  const bool aliased = kWide && g.b_in_memory && g.N >= kAliasedWideColumns && page_aliased_rows(g);
+  const bool aliased = g.b_in_memory && g.N >= kAliasedWideColumns && page_aliased_rows(g);
   if (g.M <= kCopyBRows && (g.N >= kWideMinColumns || aliased)) {
     return wide_pass_avx2<kWide, kFirst, kLast, kPanel>(g, k0, k1, whole);
   }

@@ -1003,6 +1003,43 @@ IGC_INLINE void output_moments(const Args<T>& a, int64_t n, int64_t first, const
                      kBytes == 32);
 }
 
+// The planes that (image, group) item (n, group) of the general path reads: its input planes and,
+// with `grad`, its output-gradient planes, up to kPrefetchItemBytes of each, prefetched while the
+// item before it runs. A 32 x 32 plane (4 KB) begins a page, where the hardware prefetchers start
+// over: the first loads of every item waited on memory (3x3 depthwise 64 x 144 x 32 x 32, 1
+// thread, the two ways alternating in one process: forward 9.0 -> 8.2 ms with AVX-512, 12.2 ->
+// 11.1 under the AVX2 cap; backward with the input BatchNorm's 34.2 -> 33.4 and 38.2 -> 36.0 ms;
+// stride 2 forward 5.9 -> 5.2, backward 19.1 -> 17.2 ms).
+constexpr int64_t kPrefetchItemBytes = 16384;
+
+template <typename T>
+IGC_INLINE void prefetch_planes(const T* first, int64_t count, int64_t plane, int64_t step) {
+  const int64_t bytes = plane * static_cast<int64_t>(sizeof(T));
+  if (count * bytes > kPrefetchItemBytes) return;
+  for (int64_t c = 0; c < count; ++c) {
+    const char* q = reinterpret_cast<const char*>(first + c * step * plane);
+    for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+  }
+}
+
+template <typename T>
+IGC_INLINE void prefetch_item(const Args<T>& a, int64_t n, int64_t group, bool grad) {
+  const ConvGeometry& g = a.g;
+  const Layout& l = a.l;
+  if (n >= g.batch) return;
+  // A permuted input reads one channel per group (cg = 1); an interleaved output's filters of a
+  // group lie conv_filter_channel_step apart.
+  const int64_t in_plane = g.height * g.width;
+  prefetch_planes(a.data + (n * g.in_channels + conv_input_channel(g, group * l.cg)) * in_plane,
+                  l.cg, in_plane, 1);
+  if (grad) {
+    const int64_t out_plane = l.ho * l.wo;
+    prefetch_planes(a.out_grad +
+                        (n * g.filters + conv_output_channel(g, group * l.fg)) * out_plane,
+                    l.fg, out_plane, conv_filter_channel_step(g));
+  }
+}
+
 template <typename T, int kBytes>
 IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** rows) {
   const ConvGeometry& g = a.g;
@@ -1025,6 +1062,10 @@ IGC_INLINE void forward_item(const Args<T>& a, int64_t item, T* p, const T** row
   // instead of every thread zeroing all of P.
   const int64_t y0 = chunk * l.ho / a.row_chunks, y1 = (chunk + 1) * l.ho / a.row_chunks;
   if (y0 == y1) return;
+  if (a.row_chunks == 1) {  // the next item's input planes (see prefetch_item)
+    const bool last = group + 1 == g.groups;
+    prefetch_item(a, last ? n + 1 : n, last ? 0 : group + 1, false);
+  }
   const int64_t row_step = g.stride_h * l.wq;
   if (a.row_chunks > 1) {
     const int64_t r0 = y0 * g.stride_h, r1 = (y1 - 1) * g.stride_h + g.kernel_h;
@@ -1785,6 +1826,9 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
         const int64_t g0 = b * block_groups, g1 = std::min(g.groups, g0 + block_groups);
         for (int64_t n = 0; n < g.batch; ++n) {
           for (int64_t group = g0; group < g1; ++group) {
+            // the next item's planes (see prefetch_item)
+            const bool last = group + 1 == g1;
+            prefetch_item(a, last ? n + 1 : n, last ? g0 : group + 1, true);
             run(a, n * g.groups + group, p, d, e, partial, rows);
           }
         }

@@ -1545,17 +1545,21 @@ int64_t item_chunk(int64_t items, int threads) {
 // the groups' (image, group) items over the whole batch, then the BatchNorm backward of their
 // input channels (two passes over their planes), which finds the planes in cache where the
 // block's input planes over the batch stay under kFusedBnBlockBytes (in L2 or L3). Per image the
-// block's planes are one run of memory, at least kFusedBnRunBytes where the budget allows: the
+// block's planes are one run of memory of kFusedBnRunGroups groups where the budget allows: the
 // items of a block go image by image, and one 4 KB plane per image (32x32) made the conv's
 // backward itself slower than in its image-major order (C++, 1 thread, 64 x 144 x 32 x 32 with
 // the BatchNorm backward: runs of 4 / 16 / 64 KB 19.3 / 18.0 / 18.9 ms against 18.8 ms as two
-// calls; at stride 2 15.5 / 11.3 / 10.1 against 12.3 ms). At least 4 items per thread.
+// calls; at stride 2 15.5 / 11.3 / 10.1 against 12.3 ms). Four groups, where runs of 16 KB were
+// the rule before (with the next item's planes prefetched, see prefetch_item; MXNet, the two
+// alternating in one process, 1 thread): 64 x 192 x 16 x 16 9.98 -> 9.18 ms (2 threads 5.62 ->
+// 5.38, 384 channels 13.90 -> 13.08), 16 x 144 x 56 x 56 30.4 -> 27.7 ms, the 32x32 planes the
+// same blocks as before. At least 4 items per thread.
 constexpr int64_t kFusedBnBlockBytes = 1024 * 1024;
-constexpr int64_t kFusedBnRunBytes = 16384;
+constexpr int64_t kFusedBnRunGroups = 4;
 int64_t fused_bn_groups(const ConvGeometry& g, int64_t value_bytes, int threads) {
   const int64_t group_bytes = std::max<int64_t>(
       1, g.in_channels / g.groups * g.height * g.width * value_bytes);
-  int64_t b = std::max<int64_t>(1, kFusedBnRunBytes / group_bytes);
+  int64_t b = kFusedBnRunGroups;
   b = std::min(b, std::max<int64_t>(1, kFusedBnBlockBytes / (group_bytes * g.batch)));
   b = std::min(b, std::max<int64_t>(1, g.groups / (4 * static_cast<int64_t>(threads))));
   return std::min(b, g.groups);

@@ -10,6 +10,13 @@ from cpu_flags import has_avx512
 
 from network import layers
 
+# 32x32 planes, 42 filters over 24 inputs: the weight gradient's row dot products on
+# output-gradient rows a multiple of 4 KB apart (10 blocks of 4 copied first, 2 rows in place),
+# and the data gradient's GEMM (24 rows over 42 planes read from memory, 4 KB apart) with B
+# through the 128-column copies on either ISA (test_gemm_avx2_blocks_equal_convolution runs it
+# on the AVX2 blocks too).
+ALIASED_B_CASE = (2, 24, 32, 32, 42, 1, (1, 1), (1, 1), (0, 0), True, False, "float32")
+
 # (N, C, H, W, F, G, kernel, stride, pad, bias, interleave, dtype): the CIFAR unit shapes, odd
 # sizes, rectangular kernels/strides/pads, pads wider than the kernel, rows narrower and wider
 # than one vector block (W = 5 .. 70), 1 to 16 channels per group, depthwise, pointwise on small
@@ -68,10 +75,10 @@ CASES = [
     (10, 96, 8, 8, 32, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
     (10, 48, 9, 13, 20, 2, (1, 1), (1, 1), (0, 0), True, True, "float32"),
     # Row dot products on output-gradient rows a multiple of 4 KB apart (blocks of 4 copied
-    # first): 32x32 planes, 42 filters (10 copied blocks, 2 rows in place) over 24 inputs; 16x16
-    # planes of 4 interleaved groups (filter rows 4 planes = 4 KB apart), 5 filters x 4 inputs
-    # per group, 9 images (4 per item, each image a segment of the copy; a last item of 1).
-    (2, 24, 32, 32, 42, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
+    # first): ALIASED_B_CASE (above); 16x16 planes of 4 interleaved groups (filter rows 4 planes
+    # = 4 KB apart), 5 filters x 4 inputs per group, 9 images (4 per item, each image a segment
+    # of the copy; a last item of 1).
+    ALIASED_B_CASE,
     (9, 16, 16, 16, 20, 4, (1, 1), (1, 1), (0, 0), False, True, "float32"),
 ]
 # Depthwise 3x3 at unit stride (one input and one output plane per group: the stencil kernel of
@@ -395,9 +402,6 @@ def test_stencil_planes_equal_convolution(ops, case):
     check_against_reference(case)
 
 
-# The data gradient of 24 rows over 42 output-gradient planes of 32x32 (rows 4 KB apart, read
-# from memory): B through the 128-column copies on either ISA.
-ALIASED_B_CASE = (2, 24, 32, 32, 42, 1, (1, 1), (1, 1), (0, 0), True, False, "float32")
 AVX2_GEMM_CASES = POINTWISE_F32[::2] + [c for c in [ALIASED_B_CASE] if c not in POINTWISE_F32[::2]]
 
 

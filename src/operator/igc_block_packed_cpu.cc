@@ -658,7 +658,6 @@ struct Kernels {
                     float*);
 };
 
-
 Kernels pick_kernels() {
   if (use_avx512_kernels() && __builtin_cpu_supports("avx512vl")) {
     return {true, true, expand_avx512, linear_avx512, depthwise_avx512};

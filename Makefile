@@ -90,6 +90,7 @@ $(BENCH_STAMP): benchmarks/requirements.txt
 
 bench: venv ops bench-venv
 	$(BPY) -m pytest -q tests/test_bench_harness.py tests/test_peers.py
+	$(CC) -O2 benchmarks/fma_peak.c -o build/fma_peak && build/fma_peak
 	$(BPY) benchmarks/reorder.py $(QUICK)
 	$(BPY) benchmarks/conv.py $(QUICK)
 	$(BPY) benchmarks/permutation_overhead.py $(QUICK)

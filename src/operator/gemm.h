@@ -39,9 +39,17 @@ using GemmKernel = void (*)(const Gemm&);
 // (rows past M zero), so that a block's weights are one sequential stream instead of one per row.
 // gemm_panel_floats is the size for `kernel` (a pick_gemm result); 0 where it reads rows in place
 // (portable C++, the plain AVX-512 block), and nothing to pack.
+// `transposed`: `a` holds A's transpose (A[m][k] at a[k * lda + m]; the data gradient's flipped
+// 1x1 weights are the forward weights read this way).
 constexpr int64_t kGemmPanelRows = 6;
 int64_t gemm_panel_floats(GemmKernel kernel, int64_t M, int64_t K);
-void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* panels);
+void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* panels,
+                      bool transposed = false);
+
+// Whether `kernel` (a pick_gemm result) may take r == c, the product added to c in place: the
+// blocked GEMMs where N is whole 16-column blocks and K fits one pass, so that every value of c
+// is read (as r) by the one block that then stores it, and never recomputed.
+bool gemm_adds_in_place(GemmKernel kernel, int64_t N, int64_t K);
 
 // The GEMM for this CPU and environment (single-threaded): with `plain_block` (the unpacked
 // IGCBlock's short inference GEMMs) a plain 8 x 32 AVX-512 register block where

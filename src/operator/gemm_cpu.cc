@@ -815,18 +815,32 @@ int64_t gemm_panel_floats(GemmKernel kernel, int64_t M, int64_t K) {
   return (M + kRows - 1) / kRows * kRows * K;
 }
 
-void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* panels) {
+void pack_gemm_panels(const float* a, int64_t lda, int64_t M, int64_t K, float* panels,
+                      bool transposed) {
+  // Each panel written in order, its rows read side by side (A's row i and column k at
+  // i * row_step + k * k_step from the panel's first row).
+  const int64_t row_step = transposed ? 1 : lda, k_step = transposed ? lda : 1;
   for (int64_t m0 = 0; m0 < M; m0 += kRows) {
     float* panel = panels + m0 * K;
-    for (int i = 0; i < kRows; ++i) {
-      if (m0 + i < M) {
-        const float* row = a + (m0 + i) * lda;
-        for (int64_t k = 0; k < K; ++k) panel[k * kRows + i] = row[k];
-      } else {
-        for (int64_t k = 0; k < K; ++k) panel[k * kRows + i] = 0.0f;
+    const float* first = a + m0 * row_step;
+    const int64_t rows = std::min<int64_t>(kRows, M - m0);
+    if (rows == kRows) {
+      for (int64_t k = 0; k < K; ++k) {
+#pragma GCC unroll 6
+        for (int i = 0; i < kRows; ++i) panel[k * kRows + i] = first[i * row_step + k * k_step];
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        for (int i = 0; i < kRows; ++i) {
+          panel[k * kRows + i] = i < rows ? first[i * row_step + k * k_step] : 0.0f;
+        }
       }
     }
   }
+}
+
+bool gemm_adds_in_place(GemmKernel kernel, int64_t N, int64_t K) {
+  return (kernel == gemm_avx2 || kernel == gemm_avx512_rows) && N % kCols == 0 && K <= kDepth;
 }
 
 RowDotsKernel pick_row_dots() {

@@ -843,7 +843,9 @@ void pointwise_gemm(const Args<T>& a, int64_t n, int64_t group, bool data_grad, 
       for (int64_t f = 0; f < l.fg; ++f) {
         rows[f] = a.out_grad + (n * g.filters + conv_output_channel(g, first + f)) * values;
       }
-      a.gemm(Gemm{l.cg, values, l.fg, a.flipped + group * l.cg * l.fg, l.fg, rows,
+      // With panels the GEMM reads them, packed from the weights (flipped is not made).
+      const T* flipped = panels ? nullptr : a.flipped + group * l.cg * l.fg;
+      a.gemm(Gemm{l.cg, values, l.fg, flipped, l.fg, rows,
                   a.data_grad + (n * g.in_channels + group * l.cg) * values, values, a.zeros,
                   nullptr, 0, panels, true});
     }
@@ -1209,10 +1211,16 @@ void pointwise_weight_gemm(const Args<T>& a, int64_t n0, int64_t count, int64_t 
       }
     }
     for (int64_t k = 0; k < depth; ++k) rows[k] = p + k * l.cg;
-    a.gemm(Gemm{l.fg, l.cg, depth, d, l.d_chan, rows, scratch, l.cg, a.zeros, nullptr, 0,
-                nullptr});
     T* dw = partial + group * l.fg * l.cg;
-    for (int64_t i = 0; i < l.fg * l.cg; ++i) dw[i] += scratch[i];
+    if (gemm_adds_in_place(a.gemm, l.cg, depth)) {
+      // The product added to the sums as the GEMM's residual (the same additions, dw + product):
+      // no scratch written, read and added over the 1280 x 320 sums of the last 4x4 conv.
+      a.gemm(Gemm{l.fg, l.cg, depth, d, l.d_chan, rows, dw, l.cg, a.zeros, dw, l.cg, nullptr});
+    } else {
+      a.gemm(Gemm{l.fg, l.cg, depth, d, l.d_chan, rows, scratch, l.cg, a.zeros, nullptr, 0,
+                  nullptr});
+      for (int64_t i = 0; i < l.fg * l.cg; ++i) dw[i] += scratch[i];
+    }
     if (a.want_bias) {
       for (int64_t f = 0; f < l.fg; ++f) {
         T sum = 0;
@@ -1384,8 +1392,8 @@ IGC_INLINE void backward_images_item(const Args<T>& a, int64_t item, T* p, T* d,
   for (int64_t f = 0; f < l.fg; ++f) {
     const int64_t channel = conv_output_channel(g, group * l.fg + f);
     for (int64_t r = 0; r < count; ++r) {
-      std::memcpy(d + f * l.d_chan + r * l.wd,
-                  a.out_grad + ((n0 + r) * g.filters + channel) * values, values * sizeof(T));
+      copy_row<T, kBytes>(d + f * l.d_chan + r * l.wd,
+                          a.out_grad + ((n0 + r) * g.filters + channel) * values, values);
     }
   }
   if (a.gemm) {
@@ -1666,17 +1674,20 @@ void fill_forward_taps(const ConvGeometry& g, const Layout& l, int64_t* taps) {
 
 // Inside a parallel region: every group's A (rows x cols values per group, consecutive) packed
 // into its panels (panel_floats apart), the panels shared out over the team; the
-// implicit barrier at the end leaves them all ready.
+// implicit barrier at the end leaves them all ready. `transposed`: `a` holds each group's A
+// transposed (cols x rows: a 1x1 conv's weights, read as the data gradient's A).
 template <typename T>
 void pack_panels(const T* a, int64_t rows, int64_t cols, int64_t groups, float* panels,
-                 int64_t panel_floats) {
+                 int64_t panel_floats, bool transposed = false) {
   if constexpr (std::is_same<T, float>::value) {
     const int64_t blocks = (rows + kGemmPanelRows - 1) / kGemmPanelRows;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < groups * blocks; ++i) {
       const int64_t group = i / blocks, m0 = i % blocks * kGemmPanelRows;
-      pack_gemm_panels(a + (group * rows + m0) * cols, cols, std::min(kGemmPanelRows, rows - m0),
-                       cols, panels + group * panel_floats + m0 * cols);
+      const float* first =
+          transposed ? a + group * rows * cols + m0 : a + (group * rows + m0) * cols;
+      pack_gemm_panels(first, transposed ? rows : cols, std::min(kGemmPanelRows, rows - m0), cols,
+                       panels + group * panel_floats + m0 * cols, transposed);
     }
   }
 }
@@ -1766,8 +1777,11 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
       }
     }
   }
+  const int64_t panel_floats = gemm_panels<T>(g, true, avx2);
+  float* panels = panel_floats ? reinterpret_cast<float*>(ws + w.panels) : nullptr;
   // flipped[(filter group, c)][f][ky'][kx'] = weight[filter group*fg + f][c][kh-1-ky'][kw-1-kx']
-  for (int64_t group = 0; group < g.groups; ++group) {
+  // (a 1x1 conv's GEMM with panels packs them from the weights instead, see pack_panels).
+  for (int64_t group = 0; group < g.groups && !panels; ++group) {
     for (int64_t c = 0; c < l.cg; ++c) {
       T* dst = flipped + (group * l.cg + c) * l.fg * l.k2;
       for (int64_t f = 0; f < l.fg; ++f) {
@@ -1776,10 +1790,8 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
       }
     }
   }
-  const int64_t panel_floats = gemm_panels<T>(g, true, avx2);
-  float* panels = panel_floats ? reinterpret_cast<float*>(ws + w.panels) : nullptr;
   Args<T> a{g,        l,     data,  weight, nullptr, nullptr, out_grad, data_grad, fwd_taps,
-            bwd_taps, flipped, zeros, bias_grad != nullptr, images,
+            bwd_taps, panels ? nullptr : flipped, zeros, bias_grad != nullptr, images,
             pointwise_gemm_kernel<T>(g), panels, panel_floats,
             pointwise_dots_kernel<T>(g)};
   a.wide_taps = wide_taps<T>(avx2);
@@ -1826,7 +1838,7 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
       std::memset(e, 0, l.e_size * sizeof(T));
     }
     std::memset(partial, 0, reduced * lanes * sizeof(T));
-    if (panels) pack_panels(flipped, l.cg, l.fg, g.groups, panels, panel_floats);
+    if (panels) pack_panels(weight, l.cg, l.fg, g.groups, panels, panel_floats, true);
     if (fused_bn) {
       // Blocks of groups over the whole batch, each followed by the BatchNorm backward of its
       // input channels while their gradient planes are in cache (see fused_bn_groups).
@@ -1872,17 +1884,42 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     }
     // The implicit barrier above makes every thread's partial sums complete.
     const int team = omp_get_num_threads();
+    const auto sums_of = [&](int t) {
+      return reinterpret_cast<const T*>(thread_base + t * w.per_thread + w.partial);
+    };
+    if (lanes == 1) {
+      // One sum per value (the GEMM paths): blocks of values, thread after thread, which the
+      // compiler turns into vector adds (the same additions as the loop below, which makes them
+      // one value at a time: 409,600 of them for the last 4x4 conv, 320 -> 1280).
+      constexpr int64_t kBlock = 1024;
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < reduced; ++i) {
-      T s = 0;
-      for (int t = 0; t < team; ++t) {
-        const T* sums = reinterpret_cast<const T*>(thread_base + t * w.per_thread + w.partial);
-        for (int64_t k = 0; k < lanes; ++k) s += sums[i * lanes + k];
+      for (int64_t b = 0; b < (reduced + kBlock - 1) / kBlock; ++b) {
+        const int64_t i0 = b * kBlock, i1 = std::min(reduced, i0 + kBlock);
+        T s[kBlock];
+        std::fill(s, s + (i1 - i0), T(0));
+        for (int t = 0; t < team; ++t) {
+          const T* sums = sums_of(t) + i0;
+          for (int64_t i = 0; i < i1 - i0; ++i) s[i] += sums[i];
+        }
+        const int64_t split = std::clamp(weight_size, i0, i1);
+        std::copy(s, s + (split - i0), weight_grad + i0);
+        if (bias_grad && split < i1) {
+          std::copy(s + (split - i0), s + (i1 - i0), bias_grad + (split - weight_size));
+        }
       }
-      if (i < weight_size) {
-        weight_grad[i] = s;
-      } else if (bias_grad) {
-        bias_grad[i - weight_size] = s;
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < reduced; ++i) {
+        T s = 0;
+        for (int t = 0; t < team; ++t) {
+          const T* sums = sums_of(t);
+          for (int64_t k = 0; k < lanes; ++k) s += sums[i * lanes + k];
+        }
+        if (i < weight_size) {
+          weight_grad[i] = s;
+        } else if (bias_grad) {
+          bias_grad[i - weight_size] = s;
+        }
       }
     }
   }

@@ -1,14 +1,15 @@
-"""What each training-graph fusion of the plugin BatchNorm into IGCConv saves: a forward and
+"""What each training-graph rewrite (network.fuse_input_batchnorms) saves: a forward and
 backward pass (an executor bound with train_peers.py's family, batch and input size, random
-parameters; no optimizer update, which no fusion touches) on four graphs of the same network,
+parameters; no optimizer update, which no rewrite touches) on five graphs of the same network,
 bound side by side in one process per thread count and run in interleaved rounds (medians; the
 order rotates every round):
 
     none       the network as built (IGC_FUSE_BATCHNORM=0)
     applies    the BatchNormApply read by a 3x3 IGCConv alone moved into it (in_act)
     +pointwise the same into the 1x1 IGCConvs too (their GEMMs read transformed rows)
-    +moments   and the BatchNormMoments of every IGCConv's output from the conv (moments): the
-               graph that training binds
+    +moments   and the BatchNormMoments of every IGCConv's output from the conv (moments)
+    +stem      and MXNet's stem Convolution as IGCConv (its BatchNorm then fused as the
+               others): the graph that training binds
 
 "vs none" is the unfused graph's step time over the variant's (above 1: faster); "wins" counts
 the rounds in which the variant was faster than the one above it (the machine's noise moves
@@ -26,9 +27,10 @@ import train_peers
 
 import harness
 
-VARIANTS = (("none", None), ("applies", dict(pointwise=False, moments=False)),
-            ("+pointwise", dict(pointwise=True, moments=False)),
-            ("+moments", dict(pointwise=True, moments=True)))
+VARIANTS = (("none", None), ("applies", dict(pointwise=False, moments=False, stem=False)),
+            ("+pointwise", dict(pointwise=True, moments=False, stem=False)),
+            ("+moments", dict(pointwise=True, moments=True, stem=False)),
+            ("+stem", dict(pointwise=True, moments=True, stem=True)))
 
 
 def measure(payload):
@@ -83,7 +85,7 @@ def parent(argv=None):
     if args.rounds < 1 or args.batch < 0:
         parser.error(f"--rounds must be >= 1 and --batch >= 0, got {args.rounds}, {args.batch}")
     family = names.index(args.family)
-    harness.print_header(f"BatchNorm fusions in the training graph of {args.family}: step ms, "
+    harness.print_header(f"Training-graph rewrites of {args.family}: step ms, "
                          f"median of {args.rounds} interleaved rounds", "mxnet")
     for t in threads:
         result = harness.run_child(__file__, dict(family=family, rounds=args.rounds,

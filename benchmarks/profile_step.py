@@ -71,7 +71,13 @@ def measure(payload):
     step = train_peers.mxnet_step(name, config, (batch, side, classes))
     for _ in range(payload["warmup"]):
         step()
-    layers = conv_layers(network.get_symbol(name, classes, **config), (batch, 3, side, side))
+    symbol = network.get_symbol(name, classes, **config)
+    # Each conv's op in the graph the step binds (train_peers.mxnet_step: the stem of a CIFAR
+    # network is an IGCConv there), its shapes from the graph as built (the same).
+    bound = {n["name"]: n["op"]
+             for n in json.loads(network.fuse_input_batchnorms(symbol).tojson())["nodes"]}
+    layers = [(bound[layer[1]],) + layer[1:]
+              for layer in conv_layers(symbol, (batch, 3, side, side))]
     steps = payload["steps"]
     with tempfile.TemporaryDirectory() as tmp:
         trace = os.path.join(tmp, "trace.json")

@@ -220,8 +220,9 @@ def test_reorder_cuda_benchmark_times_back_to_back_calls_between_events(monkeypa
 
 def test_profile_step_lists_every_conv_layer_with_its_times(ops, capsys):
     """benchmarks/profile_step.py on a tiny mobilenetv2_cifar step: one row per convolution of
-    the graph (the plugin's and oneDNN's), in graph order, with positive times and the
-    multiply-adds of its shapes; the op table has the convolutions and the BatchNorm passes."""
+    the graph (every one an IGCConv in the graph the step binds, the stem included), in graph
+    order, with positive times and the multiply-adds of its shapes; the op table has the
+    convolutions and the BatchNorm passes."""
     import profile_step
 
     import network
@@ -242,6 +243,7 @@ def test_profile_step_lists_every_conv_layer_with_its_times(ops, capsys):
                              (1, 1), 1, 2 * 32 * 32 * 32 * 32)
     for op in ("_backward_IGCConv", "IGCConv", "BatchNormApply", "_backward_BatchNormApply"):
         assert any(line.split()[:1] == [op] for line in out.splitlines()), op
+    assert not any(line.split()[:1] == ["Convolution"] for line in out.splitlines())
 
 
 def test_fusion_ab_times_each_graph_in_interleaved_rounds(ops, capsys):

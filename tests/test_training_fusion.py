@@ -1,7 +1,8 @@
 """network.fuse_input_batchnorms, the training graph's rewrite: every plugin BatchNormApply read
 by an IGCConv alone moves into that conv (in_act), and every BatchNormMoments of an
 IGCConv's output comes from that conv (moments), with the arguments, states, outputs, gradients
-and state updates of the symbol as built (bit for bit), which is what checkpoints keep."""
+and state updates of the symbol as built (bit for bit), which is what checkpoints keep; MXNet's
+stem Convolution runs as IGCConv (the same step to rounding)."""
 import json
 import os
 
@@ -59,7 +60,7 @@ def test_fused_training_graph_computes_the_same_step_bit_for_bit(ops, name, conf
     """The same outputs, gradients and state updates, bit for bit (the fused convs' weight
     gradients to rounding, see below; bit for bit on one thread: test_igc_conv.py)."""
     symbol = network.get_symbol(name, 10, **config)
-    fused = network.fuse_input_batchnorms(symbol)
+    fused = network.fuse_input_batchnorms(symbol, stem=False)  # the stem: the test below
     assert fused.list_arguments() == symbol.list_arguments()
     assert fused.list_auxiliary_states() == symbol.list_auxiliary_states()
     assert fused.list_outputs() == symbol.list_outputs()
@@ -85,6 +86,62 @@ def test_fused_training_graph_computes_the_same_step_bit_for_bit(ops, name, conf
             np.testing.assert_array_equal(got_grads[key], want, err_msg=key)
     for key, want in want_aux.items():
         np.testing.assert_array_equal(got_aux[key], want, err_msg=key)
+
+
+@pytest.mark.parametrize("name, config", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_stem_runs_as_igc_conv_with_the_same_step_to_rounding(ops, name, config):
+    """The stem (MXNet's Convolution of the input, read by the plugin BatchNorm) becomes an
+    IGCConv with the same weight, and its BatchNorm is fused as the others: no Convolution and
+    no BatchNormMoments left; the step differs from the graph as built by rounding only."""
+    symbol = network.get_symbol(name, 10, **config)
+    fused = network.fuse_input_batchnorms(symbol)
+    assert fused.list_arguments() == symbol.list_arguments()
+    assert fused.list_auxiliary_states() == symbol.list_auxiliary_states()
+    assert ops_of(symbol).count("Convolution") == 1
+    assert "Convolution" not in ops_of(fused) and "BatchNormMoments" not in ops_of(fused)
+    assert ops_of(fused).count("IGCConv") == ops_of(symbol).count("IGCConv") + 1
+    nodes = json.loads(fused.tojson())["nodes"]
+    stem = [n for n in nodes if n["op"] == "IGCConv" and nodes[n["inputs"][0][0]]["name"] == "data"]
+    assert len(stem) == 1 and stem[0]["attrs"]["moments"] == "True"
+    want_out, want_grads, want_aux = training_step(symbol)
+    got_out, got_grads, got_aux = training_step(fused)
+    for got, want in zip(got_out, want_out):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert got_grads.keys() == want_grads.keys()
+    # Rounding only: some gradients are themselves rounding (a BatchNorm's beta before another
+    # BatchNorm sums to ~1e-7), hence an absolute floor below every real gradient's size.
+    for key, want in want_grads.items():
+        np.testing.assert_allclose(got_grads[key], want, rtol=1e-3, atol=1e-5, err_msg=key)
+    for key, want in want_aux.items():
+        np.testing.assert_allclose(got_aux[key], want, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_only_a_unit_stride_stem_read_by_the_plugin_batchnorm_becomes_igc_conv(ops,
+                                                                              monkeypatch):
+    """The stride-2 224x224 stems stay MXNet's (MobileNetV2's 3x3, IGCV1's 7x7), as does a stem
+    that something besides the plugin BatchNorm reads, a dilated one, one with MXNet's BatchNorm
+    (conv_impl='mxnet': the graph comes back as it is), and any stem under IGC_FUSE_STEM=0."""
+    for name in ("resnet_igc_imgnet_d18", "mobilenetv2"):
+        imagenet = network.get_symbol(name, 10)
+        assert ops_of(network.fuse_input_batchnorms(imagenet)).count("Convolution") == 1
+    plain = network.get_symbol("mobilenetv2_cifar", 10, conv_impl="mxnet")
+    assert network.fuse_input_batchnorms(plain) is plain
+    data = mx.sym.var("data")
+    conv = mx.sym.Convolution(data, num_filter=8, kernel=(3, 3), pad=(1, 1), no_bias=True,
+                              name="stem")
+    from network.layers import batchnorm
+    head = batchnorm(conv, "bn", act="relu6", native=True)
+    shared = mx.sym.Group([head, conv])  # the stem's output is a graph output as well
+    assert "Convolution" in ops_of(network.fuse_input_batchnorms(shared))
+    assert "Convolution" not in ops_of(network.fuse_input_batchnorms(head))
+    dilated = batchnorm(mx.sym.Convolution(data, num_filter=8, kernel=(3, 3), dilate=(2, 2),
+                                           no_bias=True, name="stem"), "bn", native=True)
+    assert "Convolution" in ops_of(network.fuse_input_batchnorms(dilated))
+    symbol = network.get_symbol("mobilenetv2_cifar", 10)
+    monkeypatch.setenv("IGC_FUSE_STEM", "0")
+    assert ops_of(network.fuse_input_batchnorms(symbol)).count("Convolution") == 1
+    monkeypatch.delenv("IGC_FUSE_STEM")
+    assert "Convolution" not in ops_of(network.fuse_input_batchnorms(symbol))
 
 
 def test_only_applies_read_by_one_conv_alone_move(ops):
@@ -144,7 +201,7 @@ def test_each_fusion_can_be_left_out(ops):
     assert "(1, 1)" in fused_kernels(full) and "(1, 1)" not in fused_kernels(no_pointwise)
     assert fused_kernels(no_moments) == fused_kernels(full)
     assert fused_kernels(no_pointwise) == [k for k in fused_kernels(full) if k != "(1, 1)"]
-    assert ops_of(no_pointwise).count("BatchNormMoments") == 1
+    assert "BatchNormMoments" not in ops_of(no_pointwise)  # the stem's too (an IGCConv now)
     assert ops_of(no_moments).count("BatchNormMoments") == ops_of(symbol).count("BatchNormMoments")
 
 

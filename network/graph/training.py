@@ -1,17 +1,25 @@
-"""The rewrite for training, two fusions of the plugin BatchNorm into IGCConv:
+"""The rewrite for training: MXNet's stem convolution as IGCConv, and two fusions of the plugin
+BatchNorm into IGCConv:
 
-- its apply, read by an IGCConv alone, moves into that convolution (IGCConv's `in_act`
-  inputs), so that the applied tensor is never written and read back; the convolution's backward
-  hands the gradient on through the BatchNorm's;
+- the stem, MXNet's Convolution of the network's input (dense, at most 3x3, unit stride: the
+  CIFAR networks'), read by the plugin BatchNorm alone, runs as IGCConv (the same weight), whose
+  plain-NCHW output and gradient meet that BatchNorm as they are: oneDNN's blocked ones went
+  through four layout reorders of the stem's output per step (64 x 32 x 32 x 32: 1.2-3.6 ms
+  each), more than the convolution itself; its BatchNorm then takes the second fusion as well;
+- the BatchNorm's apply, read by an IGCConv alone, moves into that convolution (IGCConv's
+  `in_act` inputs), so that the applied tensor is never written and read back; the
+  convolution's backward hands the gradient on through the BatchNorm's;
 - its statistics (BatchNormMoments) of an IGCConv's output come from that convolution
   (IGCConv's `moments` output), taken from each output plane as it is written instead of in a
   pass over the whole output afterwards; the same values bit for bit.
 
 Only what an executor runs changes: the arguments, auxiliary states, names, outputs and
-gradients are those of the symbol given (the same values bit for bit; on several threads a fused
-pointwise conv's weight gradient to rounding, as the unfused one's), which is the one that
-checkpoints, evaluation and the inference rewrites keep using. $IGC_FUSE_BATCHNORM=0 leaves the
-symbol as it is; $IGC_FUSE_MOMENTS=0 leaves out the second fusion only.
+gradients are those of the symbol given (the same values bit for bit, but for the stem's
+IGCConv, whose sums round differently from oneDNN's; on several threads a fused pointwise conv's
+weight gradient to rounding, as the unfused one's), which is the one that checkpoints,
+evaluation and the inference rewrites keep using. $IGC_FUSE_BATCHNORM=0 leaves the symbol as it
+is; $IGC_FUSE_MOMENTS=0 leaves out the statistics' fusion only, $IGC_FUSE_STEM=0 the stem's
+IGCConv only.
 """
 import os
 
@@ -21,6 +29,49 @@ from .view import Graph, int_tuple, is_true, stock_node
 
 FUSE_ENV = "IGC_FUSE_BATCHNORM"
 MOMENTS_ENV = "IGC_FUSE_MOMENTS"
+STEM_ENV = "IGC_FUSE_STEM"
+PLUGIN_BATCHNORM = ("BatchNormMoments", "BatchNormApply")
+# The Convolution attributes IGCConv takes over, and those of MXNet's GPU kernels, which a stem
+# may have too (any other, such as dilate or layout, leaves the Convolution as it is).
+IGC_CONV_ATTRS = ("kernel", "stride", "pad", "num_filter", "num_group", "no_bias")
+GPU_ATTRS = ("workspace", "cudnn_tune", "cudnn_off")
+
+
+def _is_stem(graph, i):
+    """Whether node i is a stem that runs as IGCConv: MXNet's dense Convolution of at most 3x3
+    at unit stride over a variable (the network's input), with no attribute IGCConv lacks, whose
+    output only the plugin BatchNorm reads. The stride-2 stems of the 224x224 networks stay
+    MXNet's: there IGCConv's backward was the slower (16 x 3 x 224 x 224 -> 32 with its BatchNorm,
+    1 thread: 72 against 90 ms)."""
+    if graph.op(i) != "Convolution" or graph.op(graph.nodes[i]["inputs"][0][0]) != "null":
+        return False
+    attrs = graph.attrs(i)
+    kernel = int_tuple(attrs.get("kernel"))
+    if set(attrs) - set(IGC_CONV_ATTRS + GPU_ATTRS) or int(attrs.get("num_group", "1")) != 1:
+        return False
+    if len(kernel) != 2 or kernel[0] * kernel[1] > 9 or set(int_tuple(attrs.get("stride"))) - {1}:
+        return False
+    readers = graph.readers_of((i, 0), ignore=())
+    return bool(readers) and all(r != "head" and graph.op(r) in PLUGIN_BATCHNORM
+                                 for r in readers)
+
+
+def _stems_as_igc_conv(symbol):
+    """`symbol` with every stem (see _is_stem) as IGCConv; the symbol itself where there is
+    none."""
+    graph = Graph(symbol)
+    stems = {i for i in range(len(graph.nodes)) if _is_stem(graph, i)}
+    if not stems:
+        return symbol
+
+    def special(i, node, entry):
+        if i not in stems:
+            return None
+        attrs = {k: v for k, v in graph.attrs(i).items() if k in IGC_CONV_ATTRS}
+        sym = mx.sym.IGCConv(*(entry(e) for e in node["inputs"]), name=node["name"], **attrs)
+        return [sym[k] for k in range(len(sym.list_outputs()))]
+
+    return graph.rebuild(special)
 
 
 def _fusable(graph, conv, pointwise):
@@ -51,15 +102,18 @@ def _moments_source(graph, i):
     return conv
 
 
-def fuse_input_batchnorms(symbol, pointwise=True, moments=True):
-    """`symbol` with every BatchNormApply -> IGCConv pair (the apply read by nothing else) as one
-    IGCConv with in_act, and every IGCConv -> BatchNormMoments pair as one IGCConv with moments;
-    the symbol itself where there is none or $IGC_FUSE_BATCHNORM=0. pointwise=False leaves the
-    applies before 1x1 convs, moments=False (or $IGC_FUSE_MOMENTS=0) the statistics, as they
-    are (benchmarks/fusion_ab.py measures each fusion)."""
+def fuse_input_batchnorms(symbol, pointwise=True, moments=True, stem=True):
+    """`symbol` with its stem as IGCConv (see _is_stem), every BatchNormApply -> IGCConv pair
+    (the apply read by nothing else) as one IGCConv with in_act, and every IGCConv ->
+    BatchNormMoments pair as one IGCConv with moments; the symbol itself where there is none or
+    $IGC_FUSE_BATCHNORM=0. pointwise=False leaves the applies before 1x1 convs, moments=False
+    (or $IGC_FUSE_MOMENTS=0) the statistics, stem=False (or $IGC_FUSE_STEM=0) MXNet's stem
+    Convolution as they are (benchmarks/fusion_ab.py measures each)."""
     if os.environ.get(FUSE_ENV, "1") == "0":
         return symbol
     moments = moments and os.environ.get(MOMENTS_ENV, "1") != "0"
+    if stem and os.environ.get(STEM_ENV, "1") != "0":
+        symbol = _stems_as_igc_conv(symbol)
     graph = Graph(symbol)
     pairs, sources = {}, {}
     for i in range(len(graph.nodes)):

@@ -1884,42 +1884,30 @@ void backward(const ConvGeometry& g, const T* out_grad, const T* data, const T* 
     }
     // The implicit barrier above makes every thread's partial sums complete.
     const int team = omp_get_num_threads();
-    const auto sums_of = [&](int t) {
-      return reinterpret_cast<const T*>(thread_base + t * w.per_thread + w.partial);
-    };
-    if (lanes == 1) {
-      // One sum per value (the GEMM paths): blocks of values, thread after thread, which the
-      // compiler turns into vector adds (the same additions as the loop below, which makes them
-      // one value at a time: 409,600 of them for the last 4x4 conv, 320 -> 1280).
-      constexpr int64_t kBlock = 1024;
+    // Blocks of values, each summed thread after thread (per value: thread 0's lanes, then
+    // thread 1's, ..., one value at a time as before), which with one lane per value (the GEMM
+    // paths: 409,600 values for the last 4x4 conv, 320 -> 1280) the compiler makes vector adds.
+    constexpr int64_t kBlock = 1024;
 #pragma omp for schedule(static)
-      for (int64_t b = 0; b < (reduced + kBlock - 1) / kBlock; ++b) {
-        const int64_t i0 = b * kBlock, i1 = std::min(reduced, i0 + kBlock);
-        T s[kBlock];
-        std::fill(s, s + (i1 - i0), T(0));
-        for (int t = 0; t < team; ++t) {
-          const T* sums = sums_of(t) + i0;
-          for (int64_t i = 0; i < i1 - i0; ++i) s[i] += sums[i];
-        }
-        const int64_t split = std::clamp(weight_size, i0, i1);
-        std::copy(s, s + (split - i0), weight_grad + i0);
-        if (bias_grad && split < i1) {
-          std::copy(s + (split - i0), s + (i1 - i0), bias_grad + (split - weight_size));
+    for (int64_t b = 0; b < (reduced + kBlock - 1) / kBlock; ++b) {
+      const int64_t i0 = b * kBlock, n = std::min(reduced - i0, kBlock);
+      T s[kBlock];
+      std::fill(s, s + n, T(0));
+      for (int t = 0; t < team; ++t) {
+        const T* sums = reinterpret_cast<const T*>(thread_base + t * w.per_thread + w.partial) +
+                        i0 * lanes;
+        if (lanes == 1) {
+          for (int64_t i = 0; i < n; ++i) s[i] += sums[i];
+        } else {
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t k = 0; k < lanes; ++k) s[i] += sums[i * lanes + k];
+          }
         }
       }
-    } else {
-#pragma omp for schedule(static)
-      for (int64_t i = 0; i < reduced; ++i) {
-        T s = 0;
-        for (int t = 0; t < team; ++t) {
-          const T* sums = sums_of(t);
-          for (int64_t k = 0; k < lanes; ++k) s += sums[i * lanes + k];
-        }
-        if (i < weight_size) {
-          weight_grad[i] = s;
-        } else if (bias_grad) {
-          bias_grad[i - weight_size] = s;
-        }
+      const int64_t split = std::clamp(weight_size - i0, int64_t(0), n);  // weights, then biases
+      std::copy(s, s + split, weight_grad + i0);
+      if (bias_grad && split < n) {
+        std::copy(s + split, s + n, bias_grad + (i0 + split - weight_size));
       }
     }
   }

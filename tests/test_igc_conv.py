@@ -512,6 +512,49 @@ def test_forward_rows_split_among_threads_equal_convolution(run_on_threads, thre
                    "[t.check_against_reference(c) for c in cases]", threads)
 
 
+# Batch-1 pointwise convs (the GEMM path) have fewer images x groups than threads too: the
+# forward splits each group's filters among the threads in whole 12-row blocks (160 filters: 14
+# blocks; 61: 5 whole blocks and 1 row; 2 interleaved groups of 45 on 3 threads, 4 chunks each).
+FILTER_CHUNK_CASES = [
+    (1, 64, 7, 7, 160, 1, (1, 1), (1, 1), (0, 0), True, False, "float32"),
+    (1, 128, 6, 7, 61, 1, (1, 1), (1, 1), (0, 0), False, False, "float32"),
+    (1, 96, 8, 8, 90, 2, (1, 1), (1, 1), (0, 0), True, True, "float32"),
+]
+
+
+def save_forward_outputs(cases, path):
+    """The inference forward of each case (plain, then act='relu6') into the .npz `path`."""
+    outputs = {}
+    for i, case in enumerate(cases):
+        igc, _ = conv_symbols(case)
+        args = {k: mx.nd.array(v * 4, dtype=v.dtype) for k, v in random_inputs(case).items()}
+        relu6 = mx.sym.IGCConv(*igc.get_children(), **{**igc.list_attr(), "act": "relu6"})
+        for name, sym in (("plain", igc), ("relu6", relu6)):
+            outputs[f"{i}_{name}"] = sym.bind(mx.cpu(), args).forward(is_train=False)[0].asnumpy()
+    np.savez(path, **outputs)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_forward_filters_split_among_threads_equal_one_thread(run_on_threads, threads, tmp_path):
+    """The filter chunks of a batch-1 pointwise forward give every output once and each value
+    the same sum as one thread's GEMM (bytes equal), with and without act='relu6', on the
+    default, the AVX2 and the portable GEMM; the results and gradients equal the convolution's."""
+    for switch in ("", "IGC_CONV_AVX2", "IGC_CONV_BASELINE"):
+        outputs = {}
+        for t in (1, threads):
+            path = str(tmp_path / f"out{t}{switch}.npz")
+            setup = f"import os; os.environ[{switch!r}] = '1'; " if switch else ""
+            run_on_threads("test_igc_conv", setup + "cases = t.FILTER_CHUNK_CASES; "
+                           f"t.save_forward_outputs(cases, {path!r}); "
+                           "[t.check_against_reference(c) for c in cases]; "
+                           "[t.check_relu6_act(c) for c in cases]", t)
+            outputs[t] = dict(np.load(path))
+        assert sorted(outputs[1]) == sorted(outputs[threads]) and len(outputs[1]) == 6
+        for key, want in outputs[1].items():
+            assert want.size and np.isfinite(want).all()
+            np.testing.assert_array_equal(outputs[threads][key], want, err_msg=f"{key} {switch}")
+
+
 def test_relu6_act_has_no_backward_and_says_so(ops):
     case = ACT_CASES[0]
     igc, _ = conv_symbols(case)

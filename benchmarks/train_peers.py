@@ -62,6 +62,7 @@ def mxnet_step(name, config, shape):
     import mxnet as mx
 
     import network
+    from training.optim import make_optimizer
     images, side, classes = shape
     symbol = network.fuse_input_batchnorms(network.get_symbol(name, classes, **config))
     module = mx.mod.Module(symbol, context=mx.cpu())
@@ -69,8 +70,12 @@ def mxnet_step(name, config, shape):
                 label_shapes=[("softmax_label", (images,))])
     mx.random.seed(0)
     module.init_params(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
-    module.init_optimizer(optimizer="sgd", optimizer_params=dict(learning_rate=LR,
-                                                                  momentum=MOMENTUM, wd=WD))
+    # The training loop's SGD (training/optim.py: MXNet's update in one call over all the arrays,
+    # weight decay on every weight, bias, gamma and beta, as the PyTorch peer's).
+    names = [n for n in symbol.list_arguments() if n not in ("data", "softmax_label")]
+    module.init_optimizer(optimizer=make_optimizer("sgd", names, learning_rate=LR,
+                                                   momentum=MOMENTUM, wd=WD,
+                                                   rescale_grad=1.0 / images))
     rng = np.random.RandomState(0)
     batch = mx.io.DataBatch([mx.nd.array(rng.uniform(-1, 1, (images, 3, side, side)))],
                             [mx.nd.array(rng.randint(0, classes, images))])

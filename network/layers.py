@@ -17,7 +17,8 @@ CONV_IMPLS = ("auto", "mxnet", "igc")
 # every 1x1 conv (its passes are GEMMs).
 IGC_CONV_MAX_GROUP_WIDTH = {3: 8}
 DEVICES = ("cpu", "gpu")
-PLUGIN_OPS = ("Reorder", "IGCConv", "BatchNormMoments", "BatchNormApply", "IGCBlock")
+PLUGIN_OPS = ("Reorder", "IGCConv", "BatchNormMoments", "BatchNormApply", "IGCBlock",
+              "IGCSGDMomUpdate")  # (the last is the optimizer's, never in a graph)
 
 
 def check_choice(key, value, choices):

@@ -54,28 +54,6 @@ struct Params {
   int num_outputs() const { return moments ? 2 : 1; }
 };
 
-// "(3, 3)", "[3,3]" or "3,3" -> {3, 3}.
-bool parse_int_list(std::string text, std::vector<int64_t>* values) {
-  for (char& ch : text) {
-    if (ch == '(' || ch == ')' || ch == '[' || ch == ']') ch = ' ';
-  }
-  values->clear();
-  size_t start = 0;
-  while (true) {
-    const size_t comma = text.find(',', start);
-    const std::string item = text.substr(start, comma == std::string::npos ? comma : comma - start);
-    int64_t v;
-    if (igc::parse_int(item, &v)) {
-      values->push_back(v);
-    } else if (!(comma == std::string::npos && item.find_first_not_of(' ') == std::string::npos &&
-                 !values->empty())) {
-      return false;  // only a trailing comma, as in "(3,)", may leave an empty item
-    }
-    if (comma == std::string::npos) return true;
-    start = comma + 1;
-  }
-}
-
 bool parse_pair(const Attrs& attrs, const char* name, bool required, int64_t minimum,
                 int64_t* first, int64_t* second) {
   const auto it = attrs.find(name);
@@ -86,7 +64,8 @@ bool parse_pair(const Attrs& attrs, const char* name, bool required, int64_t min
     return false;
   }
   std::vector<int64_t> v;
-  if (!parse_int_list(it->second, &v) || v.size() != 2 || v[0] < minimum || v[1] < minimum) {
+  if (!igc::parse_list(it->second, igc::parse_int, &v) || v.size() != 2 || v[0] < minimum ||
+      v[1] < minimum) {
     IGC_ERROR << kOp << ": attribute '" << name << "' must be a pair of integers >= " << minimum
               << " (2-D convolution only), got '" << it->second << "'";
     return false;
@@ -145,7 +124,8 @@ bool parse_params(const Attrs& attrs, Params* p) {
   const auto dilate = attrs.find("dilate");
   if (dilate != attrs.end()) {
     std::vector<int64_t> v;
-    if (!parse_int_list(dilate->second, &v) || v.size() != 2 || v[0] != 1 || v[1] != 1) {
+    if (!igc::parse_list(dilate->second, igc::parse_int, &v) || v.size() != 2 || v[0] != 1 ||
+        v[1] != 1) {
       IGC_ERROR << kOp << ": dilation is not supported; attribute 'dilate' must be (1, 1), got '"
                 << dilate->second << "'";
       return false;

@@ -41,6 +41,44 @@ inline bool parse_int(const std::string& text, int64_t* value) {
   return true;
 }
 
+// Whole-string float parse, as parse_int: strtof, the float nearest to the decimal (as MXNet reads
+// its own float parameters).
+inline bool parse_float(const std::string& text, float* value) {
+  const char* begin = text.c_str();
+  char* end = nullptr;
+  errno = 0;
+  const float v = std::strtof(begin, &end);
+  if (end == begin || errno == ERANGE) return false;
+  while (*end == ' ') ++end;
+  if (*end != '\0') return false;
+  *value = v;
+  return true;
+}
+
+// "(3, 3)", "[3,3]" or "3,3" -> {3, 3}, each item read by `parse` (parse_int, parse_float); only
+// a trailing comma, as in "(3,)", may leave an empty item.
+template <typename T, typename Parse>
+bool parse_list(std::string text, Parse parse, std::vector<T>* values) {
+  for (char& ch : text) {
+    if (ch == '(' || ch == ')' || ch == '[' || ch == ']') ch = ' ';
+  }
+  values->clear();
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? comma : comma - start);
+    T v;
+    if (parse(item, &v)) {
+      values->push_back(v);
+    } else if (!(comma == std::string::npos && item.find_first_not_of(' ') == std::string::npos &&
+                 !values->empty())) {
+      return false;
+    }
+    if (comma == std::string::npos) return true;
+    start = comma + 1;
+  }
+}
+
 // Optional integer attribute >= 1 (at most INT_MAX); a missing one is an error when `required`
 // and leaves *value otherwise.
 inline bool parse_count_attr(const char* op, const Attrs& attrs, const char* name, bool required,

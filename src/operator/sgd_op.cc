@@ -5,8 +5,6 @@
 // and wds (one per array), momentum, rescale_grad (1), clip_gradient (-1: none).
 #include <mxnet/lib_api.h>
 
-#include <cerrno>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -25,26 +23,13 @@ using mxnet::ext::OpResource;
 
 const char kOp[] = "IGCSGDMomUpdate";
 
-// Whole-string float parse (strtof: the float nearest to the decimal, as MXNet's own parameters).
-bool parse_float(std::string text, float* value) {
-  const size_t first = text.find_first_not_of(' ');
-  if (first == std::string::npos) return false;
-  text = text.substr(first, text.find_last_not_of(' ') - first + 1);
-  char* end = nullptr;
-  errno = 0;
-  const float v = std::strtof(text.c_str(), &end);
-  if (end == text.c_str() || *end != '\0' || errno == ERANGE) return false;
-  *value = v;
-  return true;
-}
-
 bool float_attr(const Attrs& attrs, const char* name, bool required, float* value) {
   const auto it = attrs.find(name);
   if (it == attrs.end()) {
     if (required) IGC_ERROR << kOp << ": required attribute '" << name << "' is missing";
     return !required;
   }
-  if (!parse_float(it->second, value)) {
+  if (!igc::parse_float(it->second, value)) {
     IGC_ERROR << kOp << ": attribute '" << name << "' must be a number, got '" << it->second
               << "'";
     return false;
@@ -52,7 +37,7 @@ bool float_attr(const Attrs& attrs, const char* name, bool required, float* valu
   return true;
 }
 
-// "(a, b, ...)" or "[a, b, ...]" (a trailing comma allowed) with exactly `count` numbers.
+// "(a, b, ...)", "[a, b, ...]" or "a, b, ..." (see igc::parse_list) with exactly `count` numbers.
 bool float_list_attr(const Attrs& attrs, const char* name, int64_t count,
                      std::vector<float>* values) {
   const auto it = attrs.find(name);
@@ -60,27 +45,10 @@ bool float_list_attr(const Attrs& attrs, const char* name, int64_t count,
     IGC_ERROR << kOp << ": required attribute '" << name << "' is missing";
     return false;
   }
-  std::string text = it->second;
-  const size_t open = text.find_first_of("([");
-  const size_t close = text.find_last_of(")]");
-  if (open != std::string::npos && close != std::string::npos && close > open) {
-    text = text.substr(open + 1, close - open - 1);
-  }
-  values->clear();
-  size_t start = 0;
-  while (start <= text.size()) {
-    const size_t comma = std::min(text.find(',', start), text.size());
-    const std::string item = text.substr(start, comma - start);
-    float v;
-    if (item.find_first_not_of(' ') != std::string::npos) {
-      if (!parse_float(item, &v)) {
-        IGC_ERROR << kOp << ": attribute '" << name << "' must be a list of numbers, got '"
-                  << it->second << "'";
-        return false;
-      }
-      values->push_back(v);
-    }
-    start = comma + 1;
+  if (!igc::parse_list(it->second, igc::parse_float, values)) {
+    IGC_ERROR << kOp << ": attribute '" << name << "' must be a list of numbers, got '"
+              << it->second << "'";
+    return false;
   }
   if (static_cast<int64_t>(values->size()) != count) {
     IGC_ERROR << kOp << ": attribute '" << name << "' has " << values->size()

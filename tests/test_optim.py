@@ -177,3 +177,26 @@ def test_float64_arrays_are_refused_by_name(ops):
                               momentum=0.9)
         mx.nd.waitall()
     assert "IGCSGDMomUpdate: input 0 is float64" in str(err.value)
+
+
+def test_one_optimizer_checks_each_new_set_of_arrays(ops, monkeypatch):
+    """IGCSGD reads the arrays' dtype, storage and device once per set of arrays: float32 arrays
+    take the op, the same optimizer then given float64 ones takes MXNet's update (the same
+    values as MXNet's SGD), and float32 ones again the op."""
+    calls = []
+    op = mx.nd.IGCSGDMomUpdate
+    monkeypatch.setattr(mx.nd, "IGCSGDMomUpdate",
+                        lambda *a, **k: calls.append(k["num_weights"]) or op(*a, **k))
+    ours = IGCSGD(learning_rate=0.05, momentum=0.9, wd=1e-3)
+    for dtype, want_calls in (("float32", [3]), ("float64", [3]), ("float32", [3, 3])):
+        results = []
+        for opt in (ours, mx.optimizer.SGD(learning_rate=0.05, momentum=0.9, wd=1e-3)):
+            rng = np.random.RandomState(4)
+            weights = [mx.nd.array(rng.normal(0, 1, 5), dtype=dtype) for _ in range(3)]
+            grads = [mx.nd.array(rng.normal(0, 1, 5), dtype=dtype) for _ in range(3)]
+            states = [opt.create_state(i, w) for i, w in enumerate(weights)]
+            opt.update_multi_precision(list(range(3)), weights, grads, states)
+            results.append([w.asnumpy() for w in weights])
+        assert calls == want_calls, dtype
+        for got, want in zip(*results):
+            np.testing.assert_array_equal(got, want)

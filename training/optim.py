@@ -102,12 +102,27 @@ class IGCSGD(mx.optimizer.SGD):
         super().__init__(**kwargs)
         self.stock_aggregate_num = self.aggregate_num
         self.aggregate_num = 1 << 20  # the Updater hands over every array at once
+        self._fusable_for = None  # (array handles, whether the op takes them)
+
+    def __getstate__(self):  # (handles mean nothing in another process: a dist server's)
+        state = super().__getstate__()
+        state["_fusable_for"] = None
+        return state
 
     def _fused(self, weights, grads, states, multi_precision):
-        return (not multi_precision and self.momentum > 0 and hasattr(nd, "IGCSGDMomUpdate")
-                and all(a is not None and a.stype == "default" and a.dtype == numpy.float32
-                        and a.context.device_type == "cpu"
-                        for a in (*weights, *grads, *states)))
+        if multi_precision or self.momentum <= 0 or not hasattr(nd, "IGCSGDMomUpdate"):
+            return False
+        arrays = (*weights, *grads, *states)
+        if any(a is None for a in arrays):
+            return False
+        # An array's storage, dtype and device never change: they are read once per set of
+        # arrays (for 474 arrays about 1.2 ms, a third of the fused update, if read every step).
+        handles = tuple(a.handle.value for a in arrays)
+        if self._fusable_for is None or self._fusable_for[0] != handles:
+            self._fusable_for = (handles, all(
+                a.stype == "default" and a.dtype == numpy.float32 and
+                a.context.device_type == "cpu" for a in arrays))
+        return self._fusable_for[1]
 
     def _update_impl(self, indices, weights, grads, states, multi_precision=False):
         if not isinstance(indices, (tuple, list)):

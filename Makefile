@@ -96,6 +96,7 @@ bench: venv ops bench-venv
 	$(BPY) benchmarks/permutation_overhead.py $(QUICK)
 	$(BPY) benchmarks/train_peers.py $(QUICK)
 	$(BPY) benchmarks/inference_peers.py $(QUICK)
+	$(BPY) benchmarks/call_overhead.py $(QUICK)
 	$(BPY) benchmarks/profile_step.py --family mobilenetv2_cifar
 	$(BPY) benchmarks/fusion_ab.py --family mobilenetv2_cifar $(if $(QUICK),--rounds 4)
 

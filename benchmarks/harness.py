@@ -61,7 +61,8 @@ def cpu_isa(flags):
 
 
 def cpu_line():
-    """One line: CPU model (with family/model), logical cores, ISA, and DNNL_MAX_CPU_ISA if set."""
+    """One line: CPU model (with family/model), logical cores, ISA, and DNNL_MAX_CPU_ISA if set
+    (with what it does not limit: a capped table still compares with the peers' AVX-512 code)."""
     info = _cpuinfo() or {}
     lscpu = {} if info else _lscpu()
     model = info.get("model name") or lscpu.get("Model name") or platform.processor() or "unknown"
@@ -73,7 +74,8 @@ def cpu_line():
     line = f"CPU: {model}, {os.cpu_count()} logical cores, ISA {cpu_isa(flags)}"
     cap = os.environ.get("DNNL_MAX_CPU_ISA")
     if cap:
-        line += f"; DNNL_MAX_CPU_ISA={cap} (oneDNN limited to it)"
+        line += (f"; DNNL_MAX_CPU_ISA={cap} (oneDNN and the plugin limited to it; not ONNX "
+                 "Runtime's MLAS kernels, nor PyTorch's own ATen ones)")
     return line
 
 

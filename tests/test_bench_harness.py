@@ -117,7 +117,8 @@ def test_cpu_line_notes_a_onednn_isa_cap(monkeypatch):
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
     line = harness.cpu_line()
     assert line.startswith("CPU: ") and " ISA " in line
-    assert line.endswith("DNNL_MAX_CPU_ISA=AVX2 (oneDNN limited to it)")
+    assert "DNNL_MAX_CPU_ISA=AVX2 (oneDNN and the plugin limited to it; not ONNX" in line
+    assert line.endswith("nor PyTorch's own ATen ones)")
     monkeypatch.delenv("DNNL_MAX_CPU_ISA")
     assert "DNNL_MAX_CPU_ISA" not in harness.cpu_line()
 
@@ -349,3 +350,31 @@ def test_memory_pass_runs_on_the_childs_threads(tmp_path):
     script = os.path.join(ROOT, "benchmarks", "train_peers.py")
     seconds = harness.run_child(script, dict(threads=1, rounds=1, memory=True), 1)
     assert 0 < seconds < 5
+
+
+def test_call_overhead_benchmark_tables_each_pause_per_thread_count(monkeypatch, capsys):
+    """One pinned child per thread count, each given every pause; a row per (threads, pause)
+    with both runtimes' times, MXNet's excess and ORT/MXNet; a bad --pauses is one parser
+    error naming the flag."""
+    import call_overhead
+    calls = []
+
+    def fake_child(script, payload, threads, extra_env=None):
+        calls.append((payload, threads, extra_env))
+        return {str(p): {"MXNet": 0.0002 + p * 1e-5, "ONNX Runtime": 0.0001} for p in
+                payload["pauses"]}
+
+    monkeypatch.setattr(harness, "run_child", fake_child)
+    assert call_overhead.parent(["--threads", "1,2", "--pauses", "0,50", "--quick"]) == 0
+    assert [threads for _, threads, _ in calls] == [1, 2]
+    for payload, _, env in calls:
+        assert env == {"OMP_PROC_BIND": "true"}
+        assert payload["pauses"] == [0, 50] and payload["rounds"] == 5
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [row[:2] for row in rows] == [["1", "0"], ["1", "50"], ["2", "0"], ["2", "50"]]
+    assert rows[0][2:] == ["0.200", "0.100", "+0.100", "0.50x"]
+    assert rows[1][2:] == ["0.700", "0.100", "+0.600", "0.14x"]
+    with pytest.raises(SystemExit):
+        call_overhead.parent(["--pauses", "0,fifty"])
+    assert "--pauses must be comma-separated integers" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """What each training-graph rewrite (network.fuse_input_batchnorms) saves: a forward and
 backward pass (an executor bound with train_peers.py's family, batch and input size, random
-parameters; no optimizer update, which no rewrite touches) on five graphs of the same network,
+parameters; no optimizer update, which no rewrite touches) on six graphs of the same network,
 bound side by side in one process per thread count and run in interleaved rounds (medians; the
 order rotates every round):
 
@@ -9,7 +9,9 @@ order rotates every round):
     +pointwise the same into the 1x1 IGCConvs too (their GEMMs read transformed rows)
     +moments   and the BatchNormMoments of every IGCConv's output from the conv (moments)
     +stem      and MXNet's stem Convolution as IGCConv (its BatchNorm then fused as the
-               others): the graph that training binds
+               others)
+    +pool      and the global average Pooling as the plugin's GlobalAvgPool: the graph that
+               training binds
 
 "vs none" is the unfused graph's step time over the variant's (above 1: faster); "wins" counts
 the rounds in which the variant was faster than the one above it (the machine's noise moves
@@ -27,10 +29,12 @@ import train_peers
 
 import harness
 
-VARIANTS = (("none", None), ("applies", dict(pointwise=False, moments=False, stem=False)),
-            ("+pointwise", dict(pointwise=True, moments=False, stem=False)),
-            ("+moments", dict(pointwise=True, moments=True, stem=False)),
-            ("+stem", dict(pointwise=True, moments=True, stem=True)))
+VARIANTS = (("none", None),
+            ("applies", dict(pointwise=False, moments=False, stem=False, pool=False)),
+            ("+pointwise", dict(pointwise=True, moments=False, stem=False, pool=False)),
+            ("+moments", dict(pointwise=True, moments=True, stem=False, pool=False)),
+            ("+stem", dict(pointwise=True, moments=True, stem=True, pool=False)),
+            ("+pool", dict(pointwise=True, moments=True, stem=True, pool=True)))
 
 
 def measure(payload):

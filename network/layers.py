@@ -18,7 +18,7 @@ CONV_IMPLS = ("auto", "mxnet", "igc")
 IGC_CONV_MAX_GROUP_WIDTH = {3: 8}
 DEVICES = ("cpu", "gpu")
 PLUGIN_OPS = ("Reorder", "IGCConv", "BatchNormMoments", "BatchNormApply", "IGCBlock",
-              "IGCSGDMomUpdate")  # (the last is the optimizer's, never in a graph)
+              "GlobalAvgPool", "IGCSGDMomUpdate")  # (the last is the optimizer's, never in a graph)
 
 
 def check_choice(key, value, choices):

@@ -1,8 +1,9 @@
 """network.fuse_input_batchnorms, the training graph's rewrite: every plugin BatchNormApply read
 by an IGCConv alone moves into that conv (in_act), and every BatchNormMoments of an
-IGCConv's output comes from that conv (moments), with the arguments, states, outputs, gradients
-and state updates of the symbol as built (bit for bit), which is what checkpoints keep; MXNet's
-stem Convolution runs as IGCConv (the same step to rounding)."""
+IGCConv's output comes from that conv (moments), and the head's global average Pooling runs as
+GlobalAvgPool, with the arguments, states, outputs, gradients and state updates of the symbol as
+built (bit for bit), which is what checkpoints keep; MXNet's stem Convolution runs as IGCConv
+(the same step to rounding)."""
 import json
 import os
 
@@ -69,6 +70,9 @@ def test_fused_training_graph_computes_the_same_step_bit_for_bit(ops, name, conf
     # Only the stem's BatchNorm, after MXNet's Convolution, keeps its BatchNormMoments.
     assert ops_of(symbol).count("BatchNormMoments") > 1
     assert ops_of(fused).count("BatchNormMoments") == 1
+    # The head's global average Pooling runs as the plugin's GlobalAvgPool (the same values).
+    assert ops_of(symbol).count("Pooling") == 1 and "Pooling" not in ops_of(fused)
+    assert ops_of(fused).count("GlobalAvgPool") == 1
     want_out, want_grads, want_aux = training_step(symbol)
     got_out, got_grads, got_aux = training_step(fused)
     for got, want in zip(got_out, want_out):

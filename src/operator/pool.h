@@ -1,0 +1,25 @@
+// GlobalAvgPool (see pool_op.cc): the average of each (image, channel) plane of an NCHW tensor,
+// each value as MXNet's Pooling with global_pool=True, pool_type='avg' computes it on either ISA:
+// float32 (oneDNN's kernels) the plane's values summed in memory order from zero, then divided
+// by the plane's size; float64 (MXNet's own kernel) each value divided by that size, then summed
+// in memory order. The gradient of every value of a plane: its output's gradient divided by the
+// plane's size.
+#ifndef IGC_OPERATOR_POOL_H_
+#define IGC_OPERATOR_POOL_H_
+
+#include <cstdint>
+
+namespace igc {
+
+// out[p] = (x[p * plane] + x[p * plane + 1] + ... ) / plane for p < planes (float64: the sum of
+// x[p * plane + i] / plane).
+template <typename T>
+void global_avg_pool_forward_cpu(const T* x, T* out, int64_t planes, int64_t plane);
+
+// grad[p * plane + i] = out_grad[p] / plane for p < planes, i < plane.
+template <typename T>
+void global_avg_pool_backward_cpu(const T* out_grad, T* grad, int64_t planes, int64_t plane);
+
+}  // namespace igc
+
+#endif  // IGC_OPERATOR_POOL_H_

@@ -100,20 +100,11 @@ def parent(argv=None):
     parser.add_argument("--pauses", default=",".join(map(str, PAUSES_MS)),
                         help="comma-separated idle milliseconds before each call (default: "
                              f"{','.join(map(str, PAUSES_MS))})")
-    parser.add_argument("--rounds", type=int, default=40, help="timed rounds (default: 40)")
-    parser.add_argument("--warmup", type=int, default=5, help="warm-up calls (default: 5)")
-    parser.add_argument("--quick", action="store_true", help="5 rounds after 2 warm-up calls")
+    harness.add_rounds_flags(parser, rounds=40, warmup=5, quick=(5, 2), unit="call")
     args = parser.parse_args(argv)
     threads = harness.parse_threads(parser, args.threads)
-    try:
-        pauses = [int(p) for p in args.pauses.split(",")]
-    except ValueError:
-        parser.error(f"--pauses must be comma-separated integers, got {args.pauses!r}")
-    if any(p < 0 for p in pauses):
-        parser.error(f"--pauses must be >= 0, got {args.pauses!r}")
-    rounds, warmup = (5, 2) if args.quick else (args.rounds, args.warmup)
-    if rounds < 1 or warmup < 0:
-        parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
+    pauses = harness.parse_int_list(parser, "--pauses", args.pauses, minimum=0)
+    rounds, warmup = harness.parse_rounds(parser, args)
 
     cpus = sorted(os.sched_getaffinity(0))
     results = {t: harness.run_child(__file__, dict(threads=t, rounds=rounds, warmup=warmup,

@@ -287,15 +287,43 @@ def add_threads_flag(parser, default="1,2"):
                              f"(default: {default})")
 
 
+def parse_int_list(parser, flag, text, minimum=1):
+    """'1,2' -> [1, 2] for `flag`, or a parser error naming it: not integers, or one below
+    `minimum` (1: "positive")."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        parser.error(f"{flag} must be comma-separated integers, got {text!r}")
+    if not values or any(v < minimum for v in values):
+        bound = "positive" if minimum == 1 else f">= {minimum}"
+        parser.error(f"{flag} must be {bound}, got {text!r}")
+    return values
+
+
 def parse_threads(parser, text):
     """'1,2' -> [1, 2], or a parser error naming the flag."""
-    try:
-        threads = [int(t) for t in text.split(",")]
-    except ValueError:
-        parser.error(f"--threads must be comma-separated integers, got {text!r}")
-    if not threads or any(t < 1 for t in threads):
-        parser.error(f"--threads must be positive, got {text!r}")
-    return threads
+    return parse_int_list(parser, "--threads", text)
+
+
+def add_rounds_flags(parser, rounds, warmup, quick, unit):
+    """--rounds and --warmup (each `unit`, 'call' or 'step', timed or not) with these defaults,
+    and --quick for the (rounds, warmup) in `quick`; parse_rounds reads them."""
+    parser.add_argument("--rounds", type=int, default=rounds,
+                        help=f"timed rounds (default: {rounds})")
+    parser.add_argument("--warmup", type=int, default=warmup,
+                        help=f"warm-up {unit}s (default: {warmup})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{quick[0]} rounds after {quick[1]} warm-up {unit}"
+                             f"{'s' if quick[1] != 1 else ''}")
+    parser.set_defaults(quick_rounds=quick)
+
+
+def parse_rounds(parser, args):
+    """(rounds, warmup) from add_rounds_flags' flags, or a parser error naming them."""
+    rounds, warmup = args.quick_rounds if args.quick else (args.rounds, args.warmup)
+    if rounds < 1 or warmup < 0:
+        parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
+    return rounds, warmup
 
 
 def main(parent, measure, peer=None):

@@ -162,9 +162,7 @@ def parent(argv=None):
     parser.add_argument("--batches", default="1,16", help="comma-separated (default: 1,16)")
     parser.add_argument("--networks", default=",".join(NETWORKS),
                         help=f"comma-separated, of {', '.join(NETWORKS)}")
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds (default: 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up calls (default: 2)")
-    parser.add_argument("--quick", action="store_true", help="3 rounds after 1 warm-up call")
+    harness.add_rounds_flags(parser, rounds=10, warmup=2, quick=(3, 1), unit="call")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="leave the threads unpinned (default: pinned, see above)")
     parser.add_argument("--unpacked", action="store_true",
@@ -172,18 +170,11 @@ def parent(argv=None):
                              "IGCBlock kernel, with its AVX-512 GEMM)")
     args = parser.parse_args(argv)
     threads = harness.parse_threads(parser, args.threads)
-    try:
-        batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        parser.error(f"--batches must be comma-separated integers, got {args.batches!r}")
-    if any(b < 1 for b in batches):
-        parser.error(f"--batches must be positive, got {args.batches!r}")
+    batches = harness.parse_int_list(parser, "--batches", args.batches)
     networks = args.networks.split(",")
     if any(n not in NETWORKS for n in networks):
         parser.error(f"--networks must be among {', '.join(NETWORKS)}, got {args.networks!r}")
-    rounds, warmup = (3, 1) if args.quick else (args.rounds, args.warmup)
-    if rounds < 1 or warmup < 0:
-        parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
+    rounds, warmup = harness.parse_rounds(parser, args)
 
     cpus = sorted(os.sched_getaffinity(0))
     results = {(name, t): harness.run_child(

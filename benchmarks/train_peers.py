@@ -171,9 +171,7 @@ def peer(payload):
 def parent(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_threads_flag(parser)
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="warm-up steps (default: 2)")
-    parser.add_argument("--quick", action="store_true", help="3 rounds after 1 warm-up step")
+    harness.add_rounds_flags(parser, rounds=5, warmup=2, quick=(3, 1), unit="step")
     parser.add_argument("--families", default=",".join(row[1] for row in FAMILIES),
                         help="comma-separated network names (default: all seven)")
     args = parser.parse_args(argv)
@@ -183,9 +181,7 @@ def parent(argv=None):
     unknown = [n for n in wanted if n not in index]
     if unknown:
         parser.error(f"--families: unknown {unknown}; valid: {', '.join(index)}")
-    rounds, warmup = (3, 1) if args.quick else (args.rounds, args.warmup)
-    if rounds < 1 or warmup < 0:
-        parser.error(f"--rounds must be >= 1 and --warmup >= 0, got {rounds}, {warmup}")
+    rounds, warmup = harness.parse_rounds(parser, args)
 
     scaling = len(threads) > 1
     rows = []

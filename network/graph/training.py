@@ -31,6 +31,7 @@ import os
 
 import mxnet as mx
 
+from ..layers import runs_on
 from .view import Graph, int_tuple, is_true, stock_node
 
 FUSE_ENV = "IGC_FUSE_BATCHNORM"
@@ -43,11 +44,9 @@ PLUGIN_BATCHNORM = ("BatchNormMoments", "BatchNormApply")
 IGC_CONV_ATTRS = ("kernel", "stride", "pad", "num_filter", "num_group", "no_bias")
 GPU_ATTRS = ("workspace", "cudnn_tune", "cudnn_off")
 # The Pooling attributes a global average pooling may carry (any other, such as layout, or a
-# padding, leaves it as it is); the plugin's ops that run on the CPU alone: a graph holding one
-# runs on the CPU, where GlobalAvgPool may replace its pooling.
+# padding, leaves it as it is).
 POOL_ATTRS = ("kernel", "stride", "pad", "pool_type", "global_pool", "pooling_convention",
               "count_include_pad", "cudnn_off", "p_value")
-CPU_ONLY_OPS = ("IGCConv", "BatchNormMoments", "BatchNormApply", "IGCBlock")
 
 
 def _is_stem(graph, i):
@@ -101,10 +100,11 @@ def _is_global_avg_pool(graph, i):
 
 def _global_avg_pools(symbol):
     """`symbol` with every global average Pooling (see _is_global_avg_pool) as GlobalAvgPool
-    where it holds an op of the plugin that runs on the CPU alone (a graph MXNet may run on a
-    GPU keeps MXNet's Pooling); the symbol itself where there is none."""
+    where it holds an op without GPU kernels (network.layers.runs_on: so the graph runs on the
+    CPU; one MXNet may run on a GPU keeps MXNet's Pooling); the symbol itself where there is
+    none."""
     graph = Graph(symbol)
-    if not any(graph.op(i) in CPU_ONLY_OPS for i in range(len(graph.nodes))):
+    if all(runs_on(graph.op(i), "gpu") for i in range(len(graph.nodes))):
         return symbol
     pools = {i for i in range(len(graph.nodes)) if _is_global_avg_pool(graph, i)}
     if not pools:

@@ -59,45 +59,6 @@ void split_shape(const std::vector<int64_t>& shape, int64_t* outer, int64_t* cha
   for (size_t i = 2; i < shape.size(); ++i) *inner *= shape[i];
 }
 
-bool check_cpu_float(const char* op, const MXTensor& t) {
-  const int dtype = t.dtype;
-  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
-    IGC_ERROR << op << ": unsupported dtype " << igc::dtype_name(dtype)
-              << "; supported: float32, float64";
-    return false;
-  }
-  if (t.ctx.dev_type != "cpu") {
-    IGC_ERROR << op << ": only CPU kernels are built; got a tensor on " << t.ctx.dev_type;
-    return false;
-  }
-  return true;
-}
-
-MXReturnValue same_float_types(const char* op, std::vector<int>* in_types,
-                               std::vector<int>* out_types) {
-  int dtype = -1;
-  for (int t : *in_types) {
-    if (t != -1) dtype = t;
-  }
-  if (in_types->at(0) != -1) dtype = in_types->at(0);
-  if (dtype == -1) dtype = out_types->at(0);
-  if (dtype == -1) return MX_SUCCESS;
-  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
-    IGC_ERROR << op << ": unsupported dtype " << igc::dtype_name(dtype)
-              << "; supported: float32, float64";
-    return MX_FAIL;
-  }
-  for (int& t : *in_types) {
-    if (t != -1 && t != dtype) {
-      IGC_ERROR << op << ": all inputs must have the dtype of 'data' ("
-                << igc::dtype_name(dtype) << "), got " << igc::dtype_name(t);
-      return MX_FAIL;
-    }
-    t = dtype;
-  }
-  for (int& t : *out_types) t = dtype;
-  return MX_SUCCESS;
-}
 
 MXReturnValue moments_parse(const Attrs& attrs, int* num_in, int* num_out) {
   if (!igc::check_known_attrs(kMoments, attrs, {})) return MX_FAIL;
@@ -108,7 +69,7 @@ MXReturnValue moments_parse(const Attrs& attrs, int* num_in, int* num_out) {
 
 MXReturnValue moments_type(const Attrs&, std::vector<int>* in_types,
                            std::vector<int>* out_types) {
-  return same_float_types(kMoments, in_types, out_types);
+  return igc::same_float_types(kMoments, in_types, out_types);
 }
 
 MXReturnValue moments_shape(const Attrs&, std::vector<Shape>* in_shapes,
@@ -123,7 +84,7 @@ MXReturnValue moments_forward(const Attrs&, std::vector<MXTensor>* inputs,
                               std::vector<MXTensor>* outputs, const OpResource&) {
   const MXTensor& x = inputs->at(0);
   if (!igc::check_env_switches(kMoments)) return MX_FAIL;
-  if (!check_cpu_float(kMoments, x)) return MX_FAIL;
+  if (!igc::check_cpu_float(kMoments, x)) return MX_FAIL;
   if (x.shape.size() < 2 || outputs->at(0).size() != 2 * x.shape[1]) {
     IGC_ERROR << kMoments << ": output must hold 2 x channels values";
     return MX_FAIL;
@@ -147,7 +108,7 @@ MXReturnValue apply_parse(const Attrs& attrs, int* num_in, int* num_out) {
 }
 
 MXReturnValue apply_type(const Attrs&, std::vector<int>* in_types, std::vector<int>* out_types) {
-  return same_float_types(kApply, in_types, out_types);
+  return igc::same_float_types(kApply, in_types, out_types);
 }
 
 MXReturnValue apply_shape(const Attrs&, std::vector<Shape>* in_shapes,
@@ -173,7 +134,7 @@ MXReturnValue apply_shape(const Attrs&, std::vector<Shape>* in_shapes,
 
 bool check_apply_tensors(const std::vector<MXTensor>& t, size_t first) {
   const MXTensor& x = t[first];
-  if (!check_cpu_float(kApply, x)) return false;
+  if (!igc::check_cpu_float(kApply, x)) return false;
   for (size_t i = first + 1; i < first + 5; ++i) {
     if (t[i].dtype != x.dtype || x.shape.size() < 2 || t[i].size() != x.shape[1]) {
       IGC_ERROR << kApply << ": gamma, beta, mean and invstd must be (channels,) of data's dtype";

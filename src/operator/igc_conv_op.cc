@@ -276,16 +276,7 @@ bool geometry(const Params& p, const MXTensor& data, const MXTensor& weight,
     return false;
   }
   if (!check_input_branches(p, {data.shape.begin(), data.shape.end()})) return false;
-  const int dtype = data.dtype;
-  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
-    IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(data.dtype)
-              << "; supported: float32, float64";
-    return false;
-  }
-  if (data.ctx.dev_type != "cpu") {
-    IGC_ERROR << kOp << ": only CPU kernels are built; got a tensor on " << data.ctx.dev_type;
-    return false;
-  }
+  if (!igc::check_cpu_float(kOp, data)) return false;
   *g = igc::ConvGeometry{data.shape[0], data.shape[1], data.shape[2], data.shape[3],
                          p.num_filter, p.num_group, p.kernel_h, p.kernel_w, p.stride_h,
                          p.stride_w, p.pad_h, p.pad_w, p.interleave, p.input_branches};

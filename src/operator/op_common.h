@@ -162,6 +162,50 @@ inline bool check_float_dtype(const char* op, const char* input, int dtype) {
   return false;
 }
 
+// A float32 or float64 tensor on the CPU (the plugin's float kernels that take both); else an
+// error naming the op.
+inline bool check_cpu_float(const char* op, const mxnet::ext::MXTensor& t) {
+  const int dtype = t.dtype;
+  if (dtype != kFloat32 && dtype != kFloat64) {
+    IGC_ERROR << op << ": unsupported dtype " << dtype_name(dtype)
+              << "; supported: float32, float64";
+    return false;
+  }
+  if (t.ctx.dev_type != "cpu") {
+    IGC_ERROR << op << ": only CPU kernels are built; got a tensor on " << t.ctx.dev_type;
+    return false;
+  }
+  return true;
+}
+
+// Type inference of such an op: every input and output takes data's dtype (input 0; else any
+// known one), float32 or float64.
+inline mxnet::ext::MXReturnValue same_float_types(const char* op, std::vector<int>* in_types,
+                                                  std::vector<int>* out_types) {
+  int dtype = -1;
+  for (int t : *in_types) {
+    if (t != -1) dtype = t;
+  }
+  if (in_types->at(0) != -1) dtype = in_types->at(0);
+  if (dtype == -1) dtype = out_types->at(0);
+  if (dtype == -1) return mxnet::ext::MX_SUCCESS;
+  if (dtype != kFloat32 && dtype != kFloat64) {
+    IGC_ERROR << op << ": unsupported dtype " << dtype_name(dtype)
+              << "; supported: float32, float64";
+    return mxnet::ext::MX_FAIL;
+  }
+  for (int& t : *in_types) {
+    if (t != -1 && t != dtype) {
+      IGC_ERROR << op << ": all inputs must have the dtype of 'data' (" << dtype_name(dtype)
+                << "), got " << dtype_name(t);
+      return mxnet::ext::MX_FAIL;
+    }
+    t = dtype;
+  }
+  for (int& t : *out_types) t = dtype;
+  return mxnet::ext::MX_SUCCESS;
+}
+
 inline std::string shape_string(const std::vector<unsigned int>& shape) {
   std::ostringstream s;
   s << "(";

@@ -12,13 +12,13 @@
 namespace igc {
 
 // out[p] = (x[p * plane] + x[p * plane + 1] + ... ) / plane for p < planes (float64: the sum of
-// x[p * plane + i] / plane).
-template <typename T>
-void global_avg_pool_forward_cpu(const T* x, T* out, int64_t planes, int64_t plane);
+// x[p * plane + i] / plane); `dtype` kFloat32 or kFloat64 (common.h), as the arrays.
+void global_avg_pool_forward_cpu(int dtype, const void* x, void* out, int64_t planes,
+                                 int64_t plane);
 
 // grad[p * plane + i] = out_grad[p] / plane for p < planes, i < plane.
-template <typename T>
-void global_avg_pool_backward_cpu(const T* out_grad, T* grad, int64_t planes, int64_t plane);
+void global_avg_pool_backward_cpu(int dtype, const void* out_grad, void* grad, int64_t planes,
+                                  int64_t plane);
 
 }  // namespace igc
 

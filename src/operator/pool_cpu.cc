@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common.h"
 #include "pool.h"
 
 namespace igc {
@@ -75,24 +76,30 @@ void over_planes(int64_t planes, int64_t plane, Fn fn) {
   }
 }
 
-}  // namespace
-
 template <typename T>
-void global_avg_pool_forward_cpu(const T* x, T* out, int64_t planes, int64_t plane) {
-  over_planes(planes, plane,
-              [&](int64_t first, int64_t last) { sum_planes(x, out, first, last, plane); });
-}
-
-template <typename T>
-void global_avg_pool_backward_cpu(const T* out_grad, T* grad, int64_t planes, int64_t plane) {
+void forward(const void* x, void* out, int64_t planes, int64_t plane) {
   over_planes(planes, plane, [&](int64_t first, int64_t last) {
-    spread_planes(out_grad, grad, first, last, plane);
+    sum_planes(static_cast<const T*>(x), static_cast<T*>(out), first, last, plane);
   });
 }
 
-template void global_avg_pool_forward_cpu<float>(const float*, float*, int64_t, int64_t);
-template void global_avg_pool_forward_cpu<double>(const double*, double*, int64_t, int64_t);
-template void global_avg_pool_backward_cpu<float>(const float*, float*, int64_t, int64_t);
-template void global_avg_pool_backward_cpu<double>(const double*, double*, int64_t, int64_t);
+template <typename T>
+void backward(const void* out_grad, void* grad, int64_t planes, int64_t plane) {
+  over_planes(planes, plane, [&](int64_t first, int64_t last) {
+    spread_planes(static_cast<const T*>(out_grad), static_cast<T*>(grad), first, last, plane);
+  });
+}
+
+}  // namespace
+
+void global_avg_pool_forward_cpu(int dtype, const void* x, void* out, int64_t planes,
+                                 int64_t plane) {
+  (dtype == kFloat64 ? forward<double> : forward<float>)(x, out, planes, plane);
+}
+
+void global_avg_pool_backward_cpu(int dtype, const void* out_grad, void* grad, int64_t planes,
+                                  int64_t plane) {
+  (dtype == kFloat64 ? backward<double> : backward<float>)(out_grad, grad, planes, plane);
+}
 
 }  // namespace igc

@@ -29,16 +29,7 @@ MXReturnValue parse(const Attrs& attrs, int* num_in, int* num_out) {
 }
 
 MXReturnValue infer_type(const Attrs&, std::vector<int>* in_types, std::vector<int>* out_types) {
-  const int dtype = in_types->at(0) != -1 ? in_types->at(0) : out_types->at(0);
-  if (dtype == -1) return MX_SUCCESS;
-  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
-    IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(dtype)
-              << "; supported: float32, float64";
-    return MX_FAIL;
-  }
-  in_types->at(0) = dtype;
-  out_types->at(0) = dtype;
-  return MX_SUCCESS;
+  return igc::same_float_types(kOp, in_types, out_types);
 }
 
 MXReturnValue infer_shape(const Attrs&, std::vector<Shape>* in_shapes,
@@ -49,34 +40,13 @@ MXReturnValue infer_shape(const Attrs&, std::vector<Shape>* in_shapes,
   return MX_SUCCESS;
 }
 
-bool check_tensor(const MXTensor& t) {
-  const int dtype = t.dtype;
-  if (dtype != igc::kFloat32 && dtype != igc::kFloat64) {
-    IGC_ERROR << kOp << ": unsupported dtype " << igc::dtype_name(dtype)
-              << "; supported: float32, float64";
-    return false;
-  }
-  if (t.ctx.dev_type != "cpu") {
-    IGC_ERROR << kOp << ": only a CPU kernel is built; got a tensor on " << t.ctx.dev_type;
-    return false;
-  }
-  return true;
-}
-
 // inputs: [data]; outputs: [out].
 MXReturnValue forward(const Attrs&, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource&) {
   const MXTensor& x = inputs->at(0);
-  if (!check_tensor(x)) return MX_FAIL;
-  const int64_t planes = x.shape[0] * x.shape[1], plane = x.shape[2] * x.shape[3];
-  if (static_cast<int>(x.dtype) == igc::kFloat32) {
-    igc::global_avg_pool_forward_cpu(static_cast<const float*>(x.data_ptr),
-                                     static_cast<float*>(outputs->at(0).data_ptr), planes, plane);
-  } else {
-    igc::global_avg_pool_forward_cpu(static_cast<const double*>(x.data_ptr),
-                                     static_cast<double*>(outputs->at(0).data_ptr), planes,
-                                     plane);
-  }
+  if (!igc::check_cpu_float(kOp, x)) return MX_FAIL;
+  igc::global_avg_pool_forward_cpu(x.dtype, x.data_ptr, outputs->at(0).data_ptr,
+                                   x.shape[0] * x.shape[1], x.shape[2] * x.shape[3]);
   return MX_SUCCESS;
 }
 
@@ -84,17 +54,9 @@ MXReturnValue forward(const Attrs&, std::vector<MXTensor>* inputs,
 MXReturnValue backward(const Attrs&, std::vector<MXTensor>* inputs,
                        std::vector<MXTensor>* outputs, const OpResource&) {
   const MXTensor& x = inputs->at(1);
-  if (!check_tensor(x)) return MX_FAIL;
-  const int64_t planes = x.shape[0] * x.shape[1], plane = x.shape[2] * x.shape[3];
-  if (static_cast<int>(x.dtype) == igc::kFloat32) {
-    igc::global_avg_pool_backward_cpu(static_cast<const float*>(inputs->at(0).data_ptr),
-                                      static_cast<float*>(outputs->at(0).data_ptr), planes,
-                                      plane);
-  } else {
-    igc::global_avg_pool_backward_cpu(static_cast<const double*>(inputs->at(0).data_ptr),
-                                      static_cast<double*>(outputs->at(0).data_ptr), planes,
-                                      plane);
-  }
+  if (!igc::check_cpu_float(kOp, x)) return MX_FAIL;
+  igc::global_avg_pool_backward_cpu(x.dtype, inputs->at(0).data_ptr, outputs->at(0).data_ptr,
+                                    x.shape[0] * x.shape[1], x.shape[2] * x.shape[3]);
   return MX_SUCCESS;
 }
 
